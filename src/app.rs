@@ -1,0 +1,127 @@
+//! Builds the service from a [`Config`] and runs it until told to stop.
+//!
+//! `build` opens (and migrates) the store and binds the listener, so a caller, such as a test
+//! passing `LISTEN_ADDR=127.0.0.1:0`, learns the real port before serving starts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::circleci::CircleCiClient;
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::store::{Backend, Store, StoreOptions};
+use crate::worker::ApprovalWorker;
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    worker: Arc<ApprovalWorker>,
+    store: Store,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = Store::connect(&config.database_url, &StoreOptions::default())
+            .await
+            .context("DATABASE_URL: cannot open the store")?;
+        if store.backend() == Backend::Sqlite {
+            // One process owns a SQLite file, so leases left behind are from a dead process.
+            let released = store.release_stale_leases().await?;
+            if released > 0 {
+                tracing::info!(released, "resuming tasks left by a previous run");
+            }
+        }
+        let circleci = CircleCiClient::new(&config.circleci)?;
+        let metrics = Metrics::new();
+        let wake = Arc::new(Notify::new());
+        let state = AppState {
+            store: store.clone(),
+            verifier: Arc::new(config.verifier.clone()),
+            metrics: metrics.clone(),
+            wake: Arc::clone(&wake),
+            approval_timeout: config.worker.approval_timeout,
+            on_deny: config.on_deny,
+            max_body_bytes: config.http.max_body_bytes,
+        };
+        let router = http::router(state, &config.http);
+        let listener = TcpListener::bind(config.http.listen_addr)
+            .await
+            .with_context(|| format!("LISTEN_ADDR: cannot listen on {}", config.http.listen_addr))?;
+        let worker = Arc::new(ApprovalWorker::new(
+            store.clone(),
+            circleci,
+            config.worker.clone(),
+            metrics,
+            wake,
+        ));
+        Ok(Self {
+            listener,
+            router,
+            worker,
+            store,
+        })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` is cancelled: then stops accepting, finishes in-flight requests,
+    /// lets the worker finish its current steps, and closes the store. Pending tasks stay.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr()?;
+        tracing::info!(%addr, backend = self.store.backend().name(), "listening");
+        let worker = tokio::spawn(Arc::clone(&self.worker).run(shutdown.clone()));
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await
+            .context("HTTP server failed")?;
+        // The server can only end early on an error; make sure the worker stops either way.
+        shutdown.cancel();
+        if let Err(e) = worker.await {
+            tracing::error!(error = %e, "worker ended abnormally");
+        }
+        self.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received; shutting down"),
+        () = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+    token.cancel();
+}

@@ -1,0 +1,155 @@
+//! `demo`: the whole approval flow on this machine, no credentials needed.
+//!
+//! Starts the built-in fake CircleCI (a workflow whose hold job is on the second page and goes
+//! on hold two seconds in), starts the real service on a random port with a throwaway SQLite
+//! store, sends a signed approve event, and narrates what happens: the approval, a duplicate
+//! redelivery, and a forged signature.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::app::Application;
+use crate::cli::{event_body, post_signed};
+use crate::config::{Config, LogFormat, ServeArgs, DEFAULT_HOLD_JOB_NAME};
+use crate::fake_circleci::FakeCircleCi;
+use crate::signature::WebhookSecret;
+use crate::telemetry::{self, LogTarget};
+
+const TOKEN: &str = "demo-circleci-token";
+
+pub async fn run() -> ExitCode {
+    telemetry::init(LogFormat::Text, "warn", LogTarget::Stderr);
+    match demo().await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo() -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let step = |text: String| println!("[{:>5.1}s] {text}", started.elapsed().as_secs_f64());
+
+    let fake = FakeCircleCi::start(TOKEN).await?;
+    let workflow_id = Uuid::new_v4();
+    fake.add_standard_workflow(workflow_id, "gh/acme/api", DEFAULT_HOLD_JOB_NAME, "on_hold");
+    fake.hold_after(workflow_id, DEFAULT_HOLD_JOB_NAME, Duration::from_secs(2));
+    step(format!(
+        "fake CircleCI at {}: workflow {workflow_id} with 5 jobs, 2 a page; \
+         hold job `{DEFAULT_HOLD_JOB_NAME}` on page 2, blocked for 2 s, then on hold",
+        fake.base_url()
+    ));
+
+    let dir = std::env::temp_dir().join(format!("sym-approver-demo-{}", Uuid::new_v4()));
+    let secret_text = WebhookSecret::generate();
+    let secret = WebhookSecret::parse(&secret_text)?;
+    let args = ServeArgs::from_flags([
+        format!("--sym-webhook-secret={secret_text}"),
+        format!("--circleci-token={TOKEN}"),
+        format!("--circleci-api-url={}", fake.base_url()),
+        "--listen-addr=127.0.0.1:0".to_owned(),
+        format!("--database-url=sqlite://{}/approver.db", dir.display()),
+        format!("--hold-job-name={DEFAULT_HOLD_JOB_NAME}"),
+        "--approval-timeout=2m".to_owned(),
+        "--log-format=text".to_owned(),
+    ])?;
+    let config = Config::from_args(&args)?;
+    let app = Application::build(config).await?;
+    let url = format!("http://{}/webhooks/sym", app.local_addr()?);
+    let store = app.store().clone();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    step(format!(
+        "service listening at {url} (SQLite store in {})",
+        dir.display()
+    ));
+
+    let client = reqwest::Client::new();
+    let event_id = Uuid::new_v4().to_string();
+    let body = event_body(&event_id, "approve", &workflow_id.to_string(), "alice@example.com");
+    let webhook_id = format!("msg_{}", Uuid::new_v4().simple());
+    let first = post_signed(&client, &url, &secret, &webhook_id, &body).await?;
+    step(format!(
+        "Sym → service: signed approve event {event_id} by alice@example.com → HTTP {} {}",
+        first.status, first.body
+    ));
+
+    let approved = fake
+        .wait_for_calls(Duration::from_secs(60), |calls| {
+            calls.iter().any(|c| c.operation == "approve" && c.status == 202)
+        })
+        .await;
+    for call in fake.calls() {
+        let query = call.query.map(|q| format!("?{q}")).unwrap_or_default();
+        let at = call.at.map_or(0.0, |at| at.duration_since(started).as_secs_f64());
+        println!(
+            "[{at:>5.1}s] service → CircleCI: {} {}{query} → HTTP {}",
+            call.method, call.path, call.status
+        );
+    }
+    let status = fake.job_status(workflow_id, DEFAULT_HOLD_JOB_NAME);
+    step(format!(
+        "CircleCI: hold job is now {}",
+        status.as_deref().unwrap_or("missing")
+    ));
+
+    let again = post_signed(&client, &url, &secret, &webhook_id, &body).await?;
+    step(format!(
+        "Sym retries the same delivery → HTTP {} {} (nothing new done)",
+        again.status, again.body
+    ));
+    let forged = WebhookSecret::parse(&WebhookSecret::generate())?;
+    let refused = post_signed(&client, &url, &forged, "msg_forged", &body).await?;
+    step(format!(
+        "a caller without the secret → HTTP {} {}",
+        refused.status, refused.body
+    ));
+
+    // Let the worker record its result before reading it back.
+    let mut outcome = None;
+    for _ in 0..50 {
+        let task = match serde_json::from_str::<serde_json::Value>(&first.body)?
+            .get("delivery_id")
+            .and_then(|v| v.as_str())
+        {
+            Some(delivery) => store.task_for_delivery(delivery).await?,
+            None => None,
+        };
+        if let Some(task) = task {
+            if let Some(s) = store.task_status(&task).await? {
+                if s.status != "pending" {
+                    outcome = Some(s);
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(s) = &outcome {
+        step(format!(
+            "store: task {} / {} after {} step(s): {}",
+            s.status,
+            s.outcome.as_deref().unwrap_or("-"),
+            s.attempts,
+            s.detail.as_deref().unwrap_or("")
+        ));
+    }
+
+    shutdown.cancel();
+    server.await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    let approvals = fake.successful_approvals();
+    let ok = approved && approvals == 1 && first.status == 202 && again.status == 200 && refused.status == 401;
+    if ok {
+        step("done: the hold job was approved exactly once; the deploy would continue now".into());
+    } else {
+        step(format!("unexpected result: {approvals} approve call(s) accepted"));
+    }
+    Ok(ok)
+}

@@ -1,0 +1,517 @@
+//! A small fake of the CircleCI API v2, over real HTTP, shared by `demo`, the container test
+//! (`fake-circleci` subcommand) and the integration tests.
+//!
+//! It serves the three endpoints this service calls, paginates job lists (two jobs a page by
+//! default, so a hold job is usually on a later page), checks the `Circle-Token` header,
+//! records every request, and can inject faults (status, `Retry-After`, delay, or "do it but
+//! answer an error", which models a lost response) and hold jobs that go on hold later.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A job in a fake workflow.
+#[derive(Debug, Clone)]
+pub struct FakeJob {
+    pub id: Uuid,
+    pub name: String,
+    pub job_type: String,
+    pub status: String,
+    pub approval_request_id: Option<Uuid>,
+    pub job_number: i64,
+    /// Until this instant the job reports `blocked`, then `on_hold` (models upstream jobs).
+    pub on_hold_at: Option<Instant>,
+}
+
+impl FakeJob {
+    pub fn build(name: &str, status: &str, number: i64) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            name: name.to_owned(),
+            job_type: "build".to_owned(),
+            status: status.to_owned(),
+            approval_request_id: None,
+            job_number: number,
+            on_hold_at: None,
+        }
+    }
+
+    /// An approval job with its own `approval_request_id` (as CircleCI has).
+    pub fn approval(name: &str, status: &str) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            name: name.to_owned(),
+            job_type: "approval".to_owned(),
+            status: status.to_owned(),
+            approval_request_id: Some(Uuid::new_v4()),
+            job_number: 0,
+            on_hold_at: None,
+        }
+    }
+
+    fn effective_status(&self) -> &str {
+        match self.on_hold_at {
+            Some(at) if self.status == "on_hold" && Instant::now() < at => "blocked",
+            _ => &self.status,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FakeWorkflow {
+    project_slug: String,
+    jobs: Vec<FakeJob>,
+}
+
+/// A fault to inject into the next matching request.
+#[derive(Debug, Clone, Default)]
+pub struct Fault {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub delay: Option<Duration>,
+    /// Only for this operation (`list_jobs`, `approve`, `cancel`); any when None.
+    pub operation: Option<&'static str>,
+    /// Carry out the request, then answer with the fault (a lost response).
+    pub after_effect: bool,
+}
+
+impl Fault {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            ..Self::default()
+        }
+    }
+
+    pub fn on(mut self, operation: &'static str) -> Self {
+        self.operation = Some(operation);
+        self
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    pub fn after_effect(mut self) -> Self {
+        self.after_effect = true;
+        self
+    }
+}
+
+/// One request the fake received.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedCall {
+    pub operation: &'static str,
+    pub method: &'static str,
+    pub path: String,
+    pub query: Option<String>,
+    pub token_ok: bool,
+    pub status: u16,
+    #[serde(skip)]
+    pub at: Option<Instant>,
+    pub unix_ms: i64,
+}
+
+#[derive(Default)]
+struct Inner {
+    workflows: HashMap<Uuid, FakeWorkflow>,
+    faults: VecDeque<Fault>,
+    calls: Vec<RecordedCall>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    changed: Notify,
+    token: String,
+    page_size: usize,
+    calls_file: Option<PathBuf>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock would only come from a bug in this fake.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn record(&self, call: RecordedCall) {
+        if let Some(path) = &self.calls_file {
+            if let Ok(line) = serde_json::to_string(&call) {
+                if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        }
+        self.lock().calls.push(call);
+        self.changed.notify_waiters();
+    }
+
+    fn take_fault(&self, operation: &str) -> Option<Fault> {
+        let mut inner = self.lock();
+        let index = inner
+            .faults
+            .iter()
+            .position(|f| f.operation.is_none_or(|op| op == operation))?;
+        inner.faults.remove(index)
+    }
+}
+
+/// A running fake CircleCI; stops when dropped.
+pub struct FakeCircleCi {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+}
+
+impl Drop for FakeCircleCi {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl FakeCircleCi {
+    /// Starts on a random loopback port.
+    pub async fn start(token: &str) -> anyhow::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), token, None).await
+    }
+
+    pub async fn start_on(
+        addr: SocketAddr,
+        token: &str,
+        calls_file: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner::default()),
+            changed: Notify::new(),
+            token: token.to_owned(),
+            page_size: 2,
+            calls_file,
+        });
+        let app = Router::new()
+            .route("/api/v2/workflow/{id}/job", get(list_jobs))
+            .route(
+                "/api/v2/workflow/{id}/approve/{approval_id}",
+                post(approve),
+            )
+            .route("/api/v2/workflow/{id}/cancel", post(cancel))
+            .with_state(Arc::clone(&shared));
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await;
+        });
+        Ok(Self { addr, shared, stop })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `CIRCLECI_API_URL` to give the service.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api/v2", self.addr)
+    }
+
+    /// Adds a workflow with these jobs, in order.
+    pub fn add_workflow(&self, workflow_id: Uuid, project_slug: &str, jobs: Vec<FakeJob>) {
+        self.shared.lock().workflows.insert(
+            workflow_id,
+            FakeWorkflow {
+                project_slug: project_slug.to_owned(),
+                jobs,
+            },
+        );
+    }
+
+    /// A typical workflow: three build jobs, then the hold job (so it is on page 2), then
+    /// the deploy job. Returns the hold job.
+    pub fn add_standard_workflow(
+        &self,
+        workflow_id: Uuid,
+        project_slug: &str,
+        hold_name: &str,
+        hold_status: &str,
+    ) -> FakeJob {
+        let hold = FakeJob::approval(hold_name, hold_status);
+        let jobs = vec![
+            FakeJob::build("checkout", "success", 1),
+            FakeJob::build("test", "success", 2),
+            FakeJob::build("sym/request", "success", 3),
+            hold.clone(),
+            FakeJob::build("deploy", "blocked", 4),
+        ];
+        self.add_workflow(workflow_id, project_slug, jobs);
+        hold
+    }
+
+    pub fn push_fault(&self, fault: Fault) {
+        self.shared.lock().faults.push_back(fault);
+    }
+
+    /// Makes a job report `blocked` for `delay` more, then `on_hold`.
+    pub fn hold_after(&self, workflow_id: Uuid, job_name: &str, delay: Duration) {
+        let mut inner = self.shared.lock();
+        if let Some(job) = inner
+            .workflows
+            .get_mut(&workflow_id)
+            .and_then(|w| w.jobs.iter_mut().find(|j| j.name == job_name))
+        {
+            job.status = "on_hold".to_owned();
+            job.on_hold_at = Some(Instant::now() + delay);
+        }
+    }
+
+    pub fn set_job_status(&self, workflow_id: Uuid, job_name: &str, status: &str) {
+        let mut inner = self.shared.lock();
+        if let Some(job) = inner
+            .workflows
+            .get_mut(&workflow_id)
+            .and_then(|w| w.jobs.iter_mut().find(|j| j.name == job_name))
+        {
+            job.status = status.to_owned();
+            job.on_hold_at = None;
+        }
+    }
+
+    pub fn job_status(&self, workflow_id: Uuid, job_name: &str) -> Option<String> {
+        let inner = self.shared.lock();
+        inner
+            .workflows
+            .get(&workflow_id)?
+            .jobs
+            .iter()
+            .find(|j| j.name == job_name)
+            .map(|j| j.effective_status().to_owned())
+    }
+
+    pub fn calls(&self) -> Vec<RecordedCall> {
+        self.shared.lock().calls.clone()
+    }
+
+    /// Calls of one operation (`list_jobs`, `approve`, `cancel`) that carried the right token.
+    pub fn calls_of(&self, operation: &str) -> Vec<RecordedCall> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.operation == operation)
+            .collect()
+    }
+
+    /// Approve calls that CircleCI accepted (202).
+    pub fn successful_approvals(&self) -> usize {
+        self.calls_of("approve")
+            .iter()
+            .filter(|c| c.status == 202)
+            .count()
+    }
+
+    /// Waits until `check` holds for the recorded calls, or `timeout` passes.
+    pub async fn wait_for_calls(
+        &self,
+        timeout: Duration,
+        check: impl Fn(&[RecordedCall]) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.shared.changed.notified();
+            if check(&self.shared.lock().calls) {
+                return true;
+            }
+            // Job status may change with time alone (hold_after), so wake up now and then.
+            let wake = deadline.min(tokio::time::Instant::now() + Duration::from_millis(250));
+            if tokio::time::timeout_at(wake, changed).await.is_err()
+                && tokio::time::Instant::now() >= deadline
+            {
+                return check(&self.shared.lock().calls);
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    #[serde(rename = "page-token")]
+    page_token: Option<String>,
+}
+
+fn message(status: StatusCode, text: &str) -> Response {
+    (status, Json(json!({ "message": text }))).into_response()
+}
+
+/// Token check, fault injection and recording around one operation.
+async fn handle(
+    shared: &Shared,
+    headers: &HeaderMap,
+    operation: &'static str,
+    method: &'static str,
+    path: String,
+    query: Option<String>,
+    act: impl FnOnce(&mut Inner) -> Response,
+) -> Response {
+    let token_ok = headers
+        .get("circle-token")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == shared.token);
+    let fault = if token_ok {
+        shared.take_fault(operation)
+    } else {
+        None
+    };
+    if let Some(delay) = fault.as_ref().and_then(|f| f.delay) {
+        tokio::time::sleep(delay).await;
+    }
+    let response = match (&fault, token_ok) {
+        (_, false) => message(StatusCode::UNAUTHORIZED, "You must log in first."),
+        (Some(f), true) if !f.after_effect => fault_response(f),
+        (Some(f), true) => {
+            act(&mut shared.lock());
+            fault_response(f)
+        }
+        (None, true) => act(&mut shared.lock()),
+    };
+    shared.record(RecordedCall {
+        operation,
+        method,
+        path,
+        query,
+        token_ok,
+        status: response.status().as_u16(),
+        at: Some(Instant::now()),
+        unix_ms: crate::store::to_ms(SystemTime::now()),
+    });
+    response
+}
+
+fn fault_response(fault: &Fault) -> Response {
+    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = message(status, "injected fault");
+    if let Some(secs) = fault.retry_after {
+        if let Ok(value) = secs.to_string().parse() {
+            response.headers_mut().insert("retry-after", value);
+        }
+    }
+    response
+}
+
+async fn list_jobs(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(query): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v2/workflow/{id}/job");
+    let page_size = shared.page_size;
+    let start: usize = query
+        .page_token
+        .as_deref()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let raw_query = query.page_token.as_ref().map(|t| format!("page-token={t}"));
+    handle(&shared, &headers, "list_jobs", "GET", path, raw_query, |inner| {
+        let Some(workflow) = Uuid::try_parse(&id)
+            .ok()
+            .and_then(|id| inner.workflows.get(&id))
+        else {
+            return message(StatusCode::NOT_FOUND, "Workflow not found");
+        };
+        let items: Vec<_> = workflow
+            .jobs
+            .iter()
+            .skip(start)
+            .take(page_size)
+            .map(|j| {
+                json!({
+                    "id": j.id,
+                    "name": j.name,
+                    "type": j.job_type,
+                    "status": j.effective_status(),
+                    "approval_request_id": j.approval_request_id,
+                    "project_slug": workflow.project_slug,
+                    "job_number": (j.job_type != "approval").then_some(j.job_number),
+                    "dependencies": [],
+                    "started_at": null,
+                    "stopped_at": null,
+                })
+            })
+            .collect();
+        let next = (start + page_size < workflow.jobs.len()).then(|| (start + page_size).to_string());
+        Json(json!({ "items": items, "next_page_token": next })).into_response()
+    })
+    .await
+}
+
+async fn approve(
+    State(shared): State<Arc<Shared>>,
+    Path((id, approval_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v2/workflow/{id}/approve/{approval_id}");
+    handle(&shared, &headers, "approve", "POST", path, None, |inner| {
+        let (Ok(workflow_id), Ok(approval_id)) = (Uuid::try_parse(&id), Uuid::try_parse(&approval_id))
+        else {
+            return message(StatusCode::NOT_FOUND, "Not found");
+        };
+        let Some(job) = inner.workflows.get_mut(&workflow_id).and_then(|w| {
+            w.jobs.iter_mut().find(|j| {
+                j.job_type == "approval"
+                    && (j.approval_request_id == Some(approval_id)
+                        || (j.approval_request_id.is_none() && j.id == approval_id))
+            })
+        }) else {
+            return message(StatusCode::NOT_FOUND, "Not found");
+        };
+        if job.effective_status() != "on_hold" {
+            return message(StatusCode::BAD_REQUEST, "Job is not on hold.");
+        }
+        job.status = "success".to_owned();
+        job.on_hold_at = None;
+        (StatusCode::ACCEPTED, Json(json!({ "message": "Accepted." }))).into_response()
+    })
+    .await
+}
+
+async fn cancel(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v2/workflow/{id}/cancel");
+    handle(&shared, &headers, "cancel", "POST", path, None, |inner| {
+        let Some(workflow) = Uuid::try_parse(&id)
+            .ok()
+            .and_then(|id| inner.workflows.get_mut(&id))
+        else {
+            return message(StatusCode::NOT_FOUND, "Workflow not found");
+        };
+        for job in &mut workflow.jobs {
+            if job.status != "success" {
+                job.status = "canceled".to_owned();
+                job.on_hold_at = None;
+            }
+        }
+        (StatusCode::ACCEPTED, Json(json!({ "message": "Accepted." }))).into_response()
+    })
+    .await
+}

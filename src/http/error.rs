@@ -1,0 +1,82 @@
+//! The one error type of the HTTP API. Every variant answers with its status code and a JSON
+//! body `{"error": <code>, "detail": <text>}`; internal causes are logged where they happen,
+//! never echoed to the caller.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: any signature or timestamp problem. Deliberately identical for every cause.
+    #[error("invalid webhook signature")]
+    InvalidSignature,
+    /// 401: admin API without a valid bearer token.
+    #[error("a valid bearer token is required")]
+    AdminUnauthorized,
+    /// 400: the body is not JSON or not a Sym log entry; or bad query parameters.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 422: an approve event without a valid UUID `workflow_id`.
+    #[error("{0}")]
+    InvalidWorkflowId(String),
+    /// 413: the body is over the configured limit.
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 404
+    #[error("{0}")]
+    NotFound(String),
+    /// 405
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// 429: too many requests in flight; retry shortly.
+    #[error("too many requests in flight; retry shortly")]
+    Overloaded,
+    /// 503: the store cannot take the event now; the sender should retry.
+    #[error("the event store is unavailable; retry later")]
+    StoreUnavailable,
+    /// 503: the request took longer than REQUEST_TIMEOUT.
+    #[error("the request timed out; retry later")]
+    Timeout,
+    /// 500: a bug (a caught panic).
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidSignature => (StatusCode::UNAUTHORIZED, "invalid_signature"),
+            Self::AdminUnauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::InvalidWorkflowId(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow_id"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            Self::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut response =
+            (status, Json(json!({ "error": code, "detail": self.to_string() }))).into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::Overloaded | Self::StoreUnavailable | Self::Timeout => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::AdminUnauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,60 @@
+//! Probes and metrics: `/healthz` (the process is alive), `/readyz` (the store answers, so
+//! deliveries can be accepted), `/metrics` (Prometheus).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::AppState;
+use crate::store::now_ms;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let backend = state.store.backend().name();
+    match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => Json(json!({ "status": "ready", "store": backend })).into_response(),
+        outcome => {
+            let detail = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => "the store did not answer in time".to_owned(),
+            };
+            tracing::warn!(detail = %detail, "not ready: store unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "not_ready",
+                    "store": backend,
+                    "error": "store_unavailable",
+                    "detail": "the store is not answering",
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    if let Ok(Ok((pending, oldest))) =
+        tokio::time::timeout(READY_TIMEOUT, state.store.pending_summary()).await
+    {
+        let age = oldest.map_or(0.0, |created| (now_ms() - created) as f64 / 1000.0);
+        state.metrics.set_pending(pending, age);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,160 @@
+//! `POST /webhooks/sym`: verify, parse, store, answer. The approval itself happens later, in
+//! the worker; this handler only makes the event durable.
+//!
+//! Order matters: the raw body is read (413 over the limit), the signature is checked on those
+//! exact bytes (401, reason logged only), then the JSON is parsed (400/422), then the delivery
+//! and its task are committed in one transaction (503 if the store cannot), and only then 2xx.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::config::OnDeny;
+use crate::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::store::{duration_ms, now_ms, NewTask, Recorded, TaskAction};
+use crate::sym_event::{EventError, EventKind, SymEvent};
+
+pub async fn receive(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let started = Instant::now();
+    let result = handle(&state, &headers, body).await;
+    let outcome = match &result {
+        Ok((_, outcome)) => *outcome,
+        Err(e) => rejection_outcome(e),
+    };
+    state.metrics.delivery(outcome);
+    if result.is_err() {
+        tracing::info!(outcome, latency_ms = started.elapsed().as_millis() as u64, "delivery refused");
+    }
+    result.map(|(response, _)| response)
+}
+
+type Handled = ((StatusCode, Json<Value>), &'static str);
+
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Handled, ApiError> {
+    let started = Instant::now();
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(state.max_body_bytes)
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })?;
+
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let verified = state
+        .verifier
+        .verify(
+            header(HEADER_ID),
+            header(HEADER_TIMESTAMP),
+            header(HEADER_SIGNATURE),
+            &body,
+            now,
+        )
+        .map_err(|reason| {
+            // The reason helps operators; the caller gets the same 401 whatever it was.
+            tracing::warn!(reason = %reason, "webhook signature check failed");
+            ApiError::InvalidSignature
+        })?;
+
+    let event = SymEvent::parse(&body).map_err(|e| {
+        tracing::warn!(webhook_id = %verified.webhook_id, error = %e, "signed body refused");
+        match e {
+            EventError::InvalidWorkflowId(detail) => ApiError::InvalidWorkflowId(detail),
+            other => ApiError::BadRequest(other.to_string()),
+        }
+    })?;
+
+    let received_at = now_ms();
+    let deadline_at = received_at.saturating_add(duration_ms(state.approval_timeout));
+    let task = match (event.kind, event.workflow_id, state.on_deny) {
+        (EventKind::Approve, Some(workflow_id), _) => Some(NewTask {
+            action: TaskAction::Approve,
+            workflow_id,
+            deadline_at,
+        }),
+        (EventKind::Deny | EventKind::Expire, Some(workflow_id), OnDeny::Cancel) => {
+            Some(NewTask {
+                action: TaskAction::Cancel,
+                workflow_id,
+                deadline_at,
+            })
+        }
+        _ => None,
+    };
+
+    let recorded = state
+        .store
+        .record_delivery(&verified.webhook_id, &event, received_at, task.as_ref())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, sym_event_id = %event.id, "could not store the delivery");
+            ApiError::StoreUnavailable
+        })?;
+
+    let (status, body, outcome, delivery_id) = match &recorded {
+        Recorded::Queued { delivery_id, .. } => {
+            state.wake.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                json!({ "delivery_id": delivery_id, "status": "queued" }),
+                "queued",
+                delivery_id,
+            )
+        }
+        Recorded::Ignored { delivery_id } => (
+            StatusCode::OK,
+            json!({ "delivery_id": delivery_id, "status": "ignored", "event_type": event.event_type }),
+            "ignored",
+            delivery_id,
+        ),
+        Recorded::Duplicate { original_id } => (
+            StatusCode::OK,
+            json!({ "delivery_id": original_id, "status": "duplicate" }),
+            "duplicate",
+            original_id,
+        ),
+    };
+    tracing::info!(
+        delivery_id = %delivery_id,
+        webhook_id = %verified.webhook_id,
+        sym_event_id = %event.id,
+        event_type = %event.event_type,
+        workflow_id = event.workflow_id.map(|w| w.to_string()),
+        approver = event.approver_username.as_deref().or(event.approver_name.as_deref()),
+        outcome,
+        latency_ms = started.elapsed().as_millis() as u64,
+        "delivery"
+    );
+    Ok(((status, Json(body)), outcome))
+}
+
+/// The metrics label for a refused delivery.
+fn rejection_outcome(error: &ApiError) -> &'static str {
+    match error {
+        ApiError::InvalidSignature => "rejected_signature",
+        ApiError::BadRequest(_) => "rejected_invalid_body",
+        ApiError::InvalidWorkflowId(_) => "rejected_invalid_workflow_id",
+        ApiError::PayloadTooLarge(_) => "rejected_too_large",
+        ApiError::StoreUnavailable => "store_unavailable",
+        _ => "rejected_other",
+    }
+}

@@ -1,0 +1,191 @@
+//! Prometheus metrics, served at `GET /metrics`.
+//!
+//! One registry per running service (no global recorder), so tests can run several services in
+//! one process and read each one's numbers. Gauges about the store (pending tasks, age of the
+//! oldest) are read from the database at scrape time, so they agree across replicas.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::circleci::CallRecord;
+use crate::store::TaskAction;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    action: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    endpoint: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    deliveries: Family<OutcomeLabels, Counter>,
+    tasks_finished: Family<TaskLabels, Counter>,
+    task_duration: HistogramFamily<EndpointLabels>,
+    circleci_requests: Family<CallLabels, Counter>,
+    circleci_duration: HistogramFamily<EndpointLabels>,
+    pending_tasks: Gauge,
+    oldest_pending_age: Gauge<f64, AtomicU64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn call_buckets() -> Histogram {
+    // 5 ms .. ~20 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+fn task_buckets() -> Histogram {
+    // 0.1 s .. ~55 min: approvals can wait for a hold job for a long time.
+    Histogram::new(exponential_buckets(0.1, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sym_approver");
+        let deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Webhook deliveries by outcome (queued, duplicate, ignored, or the rejection reason)",
+            deliveries.clone(),
+        );
+        let tasks_finished = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "tasks_finished",
+            "Approval and cancel tasks by final outcome",
+            tasks_finished.clone(),
+        );
+        let task_duration: HistogramFamily<EndpointLabels> =
+            Family::new_with_constructor(task_buckets);
+        registry.register(
+            "task_duration_seconds",
+            "Time from delivery to a task's final outcome",
+            task_duration.clone(),
+        );
+        let circleci_requests = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "circleci_requests",
+            "CircleCI API requests by endpoint and HTTP status (or error kind)",
+            circleci_requests.clone(),
+        );
+        let circleci_duration: HistogramFamily<EndpointLabels> =
+            Family::new_with_constructor(call_buckets);
+        registry.register(
+            "circleci_request_duration_seconds",
+            "CircleCI API request latency",
+            circleci_duration.clone(),
+        );
+        let pending_tasks = Gauge::default();
+        registry.register(
+            "pending_tasks",
+            "Tasks accepted and not finished yet",
+            pending_tasks.clone(),
+        );
+        let oldest_pending_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "oldest_pending_task_age_seconds",
+            "Age of the oldest pending task (0 when none)",
+            oldest_pending_age.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            deliveries,
+            tasks_finished,
+            task_duration,
+            circleci_requests,
+            circleci_duration,
+            pending_tasks,
+            oldest_pending_age,
+        }
+    }
+
+    pub fn delivery(&self, outcome: &str) {
+        self.deliveries
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn task_finished(&self, action: TaskAction, outcome: &str, seconds: f64) {
+        self.tasks_finished
+            .get_or_create(&TaskLabels {
+                action: action.as_str().to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.task_duration
+            .get_or_create(&EndpointLabels {
+                endpoint: action.as_str().to_owned(),
+            })
+            .observe(seconds.max(0.0));
+    }
+
+    pub fn circleci_call(&self, call: &CallRecord) {
+        let status = match (call.status, &call.error) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(e)) if e.contains("timed out") => "timeout".to_owned(),
+            (None, _) => "error".to_owned(),
+        };
+        self.circleci_requests
+            .get_or_create(&CallLabels {
+                endpoint: call.operation.to_owned(),
+                status,
+            })
+            .inc();
+        self.circleci_duration
+            .get_or_create(&EndpointLabels {
+                endpoint: call.operation.to_owned(),
+            })
+            .observe(call.duration.as_secs_f64());
+    }
+
+    /// Sets the store gauges (called at scrape time).
+    pub fn set_pending(&self, count: i64, oldest_age_seconds: f64) {
+        self.pending_tasks.set(count);
+        self.oldest_pending_age.set(oldest_age_seconds.max(0.0));
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,629 @@
+//! The durable store: deliveries, the tasks they create, and every CircleCI attempt.
+//!
+//! One [`Store`] type is the interface the rest of the service uses; the backend (embedded
+//! SQLite, or PostgreSQL for several replicas) is chosen by `DATABASE_URL`. Queries are written
+//! once, in the SQL both backends share (`$n` placeholders, unix-millisecond integers), through
+//! sqlx's `Any` driver. The few places where the dialects differ are spelled out per backend.
+//!
+//! Correctness lives in the database, not in process memory:
+//! - deduplication: partial unique indexes allow one original delivery per Sym id and per
+//!   `webhook-id`; a conflicting insert becomes a `duplicate` row pointing at the original;
+//! - a task is worked by one process at a time: claiming sets a lease, and every later write
+//!   is guarded by `lease_owner`, so a process that lost its lease cannot overwrite the result.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use uuid::Uuid;
+
+use crate::circleci::CallRecord;
+use crate::sym_event::SymEvent;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Unix milliseconds now; the store keeps every time in this form.
+pub fn now_ms() -> i64 {
+    to_ms(SystemTime::now())
+}
+
+pub fn to_ms(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What a task does at CircleCI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskAction {
+    /// Approve the workflow's hold job.
+    Approve,
+    /// Cancel the workflow (a denied or expired request, with `ON_DENY=cancel`).
+    Cancel,
+}
+
+impl TaskAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Cancel => "cancel",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "approve" => Ok(Self::Approve),
+            "cancel" => Ok(Self::Cancel),
+            other => Err(StoreError::Invalid(format!("unknown task action {other:?}"))),
+        }
+    }
+}
+
+/// A task to create along with its delivery.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub action: TaskAction,
+    pub workflow_id: Uuid,
+    pub deadline_at: i64,
+}
+
+/// What recording a delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// A new delivery with a task to work on.
+    Queued { delivery_id: String, task_id: String },
+    /// A new delivery that asks nothing of us (an event type we do not act on).
+    Ignored { delivery_id: String },
+    /// Seen before (same Sym id or same webhook-id); `original_id` is the first delivery.
+    Duplicate { original_id: String },
+}
+
+/// A claimed task, as the worker needs it.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: String,
+    pub delivery_id: String,
+    pub action: TaskAction,
+    pub workflow_id: Uuid,
+    /// Steps already taken (drives the backoff).
+    pub attempts: i64,
+    pub created_at: i64,
+    pub deadline_at: i64,
+}
+
+/// The hold job a task found, kept for the audit trail.
+#[derive(Debug, Clone, Default)]
+pub struct JobInfo {
+    pub job_id: Option<String>,
+    pub job_number: Option<i64>,
+    pub project_slug: Option<String>,
+}
+
+/// Final state of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalStatus {
+    Succeeded,
+    Failed,
+}
+
+impl FinalStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Store {
+    /// Connects, creating the SQLite file and its folder if needed, and migrates.
+    pub async fn connect(url: &SecretString, options: &StoreOptions) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = url.expose_secret();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            (Backend::Sqlite, prepare_sqlite_url(url)?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            return Err(StoreError::Invalid(
+                "DATABASE_URL must start with sqlite:// or postgres://".into(),
+            ));
+        };
+
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; FULL makes each commit
+                        // durable before we answer 2xx; busy_timeout queues writers.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+
+        let store = Self { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies pending migrations (PostgreSQL serialises concurrent replicas with an
+    /// advisory lock; SQLite has one writer by construction).
+    async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Is the database answering?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Stores a verified delivery and, when it asks for work, its task: in one transaction,
+    /// so a 2xx is only ever sent for an event that is durably stored with its task.
+    pub async fn record_delivery(
+        &self,
+        webhook_id: &str,
+        event: &SymEvent,
+        received_at: i64,
+        task: Option<&NewTask>,
+    ) -> Result<Recorded, StoreError> {
+        let delivery_id = Uuid::new_v4().to_string();
+        let outcome = if task.is_some() { "queued" } else { "ignored" };
+        let mut tx = self.pool.begin().await?;
+        // The insert comes first so SQLite takes its write lock at once (no lock upgrade).
+        let inserted = insert_delivery(
+            &mut *tx,
+            &delivery_id,
+            webhook_id,
+            event,
+            received_at,
+            outcome,
+            None,
+        )
+        .await;
+        match inserted {
+            Ok(()) => {}
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await?;
+                return self.record_duplicate(webhook_id, event, received_at).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let Some(task) = task else {
+            tx.commit().await?;
+            return Ok(Recorded::Ignored { delivery_id });
+        };
+        let task_id = Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO tasks (id, delivery_id, action, workflow_id, status, attempts, \
+             created_at, deadline_at, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, 'pending', 0, $5, $6, $5)",
+        )
+        .bind(&task_id)
+        .bind(&delivery_id)
+        .bind(task.action.as_str())
+        .bind(task.workflow_id.to_string())
+        .bind(received_at)
+        .bind(task.deadline_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Recorded::Queued {
+            delivery_id,
+            task_id,
+        })
+    }
+
+    async fn record_duplicate(
+        &self,
+        webhook_id: &str,
+        event: &SymEvent,
+        received_at: i64,
+    ) -> Result<Recorded, StoreError> {
+        let original: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM deliveries WHERE outcome <> 'duplicate' \
+             AND (sym_event_id = $1 OR webhook_id = $2) ORDER BY received_at LIMIT 1",
+        )
+        .bind(&event.id)
+        .bind(webhook_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(original_id) = original else {
+            return Err(StoreError::Invalid(
+                "unique conflict without an original delivery".into(),
+            ));
+        };
+        let id = Uuid::new_v4().to_string();
+        insert_delivery(
+            &self.pool,
+            &id,
+            webhook_id,
+            event,
+            received_at,
+            "duplicate",
+            Some(&original_id),
+        )
+        .await?;
+        Ok(Recorded::Duplicate { original_id })
+    }
+
+    /// Single-replica backends only: forget leases left by a process that died, so its tasks
+    /// resume at once instead of after the lease runs out.
+    pub async fn release_stale_leases(&self) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
+             WHERE status = 'pending' AND lease_owner IS NOT NULL",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Claims the most overdue task that no live lease holds, for `lease` from `now`.
+    /// Tasks of a workflow another task is being worked on for wait their turn.
+    pub async fn claim_next_task(
+        &self,
+        owner: &str,
+        now: i64,
+        lease: Duration,
+    ) -> Result<Option<Task>, StoreError> {
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE tasks SET lease_owner = $1, lease_expires_at = $2 \
+             WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
+             AND id = (SELECT t.id FROM tasks t \
+                WHERE t.status = 'pending' AND t.next_attempt_at <= $3 \
+                AND (t.lease_expires_at IS NULL OR t.lease_expires_at < $3) \
+                AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.workflow_id = t.workflow_id \
+                    AND o.id <> t.id AND o.status = 'pending' AND o.lease_expires_at >= $3) \
+                ORDER BY t.next_attempt_at, t.created_at LIMIT 1 {lock}) \
+             RETURNING id, delivery_id, action, workflow_id, attempts, created_at, deadline_at"
+        );
+        let row = sqlx::query(&sql)
+            .bind(owner)
+            .bind(now.saturating_add(duration_ms(lease)))
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| task_from_row(&row)).transpose()
+    }
+
+    /// When the next pending task becomes due (or its lease runs out), if any.
+    pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > next_attempt_at \
+             THEN lease_expires_at ELSE next_attempt_at END) FROM tasks WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(due)
+    }
+
+    /// Appends CircleCI exchanges to a task's audit trail.
+    pub async fn record_attempts(
+        &self,
+        task_id: &str,
+        calls: &[CallRecord],
+    ) -> Result<(), StoreError> {
+        for call in calls {
+            sqlx::query(
+                "INSERT INTO attempts (task_id, started_at, method, endpoint, status_code, \
+                 duration_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(task_id)
+            .bind(to_ms(call.started_at))
+            .bind(call.method)
+            .bind(&call.endpoint)
+            .bind(call.status.map(i64::from))
+            .bind(duration_ms(call.duration))
+            .bind(call.error.as_deref())
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends this step and schedules the next one; false when the lease was lost.
+    pub async fn reschedule(
+        &self,
+        task_id: &str,
+        owner: &str,
+        next_attempt_at: i64,
+        detail: &str,
+        job: &JobInfo,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tasks SET attempts = attempts + 1, next_attempt_at = $3, detail = $4, \
+             job_id = COALESCE($5, job_id), job_number = COALESCE($6, job_number), \
+             project_slug = COALESCE($7, project_slug), \
+             lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+        )
+        .bind(task_id)
+        .bind(owner)
+        .bind(next_attempt_at)
+        .bind(detail)
+        .bind(job.job_id.as_deref())
+        .bind(job.job_number)
+        .bind(job.project_slug.as_deref())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a task's final outcome; false when the lease was lost.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish(
+        &self,
+        task_id: &str,
+        owner: &str,
+        status: FinalStatus,
+        outcome: &str,
+        detail: &str,
+        job: &JobInfo,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tasks SET status = $3, outcome = $4, detail = $5, attempts = attempts + 1, \
+             job_id = COALESCE($6, job_id), job_number = COALESCE($7, job_number), \
+             project_slug = COALESCE($8, project_slug), finished_at = $9, \
+             lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+        )
+        .bind(task_id)
+        .bind(owner)
+        .bind(status.as_str())
+        .bind(outcome)
+        .bind(detail)
+        .bind(job.job_id.as_deref())
+        .bind(job.job_number)
+        .bind(job.project_slug.as_deref())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives a lease back without counting a step (shutdown mid-step).
+    pub async fn release_lease(&self, task_id: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
+             WHERE id = $1 AND lease_owner = $2",
+        )
+        .bind(task_id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// One task's status row, for tests and the audit API.
+    pub async fn task_status(&self, task_id: &str) -> Result<Option<TaskStatus>, StoreError> {
+        let row = sqlx::query(
+            "SELECT status, outcome, detail, attempts FROM tasks WHERE id = $1",
+        )
+        .bind(task_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(TaskStatus {
+                status: row.try_get("status")?,
+                outcome: row.try_get("outcome")?,
+                detail: row.try_get("detail")?,
+                attempts: row.try_get("attempts")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// The task created for a delivery, if any.
+    pub async fn task_for_delivery(&self, delivery_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM tasks WHERE delivery_id = $1")
+                .bind(delivery_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Counts of deliveries by outcome (for tests and the demo).
+    pub async fn delivery_count(&self, outcome: &str) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE outcome = $1")
+                .bind(outcome)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Pending tasks and the creation time of the oldest, for metrics.
+    pub async fn pending_summary(&self) -> Result<(i64, Option<i64>), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM tasks WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("oldest")?))
+    }
+}
+
+/// A task's state, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskStatus {
+    pub status: String,
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+    pub attempts: i64,
+}
+
+async fn insert_delivery<'e, E>(
+    executor: E,
+    id: &str,
+    webhook_id: &str,
+    event: &SymEvent,
+    received_at: i64,
+    outcome: &str,
+    duplicate_of: Option<&str>,
+) -> Result<(), sqlx::Error>
+where
+    E: Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO deliveries (id, webhook_id, sym_event_id, event_type, workflow_id, \
+         workflow_url, merging_user, approver_username, approver_name, run_srn, received_at, \
+         outcome, duplicate_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(id)
+    .bind(webhook_id)
+    .bind(&event.id)
+    .bind(&event.event_type)
+    .bind(event.workflow_id.map(|w| w.to_string()))
+    .bind(event.workflow_url.as_deref())
+    .bind(event.merging_user.as_deref())
+    .bind(event.approver_username.as_deref())
+    .bind(event.approver_name.as_deref())
+    .bind(event.run_srn.as_deref())
+    .bind(received_at)
+    .bind(outcome)
+    .bind(duplicate_of)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
+}
+
+fn task_from_row(row: &AnyRow) -> Result<Task, StoreError> {
+    let workflow_id: String = row.try_get("workflow_id")?;
+    let action: String = row.try_get("action")?;
+    Ok(Task {
+        id: row.try_get("id")?,
+        delivery_id: row.try_get("delivery_id")?,
+        action: TaskAction::parse(&action)?,
+        workflow_id: Uuid::try_parse(&workflow_id)
+            .map_err(|_| StoreError::Invalid(format!("stored workflow id {workflow_id:?}")))?,
+        attempts: row.try_get("attempts")?,
+        created_at: row.try_get("created_at")?,
+        deadline_at: row.try_get("deadline_at")?,
+    })
+}
+
+/// Creates the SQLite file's folder and asks sqlx to create the file (`mode=rwc`).
+fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path.contains(":memory:") || query.is_some_and(|q| q.contains("memory")) {
+        return Err(StoreError::Invalid(
+            "DATABASE_URL: an in-memory SQLite store would lose accepted events; give a file path"
+                .into(),
+        ));
+    }
+    if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Invalid(format!(
+                "DATABASE_URL: cannot create folder {}: {e}",
+                parent.display()
+            ))
+        })?;
+    }
+    Ok(match query {
+        Some(q) if q.contains("mode=") => format!("sqlite://{path}?{q}"),
+        Some(q) => format!("sqlite://{path}?{q}&mode=rwc"),
+        None => format!("sqlite://{path}?mode=rwc"),
+    })
+}

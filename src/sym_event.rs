@@ -1,0 +1,276 @@
+//! The Sym log entry (schema_version 4) that Sym's HTTP strategy and hooks deliver.
+//!
+//! Only the parts this service acts on are modelled; unknown fields are tolerated so Sym can
+//! add to the schema without breaking deliveries. Parsing happens only after the signature check.
+
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// The schema version this service understands.
+pub const SCHEMA_VERSION: i64 = 4;
+
+#[derive(Debug, Deserialize)]
+struct RawLogEntry {
+    id: String,
+    #[serde(default)]
+    meta: Option<RawMeta>,
+    #[serde(default)]
+    run: Option<RawRun>,
+    event: RawEvent,
+    #[serde(default)]
+    actor: Option<RawActor>,
+    #[serde(default)]
+    fields: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawMeta {
+    #[serde(default)]
+    schema_version: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRun {
+    #[serde(default)]
+    srn: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawEvent {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawActor {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+}
+
+/// What the event asks of this service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Approve the workflow's hold job.
+    Approve,
+    /// The request was denied: optionally cancel the workflow.
+    Deny,
+    /// The request expired unanswered: optionally cancel the workflow.
+    Expire,
+    /// Anything else: acknowledged, recorded, ignored.
+    Other,
+}
+
+impl EventKind {
+    fn from_type(kind: &str) -> Self {
+        match kind {
+            "approve" => Self::Approve,
+            "deny" => Self::Deny,
+            "expire" => Self::Expire,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// A parsed, validated Sym event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SymEvent {
+    /// Sym's id for the log entry, stable across redeliveries.
+    pub id: String,
+    /// `event.type` as sent (e.g. `approve`).
+    pub event_type: String,
+    pub kind: EventKind,
+    /// Present and valid for approve events; best-effort for the others.
+    pub workflow_id: Option<Uuid>,
+    pub workflow_url: Option<String>,
+    pub merging_user: Option<String>,
+    pub approver_username: Option<String>,
+    pub approver_name: Option<String>,
+    pub run_srn: Option<String>,
+}
+
+/// Why a body was refused, mapped to 400 or 422 by the HTTP layer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error("body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("body is not a Sym log entry: {0}")]
+    NotLogEntry(String),
+    #[error("unsupported schema_version {0}; this service understands {SCHEMA_VERSION}")]
+    UnsupportedSchema(i64),
+    /// An approve event whose `fields.workflow_id` is missing or not a UUID (422).
+    #[error("{0}")]
+    InvalidWorkflowId(String),
+}
+
+/// Longest Sym id we store; Sym ids are UUIDs.
+const MAX_ID_LEN: usize = 256;
+
+impl SymEvent {
+    pub fn parse(body: &[u8]) -> Result<Self, EventError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| EventError::NotJson(e.to_string()))?;
+        let raw: RawLogEntry =
+            serde_json::from_value(value).map_err(|e| EventError::NotLogEntry(e.to_string()))?;
+
+        if raw.id.trim().is_empty() || raw.id.len() > MAX_ID_LEN {
+            return Err(EventError::NotLogEntry(
+                "`id` must be a non-empty string of at most 256 characters".into(),
+            ));
+        }
+        if raw.event.kind.is_empty() {
+            return Err(EventError::NotLogEntry("`event.type` is empty".into()));
+        }
+        if let Some(version) = raw.meta.as_ref().and_then(|m| m.schema_version) {
+            if version != SCHEMA_VERSION {
+                return Err(EventError::UnsupportedSchema(version));
+            }
+        }
+
+        let kind = EventKind::from_type(&raw.event.kind);
+        let fields = raw.fields.unwrap_or_default();
+        let text_field = |name: &str| {
+            fields
+                .get(name)
+                .and_then(|v| v.as_str())
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let workflow_id = match fields.get("workflow_id") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => match Uuid::try_parse(s) {
+                Ok(id) => Some(id),
+                Err(_) if kind == EventKind::Approve => {
+                    return Err(EventError::InvalidWorkflowId(
+                        "fields.workflow_id is not a UUID".into(),
+                    ))
+                }
+                Err(_) => None,
+            },
+            Some(_) if kind == EventKind::Approve => {
+                return Err(EventError::InvalidWorkflowId(
+                    "fields.workflow_id must be a UUID string".into(),
+                ))
+            }
+            Some(_) => None,
+        };
+        if kind == EventKind::Approve && workflow_id.is_none() {
+            return Err(EventError::InvalidWorkflowId(
+                "approve event has no fields.workflow_id".into(),
+            ));
+        }
+
+        let actor = raw.actor;
+        Ok(Self {
+            id: raw.id,
+            event_type: raw.event.kind,
+            kind,
+            workflow_id,
+            workflow_url: text_field("workflow_url"),
+            merging_user: text_field("merging_user"),
+            approver_username: actor.as_ref().and_then(|a| a.username.clone()),
+            approver_name: actor.and_then(|a| a.name),
+            run_srn: raw.run.and_then(|r| r.srn),
+        })
+    }
+
+    /// A Sym-shaped log entry for `send-event` and the demo: the same shape Sym sends.
+    pub fn sample_body(
+        id: &str,
+        event_type: &str,
+        workflow_id: &str,
+        approver: &str,
+        timestamp: &str,
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "id": id,
+            "meta": {"schema_version": SCHEMA_VERSION},
+            "state": {"status": "completed", "errors": []},
+            "run": {
+                "srn": format!("acme:run:ci-approval:1.0.0:{}", Uuid::new_v4()),
+                "flow": "acme:flow:ci-approval:1.0.0"
+            },
+            "event": {
+                "srn": format!("sym:event-spec:approval:1.0.0:{event_type}"),
+                "type": event_type,
+                "template": "sym:template:approval:1.0.0",
+                "timestamp": timestamp,
+                "channel": "slack"
+            },
+            "actor": {
+                "user": format!("acme:user:{}:latest", Uuid::new_v4()),
+                "name": approver,
+                "username": approver,
+                "identity": {"service": "slack", "external_id": "T000000", "user_id": "U000000"}
+            },
+            "fields": {
+                "workflow_id": workflow_id,
+                "workflow_url": format!("https://app.circleci.com/pipelines/workflows/{workflow_id}"),
+                "merging_user": "send-event"
+            },
+            "type": "event"
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference");
+        std::fs::read(dir.join("sym-approve-event.json")).expect("reference sample present")
+    }
+
+    #[test]
+    fn the_reference_approve_event_parses_with_every_field_we_use() {
+        let event = SymEvent::parse(&sample()).unwrap();
+        assert_eq!(event.id, "0b5f6f7c-3c1e-4d7a-9a3e-6c0f2f8e1a22");
+        assert_eq!(event.kind, EventKind::Approve);
+        assert_eq!(
+            event.workflow_id.unwrap().to_string(),
+            "7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e"
+        );
+        assert_eq!(event.approver_username.as_deref(), Some("alice@example.com"));
+        assert_eq!(event.approver_name.as_deref(), Some("Alice Approver"));
+        assert_eq!(event.merging_user.as_deref(), Some("bob"));
+        assert!(event.workflow_url.unwrap().starts_with("https://app.circleci.com/"));
+        assert!(event.run_srn.unwrap().starts_with("acme:run:ci-approval"));
+    }
+
+    #[test]
+    fn a_path_traversal_workflow_id_is_refused_as_invalid() {
+        let body = br#"{"id":"x","event":{"type":"approve"},"fields":{"workflow_id":"../../project/x"}}"#;
+        assert!(matches!(
+            SymEvent::parse(body),
+            Err(EventError::InvalidWorkflowId(_))
+        ));
+    }
+
+    #[test]
+    fn other_event_types_parse_without_a_workflow_id() {
+        let body = br#"{"id":"x","event":{"type":"request"},"fields":{},"extra":1}"#;
+        let event = SymEvent::parse(body).unwrap();
+        assert_eq!(event.kind, EventKind::Other);
+        assert_eq!(event.event_type, "request");
+    }
+
+    #[test]
+    fn non_json_and_non_log_entries_are_told_apart() {
+        assert!(matches!(SymEvent::parse(b"{nope"), Err(EventError::NotJson(_))));
+        assert!(matches!(
+            SymEvent::parse(b"[1,2]"),
+            Err(EventError::NotLogEntry(_))
+        ));
+        assert!(matches!(
+            SymEvent::parse(br#"{"id":"x"}"#),
+            Err(EventError::NotLogEntry(_))
+        ));
+        assert_eq!(
+            SymEvent::parse(br#"{"id":"x","meta":{"schema_version":3},"event":{"type":"approve"}}"#),
+            Err(EventError::UnsupportedSchema(3))
+        );
+    }
+}

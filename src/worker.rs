@@ -1,0 +1,414 @@
+//! The approval worker: takes due tasks from the store and moves each one step forward.
+//!
+//! A step always starts by reading the workflow's jobs, then acts on what it finds: approve an
+//! `on_hold` hold job, finish on one already approved, poll again while it is not on hold yet,
+//! give up on a canceled/failed job, a foreign project or a refused token. Because every step
+//! re-reads first, an approve whose outcome was unknown (timeout, dropped connection, a 4xx)
+//! is never blindly repeated: the next step sees `success` and stops. Between steps the task
+//! lives only in the store, so a crash or deploy loses nothing; a restarted process (or another
+//! replica, once the lease runs out) takes the next step.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::circleci::{CallRecord, CircleCiClient, CircleError, Job};
+use crate::config::WorkerConfig;
+use crate::metrics::Metrics;
+use crate::retry::RetryKind;
+use crate::store::{duration_ms, now_ms, FinalStatus, JobInfo, Store, Task, TaskAction};
+
+/// Longest idle wait between looks at the store (covers tasks made by other replicas).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How long in-flight steps may run on after shutdown is requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What one step decided.
+#[derive(Debug)]
+enum Step {
+    Succeeded {
+        outcome: &'static str,
+        detail: String,
+    },
+    Failed {
+        outcome: &'static str,
+        detail: String,
+    },
+    Retry {
+        kind: RetryKind,
+        retry_after: Option<Duration>,
+        detail: String,
+    },
+}
+
+impl Step {
+    fn from_error(err: CircleError, doing: &str) -> Self {
+        match err {
+            CircleError::Unauthorized(status) => {
+                tracing::error!(
+                    status,
+                    "CircleCI refused the API token while {doing}: check CIRCLECI_TOKEN \
+                     (it needs access to the project); the task is given up"
+                );
+                Self::Failed {
+                    outcome: "circleci_unauthorized",
+                    detail: format!("{err} while {doing}"),
+                }
+            }
+            other => Self::Retry {
+                kind: RetryKind::Error,
+                retry_after: other.retry_after(),
+                detail: format!("{other} while {doing}"),
+            },
+        }
+    }
+}
+
+pub struct ApprovalWorker {
+    store: Store,
+    circleci: CircleCiClient,
+    config: WorkerConfig,
+    metrics: Metrics,
+    /// Identifies this process's leases.
+    owner: String,
+    /// Signalled when a new task is stored, so it is picked up at once.
+    wake: Arc<Notify>,
+}
+
+impl ApprovalWorker {
+    pub fn new(
+        store: Store,
+        circleci: CircleCiClient,
+        config: WorkerConfig,
+        metrics: Metrics,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            circleci,
+            config,
+            metrics,
+            owner: format!("worker-{}", Uuid::new_v4()),
+            wake,
+        }
+    }
+
+    /// Runs until `shutdown`; pending tasks stay in the store for the next start.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tracing::info!(owner = %self.owner, "approval worker started");
+        let mut running = JoinSet::new();
+        loop {
+            let mut store_ok = true;
+            while running.len() < self.config.concurrency && !shutdown.is_cancelled() {
+                match self
+                    .store
+                    .claim_next_task(&self.owner, now_ms(), self.config.task_lease)
+                    .await
+                {
+                    Ok(Some(task)) => {
+                        let worker = Arc::clone(&self);
+                        running.spawn(async move { worker.work(task).await });
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store unavailable; worker will retry");
+                        store_ok = false;
+                        break;
+                    }
+                }
+            }
+            let wait = if store_ok { self.idle_wait().await } else { IDLE_POLL };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            running.abort_all();
+            tracing::warn!("worker stopped with steps in flight; their tasks stay pending");
+        }
+        tracing::info!("approval worker stopped");
+    }
+
+    /// Until the next task is due, at most [`IDLE_POLL`].
+    async fn idle_wait(&self) -> Duration {
+        match self.store.next_due_at().await {
+            Ok(Some(due)) => {
+                let ms = due.saturating_sub(now_ms()).max(10);
+                Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(IDLE_POLL)
+            }
+            _ => IDLE_POLL,
+        }
+    }
+
+    /// One step of one task, with its outcome stored.
+    async fn work(&self, task: Task) {
+        let span = tracing::info_span!(
+            "task",
+            task_id = %task.id,
+            delivery_id = %task.delivery_id,
+            workflow_id = %task.workflow_id,
+            action = task.action.as_str(),
+            attempt = task.attempts + 1,
+        );
+        async {
+            let mut calls = Vec::new();
+            let mut job = JobInfo::default();
+            // Bounded below the lease, so no other replica can take the task mid-step.
+            let step_limit = self.config.task_lease.mul_f64(0.8);
+            let step = match tokio::time::timeout(
+                step_limit,
+                self.step(&task, &mut calls, &mut job),
+            )
+            .await
+            {
+                Ok(step) => step,
+                Err(_) => Step::Retry {
+                    kind: RetryKind::Error,
+                    retry_after: None,
+                    detail: "step timed out; the job will be re-read before any approve".into(),
+                },
+            };
+            for call in &calls {
+                self.metrics.circleci_call(call);
+            }
+            if let Err(e) = self.store.record_attempts(&task.id, &calls).await {
+                tracing::warn!(error = %e, "could not store the CircleCI attempts");
+            }
+            if let Err(e) = self.settle(&task, step, &job).await {
+                // The lease runs out and the step is taken again: steps re-read first, so
+                // this can cost a call but never a second approve.
+                tracing::warn!(error = %e, "could not store the step result; it will be retried");
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Stores the step's result: finished, or scheduled again within the deadline.
+    async fn settle(&self, task: &Task, step: Step, job: &JobInfo) -> Result<(), crate::store::StoreError> {
+        let now = now_ms();
+        let (status, outcome, detail) = match step {
+            Step::Succeeded { outcome, detail } => (FinalStatus::Succeeded, outcome, detail),
+            Step::Failed { outcome, detail } => (FinalStatus::Failed, outcome, detail),
+            Step::Retry {
+                kind,
+                retry_after,
+                detail,
+            } => {
+                if now >= task.deadline_at {
+                    let minutes = (task.deadline_at - task.created_at) / 60_000;
+                    (
+                        FinalStatus::Failed,
+                        "timed_out",
+                        format!("gave up after APPROVAL_TIMEOUT ({minutes} min): {detail}"),
+                    )
+                } else {
+                    let delay = self.config.retry.delay(kind, task.attempts, retry_after);
+                    let next = now.saturating_add(duration_ms(delay)).min(task.deadline_at);
+                    let kept = self
+                        .store
+                        .reschedule(&task.id, &self.owner, next, &detail, job)
+                        .await?;
+                    tracing::info!(
+                        retry_in_ms = next - now,
+                        reason = %detail,
+                        lease_kept = kept,
+                        "task will be retried"
+                    );
+                    return Ok(());
+                }
+            }
+        };
+        let kept = self
+            .store
+            .finish(&task.id, &self.owner, status, outcome, &detail, job, now)
+            .await?;
+        let seconds = (now - task.created_at) as f64 / 1000.0;
+        self.metrics.task_finished(task.action, outcome, seconds);
+        match status {
+            FinalStatus::Succeeded => tracing::info!(
+                outcome,
+                detail = %detail,
+                total_seconds = seconds,
+                lease_kept = kept,
+                "task succeeded"
+            ),
+            FinalStatus::Failed => tracing::error!(
+                outcome,
+                detail = %detail,
+                total_seconds = seconds,
+                lease_kept = kept,
+                "task failed"
+            ),
+        }
+        Ok(())
+    }
+
+    async fn step(&self, task: &Task, calls: &mut Vec<CallRecord>, info: &mut JobInfo) -> Step {
+        let jobs = match self.circleci.workflow_jobs(task.workflow_id, calls).await {
+            Ok(jobs) => jobs,
+            Err(e) => return Step::from_error(e, "listing the workflow's jobs"),
+        };
+        let name = &self.config.hold_job_name;
+        let hold = jobs
+            .iter()
+            .find(|j| &j.name == name && j.job_type == "approval");
+        if let Some(job) = hold {
+            *info = JobInfo {
+                job_id: job.id.clone(),
+                job_number: job.job_number,
+                project_slug: job.project_slug.clone(),
+            };
+        }
+        // The project check comes first: a foreign project's jobs are never touched.
+        let project = hold
+            .and_then(|j| j.project_slug.clone())
+            .or_else(|| jobs.iter().find_map(|j| j.project_slug.clone()));
+        if let Some(allowed) = &self.config.allowed_projects {
+            match &project {
+                Some(slug) if allowed.iter().any(|a| a == slug) => {}
+                Some(slug) => {
+                    return Step::Failed {
+                        outcome: "project_not_allowed",
+                        detail: format!("project {slug} is not in ALLOWED_PROJECTS"),
+                    }
+                }
+                None if jobs.is_empty() => {
+                    return Step::Retry {
+                        kind: RetryKind::Poll,
+                        retry_after: None,
+                        detail: "the workflow has no jobs yet".into(),
+                    }
+                }
+                None => {
+                    return Step::Failed {
+                        outcome: "project_not_allowed",
+                        detail: "CircleCI did not say which project the workflow belongs to"
+                            .into(),
+                    }
+                }
+            }
+        }
+        match task.action {
+            TaskAction::Approve => self.approve_step(task, hold, calls).await,
+            TaskAction::Cancel => self.cancel_step(task, hold, calls).await,
+        }
+    }
+
+    async fn approve_step(
+        &self,
+        task: &Task,
+        hold: Option<&Job>,
+        calls: &mut Vec<CallRecord>,
+    ) -> Step {
+        let name = &self.config.hold_job_name;
+        let Some(job) = hold else {
+            return Step::Retry {
+                kind: RetryKind::Poll,
+                retry_after: None,
+                detail: format!("approval job {name:?} is not in the workflow (yet)"),
+            };
+        };
+        match job.status.as_str() {
+            "success" => Step::Succeeded {
+                outcome: "already_approved",
+                detail: format!("hold job {name:?} was already approved"),
+            },
+            "on_hold" => {
+                let Some(approval_id) = job.approval_id().and_then(|id| Uuid::try_parse(id).ok())
+                else {
+                    return Step::Failed {
+                        outcome: "invalid_job",
+                        detail: "the hold job has no usable approval_request_id or id".into(),
+                    };
+                };
+                match self
+                    .circleci
+                    .approve_job(task.workflow_id, approval_id, calls)
+                    .await
+                {
+                    Ok(()) => Step::Succeeded {
+                        outcome: "approved",
+                        detail: format!("approved hold job {name:?} ({approval_id})"),
+                    },
+                    // Unknown outcome: the next step re-reads the job before anything else.
+                    Err(e) => Step::from_error(e, "approving the hold job"),
+                }
+            }
+            status if is_terminal(status) => Step::Failed {
+                outcome: if status == "canceled" {
+                    "hold_job_canceled"
+                } else {
+                    "hold_job_failed"
+                },
+                detail: format!("hold job {name:?} is {status}; nothing to approve"),
+            },
+            status => Step::Retry {
+                kind: RetryKind::Poll,
+                retry_after: None,
+                detail: format!("hold job {name:?} is {status}, not on hold yet"),
+            },
+        }
+    }
+
+    async fn cancel_step(
+        &self,
+        task: &Task,
+        hold: Option<&Job>,
+        calls: &mut Vec<CallRecord>,
+    ) -> Step {
+        match hold.map(|j| j.status.as_str()) {
+            Some("success") => {
+                return Step::Failed {
+                    outcome: "already_approved",
+                    detail: "the hold job was already approved; the workflow is not canceled"
+                        .into(),
+                }
+            }
+            Some(status) if is_terminal(status) => {
+                return Step::Succeeded {
+                    outcome: "already_stopped",
+                    detail: format!("the hold job is already {status}"),
+                }
+            }
+            _ => {}
+        }
+        match self.circleci.cancel_workflow(task.workflow_id, calls).await {
+            Ok(()) => Step::Succeeded {
+                outcome: "canceled",
+                detail: "workflow canceled".into(),
+            },
+            Err(CircleError::Client { status, message }) => Step::Failed {
+                outcome: "cancel_refused",
+                detail: format!("CircleCI refused to cancel (HTTP {status}): {message}"),
+            },
+            Err(e) => Step::from_error(e, "canceling the workflow"),
+        }
+    }
+}
+
+/// Job statuses after which the hold job can never be approved.
+fn is_terminal(status: &str) -> bool {
+    matches!(
+        status,
+        "canceled"
+            | "failed"
+            | "not_run"
+            | "infrastructure_fail"
+            | "timedout"
+            | "terminated-unknown"
+            | "unauthorized"
+    )
+}
