@@ -52,7 +52,9 @@ impl Application {
         let router = http::router(state, &config.http);
         let listener = TcpListener::bind(config.http.listen_addr)
             .await
-            .with_context(|| format!("LISTEN_ADDR: cannot listen on {}", config.http.listen_addr))?;
+            .with_context(|| {
+                format!("LISTEN_ADDR: cannot listen on {}", config.http.listen_addr)
+            })?;
         let worker = Arc::new(ApprovalWorker::new(
             store.clone(),
             circleci,

@@ -145,7 +145,8 @@ impl CircleCiClient {
 
     fn url(&self, path: &str) -> Result<Url, CircleError> {
         let base = self.base.as_str().trim_end_matches('/');
-        Url::parse(&format!("{base}{path}")).map_err(|e| CircleError::InvalidResponse(e.to_string()))
+        Url::parse(&format!("{base}{path}"))
+            .map_err(|e| CircleError::InvalidResponse(e.to_string()))
     }
 
     /// Every job of the workflow, following `next_page_token` to the end.
@@ -232,9 +233,10 @@ impl CircleCiClient {
         let duration = started.elapsed();
 
         let (status, outcome) = match result {
-            Ok((status, retry_after, body)) => {
-                (Some(status.as_u16()), classify_status(status, retry_after, body))
-            }
+            Ok((status, retry_after, body)) => (
+                Some(status.as_u16()),
+                classify_status(status, retry_after, body),
+            ),
             Err(e) => (None, Err(e)),
         };
         let error = outcome.as_ref().err().map(ToString::to_string);

@@ -100,7 +100,9 @@ pub fn event_body(event_id: &str, event_type: &str, workflow_id: &str, approver:
     let timestamp = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    SymEvent::sample_body(event_id, event_type, workflow_id, approver, &timestamp).to_string().into_bytes()
+    SymEvent::sample_body(event_id, event_type, workflow_id, approver, &timestamp)
+        .to_string()
+        .into_bytes()
 }
 
 fn first_secret(args: &SecretArgs) -> Result<WebhookSecret, String> {
@@ -127,7 +129,12 @@ async fn send_event_command(args: &SendEventArgs) -> ExitCode {
         .webhook_id
         .clone()
         .unwrap_or_else(|| format!("msg_{}", Uuid::new_v4().simple()));
-    let body = event_body(&event_id, &args.event_type, &args.workflow_id, &args.approver);
+    let body = event_body(
+        &event_id,
+        &args.event_type,
+        &args.workflow_id,
+        &args.approver,
+    );
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()
@@ -156,7 +163,10 @@ async fn send_event_command(args: &SendEventArgs) -> ExitCode {
 
 async fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
     let Ok(mut addr) = args.listen_addr.trim().parse::<std::net::SocketAddr>() else {
-        eprintln!("configuration error: LISTEN_ADDR: {:?} is not an address", args.listen_addr);
+        eprintln!(
+            "configuration error: LISTEN_ADDR: {:?} is not an address",
+            args.listen_addr
+        );
         return ExitCode::from(EXIT_CONFIG);
     };
     // A wildcard listen address is reached through loopback.

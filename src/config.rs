@@ -53,7 +53,9 @@ pub enum Command {
 }
 
 /// Parses `serve` flags alone (as the demo and tests configure an in-process service).
+/// A repeated flag overrides the earlier one.
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct ServeFlags {
     #[command(flatten)]
     args: ServeArgs,
@@ -307,10 +309,7 @@ impl Config {
         let listen_addr = args.listen_addr.trim().parse().map_err(|_| {
             config_error(
                 "LISTEN_ADDR",
-                format!(
-                    "{:?} is not an address like 0.0.0.0:8080",
-                    args.listen_addr
-                ),
+                format!("{:?} is not an address like 0.0.0.0:8080", args.listen_addr),
             )
         })?;
         let allowed_projects = args.allowed_projects.as_deref().and_then(|raw| {

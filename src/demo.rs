@@ -72,7 +72,12 @@ async fn demo() -> anyhow::Result<bool> {
 
     let client = reqwest::Client::new();
     let event_id = Uuid::new_v4().to_string();
-    let body = event_body(&event_id, "approve", &workflow_id.to_string(), "alice@example.com");
+    let body = event_body(
+        &event_id,
+        "approve",
+        &workflow_id.to_string(),
+        "alice@example.com",
+    );
     let webhook_id = format!("msg_{}", Uuid::new_v4().simple());
     let first = post_signed(&client, &url, &secret, &webhook_id, &body).await?;
     step(format!(
@@ -82,12 +87,16 @@ async fn demo() -> anyhow::Result<bool> {
 
     let approved = fake
         .wait_for_calls(Duration::from_secs(60), |calls| {
-            calls.iter().any(|c| c.operation == "approve" && c.status == 202)
+            calls
+                .iter()
+                .any(|c| c.operation == "approve" && c.status == 202)
         })
         .await;
     for call in fake.calls() {
         let query = call.query.map(|q| format!("?{q}")).unwrap_or_default();
-        let at = call.at.map_or(0.0, |at| at.duration_since(started).as_secs_f64());
+        let at = call
+            .at
+            .map_or(0.0, |at| at.duration_since(started).as_secs_f64());
         println!(
             "[{at:>5.1}s] service → CircleCI: {} {}{query} → HTTP {}",
             call.method, call.path, call.status
@@ -145,11 +154,17 @@ async fn demo() -> anyhow::Result<bool> {
     server.await??;
     let _ = std::fs::remove_dir_all(&dir);
     let approvals = fake.successful_approvals();
-    let ok = approved && approvals == 1 && first.status == 202 && again.status == 200 && refused.status == 401;
+    let ok = approved
+        && approvals == 1
+        && first.status == 202
+        && again.status == 200
+        && refused.status == 401;
     if ok {
         step("done: the hold job was approved exactly once; the deploy would continue now".into());
     } else {
-        step(format!("unexpected result: {approvals} approve call(s) accepted"));
+        step(format!(
+            "unexpected result: {approvals} approve call(s) accepted"
+        ));
     }
     Ok(ok)
 }

@@ -85,7 +85,8 @@ pub struct Fault {
     pub delay: Option<Duration>,
     /// Only for this operation (`list_jobs`, `approve`, `cancel`); any when None.
     pub operation: Option<&'static str>,
-    /// Carry out the request, then answer with the fault (a lost response).
+    /// Carry out the request, then answer with the fault (a lost response). A `delay` always
+    /// comes after the request is carried out and recorded: only the answer is late.
     pub after_effect: bool,
 }
 
@@ -156,7 +157,11 @@ impl Shared {
     fn record(&self, call: RecordedCall) {
         if let Some(path) = &self.calls_file {
             if let Ok(line) = serde_json::to_string(&call) {
-                if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                if let Ok(mut f) = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                {
                     let _ = writeln!(f, "{line}");
                 }
             }
@@ -208,10 +213,7 @@ impl FakeCircleCi {
         });
         let app = Router::new()
             .route("/api/v2/workflow/{id}/job", get(list_jobs))
-            .route(
-                "/api/v2/workflow/{id}/approve/{approval_id}",
-                post(approve),
-            )
+            .route("/api/v2/workflow/{id}/approve/{approval_id}", post(approve))
             .route("/api/v2/workflow/{id}/cancel", post(cancel))
             .with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -379,9 +381,6 @@ async fn handle(
     } else {
         None
     };
-    if let Some(delay) = fault.as_ref().and_then(|f| f.delay) {
-        tokio::time::sleep(delay).await;
-    }
     let response = match (&fault, token_ok) {
         (_, false) => message(StatusCode::UNAUTHORIZED, "You must log in first."),
         (Some(f), true) if !f.after_effect => fault_response(f),
@@ -401,6 +400,11 @@ async fn handle(
         at: Some(Instant::now()),
         unix_ms: crate::store::to_ms(SystemTime::now()),
     });
+    // The effect and the record above are done; only the answer is late (a client timeout
+    // then leaves the outcome unknown to the caller, as with a real slow API).
+    if let Some(delay) = fault.as_ref().and_then(|f| f.delay) {
+        tokio::time::sleep(delay).await;
+    }
     response
 }
 
@@ -429,36 +433,45 @@ async fn list_jobs(
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
     let raw_query = query.page_token.as_ref().map(|t| format!("page-token={t}"));
-    handle(&shared, &headers, "list_jobs", "GET", path, raw_query, |inner| {
-        let Some(workflow) = Uuid::try_parse(&id)
-            .ok()
-            .and_then(|id| inner.workflows.get(&id))
-        else {
-            return message(StatusCode::NOT_FOUND, "Workflow not found");
-        };
-        let items: Vec<_> = workflow
-            .jobs
-            .iter()
-            .skip(start)
-            .take(page_size)
-            .map(|j| {
-                json!({
-                    "id": j.id,
-                    "name": j.name,
-                    "type": j.job_type,
-                    "status": j.effective_status(),
-                    "approval_request_id": j.approval_request_id,
-                    "project_slug": workflow.project_slug,
-                    "job_number": (j.job_type != "approval").then_some(j.job_number),
-                    "dependencies": [],
-                    "started_at": null,
-                    "stopped_at": null,
+    handle(
+        &shared,
+        &headers,
+        "list_jobs",
+        "GET",
+        path,
+        raw_query,
+        |inner| {
+            let Some(workflow) = Uuid::try_parse(&id)
+                .ok()
+                .and_then(|id| inner.workflows.get(&id))
+            else {
+                return message(StatusCode::NOT_FOUND, "Workflow not found");
+            };
+            let items: Vec<_> = workflow
+                .jobs
+                .iter()
+                .skip(start)
+                .take(page_size)
+                .map(|j| {
+                    json!({
+                        "id": j.id,
+                        "name": j.name,
+                        "type": j.job_type,
+                        "status": j.effective_status(),
+                        "approval_request_id": j.approval_request_id,
+                        "project_slug": workflow.project_slug,
+                        "job_number": (j.job_type != "approval").then_some(j.job_number),
+                        "dependencies": [],
+                        "started_at": null,
+                        "stopped_at": null,
+                    })
                 })
-            })
-            .collect();
-        let next = (start + page_size < workflow.jobs.len()).then(|| (start + page_size).to_string());
-        Json(json!({ "items": items, "next_page_token": next })).into_response()
-    })
+                .collect();
+            let next =
+                (start + page_size < workflow.jobs.len()).then(|| (start + page_size).to_string());
+            Json(json!({ "items": items, "next_page_token": next })).into_response()
+        },
+    )
     .await
 }
 
@@ -469,7 +482,8 @@ async fn approve(
 ) -> Response {
     let path = format!("/api/v2/workflow/{id}/approve/{approval_id}");
     handle(&shared, &headers, "approve", "POST", path, None, |inner| {
-        let (Ok(workflow_id), Ok(approval_id)) = (Uuid::try_parse(&id), Uuid::try_parse(&approval_id))
+        let (Ok(workflow_id), Ok(approval_id)) =
+            (Uuid::try_parse(&id), Uuid::try_parse(&approval_id))
         else {
             return message(StatusCode::NOT_FOUND, "Not found");
         };
@@ -487,7 +501,11 @@ async fn approve(
         }
         job.status = "success".to_owned();
         job.on_hold_at = None;
-        (StatusCode::ACCEPTED, Json(json!({ "message": "Accepted." }))).into_response()
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({ "message": "Accepted." })),
+        )
+            .into_response()
     })
     .await
 }
@@ -511,7 +529,11 @@ async fn cancel(
                 job.on_hold_at = None;
             }
         }
-        (StatusCode::ACCEPTED, Json(json!({ "message": "Accepted." }))).into_response()
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({ "message": "Accepted." })),
+        )
+            .into_response()
     })
     .await
 }

@@ -60,7 +60,10 @@ impl RetryPolicy {
             RetryKind::Error => self.max,
         };
         let exponent = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
-        let base = self.initial.saturating_mul(2u32.saturating_pow(exponent)).min(cap);
+        let base = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(exponent))
+            .min(cap);
         base.mul_f64(jitter.clamp(0.5, 1.5))
     }
 }

@@ -86,7 +86,9 @@ impl TaskAction {
         match s {
             "approve" => Ok(Self::Approve),
             "cancel" => Ok(Self::Cancel),
-            other => Err(StoreError::Invalid(format!("unknown task action {other:?}"))),
+            other => Err(StoreError::Invalid(format!(
+                "unknown task action {other:?}"
+            ))),
         }
     }
 }
@@ -103,7 +105,10 @@ pub struct NewTask {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     /// A new delivery with a task to work on.
-    Queued { delivery_id: String, task_id: String },
+    Queued {
+        delivery_id: String,
+        task_id: String,
+    },
     /// A new delivery that asks nothing of us (an event type we do not act on).
     Ignored { delivery_id: String },
     /// Seen before (same Sym id or same webhook-id); `original_id` is the first delivery.
@@ -485,12 +490,10 @@ impl Store {
 
     /// One task's status row, for tests and the audit API.
     pub async fn task_status(&self, task_id: &str) -> Result<Option<TaskStatus>, StoreError> {
-        let row = sqlx::query(
-            "SELECT status, outcome, detail, attempts FROM tasks WHERE id = $1",
-        )
-        .bind(task_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query("SELECT status, outcome, detail, attempts FROM tasks WHERE id = $1")
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|row| {
             Ok(TaskStatus {
                 status: row.try_get("status")?,
@@ -613,7 +616,10 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
                 .into(),
         ));
     }
-    if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(parent).map_err(|e| {
             StoreError::Invalid(format!(
                 "DATABASE_URL: cannot create folder {}: {e}",

@@ -233,16 +233,23 @@ mod tests {
             event.workflow_id.unwrap().to_string(),
             "7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e"
         );
-        assert_eq!(event.approver_username.as_deref(), Some("alice@example.com"));
+        assert_eq!(
+            event.approver_username.as_deref(),
+            Some("alice@example.com")
+        );
         assert_eq!(event.approver_name.as_deref(), Some("Alice Approver"));
         assert_eq!(event.merging_user.as_deref(), Some("bob"));
-        assert!(event.workflow_url.unwrap().starts_with("https://app.circleci.com/"));
+        assert!(event
+            .workflow_url
+            .unwrap()
+            .starts_with("https://app.circleci.com/"));
         assert!(event.run_srn.unwrap().starts_with("acme:run:ci-approval"));
     }
 
     #[test]
     fn a_path_traversal_workflow_id_is_refused_as_invalid() {
-        let body = br#"{"id":"x","event":{"type":"approve"},"fields":{"workflow_id":"../../project/x"}}"#;
+        let body =
+            br#"{"id":"x","event":{"type":"approve"},"fields":{"workflow_id":"../../project/x"}}"#;
         assert!(matches!(
             SymEvent::parse(body),
             Err(EventError::InvalidWorkflowId(_))
@@ -259,7 +266,10 @@ mod tests {
 
     #[test]
     fn non_json_and_non_log_entries_are_told_apart() {
-        assert!(matches!(SymEvent::parse(b"{nope"), Err(EventError::NotJson(_))));
+        assert!(matches!(
+            SymEvent::parse(b"{nope"),
+            Err(EventError::NotJson(_))
+        ));
         assert!(matches!(
             SymEvent::parse(b"[1,2]"),
             Err(EventError::NotLogEntry(_))
@@ -269,7 +279,9 @@ mod tests {
             Err(EventError::NotLogEntry(_))
         ));
         assert_eq!(
-            SymEvent::parse(br#"{"id":"x","meta":{"schema_version":3},"event":{"type":"approve"}}"#),
+            SymEvent::parse(
+                br#"{"id":"x","meta":{"schema_version":3},"event":{"type":"approve"}}"#
+            ),
             Err(EventError::UnsupportedSchema(3))
         );
     }

@@ -122,7 +122,11 @@ impl ApprovalWorker {
                     }
                 }
             }
-            let wait = if store_ok { self.idle_wait().await } else { IDLE_POLL };
+            let wait = if store_ok {
+                self.idle_wait().await
+            } else {
+                IDLE_POLL
+            };
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
@@ -197,7 +201,12 @@ impl ApprovalWorker {
     }
 
     /// Stores the step's result: finished, or scheduled again within the deadline.
-    async fn settle(&self, task: &Task, step: Step, job: &JobInfo) -> Result<(), crate::store::StoreError> {
+    async fn settle(
+        &self,
+        task: &Task,
+        step: Step,
+        job: &JobInfo,
+    ) -> Result<(), crate::store::StoreError> {
         let now = now_ms();
         let (status, outcome, detail) = match step {
             Step::Succeeded { outcome, detail } => (FinalStatus::Succeeded, outcome, detail),
@@ -295,8 +304,7 @@ impl ApprovalWorker {
                 None => {
                     return Step::Failed {
                         outcome: "project_not_allowed",
-                        detail: "CircleCI did not say which project the workflow belongs to"
-                            .into(),
+                        detail: "CircleCI did not say which project the workflow belongs to".into(),
                     }
                 }
             }

@@ -65,8 +65,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let mut response =
-            (status, Json(json!({ "error": code, "detail": self.to_string() }))).into_response();
+        let mut response = (
+            status,
+            Json(json!({ "error": code, "detail": self.to_string() })),
+        )
+            .into_response();
         let headers = response.headers_mut();
         match self {
             Self::Overloaded | Self::StoreUnavailable | Self::Timeout => {

@@ -86,10 +86,12 @@ pub fn router(state: AppState, config: &HttpConfig) -> Router {
                     )
                 }))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
-                    tracing::error!("a request handler panicked");
-                    ApiError::Internal.into_response()
-                }))
+                .layer(CatchPanicLayer::custom(
+                    |_panic: Box<dyn std::any::Any + Send>| {
+                        tracing::error!("a request handler panicked");
+                        ApiError::Internal.into_response()
+                    },
+                ))
                 .layer(HandleErrorLayer::new(|error: BoxError| async move {
                     if error.is::<tower::timeout::error::Elapsed>() {
                         tracing::warn!("request timed out");

@@ -34,7 +34,11 @@ pub async fn receive(
     };
     state.metrics.delivery(outcome);
     if result.is_err() {
-        tracing::info!(outcome, latency_ms = started.elapsed().as_millis() as u64, "delivery refused");
+        tracing::info!(
+            outcome,
+            latency_ms = started.elapsed().as_millis() as u64,
+            "delivery refused"
+        );
     }
     result.map(|(response, _)| response)
 }
@@ -91,13 +95,11 @@ async fn handle(
             workflow_id,
             deadline_at,
         }),
-        (EventKind::Deny | EventKind::Expire, Some(workflow_id), OnDeny::Cancel) => {
-            Some(NewTask {
-                action: TaskAction::Cancel,
-                workflow_id,
-                deadline_at,
-            })
-        }
+        (EventKind::Deny | EventKind::Expire, Some(workflow_id), OnDeny::Cancel) => Some(NewTask {
+            action: TaskAction::Cancel,
+            workflow_id,
+            deadline_at,
+        }),
         _ => None,
     };
 

@@ -1,0 +1,252 @@
+//! The CircleCI side: what the worker does with each state and fault of the API.
+
+use std::time::Duration;
+
+use sym_circleci_approver::fake_circleci::Fault;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(45);
+
+#[tokio::test]
+async fn a_hold_job_that_goes_on_hold_seconds_after_the_event_is_approved_once_it_is() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    app.fake.hold_after(workflow, HOLD, Duration::from_secs(3));
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert!(task.attempts >= 2, "polled while blocked: {task:?}");
+    let approves = app.fake.calls_of("approve");
+    assert_eq!(approves.len(), 1, "no approve while the job was blocked");
+    assert_eq!(approves[0].status, 202);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff_until_circleci_recovers() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    app.fake.push_fault(Fault::status(503).on("list_jobs"));
+    app.fake.push_fault(Fault::status(502).on("list_jobs"));
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.attempts, 3);
+    let lists = app.fake.calls_of("list_jobs");
+    assert_eq!((lists[0].status, lists[1].status), (503, 502));
+    let first_gap = lists[1].unix_ms - lists[0].unix_ms;
+    assert!(
+        (700..=2_000).contains(&first_gap),
+        "first retry about 1 s later, was {first_gap} ms"
+    );
+    assert_eq!(app.fake.successful_approvals(), 1);
+}
+
+#[tokio::test]
+async fn a_429_with_retry_after_is_honoured() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    app.fake
+        .push_fault(Fault::status(429).on("list_jobs").retry_after(3));
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    let lists = app.fake.calls_of("list_jobs");
+    assert_eq!(lists[0].status, 429);
+    let gap = lists[1].unix_ms - lists[0].unix_ms;
+    assert!(gap >= 2_900, "waited {gap} ms; Retry-After asked for 3 s");
+}
+
+#[tokio::test]
+async fn an_approve_whose_response_is_lost_is_followed_by_a_reread_not_a_second_approve() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    // CircleCI approves, but the answer is a 500: the outcome is unknown to the service.
+    app.fake
+        .push_fault(Fault::status(500).on("approve").after_effect());
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(task.status, "succeeded");
+    assert_eq!(task.outcome.as_deref(), Some("already_approved"));
+    assert_eq!(
+        app.fake.calls_of("approve").len(),
+        1,
+        "never a blind second approve"
+    );
+    assert_eq!(
+        app.fake.job_status(workflow, HOLD).as_deref(),
+        Some("success")
+    );
+}
+
+#[tokio::test]
+async fn an_approve_that_times_out_is_followed_by_a_reread() {
+    let app = spawn_app_with(&["--circleci-timeout=1s"]).await;
+    let workflow = app.workflow("on_hold");
+    app.fake.push_fault(
+        Fault::status(202)
+            .on("approve")
+            .after_effect()
+            .delayed(Duration::from_secs(3)),
+    );
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(task.outcome.as_deref(), Some("already_approved"));
+    assert_eq!(app.fake.calls_of("approve").len(), 1);
+}
+
+#[tokio::test]
+async fn an_already_approved_hold_job_is_done_without_an_approve_call() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("success");
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(
+        (task.status.as_str(), task.outcome.as_deref()),
+        ("succeeded", Some("already_approved"))
+    );
+    assert!(app.fake.calls_of("approve").is_empty());
+}
+
+#[tokio::test]
+async fn allowed_projects_refuses_a_hold_job_of_a_foreign_project() {
+    let app = spawn_app_with(&["--allowed-projects=gh/acme/web, gh/acme/other"]).await;
+    let workflow = app.workflow("on_hold"); // project gh/acme/api
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(
+        (task.status.as_str(), task.outcome.as_deref()),
+        ("failed", Some("project_not_allowed"))
+    );
+    assert!(app.fake.calls_of("approve").is_empty());
+    assert_eq!(
+        app.fake.job_status(workflow, HOLD).as_deref(),
+        Some("on_hold")
+    );
+}
+
+#[tokio::test]
+async fn allowed_projects_lets_a_listed_project_through() {
+    let app = spawn_app_with(&["--allowed-projects=gh/acme/web,gh/acme/api"]).await;
+    let workflow = app.workflow("on_hold");
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(task.outcome.as_deref(), Some("approved"));
+}
+
+#[tokio::test]
+async fn a_canceled_hold_job_is_given_up_with_the_reason() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("canceled");
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(
+        (task.status.as_str(), task.outcome.as_deref()),
+        ("failed", Some("hold_job_canceled"))
+    );
+    assert!(app.fake.calls_of("approve").is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_token_is_given_up_at_once_without_retrying() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    app.fake.push_fault(Fault::status(401).on("list_jobs"));
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(
+        (task.status.as_str(), task.outcome.as_deref()),
+        ("failed", Some("circleci_unauthorized"))
+    );
+    assert_eq!(app.fake.calls().len(), 1);
+}
+
+#[tokio::test]
+async fn a_workflow_not_found_at_first_is_retried_and_approved_when_it_appears() {
+    let app = spawn_app().await;
+    let workflow = Uuid::new_v4();
+
+    let delivery = app.approve(workflow).await;
+    assert!(
+        app.fake
+            .wait_for_calls(WAIT, |calls| calls.iter().any(|c| c.status == 404))
+            .await
+    );
+    app.fake
+        .add_standard_workflow(workflow, PROJECT, HOLD, "on_hold");
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(task.outcome.as_deref(), Some("approved"));
+}
+
+#[tokio::test]
+async fn a_hold_job_that_never_goes_on_hold_fails_after_the_approval_timeout() {
+    let app = spawn_app_with(&["--approval-timeout=3s"]).await;
+    let workflow = app.workflow("blocked");
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(
+        (task.status.as_str(), task.outcome.as_deref()),
+        ("failed", Some("timed_out"))
+    );
+    assert!(task.detail.unwrap().contains("blocked"));
+    assert!(app.fake.calls_of("approve").is_empty());
+}
+
+#[tokio::test]
+async fn a_custom_hold_job_name_is_the_one_approved() {
+    let app = spawn_app_with(&["--hold-job-name=gate"]).await;
+    let workflow = Uuid::new_v4();
+    app.fake
+        .add_standard_workflow(workflow, PROJECT, "gate", "on_hold");
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(
+        app.fake.job_status(workflow, "gate").as_deref(),
+        Some("success")
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_service_resumes_its_pending_task_on_restart_and_approves_once() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    for _ in 0..3 {
+        app.fake.push_fault(Fault::status(503).on("list_jobs"));
+    }
+    let delivery = app.approve(workflow).await;
+    assert!(app.fake.wait_for_calls(WAIT, |c| !c.is_empty()).await);
+
+    let (fake, db, secret) = app.stop().await;
+    let app = spawn_app_on(fake, db, &secret, &[]).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(app.fake.successful_approvals(), 1);
+}

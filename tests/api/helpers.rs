@@ -1,0 +1,268 @@
+//! `spawn_app()` and friends: a running service wired to its own fake CircleCI and store.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use sym_circleci_approver::app::Application;
+use sym_circleci_approver::config::{Config, ServeArgs, DEFAULT_HOLD_JOB_NAME};
+use sym_circleci_approver::fake_circleci::FakeCircleCi;
+use sym_circleci_approver::signature::WebhookSecret;
+use sym_circleci_approver::store::{Store, TaskStatus};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const TOKEN: &str = "test-circleci-token-5f1d2c";
+pub const HOLD: &str = DEFAULT_HOLD_JOB_NAME;
+pub const PROJECT: &str = "gh/acme/api";
+
+/// Where a test's store lives: a fresh SQLite file, or a fresh PostgreSQL database when
+/// `APPROVER_TEST_POSTGRES_URL` names a server (the database is dropped with the guard).
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDatabase {
+    pub async fn new() -> Self {
+        match std::env::var("APPROVER_TEST_POSTGRES_URL") {
+            Ok(admin) if !admin.is_empty() => {
+                let name = format!("approver_test_{}", Uuid::new_v4().simple());
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+                    .await
+                    .expect("APPROVER_TEST_POSTGRES_URL reachable");
+                sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .expect("create test database");
+                let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+                Self {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                }
+            }
+            _ => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                Self {
+                    url: format!("sqlite://{}/approver.db", dir.path().display()),
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres")
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub fake: FakeCircleCi,
+    pub secret: WebhookSecret,
+    pub secret_text: String,
+    pub store: Store,
+    pub client: reqwest::Client,
+    pub db: TestDatabase,
+    shutdown: CancellationToken,
+    /// Stops the service when the test ends, however it ends.
+    _stop_on_drop: tokio_util::sync::DropGuard,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The service with default settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// The service with extra `serve` flags (e.g. `--allowed-projects=gh/acme/api`).
+pub async fn spawn_app_with(flags: &[&str]) -> TestApp {
+    let fake = FakeCircleCi::start(TOKEN).await.expect("fake CircleCI");
+    let db = TestDatabase::new().await;
+    let secret_text = WebhookSecret::generate();
+    spawn_app_on(fake, db, &secret_text, flags).await
+}
+
+/// The service with these webhook secret(s) (space-separated for rotation).
+pub async fn spawn_app_with_secrets(secret_text: &str, flags: &[&str]) -> TestApp {
+    let fake = FakeCircleCi::start(TOKEN).await.expect("fake CircleCI");
+    spawn_app_on(fake, TestDatabase::new().await, secret_text, flags).await
+}
+
+/// The service on a given fake and store (restarts reuse both).
+pub async fn spawn_app_on(
+    fake: FakeCircleCi,
+    db: TestDatabase,
+    secret_text: &str,
+    flags: &[&str],
+) -> TestApp {
+    let mut all = vec![
+        format!("--sym-webhook-secret={secret_text}"),
+        format!("--circleci-token={TOKEN}"),
+        format!("--circleci-api-url={}", fake.base_url()),
+        "--listen-addr=127.0.0.1:0".to_owned(),
+        format!("--database-url={}", db.url),
+        "--log-format=text".to_owned(),
+    ];
+    all.extend(flags.iter().map(|f| (*f).to_owned()));
+    let args = ServeArgs::from_flags(all).expect("valid flags");
+    let config = Config::from_args(&args).expect("valid config");
+    let app = Application::build(config).await.expect("service starts");
+    let addr = app.local_addr().unwrap();
+    let store = app.store().clone();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestApp {
+        addr,
+        fake,
+        // Tests sign with the first configured secret.
+        secret: WebhookSecret::parse(secret_text.split(' ').next().unwrap()).unwrap(),
+        secret_text: secret_text.to_owned(),
+        store,
+        client: reqwest::Client::new(),
+        db,
+        _stop_on_drop: shutdown.clone().drop_guard(),
+        shutdown,
+        server: Some(server),
+    }
+}
+
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A Sym approve log entry (schema_version 4) for `workflow_id`.
+pub fn approve_event(event_id: &str, workflow_id: &str) -> Vec<u8> {
+    event_of_type(event_id, "approve", workflow_id)
+}
+
+pub fn event_of_type(event_id: &str, event_type: &str, workflow_id: &str) -> Vec<u8> {
+    sym_circleci_approver::cli::event_body(event_id, event_type, workflow_id, "alice@example.com")
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Posts `body` with exactly these headers (no signing).
+    pub async fn post_raw(&self, body: Vec<u8>, headers: &[(&str, String)]) -> Answer {
+        let mut request = self
+            .client
+            .post(self.url("/webhooks/sym"))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        answer(request.send().await.expect("service reachable")).await
+    }
+
+    /// Posts `body` signed with the configured secret, now, under `webhook_id`.
+    pub async fn post_signed(&self, body: Vec<u8>, webhook_id: &str) -> Answer {
+        self.post_signed_with(&self.secret, body, webhook_id, now_secs())
+            .await
+    }
+
+    pub async fn post_signed_with(
+        &self,
+        secret: &WebhookSecret,
+        body: Vec<u8>,
+        webhook_id: &str,
+        timestamp: i64,
+    ) -> Answer {
+        let signature = secret.sign(webhook_id, timestamp, &body);
+        self.post_raw(
+            body,
+            &[
+                ("webhook-id", webhook_id.to_owned()),
+                ("webhook-timestamp", timestamp.to_string()),
+                ("webhook-signature", signature),
+            ],
+        )
+        .await
+    }
+
+    /// A new workflow with the standard jobs (hold job on page 2) in `hold_status`.
+    pub fn workflow(&self, hold_status: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        self.fake
+            .add_standard_workflow(id, PROJECT, HOLD, hold_status);
+        id
+    }
+
+    /// Sends a signed approve event for `workflow_id`; asserts 202 and returns the delivery id.
+    pub async fn approve(&self, workflow_id: Uuid) -> String {
+        let answer = self
+            .post_signed(
+                approve_event(&Uuid::new_v4().to_string(), &workflow_id.to_string()),
+                &new_webhook_id(),
+            )
+            .await;
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        answer.body["delivery_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the delivery's task is no longer pending and returns it.
+    pub async fn finished_task(&self, delivery_id: &str, timeout: Duration) -> TaskStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(task) = self.store.task_for_delivery(delivery_id).await.unwrap() {
+                let status = self.store.task_status(&task).await.unwrap().unwrap();
+                if status.status != "pending" {
+                    return status;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "task still pending after {timeout:?}: {status:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[allow(dead_code)]
+    pub async fn task_of(&self, delivery_id: &str) -> TaskStatus {
+        let task = self
+            .store
+            .task_for_delivery(delivery_id)
+            .await
+            .unwrap()
+            .expect("a task for the delivery");
+        self.store.task_status(&task).await.unwrap().unwrap()
+    }
+
+    /// Stops the service gracefully and hands back its fake and store for a restart.
+    pub async fn stop(mut self) -> (FakeCircleCi, TestDatabase, String) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+        (self.fake, self.db, self.secret_text)
+    }
+}
+
+pub async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("HTTP {status}: body is not JSON: {text:?}"));
+    Answer {
+        status,
+        body,
+        headers,
+    }
+}
+
+pub fn new_webhook_id() -> String {
+    format!("msg_{}", Uuid::new_v4().simple())
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real service on a random port, a fake CircleCI over real HTTP.
+//! `APPROVER_TEST_POSTGRES_URL` (an admin URL) runs the same suite against PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod approval;
+mod helpers;
+mod process;
+mod webhook;

@@ -1,0 +1,734 @@
+//! Tests that run the real binary as a child process: signals, restarts, refusals at startup,
+//! what the logs hold, and the helper subcommands.
+//!
+//! The binary gets a cleared environment (only what each test sets), logs JSON lines on
+//! stdout, and learns its port from `LISTEN_ADDR=127.0.0.1:0` (the `listening` log line). The
+//! fake CircleCI runs inside the test process, so waits here are always async (never a
+//! blocking wait that would starve it).
+
+use std::io::{BufRead as _, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::Value;
+use sym_circleci_approver::fake_circleci::{FakeCircleCi, Fault, RecordedCall};
+use sym_circleci_approver::signature::WebhookSecret;
+use sym_circleci_approver::store::{Store, StoreOptions, TaskStatus};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::helpers::{
+    answer, approve_event, new_webhook_id, now_secs, Answer, TestDatabase, HOLD, PROJECT, TOKEN,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sym-circleci-approver");
+/// How long the binary may take to start listening, or to refuse to start.
+const STARTUP: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(50);
+
+// ---------------------------------------------------------------------------------------------
+// The binary as a child process
+// ---------------------------------------------------------------------------------------------
+
+/// Environment variables for one run; later `set`s replace earlier ones.
+#[derive(Clone, Default)]
+struct Env(Vec<(&'static str, String)>);
+
+impl Env {
+    fn set(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.0.retain(|(n, _)| *n != name);
+        self.0.push((name, value.into()));
+        self
+    }
+
+    fn unset(mut self, name: &str) -> Self {
+        self.0.retain(|(n, _)| *n != name);
+        self
+    }
+}
+
+/// What `serve` needs to run against `fake` and `db`, JSON logs on stdout, a random port.
+fn serve_env(fake: &FakeCircleCi, db: &TestDatabase, secret_text: &str) -> Env {
+    Env::default()
+        .set("SYM_WEBHOOK_SECRET", secret_text)
+        .set("CIRCLECI_TOKEN", TOKEN)
+        .set("CIRCLECI_API_URL", fake.base_url())
+        .set("DATABASE_URL", db.url.clone())
+        .set("LISTEN_ADDR", "127.0.0.1:0")
+        .set("LOG_FORMAT", "json")
+        .set("RUST_LOG", "info")
+}
+
+/// The binary with `args`, nothing inherited from the test's environment but `PATH`.
+fn binary(args: &[&str], env: &Env) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in &env.0 {
+        command.env(name, value);
+    }
+    command
+}
+
+/// Lines a child wrote to one stream, collected by a background thread.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<String>>>);
+
+impl Lines {
+    fn snapshot(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn text(&self) -> String {
+        self.snapshot().join("\n")
+    }
+
+    /// The lines that are JSON objects (log events).
+    fn events(&self) -> Vec<Value> {
+        self.snapshot()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(Value::is_object)
+            .collect()
+    }
+
+    fn collect_from(&self, stream: impl Read + Send + 'static) -> JoinHandle<()> {
+        let lines = self.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => lines
+                        .0
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&line).trim_end().to_owned()),
+                }
+            }
+        })
+    }
+}
+
+/// A running child; killed (SIGKILL) when dropped before it exited, e.g. on a failed assert.
+struct Running {
+    child: Child,
+    stdout: Lines,
+    stderr: Lines,
+    readers: Vec<JoinHandle<()>>,
+    exit: Option<ExitStatus>,
+}
+
+impl Running {
+    fn start(mut command: Command) -> Self {
+        let mut child = command.spawn().expect("the binary starts");
+        let stdout = Lines::default();
+        let stderr = Lines::default();
+        let readers = vec![
+            stdout.collect_from(child.stdout.take().expect("piped stdout")),
+            stderr.collect_from(child.stderr.take().expect("piped stderr")),
+        ];
+        Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+            exit: None,
+        }
+    }
+
+    /// Sends SIGTERM (through `kill`, so the tests need no unsafe code).
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// SIGKILL: no chance to clean up, as after a crash or an OOM kill.
+    fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL delivered");
+    }
+
+    /// Waits (without blocking the runtime) for the process to exit; all output is then in.
+    async fn exited_within(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the process did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        };
+        self.exit = Some(status);
+        // The pipes closed with the process: the readers end at once.
+        for reader in self.readers.drain(..) {
+            reader.join().expect("output reader");
+        }
+        status
+    }
+
+    /// Everything the process wrote, stdout then stderr.
+    fn output(&self) -> String {
+        format!("{}\n{}", self.stdout.text(), self.stderr.text())
+    }
+
+    fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- stdout of the binary -----\n{}\n----- stderr of the binary -----\n{}",
+                self.stdout.text(),
+                self.stderr.text()
+            );
+        }
+    }
+}
+
+/// Runs a command that is expected to end by itself (a refusal, a subcommand).
+async fn run_to_end(command: Command) -> (ExitStatus, Running) {
+    let mut running = Running::start(command);
+    let status = running.exited_within(STARTUP).await;
+    (status, running)
+}
+
+/// `serve` running and listening.
+struct Service {
+    process: Running,
+    addr: SocketAddr,
+    client: reqwest::Client,
+}
+
+impl Service {
+    /// Starts `serve` and waits for its `listening` log line to learn the port.
+    async fn start(env: &Env) -> Self {
+        let mut process = Running::start(binary(&["serve"], env));
+        let deadline = Instant::now() + STARTUP;
+        let addr = loop {
+            let listening = process
+                .stdout
+                .events()
+                .into_iter()
+                .find(|e| e["message"] == "listening")
+                .and_then(|e| e["addr"].as_str().map(str::to_owned));
+            if let Some(addr) = listening {
+                break addr.parse().expect("the listening line has an address");
+            }
+            assert!(
+                !process.has_exited(),
+                "the service exited before listening:\n{}",
+                process.output()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no \"listening\" log line within {STARTUP:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        };
+        Self {
+            process,
+            addr,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        answer(
+            self.client
+                .get(self.url(path))
+                .send()
+                .await
+                .expect("service reachable"),
+        )
+        .await
+    }
+
+    /// Posts a delivery to `/webhooks/sym` exactly as it was signed.
+    async fn deliver(&self, delivery: &Delivery) -> Answer {
+        let response = self
+            .client
+            .post(self.url("/webhooks/sym"))
+            .header("content-type", "application/json")
+            .header("webhook-id", &delivery.webhook_id)
+            .header("webhook-timestamp", delivery.timestamp.to_string())
+            .header("webhook-signature", &delivery.signature)
+            .body(delivery.body.clone())
+            .send()
+            .await
+            .expect("service reachable");
+        answer(response).await
+    }
+
+    /// Delivers an approve event for `workflow_id`; asserts 202 and returns the delivery id.
+    async fn approve(&self, secret: &WebhookSecret, workflow_id: Uuid) -> (Delivery, String) {
+        let delivery = Delivery::approve(secret, workflow_id);
+        let answer = self.deliver(&delivery).await;
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        let delivery_id = answer.body["delivery_id"].as_str().unwrap().to_owned();
+        (delivery, delivery_id)
+    }
+
+    /// SIGTERM, then the exit status (the process must be gone within 15 s).
+    async fn stop(&mut self) -> ExitStatus {
+        self.process.terminate();
+        self.process.exited_within(Duration::from_secs(15)).await
+    }
+}
+
+/// A signed Standard Webhooks delivery, kept so it can be sent again unchanged.
+#[derive(Clone)]
+struct Delivery {
+    webhook_id: String,
+    timestamp: i64,
+    signature: String,
+    body: Vec<u8>,
+}
+
+impl Delivery {
+    fn signed(secret: &WebhookSecret, body: Vec<u8>) -> Self {
+        let webhook_id = new_webhook_id();
+        let timestamp = now_secs();
+        let signature = secret.sign(&webhook_id, timestamp, &body);
+        Self {
+            webhook_id,
+            timestamp,
+            signature,
+            body,
+        }
+    }
+
+    fn approve(secret: &WebhookSecret, workflow_id: Uuid) -> Self {
+        Self::signed(
+            secret,
+            approve_event(&Uuid::new_v4().to_string(), &workflow_id.to_string()),
+        )
+    }
+}
+
+/// A workflow whose hold job is on hold, at the fake.
+fn workflow_on_hold(fake: &FakeCircleCi) -> Uuid {
+    let id = Uuid::new_v4();
+    fake.add_standard_workflow(id, PROJECT, HOLD, "on_hold");
+    id
+}
+
+/// A fresh secret as text and parsed.
+fn new_secret() -> (String, WebhookSecret) {
+    let text = WebhookSecret::generate();
+    let secret = WebhookSecret::parse(&text).unwrap();
+    (text, secret)
+}
+
+fn failed_list_calls(calls: &[RecordedCall]) -> usize {
+    calls
+        .iter()
+        .filter(|c| c.operation == "list_jobs" && c.status >= 500)
+        .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store, read from the test
+// ---------------------------------------------------------------------------------------------
+
+async fn open_store(db: &TestDatabase) -> Store {
+    Store::connect(
+        &SecretString::from(db.url.clone()),
+        &StoreOptions::default(),
+    )
+    .await
+    .expect("the test can open the store")
+}
+
+async fn task_of(store: &Store, delivery_id: &str) -> TaskStatus {
+    let task = store
+        .task_for_delivery(delivery_id)
+        .await
+        .unwrap()
+        .expect("a task for the delivery");
+    store.task_status(&task).await.unwrap().unwrap()
+}
+
+/// Polls the store until the delivery's task is no longer pending.
+async fn finished_task(store: &Store, delivery_id: &str, timeout: Duration) -> TaskStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let task = task_of(store, delivery_id).await;
+        if task.status != "pending" {
+            return task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task still pending after {timeout:?}: {task:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown and restart
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sigterm_stops_the_service_with_exit_code_0_and_keeps_pending_tasks() {
+    // Arrange: CircleCI answers every job listing with 503, so the task cannot finish.
+    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
+    for _ in 0..50 {
+        fake.push_fault(Fault::status(503).on("list_jobs"));
+    }
+    let workflow = workflow_on_hold(&fake);
+    let db = TestDatabase::new().await;
+    let (secret_text, secret) = new_secret();
+    let mut service = Service::start(&serve_env(&fake, &db, &secret_text)).await;
+    let (_, delivery_id) = service.approve(&secret, workflow).await;
+    assert!(
+        fake.wait_for_calls(Duration::from_secs(10), |c| failed_list_calls(c) >= 1)
+            .await,
+        "the worker never tried CircleCI"
+    );
+
+    // Act
+    let status = service.stop().await;
+
+    // Assert
+    assert_eq!(status.code(), Some(0), "{}", service.process.output());
+    let store = open_store(&db).await;
+    let task = task_of(&store, &delivery_id).await;
+    assert_eq!(task.status, "pending", "{task:?}");
+    assert_eq!(fake.calls_of("approve").len(), 0);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_task_interrupted_by_kill_9_resumes_after_restart_and_approves_exactly_once() {
+    // Arrange: the first job listings fail; the rest succeed.
+    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
+    for _ in 0..3 {
+        fake.push_fault(Fault::status(503).on("list_jobs"));
+    }
+    let workflow = workflow_on_hold(&fake);
+    let db = TestDatabase::new().await;
+    let (secret_text, secret) = new_secret();
+    // A short lease so that PostgreSQL (which keeps leases across restarts) resumes quickly too.
+    let env = serve_env(&fake, &db, &secret_text)
+        .set("TASK_LEASE", "3s")
+        .set("RETRY_INITIAL", "200ms")
+        .set("RETRY_MAX", "1s");
+    let mut first = Service::start(&env).await;
+    let (delivery, delivery_id) = first.approve(&secret, workflow).await;
+    assert!(
+        fake.wait_for_calls(Duration::from_secs(10), |c| failed_list_calls(c) >= 1)
+            .await,
+        "the worker never tried CircleCI"
+    );
+
+    // Act: kill -9 mid-task, then start again on the same store and CircleCI.
+    first.process.kill_9();
+    first.process.exited_within(Duration::from_secs(5)).await;
+    assert_eq!(
+        fake.calls_of("approve").len(),
+        0,
+        "approved before the kill"
+    );
+    let second = Service::start(&env).await;
+
+    // Assert: the restarted process finishes the task, with exactly one approve.
+    assert!(
+        fake.wait_for_calls(Duration::from_secs(30), |c| c
+            .iter()
+            .any(|c| c.operation == "approve" && c.status == 202))
+            .await,
+        "the restarted service never approved; calls: {:?}",
+        fake.calls()
+    );
+    let store = open_store(&db).await;
+    let task = finished_task(&store, &delivery_id, Duration::from_secs(10)).await;
+    assert_eq!(task.status, "succeeded", "{task:?}");
+    assert_eq!(task.outcome.as_deref(), Some("approved"), "{task:?}");
+    assert_eq!(fake.successful_approvals(), 1);
+    assert_eq!(fake.calls_of("approve").len(), 1, "{:?}", fake.calls());
+    assert_eq!(fake.job_status(workflow, HOLD).as_deref(), Some("success"));
+
+    // The same signed delivery again (Sym retrying) is recognised, not worked again.
+    let again = second.deliver(&delivery).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["status"], "duplicate");
+    assert_eq!(again.body["delivery_id"], delivery_id.as_str());
+    assert_eq!(fake.calls_of("approve").len(), 1);
+    store.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refusals at startup
+// ---------------------------------------------------------------------------------------------
+
+/// A complete, valid `serve` environment without a CircleCI fake or a store in use.
+fn standalone_env(dir: &tempfile::TempDir) -> Env {
+    Env::default()
+        .set("SYM_WEBHOOK_SECRET", WebhookSecret::generate())
+        .set("CIRCLECI_TOKEN", TOKEN)
+        .set("CIRCLECI_API_URL", "http://127.0.0.1:9/api/v2")
+        .set(
+            "DATABASE_URL",
+            format!("sqlite://{}/approver.db", dir.path().display()),
+        )
+        .set("LISTEN_ADDR", "127.0.0.1:0")
+        .set("LOG_FORMAT", "json")
+        .set("RUST_LOG", "info")
+}
+
+#[tokio::test]
+async fn startup_without_a_circleci_token_fails_naming_circleci_token() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let env = standalone_env(&dir)
+        .unset("CIRCLECI_TOKEN")
+        .unset("CIRCLECI_TOKEN_FILE");
+
+    // Act
+    let (status, process) = run_to_end(binary(&["serve"], &env)).await;
+
+    // Assert
+    assert!(!status.success(), "started without a token: {status}");
+    let stderr = process.stderr.text();
+    assert!(stderr.contains("CIRCLECI_TOKEN"), "{stderr}");
+    assert!(!process.stdout.text().contains("listening"));
+}
+
+#[tokio::test]
+async fn a_short_webhook_secret_is_refused_at_startup() {
+    // Arrange: "c2hvcnQ=" is base64 for "short" (5 bytes; 24 are required).
+    let dir = tempfile::tempdir().unwrap();
+    let env = standalone_env(&dir).set("SYM_WEBHOOK_SECRET", "whsec_c2hvcnQ=");
+
+    // Act
+    let (status, process) = run_to_end(binary(&["serve"], &env)).await;
+
+    // Assert
+    assert!(!status.success(), "started with a short secret: {status}");
+    let stderr = process.stderr.text();
+    assert!(stderr.contains("SYM_WEBHOOK_SECRET"), "{stderr}");
+    assert!(
+        !process.output().contains("c2hvcnQ"),
+        "the secret was echoed: {}",
+        process.output()
+    );
+}
+
+#[tokio::test]
+async fn a_plain_http_circleci_url_on_a_remote_host_is_refused() {
+    // Arrange
+    let dir = tempfile::tempdir().unwrap();
+    let env = standalone_env(&dir).set("CIRCLECI_API_URL", "http://circleci.example.com/api/v2");
+
+    // Act
+    let (status, process) = run_to_end(binary(&["serve"], &env)).await;
+
+    // Assert
+    assert!(
+        !status.success(),
+        "started with a plain-http remote URL: {status}"
+    );
+    let stderr = process.stderr.text();
+    assert!(stderr.contains("CIRCLECI_API_URL"), "{stderr}");
+    assert!(!process.stdout.text().contains("listening"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logs
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn secrets_never_appear_in_logs() {
+    // Arrange: debug logs from every crate; the token comes from a file (CIRCLECI_TOKEN_FILE).
+    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
+    let db = TestDatabase::new().await;
+    let (secret_text, secret) = new_secret();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("circleci-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let env = serve_env(&fake, &db, &secret_text)
+        .unset("CIRCLECI_TOKEN")
+        .set("CIRCLECI_TOKEN_FILE", token_file.display().to_string())
+        .set("RUST_LOG", "debug");
+    let mut service = Service::start(&env).await;
+    let store = open_store(&db).await;
+
+    // Act 1: a valid approve, approved at CircleCI (so the token from the file works).
+    let approved_workflow = workflow_on_hold(&fake);
+    let (_, approved) = service.approve(&secret, approved_workflow).await;
+    let task = finished_task(&store, &approved, Duration::from_secs(20)).await;
+    assert_eq!(task.outcome.as_deref(), Some("approved"), "{task:?}");
+
+    // Act 2: a delivery signed with another secret.
+    let (_, wrong_secret) = new_secret();
+    let forged = service
+        .deliver(&Delivery::approve(&wrong_secret, workflow_on_hold(&fake)))
+        .await;
+    assert_eq!(forged.status, 401, "{}", forged.body);
+
+    // Act 3: CircleCI refuses the token for a second workflow.
+    fake.push_fault(Fault::status(401).on("list_jobs"));
+    let (_, refused) = service.approve(&secret, workflow_on_hold(&fake)).await;
+    let task = finished_task(&store, &refused, Duration::from_secs(20)).await;
+    assert_eq!(task.status, "failed", "{task:?}");
+    assert_eq!(
+        task.outcome.as_deref(),
+        Some("circleci_unauthorized"),
+        "{task:?}"
+    );
+    store.close().await;
+
+    let status = service.stop().await;
+    assert_eq!(status.code(), Some(0));
+
+    // Assert: the logs tell the story, but hold no secret.
+    let logs = service.process.output();
+    let encoded_key = secret_text.strip_prefix("whsec_").unwrap();
+    assert!(!logs.contains(TOKEN), "the CircleCI token is in the logs");
+    assert!(
+        !logs.contains(&secret_text),
+        "the webhook secret is in the logs"
+    );
+    assert!(
+        !logs.contains(encoded_key),
+        "the webhook key is in the logs"
+    );
+    let events = service.process.stdout.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == "delivery" && e["delivery_id"] == approved.as_str()),
+        "no delivery line for {approved}"
+    );
+    assert!(
+        events.iter().any(|e| e["message"] == "circleci call"),
+        "no circleci call line"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["message"] == "circleci call" && e["status"] == 401),
+        "no line for CircleCI's 401"
+    );
+    assert!(
+        events.iter().any(|e| e["level"] == "DEBUG"),
+        "RUST_LOG=debug did not enable debug logs"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probes and subcommands
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn readyz_and_healthz_answer_json_on_the_running_binary() {
+    // Arrange
+    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
+    let db = TestDatabase::new().await;
+    let (secret_text, _) = new_secret();
+    let service = Service::start(&serve_env(&fake, &db, &secret_text)).await;
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+
+    // Act
+    let healthz = service.get("/healthz").await;
+    let readyz = service.get("/readyz").await;
+    let check = |addr: SocketAddr| {
+        binary(
+            &["healthcheck"],
+            &Env::default().set("LISTEN_ADDR", addr.to_string()),
+        )
+    };
+    let (healthy, _) = run_to_end(check(service.addr)).await;
+    let (unhealthy, unhealthy_run) = run_to_end(check(closed_port)).await;
+
+    // Assert
+    assert_eq!(healthz.status, 200);
+    assert_eq!(healthz.body, serde_json::json!({ "status": "ok" }));
+    assert_eq!(readyz.status, 200);
+    assert_eq!(readyz.body["status"], "ready", "{}", readyz.body);
+    let backend = if db.is_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    assert_eq!(readyz.body["store"], backend, "{}", readyz.body);
+    assert_eq!(healthy.code(), Some(0));
+    assert_eq!(unhealthy.code(), Some(1), "{}", unhealthy_run.output());
+}
+
+#[tokio::test]
+async fn send_event_subcommand_posts_a_signed_event_that_gets_approved() {
+    // Arrange
+    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
+    let workflow = workflow_on_hold(&fake);
+    let db = TestDatabase::new().await;
+    let (secret_text, _) = new_secret();
+    let service = Service::start(&serve_env(&fake, &db, &secret_text)).await;
+    let url = service.url("/webhooks/sym");
+    let workflow_text = workflow.to_string();
+    let args = [
+        "send-event",
+        "--url",
+        &url,
+        "--type",
+        "approve",
+        "--workflow-id",
+        &workflow_text,
+    ];
+
+    // Act
+    let (status, sent) = run_to_end(binary(
+        &args,
+        &Env::default().set("SYM_WEBHOOK_SECRET", secret_text.clone()),
+    ))
+    .await;
+
+    // Assert
+    assert_eq!(status.code(), Some(0), "{}", sent.output());
+    assert!(sent.stdout.text().contains("202"), "{}", sent.output());
+    assert!(
+        fake.wait_for_calls(Duration::from_secs(20), |c| c
+            .iter()
+            .any(|c| c.operation == "approve" && c.status == 202))
+            .await,
+        "no approve at CircleCI; calls: {:?}",
+        fake.calls()
+    );
+    assert_eq!(fake.successful_approvals(), 1);
+    assert_eq!(fake.job_status(workflow, HOLD).as_deref(), Some("success"));
+}

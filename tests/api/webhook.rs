@@ -1,0 +1,539 @@
+//! The inbound contract of `POST /webhooks/sym`: signatures, payloads, status codes, dedup.
+
+use std::time::Duration;
+
+use sym_circleci_approver::signature::WebhookSecret;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn signed_approve_event_is_queued_and_approves_the_hold_job_on_a_later_page() {
+    // Arrange
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    let event_id = Uuid::new_v4().to_string();
+
+    // Act
+    let answer = app
+        .post_signed(
+            approve_event(&event_id, &workflow.to_string()),
+            &new_webhook_id(),
+        )
+        .await;
+
+    // Assert
+    assert_eq!(answer.status, 202);
+    assert_eq!(answer.body["status"], "queued");
+    let delivery_id = answer.body["delivery_id"].as_str().unwrap().to_owned();
+    let task = app.finished_task(&delivery_id, WAIT).await;
+    assert_eq!(task.status, "succeeded");
+    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    let lists = app.fake.calls_of("list_jobs");
+    assert!(
+        lists
+            .iter()
+            .any(|c| c.query.as_deref() == Some("page-token=2")),
+        "the hold job is on page 2, so the page token must be followed: {lists:?}"
+    );
+    assert_eq!(app.fake.successful_approvals(), 1);
+    assert_eq!(
+        app.fake.job_status(workflow, HOLD).as_deref(),
+        Some("success")
+    );
+    assert!(
+        app.fake.calls().iter().all(|c| c.token_ok),
+        "Circle-Token sent on every call"
+    );
+}
+
+#[tokio::test]
+async fn the_approve_call_uses_the_approval_request_id_not_the_job_id() {
+    let app = spawn_app().await;
+    let workflow = Uuid::new_v4();
+    let hold = app
+        .fake
+        .add_standard_workflow(workflow, PROJECT, HOLD, "on_hold");
+
+    let delivery = app.approve(workflow).await;
+    app.finished_task(&delivery, WAIT).await;
+
+    let approves = app.fake.calls_of("approve");
+    assert_eq!(approves.len(), 1);
+    let request_id = hold.approval_request_id.unwrap();
+    assert_eq!(
+        approves[0].path,
+        format!("/api/v2/workflow/{workflow}/approve/{request_id}")
+    );
+    assert_ne!(request_id, hold.id);
+}
+
+#[tokio::test]
+async fn the_job_id_is_used_when_the_hold_job_has_no_approval_request_id() {
+    use sym_circleci_approver::fake_circleci::FakeJob;
+    let app = spawn_app().await;
+    let workflow = Uuid::new_v4();
+    let mut hold = FakeJob::approval(HOLD, "on_hold");
+    hold.approval_request_id = None;
+    app.fake.add_workflow(workflow, PROJECT, vec![hold.clone()]);
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    let approves = app.fake.calls_of("approve");
+    assert_eq!(
+        approves[0].path,
+        format!("/api/v2/workflow/{workflow}/approve/{}", hold.id)
+    );
+}
+
+#[tokio::test]
+async fn an_identical_redelivery_is_a_duplicate_and_approves_only_once() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
+    let webhook_id = new_webhook_id();
+    let timestamp = now_secs();
+
+    let first = app
+        .post_signed_with(&app.secret, body.clone(), &webhook_id, timestamp)
+        .await;
+    let second = app
+        .post_signed_with(&app.secret, body, &webhook_id, timestamp)
+        .await;
+
+    assert_eq!(first.status, 202);
+    assert_eq!(second.status, 200);
+    assert_eq!(second.body["status"], "duplicate");
+    assert_eq!(second.body["delivery_id"], first.body["delivery_id"]);
+    app.finished_task(first.body["delivery_id"].as_str().unwrap(), WAIT)
+        .await;
+    assert_eq!(app.fake.calls_of("approve").len(), 1);
+    assert_eq!(app.store.delivery_count("queued").await.unwrap(), 1);
+    assert_eq!(app.store.delivery_count("duplicate").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn the_same_sym_event_resigned_under_a_new_webhook_id_is_a_duplicate() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    let event_id = Uuid::new_v4().to_string();
+
+    let first = app
+        .post_signed(
+            approve_event(&event_id, &workflow.to_string()),
+            &new_webhook_id(),
+        )
+        .await;
+    let again = app
+        .post_signed(
+            approve_event(&event_id, &workflow.to_string()),
+            &new_webhook_id(),
+        )
+        .await;
+
+    assert_eq!(first.status, 202);
+    assert_eq!(
+        (again.status, again.body["status"].as_str()),
+        (200, Some("duplicate"))
+    );
+    app.finished_task(first.body["delivery_id"].as_str().unwrap(), WAIT)
+        .await;
+    assert_eq!(app.fake.calls_of("approve").len(), 1);
+}
+
+#[tokio::test]
+async fn a_reused_webhook_id_with_another_event_is_a_duplicate() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    let webhook_id = new_webhook_id();
+
+    let first = app
+        .post_signed(approve_event("event-a", &workflow.to_string()), &webhook_id)
+        .await;
+    let again = app
+        .post_signed(approve_event("event-b", &workflow.to_string()), &webhook_id)
+        .await;
+
+    assert_eq!(first.status, 202);
+    assert_eq!(
+        (again.status, again.body["status"].as_str()),
+        (200, Some("duplicate"))
+    );
+}
+
+#[tokio::test]
+async fn every_signature_problem_gets_the_same_401_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
+    let id = new_webhook_id();
+    let now = now_secs();
+    let good = app.secret.sign(&id, now, &body);
+    let other_secret = WebhookSecret::parse(&WebhookSecret::generate()).unwrap();
+    let h = |id: &str, ts: String, sig: String| {
+        vec![
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", ts),
+            ("webhook-signature", sig),
+        ]
+    };
+    type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, String)>);
+    let cases: Vec<Case> = vec![
+        ("no headers", body.clone(), vec![]),
+        (
+            "missing signature",
+            body.clone(),
+            vec![
+                ("webhook-id", id.clone()),
+                ("webhook-timestamp", now.to_string()),
+            ],
+        ),
+        (
+            "missing id",
+            body.clone(),
+            vec![
+                ("webhook-timestamp", now.to_string()),
+                ("webhook-signature", good.clone()),
+            ],
+        ),
+        (
+            "missing timestamp",
+            body.clone(),
+            vec![
+                ("webhook-id", id.clone()),
+                ("webhook-signature", good.clone()),
+            ],
+        ),
+        (
+            "wrong secret",
+            body.clone(),
+            h(&id, now.to_string(), other_secret.sign(&id, now, &body)),
+        ),
+        (
+            "tampered body",
+            b"{\"id\":\"x\"}".to_vec(),
+            h(&id, now.to_string(), good.clone()),
+        ),
+        (
+            "tampered id",
+            body.clone(),
+            h("msg_other", now.to_string(), good.clone()),
+        ),
+        (
+            "stale timestamp",
+            body.clone(),
+            h(
+                &id,
+                (now - 301).to_string(),
+                app.secret.sign(&id, now - 301, &body),
+            ),
+        ),
+        (
+            "future timestamp",
+            body.clone(),
+            h(
+                &id,
+                (now + 301).to_string(),
+                app.secret.sign(&id, now + 301, &body),
+            ),
+        ),
+        (
+            "non-numeric timestamp",
+            body.clone(),
+            h(&id, "yesterday".into(), good.clone()),
+        ),
+        (
+            "garbage signature",
+            body.clone(),
+            h(&id, now.to_string(), "v1,%%%".into()),
+        ),
+        (
+            "empty signature",
+            body.clone(),
+            h(&id, now.to_string(), "v1,".into()),
+        ),
+        (
+            "truncated signature",
+            body.clone(),
+            h(&id, now.to_string(), good[..12].to_owned()),
+        ),
+        (
+            "other version",
+            body.clone(),
+            h(&id, now.to_string(), good.replace("v1,", "v2,")),
+        ),
+    ];
+
+    let mut bodies = Vec::new();
+    for (name, body, headers) in cases {
+        let answer = app.post_raw(body, &headers).await;
+        assert_eq!(answer.status, 401, "{name}: {}", answer.body);
+        bodies.push(answer.body);
+    }
+
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "all 401s look alike"
+    );
+    assert_eq!(bodies[0]["error"], "invalid_signature");
+    assert_eq!(app.store.delivery_count("queued").await.unwrap(), 0);
+    assert!(app.fake.calls().is_empty(), "CircleCI must not be called");
+}
+
+#[tokio::test]
+async fn a_timestamp_exactly_at_the_tolerance_edge_is_accepted() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
+
+    // A few seconds inside the edge: the request itself takes time.
+    let answer = app
+        .post_signed_with(&app.secret, body, &new_webhook_id(), now_secs() - 295)
+        .await;
+
+    assert_eq!(answer.status, 202, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn any_configured_secret_is_accepted_during_rotation() {
+    let old = WebhookSecret::generate();
+    let new = WebhookSecret::generate();
+    let app = spawn_app_with_secrets(&format!("{old} {new}"), &[]).await;
+    let workflow = app.workflow("on_hold");
+
+    for (i, secret) in [&old, &new].into_iter().enumerate() {
+        let secret = WebhookSecret::parse(secret).unwrap();
+        let body = approve_event(&format!("rotation-{i}"), &workflow.to_string());
+        let answer = app
+            .post_signed_with(&secret, body, &new_webhook_id(), now_secs())
+            .await;
+        assert!(
+            answer.status == 202 || answer.status == 200,
+            "{}",
+            answer.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_with_413() {
+    let app = spawn_app().await;
+    let mut body = approve_event("big", &Uuid::new_v4().to_string());
+    body.extend(std::iter::repeat_n(b' ', 70 * 1024));
+
+    let answer = app.post_signed(body, &new_webhook_id()).await;
+
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.body["error"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn signed_bodies_that_are_not_json_or_not_log_entries_get_400() {
+    let app = spawn_app().await;
+
+    for body in [
+        &b"{not json"[..],
+        b"[1,2,3]",
+        br#"{"id":"x","fields":{}}"#,
+        b"",
+    ] {
+        let answer = app.post_signed(body.to_vec(), &new_webhook_id()).await;
+        assert_eq!(
+            answer.status,
+            400,
+            "{:?}: {}",
+            String::from_utf8_lossy(body),
+            answer.body
+        );
+        assert_eq!(answer.body["error"], "invalid_request");
+        assert!(answer.body["detail"].as_str().is_some());
+    }
+    assert!(app.fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn an_approve_event_without_a_uuid_workflow_id_gets_422_and_never_reaches_circleci() {
+    let app = spawn_app().await;
+
+    for workflow_id in ["../../project/x", "not-a-uuid", ""] {
+        let body = approve_event(&Uuid::new_v4().to_string(), workflow_id);
+        let answer = app.post_signed(body, &new_webhook_id()).await;
+        assert_eq!(answer.status, 422, "{workflow_id:?}: {}", answer.body);
+        assert_eq!(answer.body["error"], "invalid_workflow_id");
+    }
+    let missing = br#"{"id":"x","event":{"type":"approve"},"fields":{}}"#.to_vec();
+    assert_eq!(
+        app.post_signed(missing, &new_webhook_id()).await.status,
+        422
+    );
+    let number = br#"{"id":"y","event":{"type":"approve"},"fields":{"workflow_id":7}}"#.to_vec();
+    assert_eq!(app.post_signed(number, &new_webhook_id()).await.status, 422);
+    assert!(app.fake.calls().is_empty(), "nothing may reach CircleCI");
+}
+
+#[tokio::test]
+async fn other_event_types_are_acknowledged_recorded_and_ignored() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+
+    let answer = app
+        .post_signed(
+            event_of_type(
+                &Uuid::new_v4().to_string(),
+                "request",
+                &workflow.to_string(),
+            ),
+            &new_webhook_id(),
+        )
+        .await;
+    let deny = app
+        .post_signed(
+            event_of_type(&Uuid::new_v4().to_string(), "deny", &workflow.to_string()),
+            &new_webhook_id(),
+        )
+        .await;
+
+    assert_eq!(
+        (answer.status, answer.body["status"].as_str()),
+        (200, Some("ignored"))
+    );
+    assert_eq!(
+        (deny.status, deny.body["status"].as_str()),
+        (200, Some("ignored"))
+    );
+    assert_eq!(app.store.delivery_count("ignored").await.unwrap(), 2);
+    assert!(app.fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn the_reference_sample_event_from_sym_is_accepted() {
+    let app = spawn_app().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference");
+    let sample = std::fs::read(dir.join("sym-approve-event.json")).unwrap();
+    let workflow: Uuid = "7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e".parse().unwrap();
+    app.fake
+        .add_standard_workflow(workflow, PROJECT, HOLD, "on_hold");
+
+    let answer = app.post_signed(sample, &new_webhook_id()).await;
+
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let task = app
+        .finished_task(answer.body["delivery_id"].as_str().unwrap(), WAIT)
+        .await;
+    assert_eq!(task.outcome.as_deref(), Some("approved"));
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer_json_and_unknown_routes_get_json_404() {
+    let app = spawn_app().await;
+
+    let health = answer(app.client.get(app.url("/healthz")).send().await.unwrap()).await;
+    let ready = answer(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
+    let missing = answer(app.client.get(app.url("/nope")).send().await.unwrap()).await;
+    let wrong_method = answer(
+        app.client
+            .get(app.url("/webhooks/sym"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    assert_eq!(
+        (health.status, health.body["status"].as_str()),
+        (200, Some("ok"))
+    );
+    assert_eq!(
+        (ready.status, ready.body["status"].as_str()),
+        (200, Some("ready"))
+    );
+    assert_eq!(
+        (missing.status, missing.body["error"].as_str()),
+        (404, Some("not_found"))
+    );
+    assert_eq!(wrong_method.status, 405);
+    assert!(health.headers.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn requests_over_the_concurrency_cap_are_shed_with_429_and_retry_after() {
+    let app = spawn_app_with(&["--max-concurrent-requests=1"]).await;
+    // Hold the only slot: a request whose body never finishes arriving.
+    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    slow.write_all(
+        b"POST /webhooks/sym HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    slow.flush().await.unwrap();
+
+    // The slot is taken once the server has read the slow request's head; retry until then.
+    let mut shed = None;
+    for _ in 0..100 {
+        let answer = app.post_signed(b"{}".to_vec(), &new_webhook_id()).await;
+        if answer.status == 429 {
+            shed = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let shed = shed.expect("a 429 while the slot is held");
+    assert_eq!(shed.body["error"], "overloaded");
+    assert!(shed.headers.contains_key("retry-after"));
+    drop(slow);
+    // Health checks are never shed.
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_take_the_event_gets_503_and_a_retry_then_succeeds() {
+    let app = spawn_app().await;
+    if app.db.is_postgres() {
+        return; // covered by the PostgreSQL outage tests
+    }
+    let workflow = app.workflow("on_hold");
+    let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
+    let webhook_id = new_webhook_id();
+    // Another process holds SQLite's write lock longer than the busy timeout.
+    let path = app.db.url.trim_start_matches("sqlite://").to_owned();
+    let mut locker = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\ntime.sleep(8)",
+            &path,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::process::ChildStdout::from_std(locker.stdout.take().unwrap()).unwrap();
+    let mut buf = [0u8; 6];
+    stdout.read_exact(&mut buf).await.unwrap();
+
+    let refused = app.post_signed(body.clone(), &webhook_id).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.body["error"], "store_unavailable");
+
+    // The sender retries after the lock is gone: accepted and approved once.
+    let mut accepted = None;
+    for _ in 0..100 {
+        let answer = app.post_signed(body.clone(), &webhook_id).await;
+        if answer.status == 202 {
+            accepted = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let accepted = accepted.expect("accepted once the store is back");
+    locker.wait().unwrap();
+    app.finished_task(accepted.body["delivery_id"].as_str().unwrap(), WAIT)
+        .await;
+    assert_eq!(app.fake.successful_approvals(), 1);
+}
