@@ -15,7 +15,7 @@ use crate::circleci::CircleCiClient;
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::store::{Backend, Store, StoreOptions};
+use crate::store::{Backend, Store};
 use crate::worker::ApprovalWorker;
 
 pub struct Application {
@@ -27,7 +27,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = Store::connect(&config.database_url, &StoreOptions::default())
+        let store = Store::connect(&config.database_url, &config.store)
             .await
             .context("DATABASE_URL: cannot open the store")?;
         if store.backend() == Backend::Sqlite {

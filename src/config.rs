@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 pub use crate::retry::RetryPolicy;
 use crate::signature::{Verifier, WebhookSecret};
+pub use crate::store::StoreOptions;
 
 pub const DEFAULT_CIRCLECI_API_URL: &str = "https://circleci.com/api/v2";
 pub const DEFAULT_HOLD_JOB_NAME: &str = "wait_for_sym_approval";
@@ -146,6 +147,24 @@ pub struct ServeArgs {
     /// How long a claimed task stays reserved for this process before another may take it.
     #[arg(long, env = "TASK_LEASE", default_value = "30s")]
     pub task_lease: String,
+    /// Largest number of store connections (PostgreSQL: per replica).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+    /// Time limit for getting a store connection (and for connecting).
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT", default_value = "5s")]
+    pub database_connect_timeout: String,
+    /// Time limit for one SQL statement (PostgreSQL `statement_timeout`; SQLite busy wait).
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "5s")]
+    pub database_statement_timeout: String,
+    /// Bearer token for the audit API (`/v1/approvals`); unset: those routes answer 404.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token instead.
+    #[arg(long, env = "ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Deliveries and finished tasks older than this many days are pruned (0 keeps all).
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 90)]
+    pub retention_days: u32,
     /// What a signed deny or expire event does: ignore (record only) or cancel the workflow.
     #[arg(long, env = "ON_DENY", value_enum, default_value_t = OnDeny::Ignore)]
     pub on_deny: OnDeny,
@@ -282,6 +301,11 @@ pub struct Config {
     pub circleci: CircleCiConfig,
     pub worker: WorkerConfig,
     pub database_url: SecretString,
+    pub store: StoreOptions,
+    /// The audit API's bearer token; None disables the API.
+    pub admin_token: Option<SecretString>,
+    /// Prune records older than this; None keeps everything.
+    pub retention: Option<Duration>,
     pub on_deny: OnDeny,
     pub log_format: LogFormat,
 }
@@ -360,6 +384,24 @@ impl Config {
                 },
             },
             database_url: SecretString::from(database_url.to_owned()),
+            store: StoreOptions {
+                max_connections: Some(args.database_max_connections)
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        config_error("DATABASE_MAX_CONNECTIONS", "must be at least 1")
+                    })?,
+                acquire_timeout: parse_duration(
+                    "DATABASE_CONNECT_TIMEOUT",
+                    &args.database_connect_timeout,
+                )?,
+                statement_timeout: parse_duration(
+                    "DATABASE_STATEMENT_TIMEOUT",
+                    &args.database_statement_timeout,
+                )?,
+            },
+            admin_token: read_optional_admin_token(args)?,
+            retention: (args.retention_days > 0)
+                .then(|| Duration::from_secs(u64::from(args.retention_days) * 86_400)),
             on_deny: args.on_deny,
             log_format: LogFormat::resolve(args.log_format.as_deref())?,
         })
@@ -390,6 +432,27 @@ impl SecretArgs {
         }
         Ok(secrets)
     }
+}
+
+/// Shortest admin token accepted: it guards the audit trail.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+fn read_optional_admin_token(args: &ServeArgs) -> Result<Option<SecretString>, ConfigError> {
+    if args.admin_token.as_deref().is_none_or(str::is_empty) && args.admin_token_file.is_none() {
+        return Ok(None);
+    }
+    let token = read_secret(
+        "ADMIN_TOKEN",
+        args.admin_token.as_deref(),
+        args.admin_token_file.as_deref(),
+    )?;
+    if token.expose_secret().len() < MIN_ADMIN_TOKEN_LEN {
+        return Err(config_error(
+            "ADMIN_TOKEN",
+            format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+        ));
+    }
+    Ok(Some(token))
 }
 
 /// A secret from `VAR` or `VAR_FILE` (exactly one of them), trimmed.

@@ -170,7 +170,10 @@ impl std::fmt::Debug for Store {
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub max_connections: u32,
+    /// Time limit for getting a connection from the pool (and for connecting).
     pub acquire_timeout: Duration,
+    /// Time limit for one statement: PostgreSQL `statement_timeout`, SQLite `busy_timeout`.
+    pub statement_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -178,6 +181,7 @@ impl Default for StoreOptions {
         Self {
             max_connections: 10,
             acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -197,19 +201,29 @@ impl Store {
             ));
         };
 
+        let statement_ms = duration_ms(options.statement_timeout);
         let pool = AnyPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
+                    match backend {
                         // WAL lets readers run beside the writer; FULL makes each commit
                         // durable before we answer 2xx; busy_timeout queues writers.
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-                        )
-                        .await?;
+                        Backend::Sqlite => {
+                            conn.execute(
+                                format!(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                     PRAGMA busy_timeout = {statement_ms}; PRAGMA foreign_keys = ON;"
+                                )
+                                .as_str(),
+                            )
+                            .await?;
+                        }
+                        Backend::Postgres => {
+                            conn.execute(format!("SET statement_timeout = {statement_ms}").as_str())
+                                .await?;
+                        }
                     }
                     Ok(())
                 })
