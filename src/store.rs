@@ -250,6 +250,11 @@ impl Store {
         self.backend
     }
 
+    /// For the read-side modules (the audit trail) that query the same tables.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Is the database answering?
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
