@@ -5,17 +5,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit;
 use crate::circleci::CircleCiClient;
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::http::{self, AdminToken, AppState};
 use crate::metrics::Metrics;
-use crate::store::{Backend, Store};
+use crate::store::{duration_ms, now_ms, Backend, Store};
 use crate::worker::ApprovalWorker;
 
 pub struct Application {
@@ -23,7 +25,11 @@ pub struct Application {
     router: axum::Router,
     worker: Arc<ApprovalWorker>,
     store: Store,
+    retention: Option<Duration>,
 }
+
+/// How often old records are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
@@ -48,6 +54,7 @@ impl Application {
             approval_timeout: config.worker.approval_timeout,
             on_deny: config.on_deny,
             max_body_bytes: config.http.max_body_bytes,
+            admin_token: config.admin_token.as_ref().map(AdminToken::new),
         };
         let router = http::router(state, &config.http);
         let listener = TcpListener::bind(config.http.listen_addr)
@@ -67,6 +74,7 @@ impl Application {
             router,
             worker,
             store,
+            retention: config.retention,
         })
     }
 
@@ -84,6 +92,13 @@ impl Application {
         let addr = self.local_addr()?;
         tracing::info!(%addr, backend = self.store.backend().name(), "listening");
         let worker = tokio::spawn(Arc::clone(&self.worker).run(shutdown.clone()));
+        if let Some(retention) = self.retention {
+            tokio::spawn(prune_periodically(
+                self.store.clone(),
+                retention,
+                shutdown.clone(),
+            ));
+        }
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
@@ -96,6 +111,22 @@ impl Application {
         self.store.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Deletes records older than `retention` now and every [`PRUNE_EVERY`]; pending tasks stay.
+async fn prune_periodically(store: Store, retention: Duration, shutdown: CancellationToken) {
+    loop {
+        let cutoff = now_ms().saturating_sub(duration_ms(retention));
+        match audit::prune(&store, cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deliveries = n, "pruned records past RETENTION_DAYS"),
+            Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
     }
 }
 

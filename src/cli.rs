@@ -25,6 +25,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::SendEvent(args) => send_event_command(&args).await,
         Command::Demo => crate::demo::run().await,
         Command::Healthcheck(args) => healthcheck(&args).await,
+        Command::Verify(args) => crate::verify::run(&args).await,
         Command::FakeCircleci(args) => fake_circleci(args).await,
     }
 }

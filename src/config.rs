@@ -46,6 +46,8 @@ pub enum Command {
     SendEvent(SendEventArgs),
     /// Run the whole approval flow locally against a built-in fake CircleCI.
     Demo,
+    /// In the deploy job: succeed only if this service approved the workflow's hold job.
+    Verify(VerifyArgs),
     /// Check the running service's /healthz (exit 0 healthy, 1 not); for container HEALTHCHECKs.
     Healthcheck(HealthcheckArgs),
     /// Run the built-in fake CircleCI API (for container tests).
@@ -204,6 +206,35 @@ pub struct SendEventArgs {
     /// Approver's username.
     #[arg(long, default_value = "send-event@example.com")]
     pub approver: String,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The workflow to check (in CircleCI: "$CIRCLE_WORKFLOW_ID").
+    #[arg(long, env = "CIRCLE_WORKFLOW_ID")]
+    pub workflow_id: String,
+    /// Base URL of this service, e.g. https://approver.example.com.
+    #[arg(long, env = "APPROVER_URL")]
+    pub url: String,
+    /// The service's audit API token.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token instead.
+    #[arg(long, env = "ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Time limit for the check.
+    #[arg(long, default_value = "15s")]
+    pub timeout: String,
+}
+
+impl VerifyArgs {
+    pub fn admin_token(&self) -> Result<SecretString, ConfigError> {
+        read_secret(
+            "ADMIN_TOKEN",
+            self.admin_token.as_deref(),
+            self.admin_token_file.as_deref(),
+        )
+    }
 }
 
 #[derive(Args)]

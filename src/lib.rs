@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
 pub mod circleci;
 pub mod cli;
 pub mod config;
@@ -25,4 +26,5 @@ pub mod signature;
 pub mod store;
 pub mod sym_event;
 pub mod telemetry;
+pub mod verify;
 pub mod worker;

@@ -330,9 +330,25 @@ impl ApprovalWorker {
             };
         };
         match job.status.as_str() {
-            "success" => Step::Succeeded {
-                outcome: "already_approved",
-                detail: format!("hold job {name:?} was already approved"),
+            // Ours if an earlier approve of this task may have landed (its answer was lost);
+            // otherwise someone approved it by other means (e.g. in the CircleCI UI).
+            "success" => match crate::audit::approve_may_have_landed(&self.store, &task.id).await {
+                Ok(true) => Step::Succeeded {
+                    outcome: "approved",
+                    detail: format!(
+                        "approved hold job {name:?}; confirmed by re-reading the job after \
+                         the approve call's answer was lost"
+                    ),
+                },
+                Ok(false) => Step::Succeeded {
+                    outcome: "already_approved",
+                    detail: format!("hold job {name:?} was already approved (not by this service)"),
+                },
+                Err(e) => Step::Retry {
+                    kind: RetryKind::Error,
+                    retry_after: None,
+                    detail: format!("cannot read this task's attempts: {e}"),
+                },
             },
             "on_hold" => {
                 let Some(approval_id) = job.approval_id().and_then(|id| Uuid::try_parse(id).ok())

@@ -4,6 +4,7 @@
 //! carries it, panics become a JSON 500, and every request has a time limit. The webhook route
 //! also has a body limit and a cap on requests in flight that sheds overload with 429.
 
+mod admin;
 mod error;
 mod health;
 mod webhook;
@@ -24,6 +25,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+pub use admin::AdminToken;
 pub use error::ApiError;
 
 use crate::config::{HttpConfig, OnDeny};
@@ -42,6 +44,8 @@ pub struct AppState {
     pub approval_timeout: Duration,
     pub on_deny: OnDeny,
     pub max_body_bytes: usize,
+    /// The audit API's token; None disables the API (404).
+    pub admin_token: Option<AdminToken>,
 }
 
 #[derive(Clone)]
@@ -61,8 +65,17 @@ pub fn router(state: AppState, config: &HttpConfig) -> Router {
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn_with_state(limiter, shed_overload));
 
+    let audit_api = Router::new()
+        .route("/v1/approvals", get(admin::list_approvals))
+        .route("/v1/approvals/{id}", get(admin::get_approval))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_admin,
+        ));
+
     Router::new()
         .route("/webhooks/sym", webhook)
+        .merge(audit_api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -76,7 +76,8 @@ async fn an_approve_whose_response_is_lost_is_followed_by_a_reread_not_a_second_
     let task = app.finished_task(&delivery, WAIT).await;
 
     assert_eq!(task.status, "succeeded");
-    assert_eq!(task.outcome.as_deref(), Some("already_approved"));
+    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert!(task.detail.unwrap().contains("confirmed by re-reading"));
     assert_eq!(
         app.fake.calls_of("approve").len(),
         1,
@@ -102,7 +103,7 @@ async fn an_approve_that_times_out_is_followed_by_a_reread() {
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.as_deref(), Some("already_approved"));
+    assert_eq!(task.outcome.as_deref(), Some("approved"));
     assert_eq!(app.fake.calls_of("approve").len(), 1);
 }
 

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod approval;
+mod audit;
 mod helpers;
 mod process;
+mod verify;
 mod webhook;

@@ -1,0 +1,359 @@
+//! The audit trail, read side: who approved which workflow, when, and every CircleCI attempt
+//! made for it; plus retention (pruning old records).
+//!
+//! An audit record is a delivery that asked something of us (`approve`, `deny`, `expire`),
+//! with the task it created, if any (a deny with `ON_DENY=ignore` has none, and is still
+//! recorded). Duplicates are folded into the original as a count.
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::store::{Store, StoreError};
+
+/// Event types that appear in the audit trail.
+const AUDITED_EVENTS: &str = "('approve', 'deny', 'expire')";
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Approver {
+    pub username: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobRef {
+    pub id: Option<String>,
+    pub number: Option<i64>,
+    pub project_slug: Option<String>,
+}
+
+/// One entry of `GET /v1/approvals`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalSummary {
+    /// The delivery id (what the webhook answered with).
+    pub id: String,
+    pub event_type: String,
+    pub sym_event_id: String,
+    pub workflow_id: Option<String>,
+    pub approver: Approver,
+    pub received_at: String,
+    /// `approve`, `cancel`, or null when the event asked nothing of CircleCI.
+    pub action: Option<String>,
+    /// `pending`, `succeeded`, `failed`, or `ignored` (no task).
+    pub status: String,
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+    pub finished_at: Option<String>,
+    #[serde(skip)]
+    received_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryDetail {
+    pub id: String,
+    pub webhook_id: String,
+    pub sym_event_id: String,
+    pub event_type: String,
+    pub received_at: String,
+    pub approver: Approver,
+    pub workflow_url: Option<String>,
+    pub merging_user: Option<String>,
+    pub run_srn: Option<String>,
+    /// Later deliveries of the same event, answered as duplicates.
+    pub duplicates: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptDetail {
+    pub at: String,
+    pub method: String,
+    pub endpoint: String,
+    pub status: Option<i64>,
+    pub duration_ms: i64,
+    pub error: Option<String>,
+}
+
+/// `GET /v1/approvals/{id}`: the whole story of one approval.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalDetail {
+    pub id: String,
+    pub workflow_id: Option<String>,
+    pub delivery: DeliveryDetail,
+    pub task_id: Option<String>,
+    pub action: Option<String>,
+    pub status: String,
+    pub outcome: Option<String>,
+    pub detail: Option<String>,
+    pub created_at: Option<String>,
+    pub deadline_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub hold_job: Option<JobRef>,
+    pub attempts: Vec<AttemptDetail>,
+}
+
+/// A page of summaries and the cursor of the next page.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub items: Vec<ApprovalSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// Where a page starts: after this (received_at, id), newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub received_ms: i64,
+    pub id: String,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{}:{}", self.received_ms, self.id))
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        use base64::Engine as _;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()?;
+        let raw = String::from_utf8(raw).ok()?;
+        let (ms, id) = raw.split_once(':')?;
+        Uuid::try_parse(id).ok()?;
+        Some(Self {
+            received_ms: ms.parse().ok()?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// RFC 3339 for a unix-millisecond time.
+pub fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+const SUMMARY_COLUMNS: &str = "d.id, d.event_type, d.sym_event_id, d.workflow_id, \
+    d.approver_username, d.approver_name, d.received_at, t.action, t.status, t.outcome, \
+    t.detail, t.finished_at";
+
+fn summary_from_row(row: &AnyRow) -> Result<ApprovalSummary, sqlx::Error> {
+    let received_ms: i64 = row.try_get("received_at")?;
+    let finished: Option<i64> = row.try_get("finished_at")?;
+    let status: Option<String> = row.try_get("status")?;
+    Ok(ApprovalSummary {
+        id: row.try_get("id")?,
+        event_type: row.try_get("event_type")?,
+        sym_event_id: row.try_get("sym_event_id")?,
+        workflow_id: row.try_get("workflow_id")?,
+        approver: Approver {
+            username: row.try_get("approver_username")?,
+            name: row.try_get("approver_name")?,
+        },
+        received_at: rfc3339(received_ms),
+        action: row.try_get("action")?,
+        status: status.unwrap_or_else(|| "ignored".to_owned()),
+        outcome: row.try_get("outcome")?,
+        detail: row.try_get("detail")?,
+        finished_at: finished.map(rfc3339),
+        received_ms,
+    })
+}
+
+/// Newest first; `limit` items after `cursor`, optionally for one workflow.
+pub async fn list(
+    store: &Store,
+    workflow_id: Option<Uuid>,
+    limit: u32,
+    cursor: Option<&Cursor>,
+) -> Result<Page, StoreError> {
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM deliveries d LEFT JOIN tasks t ON t.delivery_id = d.id \
+         WHERE d.outcome <> 'duplicate' AND d.event_type IN {AUDITED_EVENTS} \
+         AND ($1 IS NULL OR d.workflow_id = $1) \
+         AND ($2 IS NULL OR d.received_at < $2 OR (d.received_at = $2 AND d.id < $3)) \
+         ORDER BY d.received_at DESC, d.id DESC LIMIT $4"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(workflow_id.map(|w| w.to_string()))
+        .bind(cursor.map(|c| c.received_ms))
+        .bind(cursor.map(|c| c.id.clone()).unwrap_or_default())
+        .bind(i64::from(limit) + 1)
+        .fetch_all(store.pool())
+        .await?;
+    let mut items = rows
+        .iter()
+        .map(summary_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|last| {
+            Cursor {
+                received_ms: last.received_ms,
+                id: last.id.clone(),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}
+
+/// The whole story of one approval, by delivery id or task id.
+pub async fn get(store: &Store, id: &str) -> Result<Option<ApprovalDetail>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT d.id, d.webhook_id, d.sym_event_id, d.event_type, d.workflow_id, d.workflow_url, \
+         d.merging_user, d.approver_username, d.approver_name, d.run_srn, d.received_at, \
+         t.id AS task_id, t.action, t.status, t.outcome, t.detail, t.created_at, t.deadline_at, \
+         t.finished_at, t.job_id, t.job_number, t.project_slug \
+         FROM deliveries d LEFT JOIN tasks t ON t.delivery_id = d.id \
+         WHERE d.outcome <> 'duplicate' AND d.event_type IN {AUDITED_EVENTS} \
+         AND (d.id = $1 OR t.id = $1)"
+    ))
+    .bind(id)
+    .fetch_optional(store.pool())
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let delivery_id: String = row.try_get("id")?;
+    let sym_event_id: String = row.try_get("sym_event_id")?;
+    let webhook_id: String = row.try_get("webhook_id")?;
+    let task_id: Option<String> = row.try_get("task_id")?;
+    let status: Option<String> = row.try_get("status")?;
+    let created: Option<i64> = row.try_get("created_at")?;
+    let deadline: Option<i64> = row.try_get("deadline_at")?;
+    let finished: Option<i64> = row.try_get("finished_at")?;
+    let job_id: Option<String> = row.try_get("job_id")?;
+    let job_number: Option<i64> = row.try_get("job_number")?;
+    let project_slug: Option<String> = row.try_get("project_slug")?;
+
+    let duplicates: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deliveries WHERE outcome = 'duplicate' AND duplicate_of = $1",
+    )
+    .bind(&delivery_id)
+    .fetch_one(store.pool())
+    .await?;
+    let attempts = match &task_id {
+        Some(task_id) => sqlx::query(
+            "SELECT started_at, method, endpoint, status_code, duration_ms, error \
+             FROM attempts WHERE task_id = $1 ORDER BY id",
+        )
+        .bind(task_id)
+        .fetch_all(store.pool())
+        .await?
+        .iter()
+        .map(|a| {
+            Ok(AttemptDetail {
+                at: rfc3339(a.try_get("started_at")?),
+                method: a.try_get("method")?,
+                endpoint: a.try_get("endpoint")?,
+                status: a.try_get("status_code")?,
+                duration_ms: a.try_get("duration_ms")?,
+                error: a.try_get("error")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?,
+        None => Vec::new(),
+    };
+    let hold_job = (job_id.is_some() || project_slug.is_some()).then_some(JobRef {
+        id: job_id,
+        number: job_number,
+        project_slug,
+    });
+    Ok(Some(ApprovalDetail {
+        id: delivery_id.clone(),
+        workflow_id: row.try_get("workflow_id")?,
+        delivery: DeliveryDetail {
+            id: delivery_id,
+            webhook_id,
+            sym_event_id,
+            event_type: row.try_get("event_type")?,
+            received_at: rfc3339(row.try_get("received_at")?),
+            approver: Approver {
+                username: row.try_get("approver_username")?,
+                name: row.try_get("approver_name")?,
+            },
+            workflow_url: row.try_get("workflow_url")?,
+            merging_user: row.try_get("merging_user")?,
+            run_srn: row.try_get("run_srn")?,
+            duplicates,
+        },
+        task_id,
+        action: row.try_get("action")?,
+        status: status.unwrap_or_else(|| "ignored".to_owned()),
+        outcome: row.try_get("outcome")?,
+        detail: row.try_get("detail")?,
+        created_at: created.map(rfc3339),
+        deadline_at: deadline.map(rfc3339),
+        finished_at: finished.map(rfc3339),
+        hold_job,
+        attempts,
+    }))
+}
+
+/// Deletes deliveries (with their tasks and attempts) received before `cutoff_ms`, except
+/// those whose task is still pending. Returns how many deliveries went.
+pub async fn prune(store: &Store, cutoff_ms: i64) -> Result<u64, StoreError> {
+    // Attempts and tasks first, explicitly: no reliance on ON DELETE CASCADE being enabled.
+    let old = "SELECT d.id FROM deliveries d WHERE d.received_at < $1 AND NOT EXISTS \
+               (SELECT 1 FROM tasks p WHERE p.delivery_id = d.id AND p.status = 'pending')";
+    sqlx::query(&format!(
+        "DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE delivery_id IN ({old}))"
+    ))
+    .bind(cutoff_ms)
+    .execute(store.pool())
+    .await?;
+    sqlx::query(&format!("DELETE FROM tasks WHERE delivery_id IN ({old})"))
+        .bind(cutoff_ms)
+        .execute(store.pool())
+        .await?;
+    let done = sqlx::query(&format!("DELETE FROM deliveries WHERE id IN ({old})"))
+        .bind(cutoff_ms)
+        .execute(store.pool())
+        .await?;
+    Ok(done.rows_affected())
+}
+
+/// Did an earlier approve call for this task possibly take effect? (No answer, or a 5xx:
+/// CircleCI may have approved before failing to answer.) A definite 4xx means it did not.
+pub async fn approve_may_have_landed(store: &Store, task_id: &str) -> Result<bool, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM attempts WHERE task_id = $1 AND method = 'POST' \
+         AND endpoint LIKE '%/approve/%' AND (status_code IS NULL OR status_code >= 500)",
+    )
+    .bind(task_id)
+    .fetch_one(store.pool())
+    .await?;
+    Ok(n > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let cursor = Cursor {
+            received_ms: 1_795_348_800_123,
+            id: Uuid::new_v4().to_string(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        assert_eq!(Cursor::decode("not-a-cursor"), None);
+        assert_eq!(Cursor::decode(""), None);
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_795_348_800_500), "2026-11-22T12:00:00.5Z");
+    }
+}
