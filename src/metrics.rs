@@ -35,6 +35,11 @@ struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
     endpoint: String,
 }
@@ -46,7 +51,7 @@ pub struct Metrics {
     registry: Arc<Registry>,
     deliveries: Family<OutcomeLabels, Counter>,
     tasks_finished: Family<TaskLabels, Counter>,
-    task_duration: HistogramFamily<EndpointLabels>,
+    task_duration: HistogramFamily<ActionLabels>,
     circleci_requests: Family<CallLabels, Counter>,
     circleci_duration: HistogramFamily<EndpointLabels>,
     pending_tasks: Gauge,
@@ -90,7 +95,7 @@ impl Metrics {
             "Approval and cancel tasks by final outcome",
             tasks_finished.clone(),
         );
-        let task_duration: HistogramFamily<EndpointLabels> =
+        let task_duration: HistogramFamily<ActionLabels> =
             Family::new_with_constructor(task_buckets);
         registry.register(
             "task_duration_seconds",
@@ -150,8 +155,8 @@ impl Metrics {
             })
             .inc();
         self.task_duration
-            .get_or_create(&EndpointLabels {
-                endpoint: action.as_str().to_owned(),
+            .get_or_create(&ActionLabels {
+                action: action.as_str().to_owned(),
             })
             .observe(seconds.max(0.0));
     }
