@@ -322,6 +322,21 @@ pub async fn prune(store: &Store, cutoff_ms: i64) -> Result<u64, StoreError> {
     Ok(done.rows_affected())
 }
 
+/// The Sym event id and approver of a delivery, for log context.
+pub async fn event_context(
+    store: &Store,
+    delivery_id: &str,
+) -> Result<(String, Option<String>), StoreError> {
+    let row = sqlx::query(
+        "SELECT sym_event_id, COALESCE(approver_username, approver_name) AS approver \
+         FROM deliveries WHERE id = $1",
+    )
+    .bind(delivery_id)
+    .fetch_one(store.pool())
+    .await?;
+    Ok((row.try_get("sym_event_id")?, row.try_get("approver")?))
+}
+
 /// Did an earlier approve call for this task possibly take effect? (No answer, or a 5xx:
 /// CircleCI may have approved before failing to answer.) A definite 4xx means it did not.
 pub async fn approve_may_have_landed(store: &Store, task_id: &str) -> Result<bool, StoreError> {

@@ -158,11 +158,19 @@ impl ApprovalWorker {
 
     /// One step of one task, with its outcome stored.
     async fn work(&self, task: Task) {
+        let (sym_event_id, approver) =
+            match crate::audit::event_context(&self.store, &task.delivery_id).await {
+                Ok((id, approver)) => (id, approver.unwrap_or_default()),
+                Err(_) => (String::new(), String::new()),
+            };
+        // Every log line of the step (each CircleCI call included) carries these.
         let span = tracing::info_span!(
             "task",
             task_id = %task.id,
             delivery_id = %task.delivery_id,
+            sym_event_id = %sym_event_id,
             workflow_id = %task.workflow_id,
+            approver = %approver,
             action = task.action.as_str(),
             attempt = task.attempts + 1,
         );
