@@ -440,12 +440,11 @@ async fn a_task_interrupted_by_kill_9_resumes_after_restart_and_approves_exactly
     let workflow = workflow_on_hold(&fake);
     let db = TestDatabase::new().await;
     let (secret_text, secret) = new_secret();
-    // A short lease so that PostgreSQL (which keeps leases across restarts) resumes quickly too.
-    let env = serve_env(&fake, &db, &secret_text)
-        .set("TASK_LEASE", "3s")
-        .set("RETRY_INITIAL", "200ms")
-        .set("RETRY_MAX", "1s");
-    let mut first = Service::start(&env).await;
+    // A short lease so that PostgreSQL (which keeps leases across restarts) resumes quickly
+    // too; the first process waits long enough after its first failure to be killed before
+    // its second try, the restarted one retries quickly.
+    let env = serve_env(&fake, &db, &secret_text).set("TASK_LEASE", "3s");
+    let mut first = Service::start(&env.clone().set("RETRY_INITIAL", "2s")).await;
     let (delivery, delivery_id) = first.approve(&secret, workflow).await;
     assert!(
         fake.wait_for_calls(Duration::from_secs(10), |c| failed_list_calls(c) >= 1)
@@ -461,7 +460,7 @@ async fn a_task_interrupted_by_kill_9_resumes_after_restart_and_approves_exactly
         0,
         "approved before the kill"
     );
-    let second = Service::start(&env).await;
+    let second = Service::start(&env.set("RETRY_INITIAL", "100ms").set("RETRY_MAX", "500ms")).await;
 
     // Assert: the restarted process finishes the task, with exactly one approve.
     assert!(
