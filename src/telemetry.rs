@@ -14,8 +14,13 @@ pub enum LogTarget {
 
 /// Installs the global subscriber (once; later calls are no-ops).
 pub fn init(format: LogFormat, default_filter: &str, target: LogTarget) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("RUST_LOG {spec:?} is not a valid filter ({e}); using {default_filter:?}");
+            EnvFilter::new(default_filter)
+        }),
+        _ => EnvFilter::new(default_filter),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(match target {

@@ -25,8 +25,9 @@ use crate::store::{duration_ms, now_ms, FinalStatus, JobInfo, Store, Task, TaskA
 
 /// Longest idle wait between looks at the store (covers tasks made by other replicas).
 const IDLE_POLL: Duration = Duration::from_secs(1);
-/// How long in-flight steps may run on after shutdown is requested.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long in-flight steps may run on after shutdown is requested: well inside the usual
+/// 10 s stop grace period of `docker stop`, so the process still exits 0 on its own.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What one step decided.
 #[derive(Debug)]
@@ -78,6 +79,8 @@ pub struct ApprovalWorker {
     owner: String,
     /// Signalled when a new task is stored, so it is picked up at once.
     wake: Arc<Notify>,
+    /// Tasks with a step in flight, so their leases can be given back if shutdown cuts them off.
+    in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl ApprovalWorker {
@@ -95,6 +98,7 @@ impl ApprovalWorker {
             metrics,
             owner: format!("worker-{}", Uuid::new_v4()),
             wake,
+            in_flight: std::sync::Mutex::default(),
         }
     }
 
@@ -111,8 +115,12 @@ impl ApprovalWorker {
                     .await
                 {
                     Ok(Some(task)) => {
+                        self.track(&task.id, true);
                         let worker = Arc::clone(&self);
-                        running.spawn(async move { worker.work(task).await });
+                        running.spawn(async move {
+                            worker.work(&task).await;
+                            worker.track(&task.id, false);
+                        });
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -140,9 +148,31 @@ impl ApprovalWorker {
         .await;
         if drained.is_err() {
             running.abort_all();
-            tracing::warn!("worker stopped with steps in flight; their tasks stay pending");
+            let cut_off: Vec<String> = self.in_flight_ids();
+            for task_id in &cut_off {
+                // Best effort: another replica (or the next start) may take it at once.
+                let _ = self.store.release_lease(task_id, &self.owner).await;
+            }
+            tracing::warn!(
+                tasks = cut_off.len(),
+                "worker stopped with steps in flight; their tasks stay pending"
+            );
         }
         tracing::info!("approval worker stopped");
+    }
+
+    fn track(&self, task_id: &str, running: bool) {
+        let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if running {
+            set.insert(task_id.to_owned());
+        } else {
+            set.remove(task_id);
+        }
+    }
+
+    fn in_flight_ids(&self) -> Vec<String> {
+        let set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        set.iter().cloned().collect()
     }
 
     /// Until the next task is due, at most [`IDLE_POLL`].
@@ -157,7 +187,7 @@ impl ApprovalWorker {
     }
 
     /// One step of one task, with its outcome stored.
-    async fn work(&self, task: Task) {
+    async fn work(&self, task: &Task) {
         let (sym_event_id, approver) =
             match crate::audit::event_context(&self.store, &task.delivery_id).await {
                 Ok((id, approver)) => (id, approver.unwrap_or_default()),
@@ -179,11 +209,8 @@ impl ApprovalWorker {
             let mut job = JobInfo::default();
             // Bounded below the lease, so no other replica can take the task mid-step.
             let step_limit = self.config.task_lease.mul_f64(0.8);
-            let step = match tokio::time::timeout(
-                step_limit,
-                self.step(&task, &mut calls, &mut job),
-            )
-            .await
+            let step = match tokio::time::timeout(step_limit, self.step(task, &mut calls, &mut job))
+                .await
             {
                 Ok(step) => step,
                 Err(_) => Step::Retry {
@@ -198,7 +225,7 @@ impl ApprovalWorker {
             if let Err(e) = self.store.record_attempts(&task.id, &calls).await {
                 tracing::warn!(error = %e, "could not store the CircleCI attempts");
             }
-            if let Err(e) = self.settle(&task, step, &job).await {
+            if let Err(e) = self.settle(task, step, &job).await {
                 // The lease runs out and the step is taken again: steps re-read first, so
                 // this can cost a call but never a second approve.
                 tracing::warn!(error = %e, "could not store the step result; it will be retried");

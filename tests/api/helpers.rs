@@ -17,7 +17,7 @@ pub const HOLD: &str = DEFAULT_HOLD_JOB_NAME;
 pub const PROJECT: &str = "gh/acme/api";
 
 /// Where a test's store lives: a fresh SQLite file, or a fresh PostgreSQL database when
-/// `APPROVER_TEST_POSTGRES_URL` names a server (the database is dropped with the guard).
+/// `APPROVER_TEST_POSTGRES_URL` names a server (a throwaway cluster: CI deletes it after the run).
 pub struct TestDatabase {
     pub url: String,
     _dir: Option<tempfile::TempDir>,
