@@ -16,7 +16,7 @@
 # volume, environment, health check and entrypoint. No `# syntax=` line: it would make BuildKit
 # pull a frontend image, which registry-less machines cannot do.
 
-ARG RUST_VERSION=1.85
+ARG RUST_VERSION=1.89
 
 # --- runtime-base: metadata only, no files -------------------------------------------------------
 FROM scratch AS runtime-base

@@ -184,6 +184,9 @@ CALLS="${WORK}/circleci-calls.jsonl"
 # Containers reach the host through the default bridge's gateway (what host-gateway maps to).
 # Listening only there (not on every interface) keeps the fake off other networks.
 gateway="$(docker network inspect bridge -f '{{range .IPAM.Config}}{{.Gateway}}{{end}}' 2>/dev/null || true)"
+if [ -z "${gateway}" ]; then # IPAM often omits it for the default bridge: read docker0 itself
+  gateway="$(ip -4 -o addr show dev docker0 2>/dev/null | awk '{ split($4, a, "/"); print a[1]; exit }' || true)"
+fi
 listen_ip="${gateway:-0.0.0.0}"
 FAKE_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')"
 
@@ -200,11 +203,13 @@ done
 kill -0 "${FAKE_PID}" 2>/dev/null || { dump_logs; abort "fake CircleCI did not start"; }
 echo "fake CircleCI: http://${listen_ip}:${FAKE_PORT}/api/v2 (workflow ${WORKFLOW_ID})"
 
-# Counts approve calls recorded by the fake: POSTs to /workflow/<id>/approve/<request id>.
-approve_calls() {
+# Counts the approve calls the fake recorded (POST .../workflow/<id>/approve/<request id>) and
+# prints "<all> <accepted>": accepted ones carried the right token and got a 2xx (fields the
+# fake writes as token_ok and status; lines without them count as accepted).
+approve_call_counts() {
   python3 - "${CALLS}" <<'PY'
 import json, sys
-n = 0
+total = accepted = 0
 with open(sys.argv[1], encoding="utf-8") as f:
     for line in f:
         line = line.strip()
@@ -213,14 +218,20 @@ with open(sys.argv[1], encoding="utf-8") as f:
         try:
             call = json.loads(line)
         except ValueError:
-            call = {}
-        text = json.dumps(call) if call else line
-        method = str(call.get("method", "POST")).upper() if isinstance(call, dict) else "POST"
-        if "/approve/" in text and method == "POST":
-            n += 1
-print(n)
+            continue
+        if not isinstance(call, dict):
+            continue
+        is_approve = call.get("operation") == "approve" or "/approve/" in str(call.get("path", ""))
+        if not is_approve or str(call.get("method", "POST")).upper() != "POST":
+            continue
+        total += 1
+        status = call.get("status", 202)
+        if call.get("token_ok", True) is not False and isinstance(status, int) and 200 <= status < 300:
+            accepted += 1
+print(total, accepted)
 PY
 }
+approve_calls() { approve_call_counts | cut -d' ' -f1; }
 
 # ----------------------------------------------------------------------------------------------
 info "secrets and container"
@@ -281,14 +292,14 @@ send_event() {
 # Waits up to $1 s for at least one approve call, then a little longer so that a second
 # (duplicate) call would have time to show up, and prints the final count.
 settle_approve_calls() {
-  local limit=$1 i n
-  for i in $(seq 1 "${limit}"); do
+  local limit=$1 n
+  for _ in $(seq 1 "${limit}"); do
     n="$(approve_calls)"
     [ "${n}" -ge 1 ] && break
     sleep 1
   done
   sleep 3
-  approve_calls
+  approve_call_counts
 }
 
 start_container "${C1}" || { dump_logs "${C1}"; abort "docker run failed"; }
@@ -306,13 +317,13 @@ fi
 info "signed approve event -> one approve call"
 if out="$(send_event)"; then rc=0; else rc=$?; fi
 echo "send-event (exit ${rc}): ${out}"
-n="$(settle_approve_calls 20)"
-echo "approve calls at the fake CircleCI: ${n}"
-if [ "${rc}" -eq 0 ] && [[ "${out}" =~ (^|[^0-9])202([^0-9]|$) ]] && [ "${n}" -eq 1 ]; then
-  pass "approve event accepted (202) and exactly one approve call reached the fake CircleCI"
+read -r n ok < <(settle_approve_calls 20)
+echo "approve calls at the fake CircleCI: ${n} (accepted with the right token: ${ok})"
+if [ "${rc}" -eq 0 ] && [[ "${out}" =~ (^|[^0-9])202([^0-9]|$) ]] && [ "${n}" -eq 1 ] && [ "${ok}" -eq 1 ]; then
+  pass "approve event accepted (202); exactly one approve call, authenticated with the token file"
 else
   dump_logs "${C1}"
-  fail "approve event: want exit 0, 202 and one approve call; got exit ${rc}, ${n} call(s)"
+  fail "approve event: want exit 0, 202 and one accepted approve call; got exit ${rc}, ${n} call(s), ${ok} accepted"
 fi
 
 # ----------------------------------------------------------------------------------------------
@@ -350,8 +361,8 @@ start_container "${C2}" || { dump_logs "${C2}"; abort "docker run (second contai
 wait_healthy "${C2}" || { dump_logs "${C2}"; abort "second container not healthy within ${HEALTHY_WITHIN} s"; }
 if out="$(send_event)"; then rc=0; else rc=$?; fi
 echo "send-event again (exit ${rc}): ${out}"
-n="$(settle_approve_calls 1)"
-echo "approve calls at the fake CircleCI: ${n}"
+read -r n ok < <(settle_approve_calls 1)
+echo "approve calls at the fake CircleCI: ${n} (accepted: ${ok})"
 if [ "${rc}" -eq 0 ] && [[ "${out}" =~ (^|[^0-9])200([^0-9]|$) ]] && [ "${n}" -eq 1 ]; then
   pass "redelivery after restart on the same volume: 200 (duplicate), still exactly one approve call"
 else

@@ -1,0 +1,1 @@
+"""Test stand-in for Sym's top-level package (see ../README.md)."""

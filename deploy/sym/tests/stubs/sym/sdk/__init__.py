@@ -1,0 +1,1 @@
+"""Test stand-in for sym.sdk (see ../../README.md)."""
