@@ -10,13 +10,20 @@
 //!   `webhook-id`; a conflicting insert becomes a `duplicate` row pointing at the original;
 //! - a task is worked by one process at a time: claiming sets a lease, and every later write
 //!   is guarded by `lease_owner`, so a process that lost its lease cannot overwrite the result.
+//!   On PostgreSQL, claims are serialised by a transaction-level advisory lock (and the row by
+//!   `FOR UPDATE SKIP LOCKED`), so two replicas never take two tasks of one workflow at once.
+//!
+//! The database going away is an ordinary, bounded error: every operation has a client-side
+//! time limit (getting a connection + statement time), the pool drops dead connections and
+//! reconnects by itself, and [`Store::connect`] waits a bounded time for a database that is not
+//! up yet (a replica starting beside its PostgreSQL).
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Connection as _, Executor, Row};
 use uuid::Uuid;
 
 use crate::circleci::CallRecord;
@@ -49,6 +56,44 @@ pub enum StoreError {
     Migrate(sqlx::migrate::MigrateError),
     #[error("{0}")]
     Invalid(String),
+    /// The operation did not finish within the store's time limit (the database is gone or
+    /// hanging); nothing is known to have been written.
+    #[error("the store did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// At startup: the database stayed unreachable. `database` has no password.
+    #[error("the store at {database} did not become reachable within {waited:?}: {last_error}")]
+    Unreachable {
+        database: String,
+        waited: Duration,
+        last_error: Box<StoreError>,
+    },
+}
+
+impl StoreError {
+    /// Could waiting help? True for a database that is down, starting, restarting, out of
+    /// connections or unreachable over the network; false for a wrong password, a missing
+    /// database, a bad URL or a failed migration.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::TimedOut(_) => true,
+            Self::Database(e) | Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
+                is_transient_sqlx(e)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 53: insufficient resources (too many connections);
+            // 57P01-57P03: shutting down, crashed, starting up.
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+        }),
+        _ => false,
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -169,6 +214,9 @@ impl FinalStatus {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Client-side bound on one operation, so a database that vanished mid-query (a network
+    /// cut, where no error ever arrives) costs a bounded wait, never a hang.
+    op_timeout: Duration,
 }
 
 impl std::fmt::Debug for Store {
@@ -199,20 +247,89 @@ impl Default for StoreOptions {
     }
 }
 
+/// How many times `DATABASE_CONNECT_TIMEOUT` a starting process waits for its database.
+pub const STARTUP_PATIENCE_FACTOR: u32 = 12;
+
+/// Key of the PostgreSQL advisory lock that serialises task claims across replicas.
+const CLAIM_LOCK_KEY: i64 = 0x5379_6d43_6c61_696d; // "SymClaim"
+
 impl Store {
     /// Connects, creating the SQLite file and its folder if needed, and migrates.
+    ///
+    /// A database that is not reachable yet (PostgreSQL still starting, a DNS name not there
+    /// yet) is waited for, up to [`STARTUP_PATIENCE_FACTOR`] × `acquire_timeout` (60 s by
+    /// default), with a log line per try; then the error names the database, without its
+    /// password. Wrong credentials, a missing database or a failed migration fail at once.
     pub async fn connect(url: &SecretString, options: &StoreOptions) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let url = url.expose_secret();
-        let (backend, url) = if url.starts_with("sqlite:") {
-            (Backend::Sqlite, prepare_sqlite_url(url)?)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (Backend::Postgres, url.to_owned())
+        let raw = url.expose_secret();
+        let (backend, url) = if raw.starts_with("sqlite:") {
+            (Backend::Sqlite, prepare_sqlite_url(raw)?)
+        } else if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            (Backend::Postgres, raw.to_owned())
         } else {
             return Err(StoreError::Invalid(
                 "DATABASE_URL must start with sqlite:// or postgres://".into(),
             ));
         };
+        let shown = redact_url(raw);
+        let patience = options
+            .acquire_timeout
+            .saturating_mul(STARTUP_PATIENCE_FACTOR);
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let error = match Self::open(backend, &url, options).await {
+                Ok(store) => {
+                    if attempt > 1 {
+                        tracing::info!(database = %shown, attempt, "the store is reachable");
+                    }
+                    return Ok(store);
+                }
+                Err(e) => e,
+            };
+            let waited = started.elapsed();
+            if !error.is_transient() {
+                return Err(error);
+            }
+            if waited >= patience {
+                return Err(StoreError::Unreachable {
+                    database: shown,
+                    waited,
+                    last_error: Box::new(error),
+                });
+            }
+            let pause = Duration::from_millis(250u64 << attempt.min(5))
+                .min(Duration::from_secs(5))
+                .min(patience - waited);
+            tracing::warn!(
+                database = %shown,
+                attempt,
+                error = %error,
+                retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                gives_up_in_s = (patience - waited).as_secs(),
+                "the store is not reachable yet (DATABASE_URL); retrying"
+            );
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// One attempt: migrate, then open the pool.
+    async fn open(backend: Backend, url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let connect_timeout = options.acquire_timeout;
+        if backend == Backend::Postgres {
+            // Migrations run on a connection of their own, without the statement time limit
+            // (a long migration, or waiting for another replica's migration, is legitimate).
+            // sqlx's migrator holds a PostgreSQL advisory lock while it works, so replicas
+            // starting at once apply each migration once, one after the other.
+            let mut conn = tokio::time::timeout(connect_timeout, AnyConnection::connect(url))
+                .await
+                .map_err(|_| StoreError::TimedOut(connect_timeout))??;
+            let migrated = POSTGRES_MIGRATIONS.run_direct(&mut conn).await;
+            let _ = conn.close().await;
+            migrated?;
+        }
 
         let statement_ms = duration_ms(options.statement_timeout);
         let pool = AnyPoolOptions::new()
@@ -241,22 +358,33 @@ impl Store {
                     Ok(())
                 })
             })
-            .connect(&url)
+            .connect(url)
             .await?;
 
-        let store = Self { pool, backend };
-        store.migrate().await?;
-        Ok(store)
+        if backend == Backend::Sqlite {
+            // One process owns a SQLite file: no lock needed.
+            if let Err(e) = SQLITE_MIGRATIONS.run(&pool).await {
+                pool.close().await;
+                return Err(e.into());
+            }
+        }
+        Ok(Self {
+            pool,
+            backend,
+            op_timeout: options
+                .acquire_timeout
+                .saturating_add(options.statement_timeout.saturating_mul(2)),
+        })
     }
 
-    /// Applies pending migrations (PostgreSQL serialises concurrent replicas with an
-    /// advisory lock; SQLite has one writer by construction).
-    async fn migrate(&self) -> Result<(), StoreError> {
-        match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
-        }
-        Ok(())
+    /// Runs one store operation within [`Self::op_timeout`].
+    async fn bounded<T>(
+        &self,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.op_timeout, operation)
+            .await
+            .map_err(|_| StoreError::TimedOut(self.op_timeout))?
     }
 
     pub fn backend(&self) -> Backend {
@@ -270,8 +398,11 @@ impl Store {
 
     /// Is the database answering?
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.bounded(async {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn close(&self) {
@@ -281,6 +412,17 @@ impl Store {
     /// Stores a verified delivery and, when it asks for work, its task: in one transaction,
     /// so a 2xx is only ever sent for an event that is durably stored with its task.
     pub async fn record_delivery(
+        &self,
+        webhook_id: &str,
+        event: &SymEvent,
+        received_at: i64,
+        task: Option<&NewTask>,
+    ) -> Result<Recorded, StoreError> {
+        self.bounded(self.record_delivery_now(webhook_id, event, received_at, task))
+            .await
+    }
+
+    async fn record_delivery_now(
         &self,
         webhook_id: &str,
         event: &SymEvent,
@@ -387,6 +529,15 @@ impl Store {
         now: i64,
         lease: Duration,
     ) -> Result<Option<Task>, StoreError> {
+        self.bounded(self.claim_now(owner, now, lease)).await
+    }
+
+    async fn claim_now(
+        &self,
+        owner: &str,
+        now: i64,
+        lease: Duration,
+    ) -> Result<Option<Task>, StoreError> {
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -402,32 +553,66 @@ impl Store {
                 ORDER BY t.next_attempt_at, t.created_at LIMIT 1 {lock}) \
              RETURNING id, delivery_id, action, workflow_id, attempts, created_at, deadline_at"
         );
-        let row = sqlx::query(&sql)
+        let claim = sqlx::query(&sql)
             .bind(owner)
             .bind(now.saturating_add(duration_ms(lease)))
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?;
+            .bind(now);
+        let row = match self.backend {
+            // SQLite runs one write at a time: the statement alone is atomic.
+            Backend::Sqlite => claim.fetch_optional(&self.pool).await?,
+            // Under READ COMMITTED two replicas could each see "no other task of this
+            // workflow is leased" and claim two at once; a transaction-level advisory lock
+            // makes claims take turns (a few milliseconds each), and the statement after the
+            // lock sees every claim committed before it.
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS claim_lock")
+                    .bind(CLAIM_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                let row = claim.fetch_optional(&mut *tx).await?;
+                tx.commit().await?;
+                row
+            }
+        };
         row.map(|row| task_from_row(&row)).transpose()
     }
 
     /// When the next pending task becomes due (or its lease runs out), if any.
     pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
-        let due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL AND lease_expires_at > next_attempt_at \
-             THEN lease_expires_at ELSE next_attempt_at END) FROM tasks WHERE status = 'pending'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(due)
+        self.bounded(async {
+            let due: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL \
+                 AND lease_expires_at > next_attempt_at \
+                 THEN lease_expires_at ELSE next_attempt_at END) \
+                 FROM tasks WHERE status = 'pending'",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(due)
+        })
+        .await
     }
 
-    /// Appends CircleCI exchanges to a task's audit trail.
+    /// Appends CircleCI exchanges to a task's audit trail (all or none, so a retry after a
+    /// failure does not record a call twice).
     pub async fn record_attempts(
         &self,
         task_id: &str,
         calls: &[CallRecord],
     ) -> Result<(), StoreError> {
+        if calls.is_empty() {
+            return Ok(());
+        }
+        self.bounded(self.record_attempts_now(task_id, calls)).await
+    }
+
+    async fn record_attempts_now(
+        &self,
+        task_id: &str,
+        calls: &[CallRecord],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         for call in calls {
             sqlx::query(
                 "INSERT INTO attempts (task_id, started_at, method, endpoint, status_code, \
@@ -440,9 +625,10 @@ impl Store {
             .bind(call.status.map(i64::from))
             .bind(duration_ms(call.duration))
             .bind(call.error.as_deref())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -455,22 +641,26 @@ impl Store {
         detail: &str,
         job: &JobInfo,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE tasks SET attempts = attempts + 1, next_attempt_at = $3, detail = $4, \
+        let done = self
+            .bounded(async {
+                Ok(sqlx::query(
+                    "UPDATE tasks SET attempts = attempts + 1, next_attempt_at = $3, detail = $4, \
              job_id = COALESCE($5, job_id), job_number = COALESCE($6, job_number), \
              project_slug = COALESCE($7, project_slug), \
              lease_owner = NULL, lease_expires_at = NULL \
              WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
-        )
-        .bind(task_id)
-        .bind(owner)
-        .bind(next_attempt_at)
-        .bind(detail)
-        .bind(job.job_id.as_deref())
-        .bind(job.job_number)
-        .bind(job.project_slug.as_deref())
-        .execute(&self.pool)
-        .await?;
+                )
+                .bind(task_id)
+                .bind(owner)
+                .bind(next_attempt_at)
+                .bind(detail)
+                .bind(job.job_id.as_deref())
+                .bind(job.job_number)
+                .bind(job.project_slug.as_deref())
+                .execute(&self.pool)
+                .await?)
+            })
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -486,7 +676,9 @@ impl Store {
         job: &JobInfo,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = self
+            .bounded(async {
+                Ok(sqlx::query(
             "UPDATE tasks SET status = $3, outcome = $4, detail = $5, attempts = attempts + 1, \
              job_id = COALESCE($6, job_id), job_number = COALESCE($7, job_number), \
              project_slug = COALESCE($8, project_slug), finished_at = $9, \
@@ -503,21 +695,26 @@ impl Store {
         .bind(job.project_slug.as_deref())
         .bind(now)
         .execute(&self.pool)
-        .await?;
+                .await?)
+            })
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Gives a lease back without counting a step (shutdown mid-step).
     pub async fn release_lease(&self, task_id: &str, owner: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id = $1 AND lease_owner = $2",
-        )
-        .bind(task_id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.bounded(async {
+            sqlx::query(
+                "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(task_id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// One task's status row, for tests and the audit API.
@@ -559,12 +756,16 @@ impl Store {
 
     /// Pending tasks and the creation time of the oldest, for metrics.
     pub async fn pending_summary(&self) -> Result<(i64, Option<i64>), StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM tasks WHERE status = 'pending'",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((row.try_get("n")?, row.try_get("oldest")?))
+        self.bounded(async {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM tasks \
+                 WHERE status = 'pending'",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            Ok((row.try_get("n")?, row.try_get("oldest")?))
+        })
+        .await
     }
 }
 
@@ -664,4 +865,70 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
         Some(q) => format!("sqlite://{path}?{q}&mode=rwc"),
         None => format!("sqlite://{path}?mode=rwc"),
     })
+}
+
+/// `DATABASE_URL` fit for logs and errors: the password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
+                return "<DATABASE_URL with a password>".to_owned();
+            }
+            // Query parameters may carry a password too (`?password=…`).
+            if parsed
+                .query_pairs()
+                .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+            {
+                let kept: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        if k.eq_ignore_ascii_case("password") {
+                            (k.into_owned(), "***".to_owned())
+                        } else {
+                            (k.into_owned(), v.into_owned())
+                        }
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(kept);
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<DATABASE_URL (not a valid URL)>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn redacted_urls_never_show_a_password() {
+        assert_eq!(
+            redact_url("postgres://approver:s3cret@db.internal:5432/approver?sslmode=require"),
+            "postgres://approver:***@db.internal:5432/approver?sslmode=require"
+        );
+        let query = redact_url("postgres://db/approver?user=a&password=s3cret");
+        assert!(!query.contains("s3cret"), "{query}");
+        assert!(query.contains("password=***"), "{query}");
+        assert_eq!(
+            redact_url("postgres://approver@db/approver"),
+            "postgres://approver@db/approver"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/approver.db"),
+            "sqlite://data/approver.db"
+        );
+        assert!(!redact_url("postgres://a:s3cret@[bad").contains("s3cret"));
+    }
+
+    #[test]
+    fn only_outages_are_worth_waiting_for() {
+        let refused = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(StoreError::from(refused).is_transient());
+        assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(StoreError::TimedOut(Duration::from_secs(1)).is_transient());
+        assert!(!StoreError::Invalid("bad".into()).is_transient());
+        assert!(!StoreError::from(sqlx::Error::Configuration("bad url".into())).is_transient());
+    }
 }

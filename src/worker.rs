@@ -29,8 +29,11 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// 10 s stop grace period of `docker stop`, so the process still exits 0 on its own.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a step's result is retried while the store is away.
+const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
+
 /// What one step decided.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Step {
     Succeeded {
         outcome: &'static str,
@@ -222,17 +225,42 @@ impl ApprovalWorker {
             for call in &calls {
                 self.metrics.circleci_call(call);
             }
-            if let Err(e) = self.store.record_attempts(&task.id, &calls).await {
-                tracing::warn!(error = %e, "could not store the CircleCI attempts");
-            }
-            if let Err(e) = self.settle(task, step, &job).await {
-                // The lease runs out and the step is taken again: steps re-read first, so
-                // this can cost a call but never a second approve.
-                tracing::warn!(error = %e, "could not store the step result; it will be retried");
-            }
+            self.persist(task, &calls, step, &job).await;
         }
         .instrument(span)
         .await;
+    }
+
+    /// Stores the step's CircleCI calls and result. A store that is away (a restart, a
+    /// failover) is retried for up to [`PERSIST_PATIENCE`], so an approve that landed during
+    /// the outage is still recorded as this task's; after that the lease runs out and the step
+    /// is taken again: steps re-read first, so this can cost a call but never a second approve.
+    async fn persist(&self, task: &Task, calls: &[CallRecord], step: Step, job: &JobInfo) {
+        let give_up = tokio::time::Instant::now() + PERSIST_PATIENCE;
+        let mut calls_stored = false;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let result = async {
+                if !calls_stored {
+                    self.store.record_attempts(&task.id, calls).await?;
+                    calls_stored = true;
+                }
+                self.settle(task, step.clone(), job).await
+            }
+            .await;
+            match result {
+                Ok(()) => return,
+                Err(e) if tokio::time::Instant::now() + pause < give_up => {
+                    tracing::warn!(error = %e, "could not store the step result; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not store the step result; it will be retried");
+                    return;
+                }
+            }
+        }
     }
 
     /// Stores the step's result: finished, or scheduled again within the deadline.
