@@ -6,5 +6,6 @@ mod approval;
 mod audit;
 mod helpers;
 mod process;
+mod replicas;
 mod verify;
 mod webhook;
