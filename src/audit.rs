@@ -302,23 +302,26 @@ pub async fn get(store: &Store, id: &str) -> Result<Option<ApprovalDetail>, Stor
 /// Deletes deliveries (with their tasks and attempts) received before `cutoff_ms`, except
 /// those whose task is still pending. Returns how many deliveries went.
 pub async fn prune(store: &Store, cutoff_ms: i64) -> Result<u64, StoreError> {
-    // Attempts and tasks first, explicitly: no reliance on ON DELETE CASCADE being enabled.
+    // Attempts and tasks first, explicitly (no reliance on ON DELETE CASCADE being enabled),
+    // all in one transaction so a failure never leaves a delivery without its task.
     let old = "SELECT d.id FROM deliveries d WHERE d.received_at < $1 AND NOT EXISTS \
                (SELECT 1 FROM tasks p WHERE p.delivery_id = d.id AND p.status = 'pending')";
+    let mut tx = store.pool().begin().await?;
     sqlx::query(&format!(
         "DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE delivery_id IN ({old}))"
     ))
     .bind(cutoff_ms)
-    .execute(store.pool())
+    .execute(&mut *tx)
     .await?;
     sqlx::query(&format!("DELETE FROM tasks WHERE delivery_id IN ({old})"))
         .bind(cutoff_ms)
-        .execute(store.pool())
+        .execute(&mut *tx)
         .await?;
     let done = sqlx::query(&format!("DELETE FROM deliveries WHERE id IN ({old})"))
         .bind(cutoff_ms)
-        .execute(store.pool())
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(done.rows_affected())
 }
 

@@ -38,10 +38,10 @@ pub struct Job {
 impl Job {
     /// The id the approve endpoint expects: `approval_request_id`, else the job `id`.
     pub fn approval_id(&self) -> Option<&str> {
-        self.approval_request_id
-            .as_deref()
-            .or(self.id.as_deref())
-            .filter(|s| !s.is_empty())
+        fn present(v: &Option<String>) -> Option<&str> {
+            v.as_deref().filter(|s| !s.trim().is_empty())
+        }
+        present(&self.approval_request_id).or_else(|| present(&self.id))
     }
 }
 
@@ -353,6 +353,8 @@ mod tests {
         };
         assert_eq!(job.approval_id(), Some("req"));
         job.approval_request_id = None;
+        assert_eq!(job.approval_id(), Some("job"));
+        job.approval_request_id = Some(String::new());
         assert_eq!(job.approval_id(), Some("job"));
     }
 }

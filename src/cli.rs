@@ -8,8 +8,7 @@ use uuid::Uuid;
 
 use crate::app::{cancel_on_signal, Application};
 use crate::config::{
-    Cli, Command, Config, FakeCircleciArgs, HealthcheckArgs, LogFormat, SecretArgs, SendEventArgs,
-    ServeArgs,
+    Cli, Command, Config, FakeCircleciArgs, HealthcheckArgs, LogFormat, SendEventArgs, ServeArgs,
 };
 use crate::signature::{WebhookSecret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use crate::sym_event::SymEvent;
@@ -42,7 +41,18 @@ async fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     telemetry::init(config.log_format, "info", LogTarget::Stdout);
-    let app = match Application::build(config).await {
+    // Signals are handled from the start: a SIGTERM while still connecting to the store is
+    // a clean stop too.
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let built = tokio::select! {
+        built = Application::build(config) => built,
+        () = shutdown.cancelled() => {
+            tracing::info!("stopped before startup finished");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let app = match built {
         Ok(app) => app,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "startup failed");
@@ -50,8 +60,6 @@ async fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
     match app.run_until_stopped(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -106,17 +114,11 @@ pub fn event_body(event_id: &str, event_type: &str, workflow_id: &str, approver:
         .into_bytes()
 }
 
-fn first_secret(args: &SecretArgs) -> Result<WebhookSecret, String> {
-    args.load()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .next()
-        .ok_or_else(|| "SYM_WEBHOOK_SECRET: is empty".to_owned())
-}
-
 async fn send_event_command(args: &SendEventArgs) -> ExitCode {
-    let secret = match first_secret(&args.secrets) {
-        Ok(secret) => secret,
+    // Signs with the first configured secret (`load` never returns an empty list).
+    let secret = match args.secrets.load().map(|all| all.into_iter().next()) {
+        Ok(Some(secret)) => secret,
+        Ok(None) => return ExitCode::from(EXIT_CONFIG),
         Err(e) => {
             eprintln!("configuration error: {e}");
             return ExitCode::from(EXIT_CONFIG);

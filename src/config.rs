@@ -225,6 +225,9 @@ pub struct VerifyArgs {
     /// Time limit for the check.
     #[arg(long, default_value = "15s")]
     pub timeout: String,
+    /// Allow a plain-http APPROVER_URL on a non-loopback host (the token travels in clear).
+    #[arg(long, env = "APPROVER_ALLOW_INSECURE_HTTP", default_value_t = false)]
+    pub allow_insecure_http: bool,
 }
 
 impl VerifyArgs {
@@ -520,7 +523,10 @@ fn read_secret(
     Ok(SecretString::from(trimmed.to_owned()))
 }
 
-/// Durations like `30m`, `1h 30m`, `90s`, or plain seconds (`1800`).
+/// Longest duration any setting takes: a week (also keeps backoff arithmetic far from overflow).
+const MAX_DURATION: Duration = Duration::from_secs(7 * 86_400);
+
+/// Durations like `30m`, `1h 30m`, `90s`, or plain seconds (`1800`), up to a week.
 pub fn parse_duration(variable: &'static str, raw: &str) -> Result<Duration, ConfigError> {
     let raw = raw.trim();
     let parsed = match raw.parse::<u64>() {
@@ -528,6 +534,7 @@ pub fn parse_duration(variable: &'static str, raw: &str) -> Result<Duration, Con
         Err(_) => humantime::parse_duration(raw),
     };
     match parsed {
+        Ok(d) if d > MAX_DURATION => Err(config_error(variable, "must be at most a week")),
         Ok(d) if !d.is_zero() => Ok(d),
         _ => Err(config_error(
             variable,
@@ -546,25 +553,42 @@ fn positive(variable: &'static str, value: usize) -> Result<(), ConfigError> {
 /// The CircleCI base URL; plain http only for loopback hosts, unless explicitly allowed,
 /// so the token never crosses a network in clear text by accident.
 pub fn parse_api_url(raw: &str, allow_insecure_http: bool) -> Result<Url, ConfigError> {
-    const VAR: &str = "CIRCLECI_API_URL";
+    secure_base_url(
+        "CIRCLECI_API_URL",
+        "CIRCLECI_ALLOW_INSECURE_HTTP",
+        raw,
+        allow_insecure_http,
+    )
+}
+
+/// A base URL that a token will be sent to: https, or http to a loopback host, or http
+/// anywhere when `override_variable` is set.
+pub fn secure_base_url(
+    variable: &'static str,
+    override_variable: &'static str,
+    raw: &str,
+    allow_insecure_http: bool,
+) -> Result<Url, ConfigError> {
     let url = Url::parse(raw.trim().trim_end_matches('/'))
-        .map_err(|e| config_error(VAR, format!("{raw:?} is not a URL: {e}")))?;
+        .map_err(|e| config_error(variable, format!("{raw:?} is not a URL: {e}")))?;
     if url.query().is_some() || url.fragment().is_some() || url.cannot_be_a_base() {
         return Err(config_error(
-            VAR,
-            "must be a base URL like https://circleci.com/api/v2",
+            variable,
+            "must be a base URL like https://host/path",
         ));
     }
     match url.scheme() {
         "https" => Ok(url),
         "http" if allow_insecure_http || is_loopback_host(&url) => Ok(url),
         "http" => Err(config_error(
-            VAR,
-            "plain http is only allowed for loopback hosts (the API token would travel in clear \
-             text); use https, or set CIRCLECI_ALLOW_INSECURE_HTTP=true for a trusted network",
+            variable,
+            format!(
+                "plain http is only allowed for loopback hosts (the token would travel in clear \
+                 text); use https, or set {override_variable}=true for a trusted network"
+            ),
         )),
         other => Err(config_error(
-            VAR,
+            variable,
             format!("unsupported scheme {other:?}; use https"),
         )),
     }

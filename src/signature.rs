@@ -12,6 +12,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use subtle::ConstantTimeEq as _;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -22,6 +23,10 @@ pub const HEADER_SIGNATURE: &str = "webhook-signature";
 
 /// Shorter keys make HMAC brute-forceable; the spec's own generator makes 24+ bytes.
 pub const MIN_SECRET_BYTES: usize = 24;
+/// Signature entries examined per delivery; senders send one, two during a key rotation.
+const MAX_SIGNATURES: usize = 16;
+/// Length of an HMAC-SHA256 tag.
+const TAG_LEN: usize = 32;
 /// Longest `webhook-id` we store; real ids are ~30 characters.
 const MAX_WEBHOOK_ID_LEN: usize = 256;
 const SECRET_PREFIX: &str = "whsec_";
@@ -159,22 +164,27 @@ impl Verifier {
             return Err(SignatureError::StaleTimestamp(skew));
         }
 
-        // Decode every v1 entry; entries of other versions or bad base64 are skipped, and an
-        // empty or truncated tag can never pass `verify_slice` (it checks the length too).
+        // At most MAX_SIGNATURES entries are looked at, so a header stuffed with thousands of
+        // entries costs no more than a normal one (the HMAC is computed once per secret).
+        // Entries of other versions or bad base64 are skipped; only full-length tags can match,
+        // so an empty or truncated signature never does.
         let candidates: Vec<Vec<u8>> = signature
             .split(' ')
+            .take(MAX_SIGNATURES)
             .filter_map(|entry| entry.strip_prefix("v1,"))
             .filter_map(|b64| STANDARD.decode(b64).ok())
-            .filter(|tag| !tag.is_empty())
+            .filter(|tag| tag.len() == TAG_LEN)
             .collect();
 
-        let mut matched = false;
+        let mut matched = subtle::Choice::from(0);
         for secret in &self.secrets {
+            let expected = secret.mac(webhook_id, ts, body).finalize().into_bytes();
             for tag in &candidates {
-                // Constant-time comparison; keep looping so timing does not reveal which matched.
-                matched |= secret.mac(webhook_id, ts, body).verify_slice(tag).is_ok();
+                // Constant time, and no early exit: timing does not reveal which one matched.
+                matched |= expected.as_slice().ct_eq(tag.as_slice());
             }
         }
+        let matched: bool = matched.into();
         if matched {
             Ok(VerifiedHeaders {
                 webhook_id: webhook_id.to_owned(),
@@ -274,6 +284,22 @@ mod tests {
         let debug = format!("{verifier:?}");
         assert!(!debug.contains("a4ayc"), "{debug}");
         assert!(debug.contains("REDACTED"));
+    }
+
+    #[test]
+    fn a_header_stuffed_with_entries_is_cut_short_and_refused() {
+        let secret = WebhookSecret::parse(&WebhookSecret::generate()).unwrap();
+        let verifier = Verifier::new(vec![secret.clone()], Duration::from_secs(300));
+        let good = secret.sign("m", 1, b"x");
+        let stuffed = format!("{} {good}", vec!["v1,AA=="; 50_000].join(" "));
+        assert_eq!(
+            verifier.verify(Some("m"), Some("1"), Some(&stuffed), b"x", 1),
+            Err(SignatureError::NoMatch)
+        );
+        let rotation = format!("v1,{} {good}", "A".repeat(44));
+        assert!(verifier
+            .verify(Some("m"), Some("1"), Some(&rotation), b"x", 1)
+            .is_ok());
     }
 
     #[test]

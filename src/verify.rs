@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::config::{parse_duration, VerifyArgs};
+use crate::config::{parse_duration, secure_base_url, VerifyArgs};
 
 /// Exit codes: 0 approved by us; 1 not approved (never, failed, refused); 2 still pending;
 /// 3 the check could not be made (service unreachable, auth, configuration).
@@ -86,7 +86,15 @@ pub async fn check(args: &VerifyArgs) -> (Verdict, String) {
         Ok(t) => t,
         Err(e) => return (Verdict::Unknown, format!("not verified: {e}")),
     };
-    let base = args.url.trim().trim_end_matches('/');
+    let base = match secure_base_url(
+        "APPROVER_URL",
+        "APPROVER_ALLOW_INSECURE_HTTP",
+        &args.url,
+        args.allow_insecure_http,
+    ) {
+        Ok(url) => url.as_str().trim_end_matches('/').to_owned(),
+        Err(e) => return (Verdict::Unknown, format!("not verified: {e}")),
+    };
     let url = format!("{base}/v1/approvals?workflow_id={workflow_id}&limit=200");
     let result = async {
         let client = reqwest::Client::builder().timeout(timeout).build()?;

@@ -27,7 +27,7 @@ pub async fn receive(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let started = Instant::now();
-    let result = handle(&state, &headers, body).await;
+    let result = handle(&state, &headers, body, started).await;
     let outcome = match &result {
         Ok((_, outcome)) => *outcome,
         Err(e) => rejection_outcome(e),
@@ -49,8 +49,8 @@ async fn handle(
     state: &AppState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
+    started: Instant,
 ) -> Result<Handled, ApiError> {
-    let started = Instant::now();
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(state.max_body_bytes)

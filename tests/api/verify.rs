@@ -19,6 +19,7 @@ fn args(app_url: &str, workflow: Uuid, token: &str) -> VerifyArgs {
         admin_token: Some(token.to_owned()),
         admin_token_file: None,
         timeout: "5s".to_owned(),
+        allow_insecure_http: false,
     }
 }
 
