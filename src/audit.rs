@@ -244,7 +244,7 @@ pub async fn get(store: &Store, id: &str) -> Result<Option<ApprovalDetail>, Stor
     let attempts = match &task_id {
         Some(task_id) => sqlx::query(
             "SELECT started_at, method, endpoint, status_code, duration_ms, error \
-             FROM attempts WHERE task_id = $1 ORDER BY id",
+             FROM attempts WHERE task_id = $1 ORDER BY started_at, id",
         )
         .bind(task_id)
         .fetch_all(store.pool())
@@ -340,12 +340,15 @@ pub async fn event_context(
     Ok((row.try_get("sym_event_id")?, row.try_get("approver")?))
 }
 
-/// Did an earlier approve call for this task possibly take effect? (No answer, or a 5xx:
-/// CircleCI may have approved before failing to answer.) A definite 4xx means it did not.
+/// Did an earlier approve call for this task possibly take effect? Yes for a 2xx whose result
+/// was not stored in time, for no answer (in flight when the process died, timed out,
+/// connection dropped) and for a 5xx (CircleCI may have approved before failing to answer).
+/// A definite 4xx means it did not.
 pub async fn approve_may_have_landed(store: &Store, task_id: &str) -> Result<bool, StoreError> {
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM attempts WHERE task_id = $1 AND method = 'POST' \
-         AND endpoint LIKE '%/approve/%' AND (status_code IS NULL OR status_code >= 500)",
+         AND endpoint LIKE '%/approve/%' \
+         AND (status_code IS NULL OR status_code < 400 OR status_code >= 500)",
     )
     .bind(task_id)
     .fetch_one(store.pool())

@@ -64,6 +64,8 @@ pub struct CallRecord {
     pub status: Option<u16>,
     pub duration: Duration,
     pub error: Option<String>,
+    /// Already in the audit trail (noted before the call, answer filled in after).
+    pub stored: bool,
 }
 
 /// How a CircleCI call failed, as the retry policy needs to know it.
@@ -257,6 +259,7 @@ impl CircleCiClient {
             status,
             duration,
             error,
+            stored: false,
         });
         outcome
     }

@@ -701,6 +701,80 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Extends a lease this claim still holds (`lease_owner` is the claim's token and the lease
+    /// has not run out); false when it was lost. Called right before an approve or cancel, so
+    /// such a call is only ever made under a live lease.
+    pub async fn renew_lease(
+        &self,
+        task_id: &str,
+        lease_token: &str,
+        now: i64,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        self.bounded(async {
+            let done = sqlx::query(
+                "UPDATE tasks SET lease_expires_at = $3 \
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
+                 AND lease_expires_at > $4",
+            )
+            .bind(task_id)
+            .bind(lease_token)
+            .bind(now.saturating_add(duration_ms(lease)))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    /// Durably notes a call about to be made (no status yet), so that if the process dies
+    /// before the answer is stored, the audit trail still shows the call may have landed.
+    pub async fn begin_attempt(
+        &self,
+        task_id: &str,
+        method: &str,
+        endpoint: &str,
+        started_at: i64,
+    ) -> Result<i64, StoreError> {
+        self.bounded(async {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO attempts (task_id, started_at, method, endpoint, status_code, \
+                 duration_ms, error) VALUES ($1, $2, $3, $4, NULL, 0, $5) RETURNING id",
+            )
+            .bind(task_id)
+            .bind(started_at)
+            .bind(method)
+            .bind(endpoint)
+            .bind("no answer recorded (the call was in flight)")
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(id)
+        })
+        .await
+    }
+
+    /// Fills in the answer of a call noted by [`Self::begin_attempt`].
+    pub async fn complete_attempt(
+        &self,
+        attempt_id: i64,
+        call: &CallRecord,
+    ) -> Result<(), StoreError> {
+        self.bounded(async {
+            sqlx::query(
+                "UPDATE attempts SET status_code = $2, duration_ms = $3, error = $4 WHERE id = $1",
+            )
+            .bind(attempt_id)
+            .bind(call.status.map(i64::from))
+            .bind(duration_ms(call.duration))
+            .bind(call.error.as_deref())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Gives a lease back without counting a step (shutdown mid-step).
     pub async fn release_lease(&self, task_id: &str, owner: &str) -> Result<(), StoreError> {
         self.bounded(async {

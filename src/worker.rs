@@ -32,9 +32,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long a step's result is retried while the store is away.
 const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
 
+/// One claim of a task: its lease token (every write of the step is guarded by it) and when
+/// it was taken (the step must end well before the lease runs out).
+struct Lease {
+    token: String,
+    claimed: tokio::time::Instant,
+}
+
 /// What one step decided.
 #[derive(Debug, Clone)]
 enum Step {
+    /// The lease ran out before a call to CircleCI that changes something; nothing was done.
+    LeaseLost,
     Succeeded {
         outcome: &'static str,
         detail: String,
@@ -82,8 +91,9 @@ pub struct ApprovalWorker {
     owner: String,
     /// Signalled when a new task is stored, so it is picked up at once.
     wake: Arc<Notify>,
-    /// Tasks with a step in flight, so their leases can be given back if shutdown cuts them off.
-    in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Steps in flight (task id → lease token), so their leases can be given back if shutdown
+    /// cuts them off.
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl ApprovalWorker {
@@ -111,21 +121,31 @@ impl ApprovalWorker {
         let mut running = JoinSet::new();
         loop {
             let mut store_ok = true;
+            let mut claimed_all_due = false;
             while running.len() < self.config.concurrency && !shutdown.is_cancelled() {
+                // Each claim has its own lease token: writes of a step whose lease ran out
+                // (even in this same process) are refused, and so is its approve.
+                let lease = Lease {
+                    token: format!("{}/{}", self.owner, Uuid::new_v4().simple()),
+                    claimed: tokio::time::Instant::now(),
+                };
                 match self
                     .store
-                    .claim_next_task(&self.owner, now_ms(), self.config.task_lease)
+                    .claim_next_task(&lease.token, now_ms(), self.config.task_lease)
                     .await
                 {
                     Ok(Some(task)) => {
-                        self.track(&task.id, true);
+                        self.track(&task.id, Some(&lease.token));
                         let worker = Arc::clone(&self);
                         running.spawn(async move {
-                            worker.work(&task).await;
-                            worker.track(&task.id, false);
+                            worker.work(&task, &lease).await;
+                            worker.track(&task.id, None);
                         });
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        claimed_all_due = true;
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "store unavailable; worker will retry");
                         store_ok = false;
@@ -133,7 +153,10 @@ impl ApprovalWorker {
                     }
                 }
             }
-            let wait = if store_ok {
+            // Slots full: a finishing step wakes us. Nothing claimable: sleep until the next
+            // task is due (tasks due but not claimable, e.g. waiting behind another task of
+            // their workflow, are looked at again after IDLE_POLL, not in a busy loop).
+            let wait = if store_ok && claimed_all_due {
                 self.idle_wait().await
             } else {
                 IDLE_POLL
@@ -151,10 +174,10 @@ impl ApprovalWorker {
         .await;
         if drained.is_err() {
             running.abort_all();
-            let cut_off: Vec<String> = self.in_flight_ids();
-            for task_id in &cut_off {
+            let cut_off = self.in_flight_leases();
+            for (task_id, token) in &cut_off {
                 // Best effort: another replica (or the next start) may take it at once.
-                let _ = self.store.release_lease(task_id, &self.owner).await;
+                let _ = self.store.release_lease(task_id, token).await;
             }
             tracing::warn!(
                 tasks = cut_off.len(),
@@ -164,38 +187,49 @@ impl ApprovalWorker {
         tracing::info!("approval worker stopped");
     }
 
-    fn track(&self, task_id: &str, running: bool) {
-        let mut set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if running {
-            set.insert(task_id.to_owned());
-        } else {
-            set.remove(task_id);
-        }
+    fn track(&self, task_id: &str, lease_token: Option<&str>) {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        match lease_token {
+            Some(token) => map.insert(task_id.to_owned(), token.to_owned()),
+            None => map.remove(task_id),
+        };
     }
 
-    fn in_flight_ids(&self) -> Vec<String> {
-        let set = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        set.iter().cloned().collect()
+    fn in_flight_leases(&self) -> Vec<(String, String)> {
+        let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(t, l)| (t.clone(), l.clone())).collect()
     }
 
     /// Until the next task is due, at most [`IDLE_POLL`].
     async fn idle_wait(&self) -> Duration {
         match self.store.next_due_at().await {
             Ok(Some(due)) => {
-                let ms = due.saturating_sub(now_ms()).max(10);
-                Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(IDLE_POLL)
+                let ms = due.saturating_sub(now_ms());
+                if ms <= 0 {
+                    // Due yet not claimable just now: look again after IDLE_POLL.
+                    IDLE_POLL
+                } else {
+                    Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(IDLE_POLL)
+                }
             }
             _ => IDLE_POLL,
         }
     }
 
     /// One step of one task, with its outcome stored.
-    async fn work(&self, task: &Task) {
-        let (sym_event_id, approver) =
-            match crate::audit::event_context(&self.store, &task.delivery_id).await {
-                Ok((id, approver)) => (id, approver.unwrap_or_default()),
-                Err(_) => (String::new(), String::new()),
-            };
+    async fn work(&self, task: &Task, lease: &Lease) {
+        // The whole step stays inside the lease (measured from the claim, with a margin), so
+        // no other replica can take the task while this one still works on it.
+        let step_deadline = lease.claimed + self.config.task_lease.mul_f64(0.8);
+        let (sym_event_id, approver) = match tokio::time::timeout_at(
+            step_deadline,
+            crate::audit::event_context(&self.store, &task.delivery_id),
+        )
+        .await
+        {
+            Ok(Ok((id, approver))) => (id, approver.unwrap_or_default()),
+            _ => (String::new(), String::new()),
+        };
         // Every log line of the step (each CircleCI call included) carries these.
         let span = tracing::info_span!(
             "task",
@@ -210,10 +244,11 @@ impl ApprovalWorker {
         async {
             let mut calls = Vec::new();
             let mut job = JobInfo::default();
-            // Bounded below the lease, so no other replica can take the task mid-step.
-            let step_limit = self.config.task_lease.mul_f64(0.8);
-            let step = match tokio::time::timeout(step_limit, self.step(task, &mut calls, &mut job))
-                .await
+            let step = match tokio::time::timeout_at(
+                step_deadline,
+                self.step(task, lease, &mut calls, &mut job),
+            )
+            .await
             {
                 Ok(step) => step,
                 Err(_) => Step::Retry {
@@ -225,7 +260,12 @@ impl ApprovalWorker {
             for call in &calls {
                 self.metrics.circleci_call(call);
             }
-            self.persist(task, &calls, step, &job).await;
+            if let Step::LeaseLost = step {
+                tracing::warn!("the task's lease ran out mid-step; its next step is another's");
+                return;
+            }
+            calls.retain(|c| !c.stored);
+            self.persist(task, lease, &calls, step, &job).await;
         }
         .instrument(span)
         .await;
@@ -235,7 +275,14 @@ impl ApprovalWorker {
     /// failover) is retried for up to [`PERSIST_PATIENCE`], so an approve that landed during
     /// the outage is still recorded as this task's; after that the lease runs out and the step
     /// is taken again: steps re-read first, so this can cost a call but never a second approve.
-    async fn persist(&self, task: &Task, calls: &[CallRecord], step: Step, job: &JobInfo) {
+    async fn persist(
+        &self,
+        task: &Task,
+        lease: &Lease,
+        calls: &[CallRecord],
+        step: Step,
+        job: &JobInfo,
+    ) {
         let give_up = tokio::time::Instant::now() + PERSIST_PATIENCE;
         let mut calls_stored = false;
         let mut pause = Duration::from_millis(200);
@@ -245,7 +292,7 @@ impl ApprovalWorker {
                     self.store.record_attempts(&task.id, calls).await?;
                     calls_stored = true;
                 }
-                self.settle(task, step.clone(), job).await
+                self.settle(task, lease, step.clone(), job).await
             }
             .await;
             match result {
@@ -267,11 +314,13 @@ impl ApprovalWorker {
     async fn settle(
         &self,
         task: &Task,
+        lease: &Lease,
         step: Step,
         job: &JobInfo,
     ) -> Result<(), crate::store::StoreError> {
         let now = now_ms();
         let (status, outcome, detail) = match step {
+            Step::LeaseLost => return Ok(()),
             Step::Succeeded { outcome, detail } => (FinalStatus::Succeeded, outcome, detail),
             Step::Failed { outcome, detail } => (FinalStatus::Failed, outcome, detail),
             Step::Retry {
@@ -291,7 +340,7 @@ impl ApprovalWorker {
                     let next = now.saturating_add(duration_ms(delay)).min(task.deadline_at);
                     let kept = self
                         .store
-                        .reschedule(&task.id, &self.owner, next, &detail, job)
+                        .reschedule(&task.id, &lease.token, next, &detail, job)
                         .await?;
                     tracing::info!(
                         retry_in_ms = next - now,
@@ -305,7 +354,7 @@ impl ApprovalWorker {
         };
         let kept = self
             .store
-            .finish(&task.id, &self.owner, status, outcome, &detail, job, now)
+            .finish(&task.id, &lease.token, status, outcome, &detail, job, now)
             .await?;
         let seconds = (now - task.created_at) as f64 / 1000.0;
         self.metrics.task_finished(task.action, outcome, seconds);
@@ -328,7 +377,13 @@ impl ApprovalWorker {
         Ok(())
     }
 
-    async fn step(&self, task: &Task, calls: &mut Vec<CallRecord>, info: &mut JobInfo) -> Step {
+    async fn step(
+        &self,
+        task: &Task,
+        lease: &Lease,
+        calls: &mut Vec<CallRecord>,
+        info: &mut JobInfo,
+    ) -> Step {
         let jobs = match self.circleci.workflow_jobs(task.workflow_id, calls).await {
             Ok(jobs) => jobs,
             Err(e) => return Step::from_error(e, "listing the workflow's jobs"),
@@ -350,7 +405,7 @@ impl ApprovalWorker {
             .or_else(|| jobs.iter().find_map(|j| j.project_slug.clone()));
         if let Some(allowed) = &self.config.allowed_projects {
             match &project {
-                Some(slug) if allowed.iter().any(|a| a == slug) => {}
+                Some(slug) if allowed.iter().any(|a| same_project(a, slug)) => {}
                 Some(slug) => {
                     return Step::Failed {
                         outcome: "project_not_allowed",
@@ -373,14 +428,57 @@ impl ApprovalWorker {
             }
         }
         match task.action {
-            TaskAction::Approve => self.approve_step(task, hold, calls).await,
-            TaskAction::Cancel => self.cancel_step(task, hold, calls).await,
+            TaskAction::Approve => self.approve_step(task, lease, hold, calls).await,
+            TaskAction::Cancel => self.cancel_step(task, lease, hold, calls).await,
+        }
+    }
+
+    /// Before a call that changes something at CircleCI: renew the lease (or stop, if another
+    /// process may have the task now) and note the call durably, so that even if this process
+    /// dies before the answer is stored, the audit trail shows the call may have landed.
+    /// Returns the noted attempt's id, or the step to end with instead of calling.
+    async fn prepare_call(
+        &self,
+        task: &Task,
+        lease: &Lease,
+        method: &str,
+        endpoint: &str,
+    ) -> Result<i64, Step> {
+        let store_error = |e: crate::store::StoreError| Step::Retry {
+            kind: RetryKind::Error,
+            retry_after: None,
+            detail: format!("the store is unavailable before calling CircleCI: {e}"),
+        };
+        let now = now_ms();
+        match self
+            .store
+            .renew_lease(&task.id, &lease.token, now, self.config.task_lease)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return Err(Step::LeaseLost),
+            Err(e) => return Err(store_error(e)),
+        }
+        self.store
+            .begin_attempt(&task.id, method, endpoint, now)
+            .await
+            .map_err(store_error)
+    }
+
+    /// Stores the answer of a call noted by `prepare_call` (the last one in `calls`).
+    async fn complete_call(&self, attempt_id: i64, calls: &mut [CallRecord]) {
+        let Some(call) = calls.last_mut() else { return };
+        match self.store.complete_attempt(attempt_id, call).await {
+            Ok(()) => call.stored = true,
+            // Left unmarked, it is stored with the step's other calls instead.
+            Err(e) => tracing::warn!(error = %e, "could not store the CircleCI answer yet"),
         }
     }
 
     async fn approve_step(
         &self,
         task: &Task,
+        lease: &Lease,
         hold: Option<&Job>,
         calls: &mut Vec<CallRecord>,
     ) -> Step {
@@ -421,11 +519,17 @@ impl ApprovalWorker {
                         detail: "the hold job has no usable approval_request_id or id".into(),
                     };
                 };
-                match self
+                let endpoint = format!("/workflow/{}/approve/{approval_id}", task.workflow_id);
+                let attempt = match self.prepare_call(task, lease, "POST", &endpoint).await {
+                    Ok(attempt) => attempt,
+                    Err(step) => return step,
+                };
+                let result = self
                     .circleci
                     .approve_job(task.workflow_id, approval_id, calls)
-                    .await
-                {
+                    .await;
+                self.complete_call(attempt, calls).await;
+                match result {
                     Ok(()) => Step::Succeeded {
                         outcome: "approved",
                         detail: format!("approved hold job {name:?} ({approval_id})"),
@@ -453,6 +557,7 @@ impl ApprovalWorker {
     async fn cancel_step(
         &self,
         task: &Task,
+        lease: &Lease,
         hold: Option<&Job>,
         calls: &mut Vec<CallRecord>,
     ) -> Step {
@@ -472,7 +577,14 @@ impl ApprovalWorker {
             }
             _ => {}
         }
-        match self.circleci.cancel_workflow(task.workflow_id, calls).await {
+        let endpoint = format!("/workflow/{}/cancel", task.workflow_id);
+        let attempt = match self.prepare_call(task, lease, "POST", &endpoint).await {
+            Ok(attempt) => attempt,
+            Err(step) => return step,
+        };
+        let result = self.circleci.cancel_workflow(task.workflow_id, calls).await;
+        self.complete_call(attempt, calls).await;
+        match result {
             Ok(()) => Step::Succeeded {
                 outcome: "canceled",
                 detail: "workflow canceled".into(),
@@ -484,6 +596,21 @@ impl ApprovalWorker {
             Err(e) => Step::from_error(e, "canceling the workflow"),
         }
     }
+}
+
+/// Project slugs compare case-insensitively, with the long VCS names CircleCI also accepts
+/// (`github/acme/api` is `gh/acme/api`, `bitbucket/…` is `bb/…`).
+fn same_project(a: &str, b: &str) -> bool {
+    fn normal(slug: &str) -> String {
+        let slug = slug.trim().to_ascii_lowercase();
+        for (long, short) in [("github/", "gh/"), ("bitbucket/", "bb/")] {
+            if let Some(rest) = slug.strip_prefix(long) {
+                return format!("{short}{rest}");
+            }
+        }
+        slug
+    }
+    normal(a) == normal(b)
 }
 
 /// Job statuses after which the hold job can never be approved.
@@ -498,4 +625,18 @@ fn is_terminal(status: &str) -> bool {
             | "terminated-unknown"
             | "unauthorized"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_project;
+
+    #[test]
+    fn project_slugs_match_case_insensitively_and_by_long_vcs_name() {
+        assert!(same_project("gh/Acme/API", "gh/acme/api"));
+        assert!(same_project("github/acme/api", "gh/acme/api"));
+        assert!(same_project("bb/acme/api", "bitbucket/acme/api"));
+        assert!(!same_project("gh/acme/api", "gh/acme/api-evil"));
+        assert!(!same_project("gh/acme/api", "bb/acme/api"));
+    }
 }
