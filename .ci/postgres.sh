@@ -11,6 +11,8 @@
 # The cluster (trust auth, loopback only, a free port, fsync off: it is thrown away) lives in a
 # temporary folder and is stopped and deleted on exit, whatever happens. Nothing else on the
 # machine is touched: an already running PostgreSQL is left alone.
+# APPROVER_TEST_PG_FSYNC=on keeps fsync on (for the load run: a fair comparison with SQLite,
+# which syncs every commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
@@ -94,9 +96,8 @@ EOF
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$WORK'
 max_connections = 400
-shared_buffers = 128MB
-fsync = off
-full_page_writes = off
+fsync = ${APPROVER_TEST_PG_FSYNC:-off}
+full_page_writes = ${APPROVER_TEST_PG_FSYNC:-off}
 synchronous_commit = on
 include = '$WORK/port.conf'
 EOF
