@@ -17,7 +17,7 @@ use crate::circleci::CircleCiClient;
 use crate::config::Config;
 use crate::http::{self, AdminToken, AppState};
 use crate::metrics::Metrics;
-use crate::store::{duration_ms, now_ms, Backend, Store};
+use crate::store::{duration_ms, now_ms, Backend, ServingLock, Store};
 use crate::worker::ApprovalWorker;
 
 pub struct Application {
@@ -26,6 +26,8 @@ pub struct Application {
     worker: Arc<ApprovalWorker>,
     store: Store,
     retention: Option<Duration>,
+    /// SQLite: keeps other processes off the file while this one serves.
+    _serving_lock: Option<ServingLock>,
 }
 
 /// How often old records are pruned.
@@ -36,6 +38,7 @@ impl Application {
         let store = Store::connect(&config.database_url, &config.store)
             .await
             .context("DATABASE_URL: cannot open the store")?;
+        let serving_lock = store.lock_for_serving()?;
         if store.backend() == Backend::Sqlite {
             // One process owns a SQLite file, so leases left behind are from a dead process.
             let released = store.release_stale_leases().await?;
@@ -75,6 +78,7 @@ impl Application {
             worker,
             store,
             retention: config.retention,
+            _serving_lock: serving_lock,
         })
     }
 
@@ -92,13 +96,13 @@ impl Application {
         let addr = self.local_addr()?;
         tracing::info!(%addr, backend = self.store.backend().name(), "listening");
         let worker = tokio::spawn(Arc::clone(&self.worker).run(shutdown.clone()));
-        if let Some(retention) = self.retention {
+        let pruner = self.retention.map(|retention| {
             tokio::spawn(prune_periodically(
                 self.store.clone(),
                 retention,
                 shutdown.clone(),
-            ));
-        }
+            ))
+        });
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
@@ -107,6 +111,9 @@ impl Application {
         shutdown.cancel();
         if let Err(e) = worker.await {
             tracing::error!(error = %e, "worker ended abnormally");
+        }
+        if let Some(pruner) = pruner {
+            let _ = pruner.await;
         }
         self.store.close().await;
         tracing::info!("stopped");

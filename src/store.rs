@@ -214,6 +214,8 @@ impl FinalStatus {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite: the database file (for the one-serving-process lock).
+    sqlite_file: Option<std::path::PathBuf>,
     /// Client-side bound on one operation, so a database that vanished mid-query (a network
     /// cut, where no error ever arrives) costs a bounded wait, never a hang.
     op_timeout: Duration,
@@ -263,10 +265,11 @@ impl Store {
     pub async fn connect(url: &SecretString, options: &StoreOptions) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let raw = url.expose_secret();
-        let (backend, url) = if raw.starts_with("sqlite:") {
-            (Backend::Sqlite, prepare_sqlite_url(raw)?)
+        let (backend, url, sqlite_file) = if raw.starts_with("sqlite:") {
+            let (url, path) = prepare_sqlite_url(raw)?;
+            (Backend::Sqlite, url, Some(path))
         } else if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
-            (Backend::Postgres, raw.to_owned())
+            (Backend::Postgres, raw.to_owned(), None)
         } else {
             return Err(StoreError::Invalid(
                 "DATABASE_URL must start with sqlite:// or postgres://".into(),
@@ -280,7 +283,7 @@ impl Store {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let error = match Self::open(backend, &url, options).await {
+            let error = match Self::open(backend, &url, options, sqlite_file.clone()).await {
                 Ok(store) => {
                     if attempt > 1 {
                         tracing::info!(database = %shown, attempt, "the store is reachable");
@@ -316,7 +319,12 @@ impl Store {
     }
 
     /// One attempt: migrate, then open the pool.
-    async fn open(backend: Backend, url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+    async fn open(
+        backend: Backend,
+        url: &str,
+        options: &StoreOptions,
+        sqlite_file: Option<std::path::PathBuf>,
+    ) -> Result<Self, StoreError> {
         let connect_timeout = options.acquire_timeout;
         if backend == Backend::Postgres {
             // Migrations run on a connection of their own, without the statement time limit
@@ -371,6 +379,7 @@ impl Store {
         Ok(Self {
             pool,
             backend,
+            sqlite_file,
             op_timeout: options
                 .acquire_timeout
                 .saturating_add(options.statement_timeout.saturating_mul(2)),
@@ -389,6 +398,15 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// SQLite: claims the file for this serving process (see [`ServingLock`]); PostgreSQL
+    /// serves several replicas and needs none.
+    pub fn lock_for_serving(&self) -> Result<Option<ServingLock>, StoreError> {
+        self.sqlite_file
+            .as_deref()
+            .map(|path| lock_sqlite_file(path).map(ServingLock))
+            .transpose()
     }
 
     /// For the read-side modules (the audit trail) that query the same tables.
@@ -908,7 +926,7 @@ fn task_from_row(row: &AnyRow) -> Result<Task, StoreError> {
 }
 
 /// Creates the SQLite file's folder and asks sqlx to create the file (`mode=rwc`).
-fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
+fn prepare_sqlite_url(url: &str) -> Result<(String, std::path::PathBuf), StoreError> {
     let rest = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -934,11 +952,48 @@ fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
             ))
         })?;
     }
-    Ok(match query {
+    let url = match query {
         Some(q) if q.contains("mode=") => format!("sqlite://{path}?{q}"),
         Some(q) => format!("sqlite://{path}?{q}&mode=rwc"),
         None => format!("sqlite://{path}?mode=rwc"),
-    })
+    };
+    Ok((url, std::path::PathBuf::from(path)))
+}
+
+/// An exclusive lock beside the SQLite file, held while a process serves from it: one process
+/// per file is what makes releasing leftover leases at startup safe, so a second `serve` on
+/// the same file is refused instead of racing the first. Released when dropped (or the
+/// process dies).
+#[derive(Debug)]
+pub struct ServingLock(#[allow(dead_code)] std::fs::File);
+
+/// Takes the [`ServingLock`] file lock.
+fn lock_sqlite_file(db: &Path) -> Result<std::fs::File, StoreError> {
+    let mut lock_path = db.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::Invalid(format!(
+                "DATABASE_URL: cannot open {}: {e}",
+                Path::new(&lock_path).display()
+            ))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Invalid(format!(
+            "DATABASE_URL: another process is already serving from {} (SQLite allows one \
+             replica; use PostgreSQL for several)",
+            db.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Invalid(format!(
+            "DATABASE_URL: cannot lock {}: {e}",
+            Path::new(&lock_path).display()
+        ))),
+    }
 }
 
 /// `DATABASE_URL` fit for logs and errors: the password replaced by `***`.

@@ -441,6 +441,7 @@ impl ApprovalWorker {
         &self,
         task: &Task,
         lease: &Lease,
+        calls: &mut [CallRecord],
         method: &str,
         endpoint: &str,
     ) -> Result<i64, Step> {
@@ -459,6 +460,13 @@ impl ApprovalWorker {
             Ok(false) => return Err(Step::LeaseLost),
             Err(e) => return Err(store_error(e)),
         }
+        // The reads of this step first, so the audit trail stays in the order things happened.
+        let earlier: Vec<CallRecord> = calls.iter().filter(|c| !c.stored).cloned().collect();
+        self.store
+            .record_attempts(&task.id, &earlier)
+            .await
+            .map_err(store_error)?;
+        calls.iter_mut().for_each(|c| c.stored = true);
         self.store
             .begin_attempt(&task.id, method, endpoint, now)
             .await
@@ -520,7 +528,10 @@ impl ApprovalWorker {
                     };
                 };
                 let endpoint = format!("/workflow/{}/approve/{approval_id}", task.workflow_id);
-                let attempt = match self.prepare_call(task, lease, "POST", &endpoint).await {
+                let attempt = match self
+                    .prepare_call(task, lease, calls, "POST", &endpoint)
+                    .await
+                {
                     Ok(attempt) => attempt,
                     Err(step) => return step,
                 };
@@ -578,7 +589,10 @@ impl ApprovalWorker {
             _ => {}
         }
         let endpoint = format!("/workflow/{}/cancel", task.workflow_id);
-        let attempt = match self.prepare_call(task, lease, "POST", &endpoint).await {
+        let attempt = match self
+            .prepare_call(task, lease, calls, "POST", &endpoint)
+            .await
+        {
             Ok(attempt) => attempt,
             Err(step) => return step,
         };

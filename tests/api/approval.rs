@@ -251,3 +251,26 @@ async fn a_stopped_service_resumes_its_pending_task_on_restart_and_approves_once
     assert_eq!(task.outcome.as_deref(), Some("approved"));
     assert_eq!(app.fake.successful_approvals(), 1);
 }
+
+#[tokio::test]
+async fn a_second_process_on_the_same_sqlite_file_is_refused() {
+    let app = spawn_app().await;
+    if app.db.is_postgres() {
+        return; // several replicas share PostgreSQL by design
+    }
+    let args = sym_circleci_approver::config::ServeArgs::from_flags([
+        format!("--sym-webhook-secret={}", app.secret_text),
+        format!("--circleci-token={TOKEN}"),
+        format!("--circleci-api-url={}", app.fake.base_url()),
+        "--listen-addr=127.0.0.1:0".to_owned(),
+        format!("--database-url={}", app.db.url),
+    ])
+    .unwrap();
+    let config = sym_circleci_approver::config::Config::from_args(&args).unwrap();
+
+    let second = sym_circleci_approver::app::Application::build(config).await;
+
+    let error = format!("{:#}", second.err().expect("refused"));
+    assert!(error.contains("DATABASE_URL"), "{error}");
+    assert!(error.contains("another process"), "{error}");
+}
