@@ -1027,11 +1027,17 @@ async fn postgresql_restarted_under_a_stream_of_deliveries_loses_nothing_it_acce
         }
     }
     assert!(!refused_deliveries.is_empty());
+    let slowest_refusal = results
+        .iter()
+        .filter_map(|(_, _, r)| r.as_ref().ok().filter(|r| r.status >= 500).map(|r| r.took))
+        .max()
+        .unwrap_or_default();
     eprintln!(
-        "{} deliveries: {} accepted, {} refused while PostgreSQL was down",
+        "{} deliveries: {} accepted, {} refused while PostgreSQL was down (slowest 5xx: {:?})",
         results.len(),
         results.len() - refused_deliveries.len(),
-        refused_deliveries.len()
+        refused_deliveries.len(),
+        slowest_refusal
     );
 
     // Every accepted delivery is approved exactly once, recorded as approved.
