@@ -10,7 +10,8 @@
 #
 # The cluster (trust auth, loopback only, a free port, fsync off: it is thrown away) lives in a
 # temporary folder and is stopped and deleted on exit, whatever happens. Nothing else on the
-# machine is touched: an already running PostgreSQL is left alone.
+# machine is touched: an already running PostgreSQL is left alone (and so is the `main` cluster
+# Debian's package may create when it is installed here).
 # APPROVER_TEST_PG_FSYNC=on keeps fsync on (for the load run: a fair comparison with SQLite,
 # which syncs every commit).
 set -euo pipefail
@@ -26,7 +27,8 @@ as_root() {
 
 pg_bindir() {
   local dir
-  dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  dir=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null |
+    sort -V | tail -n 1 || true)
   if [ -n "$dir" ] && [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then echo "$dir"; fi
 }
 
