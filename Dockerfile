@@ -82,9 +82,10 @@ RUN mkdir src \
 # 2) The real sources. sqlx::migrate! embeds migrations/ at compile time. COPY keeps the files'
 #    own mtimes, which can be older than the placeholder build, so touch them to force cargo to
 #    rebuild the crate itself.
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
-RUN find src migrations -type f -exec touch {} + \
+RUN find src migrations build.rs -type f -exec touch {} + \
  && cargo build --release --locked --target "${CARGO_TARGET}" \
  && mkdir -p /out/data \
  && cp "target/${CARGO_TARGET}/release/sym-circleci-approver" /out/ \

@@ -76,10 +76,10 @@ export PATH="${VENV}/bin:${PATH}"
 # ---------------------------------------------------------------------------------------------
 run hadolint hadolint Dockerfile
 
-run shellcheck shellcheck .ci/container-test.sh .ci/deploy-checks.sh
+run shellcheck shellcheck .ci/*.sh
 
 k8s_manifests=()
-for f in deploy/kubernetes/*.yaml; do
+for f in deploy/kubernetes/*.yaml deploy/kubernetes-replicas/*.yaml; do
   # kustomization.yaml is kustomize's own config, not an API object: no schema to validate.
   [ "$(basename "${f}")" = kustomization.yaml ] || k8s_manifests+=("${f}")
 done
@@ -106,16 +106,22 @@ run kustomization-resources check_kustomization
 checkov_quiet() { checkov --quiet --compact --skip-download "$@"; }
 run checkov-dockerfile checkov_quiet --framework dockerfile -f Dockerfile
 run checkov-kubernetes checkov_quiet --framework kubernetes -d deploy/kubernetes
+run checkov-kubernetes-replicas checkov_quiet --framework kubernetes -d deploy/kubernetes-replicas
 run checkov-circleci checkov_quiet --framework circleci_pipelines -d deploy/circleci
 # The runtime-connector module comes from the Terraform registry, which is not reachable here;
 # checkov scans this configuration without it (and says so in a warning).
 run checkov-terraform checkov_quiet --framework terraform -d deploy/sym
 
 compose_config() {
+  local f
   if command -v docker-compose >/dev/null 2>&1; then
-    docker-compose -f deploy/docker-compose.yml config --quiet
+    for f in deploy/docker-compose.yml deploy/docker-compose.replicas.yml; do
+      APPROVER_DB_PASSWORD=dummy docker-compose -f "${f}" config --quiet
+    done
   elif docker compose version >/dev/null 2>&1; then
-    docker compose -f deploy/docker-compose.yml config --quiet
+    for f in deploy/docker-compose.yml deploy/docker-compose.replicas.yml; do
+      APPROVER_DB_PASSWORD=dummy docker compose -f "${f}" config --quiet
+    done
   else
     echo "no docker-compose or docker compose plugin: compose file not validated"
   fi

@@ -113,9 +113,13 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen_addr: String,
-    /// Store: `sqlite://path` (embedded, created if missing) or `postgres://…`.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
+    /// Store: `sqlite://path` (embedded, created if missing) or `postgres://…`
+    /// [default: sqlite://data/approver.db].
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// File holding the database URL instead (it may carry a password).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
     /// How long to keep trying to approve before recording a failure (e.g. 30m, 1h, 90s).
     #[arg(long, env = "APPROVAL_TIMEOUT", default_value = "30m")]
     pub approval_timeout: String,
@@ -378,7 +382,11 @@ impl Config {
                 .collect();
             (!list.is_empty()).then_some(list)
         });
-        let database_url = args.database_url.trim();
+        let database_url = match (&args.database_url, &args.database_url_file) {
+            (None, None) => SecretString::from(DEFAULT_DATABASE_URL),
+            (value, file) => read_secret("DATABASE_URL", value.as_deref(), file.as_deref())?,
+        };
+        let database_url = database_url.expose_secret();
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://"))
@@ -637,6 +645,35 @@ mod tests {
         assert!(err.to_string().contains("CIRCLECI_TOKEN"));
         let err = read_secret("CIRCLECI_TOKEN", Some("a"), Some(Path::new("/x"))).unwrap_err();
         assert!(err.to_string().contains("not both"));
+    }
+
+    #[test]
+    fn the_database_url_comes_from_its_file_or_the_default() {
+        let secret = WebhookSecret::generate();
+        let base = [
+            format!("--sym-webhook-secret={secret}"),
+            "--circleci-token=t".to_owned(),
+        ];
+        let dir = std::env::temp_dir().join(format!("cfg-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("db_url");
+        std::fs::write(&file, "postgres://u:pw@db/approver\n").unwrap();
+
+        let from_file = ServeArgs::from_flags(
+            base.iter()
+                .cloned()
+                .chain([format!("--database-url-file={}", file.display())]),
+        )
+        .unwrap();
+        let default = ServeArgs::from_flags(base.iter().cloned()).unwrap();
+
+        let url = Config::from_args(&from_file).unwrap().database_url;
+        assert_eq!(url.expose_secret(), "postgres://u:pw@db/approver");
+        if std::env::var_os("DATABASE_URL").is_none() {
+            let url = Config::from_args(&default).unwrap().database_url;
+            assert_eq!(url.expose_secret(), DEFAULT_DATABASE_URL);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
