@@ -266,3 +266,17 @@ pub async fn answer(response: reqwest::Response) -> Answer {
 pub fn new_webhook_id() -> String {
     format!("msg_{}", Uuid::new_v4().simple())
 }
+
+/// A fresh webhook secret, as text and parsed.
+pub fn new_secret() -> (String, WebhookSecret) {
+    let text = WebhookSecret::generate();
+    let secret = WebhookSecret::parse(&text).unwrap();
+    (text, secret)
+}
+
+/// A workflow whose hold job is on hold, at `fake`.
+pub fn workflow_on_hold(fake: &FakeCircleCi) -> Uuid {
+    let id = Uuid::new_v4();
+    fake.add_standard_workflow(id, PROJECT, HOLD, "on_hold");
+    id
+}

@@ -4,6 +4,7 @@
 
 mod approval;
 mod audit;
+mod binary;
 mod helpers;
 mod process;
 mod replicas;

@@ -1,218 +1,36 @@
 //! Tests that run the real binary as a child process: signals, restarts, refusals at startup,
 //! what the logs hold, and the helper subcommands.
 //!
-//! The binary gets a cleared environment (only what each test sets), logs JSON lines on
-//! stdout, and learns its port from `LISTEN_ADDR=127.0.0.1:0` (the `listening` log line). The
-//! fake CircleCI runs inside the test process, so waits here are always async (never a
-//! blocking wait that would starve it).
+//! The child process (a cleared environment, JSON log lines on stdout, the port from the
+//! `listening` line, signals) is `crate::binary`. The fake CircleCI runs inside the test
+//! process, so waits here are always async (never a blocking wait that would starve it).
 
-use std::io::{BufRead as _, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use secrecy::SecretString;
-use serde_json::Value;
 use sym_circleci_approver::fake_circleci::{FakeCircleCi, Fault, RecordedCall};
 use sym_circleci_approver::signature::WebhookSecret;
 use sym_circleci_approver::store::{Store, StoreOptions, TaskStatus};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::helpers::{
-    answer, approve_event, new_webhook_id, now_secs, Answer, TestDatabase, HOLD, PROJECT, TOKEN,
-};
+use crate::binary::{binary, serve_env, Delivery, Env, Running, POLL};
+use crate::helpers::{answer, new_secret, workflow_on_hold, Answer, TestDatabase, HOLD, TOKEN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sym-circleci-approver");
 /// How long the binary may take to start listening, or to refuse to start.
 const STARTUP: Duration = Duration::from_secs(20);
-const POLL: Duration = Duration::from_millis(50);
+/// How failure messages and the output dump on a failed test name the child.
+const LABEL: &str = "the binary";
 
 // ---------------------------------------------------------------------------------------------
 // The binary as a child process
 // ---------------------------------------------------------------------------------------------
 
-/// Environment variables for one run; later `set`s replace earlier ones.
-#[derive(Clone, Default)]
-struct Env(Vec<(&'static str, String)>);
-
-impl Env {
-    fn set(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.0.retain(|(n, _)| *n != name);
-        self.0.push((name, value.into()));
-        self
-    }
-
-    fn unset(mut self, name: &str) -> Self {
-        self.0.retain(|(n, _)| *n != name);
-        self
-    }
-}
-
-/// What `serve` needs to run against `fake` and `db`, JSON logs on stdout, a random port.
-fn serve_env(fake: &FakeCircleCi, db: &TestDatabase, secret_text: &str) -> Env {
-    Env::default()
-        .set("SYM_WEBHOOK_SECRET", secret_text)
-        .set("CIRCLECI_TOKEN", TOKEN)
-        .set("CIRCLECI_API_URL", fake.base_url())
-        .set("DATABASE_URL", db.url.clone())
-        .set("LISTEN_ADDR", "127.0.0.1:0")
-        .set("LOG_FORMAT", "json")
-        .set("RUST_LOG", "info")
-}
-
-/// The binary with `args`, nothing inherited from the test's environment but `PATH`.
-fn binary(args: &[&str], env: &Env) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(std::env::temp_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (name, value) in &env.0 {
-        command.env(name, value);
-    }
-    command
-}
-
-/// Lines a child wrote to one stream, collected by a background thread.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<String>>>);
-
-impl Lines {
-    fn snapshot(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn text(&self) -> String {
-        self.snapshot().join("\n")
-    }
-
-    /// The lines that are JSON objects (log events).
-    fn events(&self) -> Vec<Value> {
-        self.snapshot()
-            .iter()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(Value::is_object)
-            .collect()
-    }
-
-    fn collect_from(&self, stream: impl Read + Send + 'static) -> JoinHandle<()> {
-        let lines = self.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stream);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => lines
-                        .0
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&line).trim_end().to_owned()),
-                }
-            }
-        })
-    }
-}
-
-/// A running child; killed (SIGKILL) when dropped before it exited, e.g. on a failed assert.
-struct Running {
-    child: Child,
-    stdout: Lines,
-    stderr: Lines,
-    readers: Vec<JoinHandle<()>>,
-    exit: Option<ExitStatus>,
-}
-
-impl Running {
-    fn start(mut command: Command) -> Self {
-        let mut child = command.spawn().expect("the binary starts");
-        let stdout = Lines::default();
-        let stderr = Lines::default();
-        let readers = vec![
-            stdout.collect_from(child.stdout.take().expect("piped stdout")),
-            stderr.collect_from(child.stderr.take().expect("piped stderr")),
-        ];
-        Self {
-            child,
-            stdout,
-            stderr,
-            readers,
-            exit: None,
-        }
-    }
-
-    /// Sends SIGTERM (through `kill`, so the tests need no unsafe code).
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM failed: {status}");
-    }
-
-    /// SIGKILL: no chance to clean up, as after a crash or an OOM kill.
-    fn kill_9(&mut self) {
-        self.child.kill().expect("SIGKILL delivered");
-    }
-
-    /// Waits (without blocking the runtime) for the process to exit; all output is then in.
-    async fn exited_within(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the process did not exit within {timeout:?}"
-            );
-            tokio::time::sleep(POLL).await;
-        };
-        self.exit = Some(status);
-        // The pipes closed with the process: the readers end at once.
-        for reader in self.readers.drain(..) {
-            reader.join().expect("output reader");
-        }
-        status
-    }
-
-    /// Everything the process wrote, stdout then stderr.
-    fn output(&self) -> String {
-        format!("{}\n{}", self.stdout.text(), self.stderr.text())
-    }
-
-    fn has_exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.exit.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "----- stdout of the binary -----\n{}\n----- stderr of the binary -----\n{}",
-                self.stdout.text(),
-                self.stderr.text()
-            );
-        }
-    }
-}
-
 /// Runs a command that is expected to end by itself (a refusal, a subcommand).
 async fn run_to_end(command: Command) -> (ExitStatus, Running) {
-    let mut running = Running::start(command);
+    let mut running = Running::start(command, LABEL);
     let status = running.exited_within(STARTUP).await;
     (status, running)
 }
@@ -227,29 +45,8 @@ struct Service {
 impl Service {
     /// Starts `serve` and waits for its `listening` log line to learn the port.
     async fn start(env: &Env) -> Self {
-        let mut process = Running::start(binary(&["serve"], env));
-        let deadline = Instant::now() + STARTUP;
-        let addr = loop {
-            let listening = process
-                .stdout
-                .events()
-                .into_iter()
-                .find(|e| e["message"] == "listening")
-                .and_then(|e| e["addr"].as_str().map(str::to_owned));
-            if let Some(addr) = listening {
-                break addr.parse().expect("the listening line has an address");
-            }
-            assert!(
-                !process.has_exited(),
-                "the service exited before listening:\n{}",
-                process.output()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "no \"listening\" log line within {STARTUP:?}"
-            );
-            tokio::time::sleep(POLL).await;
-        };
+        let mut process = Running::start(binary(&["serve"], env), LABEL);
+        let addr = process.wait_listening(STARTUP).await;
         Self {
             process,
             addr,
@@ -277,14 +74,8 @@ impl Service {
 
     /// Posts a delivery to `/webhooks/sym` exactly as it was signed.
     async fn deliver(&self, delivery: &Delivery) -> Answer {
-        let response = self
-            .client
-            .post(self.url("/webhooks/sym"))
-            .header("content-type", "application/json")
-            .header("webhook-id", &delivery.webhook_id)
-            .header("webhook-timestamp", delivery.timestamp.to_string())
-            .header("webhook-signature", &delivery.signature)
-            .body(delivery.body.clone())
+        let response = delivery
+            .post(&self.client, &self.url("/webhooks/sym"))
             .send()
             .await
             .expect("service reachable");
@@ -293,7 +84,7 @@ impl Service {
 
     /// Delivers an approve event for `workflow_id`; asserts 202 and returns the delivery id.
     async fn approve(&self, secret: &WebhookSecret, workflow_id: Uuid) -> (Delivery, String) {
-        let delivery = Delivery::approve(secret, workflow_id);
+        let delivery = Delivery::new_approve(secret, workflow_id);
         let answer = self.deliver(&delivery).await;
         assert_eq!(answer.status, 202, "{}", answer.body);
         let delivery_id = answer.body["delivery_id"].as_str().unwrap().to_owned();
@@ -305,50 +96,6 @@ impl Service {
         self.process.terminate();
         self.process.exited_within(Duration::from_secs(15)).await
     }
-}
-
-/// A signed Standard Webhooks delivery, kept so it can be sent again unchanged.
-#[derive(Clone)]
-struct Delivery {
-    webhook_id: String,
-    timestamp: i64,
-    signature: String,
-    body: Vec<u8>,
-}
-
-impl Delivery {
-    fn signed(secret: &WebhookSecret, body: Vec<u8>) -> Self {
-        let webhook_id = new_webhook_id();
-        let timestamp = now_secs();
-        let signature = secret.sign(&webhook_id, timestamp, &body);
-        Self {
-            webhook_id,
-            timestamp,
-            signature,
-            body,
-        }
-    }
-
-    fn approve(secret: &WebhookSecret, workflow_id: Uuid) -> Self {
-        Self::signed(
-            secret,
-            approve_event(&Uuid::new_v4().to_string(), &workflow_id.to_string()),
-        )
-    }
-}
-
-/// A workflow whose hold job is on hold, at the fake.
-fn workflow_on_hold(fake: &FakeCircleCi) -> Uuid {
-    let id = Uuid::new_v4();
-    fake.add_standard_workflow(id, PROJECT, HOLD, "on_hold");
-    id
-}
-
-/// A fresh secret as text and parsed.
-fn new_secret() -> (String, WebhookSecret) {
-    let text = WebhookSecret::generate();
-    let secret = WebhookSecret::parse(&text).unwrap();
-    (text, secret)
 }
 
 fn failed_list_calls(calls: &[RecordedCall]) -> usize {
@@ -593,7 +340,10 @@ async fn secrets_never_appear_in_logs() {
     // Act 2: a delivery signed with another secret.
     let (_, wrong_secret) = new_secret();
     let forged = service
-        .deliver(&Delivery::approve(&wrong_secret, workflow_on_hold(&fake)))
+        .deliver(&Delivery::new_approve(
+            &wrong_secret,
+            workflow_on_hold(&fake),
+        ))
         .await;
     assert_eq!(forged.status, 401, "{}", forged.body);
 

@@ -12,9 +12,8 @@
 //! the fake, an HTTP answer) with a deadline.
 
 use std::collections::HashMap;
-use std::io::{BufRead as _, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,17 +22,15 @@ use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use sym_circleci_approver::fake_circleci::{FakeCircleCi, Fault, RecordedCall};
-use sym_circleci_approver::signature::WebhookSecret;
 use sym_circleci_approver::store::{Store, StoreOptions};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::helpers::{approve_event, new_webhook_id, now_secs, TestDatabase, HOLD, PROJECT, TOKEN};
+use crate::binary::{binary, serve_env, Delivery, Env, Running, POLL};
+use crate::helpers::{new_secret, workflow_on_hold, TestDatabase, HOLD, TOKEN};
 
-const BIN: &str = env!("CARGO_BIN_EXE_sym-circleci-approver");
 const STARTUP: Duration = Duration::from_secs(30);
-const POLL: Duration = Duration::from_millis(50);
 
 /// The PostgreSQL admin URL, or None (with a notice) when the tests run on SQLite only.
 fn postgres(test: &str) -> Option<String> {
@@ -103,85 +100,18 @@ impl Drop for RestartOnDrop<'_> {
 // Service processes
 // ---------------------------------------------------------------------------------------------
 
-/// Lines a child wrote to one stream.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<String>>>);
-
-impl Lines {
-    fn collect_from(&self, stream: impl Read + Send + 'static) {
-        let lines = self.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stream);
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match reader.read_until(b'\n', &mut line) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => lines
-                        .0
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&line).trim_end().to_owned()),
-                }
-            }
-        });
-    }
-
-    fn text(&self) -> String {
-        self.0.lock().unwrap().join("\n")
-    }
-
-    /// The JSON log events so far.
-    fn events(&self) -> Vec<Value> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(Value::is_object)
-            .collect()
-    }
-
-    fn find(&self, message: &str) -> Option<Value> {
-        self.events().into_iter().find(|e| e["message"] == message)
-    }
-}
-
 /// One `serve` process.
 struct Replica {
-    name: &'static str,
-    child: Child,
-    stdout: Lines,
-    stderr: Lines,
+    process: Running,
     addr: Option<SocketAddr>,
     client: reqwest::Client,
 }
 
 impl Replica {
     /// Starts `serve` with exactly `env` (plus `PATH`).
-    fn spawn(name: &'static str, env: &[(&str, String)]) -> Self {
-        let mut command = Command::new(BIN);
-        command
-            .arg("serve")
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .current_dir(std::env::temp_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("the binary starts");
-        let stdout = Lines::default();
-        let stderr = Lines::default();
-        stdout.collect_from(child.stdout.take().expect("piped stdout"));
-        stderr.collect_from(child.stderr.take().expect("piped stderr"));
+    fn spawn(name: &'static str, env: &Env) -> Self {
         Self {
-            name,
-            child,
-            stdout,
-            stderr,
+            process: Running::start(binary(&["serve"], env), format!("replica {name}")),
             addr: None,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
@@ -191,37 +121,14 @@ impl Replica {
     }
 
     /// Starts `serve` and waits for its `listening` line.
-    async fn start(name: &'static str, env: &[(&str, String)]) -> Self {
+    async fn start(name: &'static str, env: &Env) -> Self {
         let mut replica = Self::spawn(name, env);
         replica.wait_listening(STARTUP).await;
         replica
     }
 
     async fn wait_listening(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(addr) = self
-                .stdout
-                .find("listening")
-                .and_then(|e| e["addr"].as_str().map(str::to_owned))
-            {
-                self.addr = Some(addr.parse().expect("an address"));
-                return;
-            }
-            assert!(
-                !self.has_exited(),
-                "replica {} exited before listening:\n{}",
-                self.name,
-                self.output()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "replica {}: no \"listening\" line within {timeout:?}:\n{}",
-                self.name,
-                self.output()
-            );
-            tokio::time::sleep(POLL).await;
-        }
+        self.addr = Some(self.process.wait_listening(timeout).await);
     }
 
     fn endpoint(&self) -> Endpoint {
@@ -233,62 +140,16 @@ impl Replica {
 
     /// This process's lease owner id (from its `approval worker started` line).
     fn worker_owner(&self) -> Option<String> {
-        self.stdout
+        self.process
+            .stdout
             .find("approval worker started")
             .and_then(|e| e["owner"].as_str().map(str::to_owned))
     }
 
-    fn has_exited(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(Some(_)))
-    }
-
     /// kill -9: no chance to clean up or give a lease back.
     async fn kill_9(&mut self) {
-        let status = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -KILL failed: {status}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.has_exited() {
-            assert!(Instant::now() < deadline, "{} survived kill -9", self.name);
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the reader threads take the last lines.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?}",
-                self.name
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    fn output(&self) -> String {
-        format!("{}\n{}", self.stdout.text(), self.stderr.text())
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "----- replica {} output -----\n{}",
-                self.name,
-                self.output()
-            );
-        }
+        self.process.kill_9();
+        self.process.exited_within(Duration::from_secs(10)).await;
     }
 }
 
@@ -310,14 +171,8 @@ struct Reply {
 impl Endpoint {
     async fn deliver(&self, delivery: &Delivery) -> Result<Reply, String> {
         let started = Instant::now();
-        let response = self
-            .client
-            .post(format!("http://{}/webhooks/sym", self.addr))
-            .header("content-type", "application/json")
-            .header("webhook-id", &delivery.webhook_id)
-            .header("webhook-timestamp", delivery.timestamp.to_string())
-            .header("webhook-signature", &delivery.signature)
-            .body(delivery.body.clone())
+        let response = delivery
+            .post(&self.client, &format!("http://{}/webhooks/sym", self.addr))
             .send()
             .await
             .map_err(|e| format!("no answer: {e}"))?;
@@ -364,76 +219,12 @@ impl Endpoint {
 /// One delivery of a stream: its workflow, what was sent, and the answer.
 type Sent = (Uuid, Delivery, Result<Reply, String>);
 
-/// A signed delivery, kept so it can be sent again unchanged (Sym retrying).
-#[derive(Clone)]
-struct Delivery {
-    webhook_id: String,
-    timestamp: i64,
-    signature: String,
-    body: Vec<u8>,
-}
-
-impl Delivery {
-    fn signed(secret: &WebhookSecret, body: Vec<u8>) -> Self {
-        let webhook_id = new_webhook_id();
-        let timestamp = now_secs();
-        let signature = secret.sign(&webhook_id, timestamp, &body);
-        Self {
-            webhook_id,
-            timestamp,
-            signature,
-            body,
-        }
-    }
-
-    fn approve(secret: &WebhookSecret, sym_event_id: &str, workflow_id: Uuid) -> Self {
-        Self::signed(
-            secret,
-            approve_event(sym_event_id, &workflow_id.to_string()),
-        )
-    }
-}
-
-/// The `serve` environment for one replica on `fake` and `db`.
-fn replica_env(
-    fake: &FakeCircleCi,
-    db: &TestDatabase,
-    secret_text: &str,
-) -> Vec<(&'static str, String)> {
-    vec![
-        ("SYM_WEBHOOK_SECRET", secret_text.to_owned()),
-        ("CIRCLECI_TOKEN", TOKEN.to_owned()),
-        ("CIRCLECI_API_URL", fake.base_url()),
-        ("DATABASE_URL", db.url.clone()),
-        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-        ("LOG_FORMAT", "json".to_owned()),
-        ("RUST_LOG", "info".to_owned()),
-        ("RETRY_INITIAL", "200ms".to_owned()),
-        ("RETRY_MAX", "1s".to_owned()),
-        ("POLL_MAX", "1s".to_owned()),
-    ]
-}
-
-fn with(
-    mut env: Vec<(&'static str, String)>,
-    key: &'static str,
-    value: &str,
-) -> Vec<(&'static str, String)> {
-    env.retain(|(k, _)| *k != key);
-    env.push((key, value.to_owned()));
-    env
-}
-
-fn new_secret() -> (String, WebhookSecret) {
-    let text = WebhookSecret::generate();
-    let secret = WebhookSecret::parse(&text).unwrap();
-    (text, secret)
-}
-
-fn workflow_on_hold(fake: &FakeCircleCi) -> Uuid {
-    let id = Uuid::new_v4();
-    fake.add_standard_workflow(id, PROJECT, HOLD, "on_hold");
-    id
+/// The `serve` environment for one replica on `fake` and `db`: quick retries and polls.
+fn replica_env(fake: &FakeCircleCi, db: &TestDatabase, secret_text: &str) -> Env {
+    serve_env(fake, db, secret_text)
+        .set("RETRY_INITIAL", "200ms")
+        .set("RETRY_MAX", "1s")
+        .set("POLL_MAX", "1s")
 }
 
 /// Approve calls the fake saw for one workflow (any answer).
@@ -558,24 +349,23 @@ async fn startup_gives_up_on_an_unreachable_database_naming_database_url_without
     let password = "Pg-Pa55word-never-logged";
     let fake = FakeCircleCi::start(TOKEN).await.unwrap();
     let (secret_text, _) = new_secret();
-    let env = vec![
-        ("SYM_WEBHOOK_SECRET", secret_text),
-        ("CIRCLECI_TOKEN", TOKEN.to_owned()),
-        ("CIRCLECI_API_URL", fake.base_url()),
-        (
+    let env = Env::default()
+        .set("SYM_WEBHOOK_SECRET", secret_text)
+        .set("CIRCLECI_TOKEN", TOKEN)
+        .set("CIRCLECI_API_URL", fake.base_url())
+        .set(
             "DATABASE_URL",
             format!("postgres://approver:{password}@127.0.0.1:{closed_port}/approver"),
-        ),
-        ("DATABASE_CONNECT_TIMEOUT", "250ms".to_owned()),
-        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
-        ("LOG_FORMAT", "json".to_owned()),
-        ("RUST_LOG", "debug".to_owned()),
-    ];
+        )
+        .set("DATABASE_CONNECT_TIMEOUT", "250ms")
+        .set("LISTEN_ADDR", "127.0.0.1:0")
+        .set("LOG_FORMAT", "json")
+        .set("RUST_LOG", "debug");
     let started = Instant::now();
 
     // Act
     let mut replica = Replica::spawn("A", &env);
-    let status = replica.wait_exit(Duration::from_secs(30)).await;
+    let status = replica.process.exited_within(Duration::from_secs(30)).await;
 
     // Assert: a bounded wait with a log line per try, then a clear refusal.
     let took = started.elapsed();
@@ -584,12 +374,12 @@ async fn startup_gives_up_on_an_unreachable_database_naming_database_url_without
         took >= Duration::from_secs(2) && took < Duration::from_secs(20),
         "gave up after {took:?}"
     );
-    let output = replica.output();
+    let output = replica.process.output();
     assert!(
         !output.contains(password),
         "the password was logged:\n{output}"
     );
-    let stderr = replica.stderr.text();
+    let stderr = replica.process.stderr.text();
     assert!(stderr.contains("DATABASE_URL"), "{stderr}");
     assert!(
         stderr.contains(&format!(
@@ -598,6 +388,7 @@ async fn startup_gives_up_on_an_unreachable_database_naming_database_url_without
         "{stderr}"
     );
     let retries = replica
+        .process
         .stdout
         .events()
         .into_iter()
@@ -609,7 +400,7 @@ async fn startup_gives_up_on_an_unreachable_database_naming_database_url_without
         })
         .count();
     assert!(retries >= 2, "no retry lines:\n{output}");
-    assert!(replica.stdout.find("listening").is_none());
+    assert!(replica.process.stdout.find("listening").is_none());
 }
 
 #[tokio::test]
@@ -621,27 +412,23 @@ async fn a_replica_started_before_postgresql_waits_for_it_then_serves() {
     let fake = FakeCircleCi::start(TOKEN).await.unwrap();
     let db = TestDatabase::new().await;
     let (secret_text, secret) = new_secret();
-    let env = with(
-        replica_env(&fake, &db, &secret_text),
-        "DATABASE_CONNECT_TIMEOUT",
-        "2s",
-    );
+    let env = replica_env(&fake, &db, &secret_text).set("DATABASE_CONNECT_TIMEOUT", "2s");
 
     // Arrange: PostgreSQL is down when the replica starts.
     ctl.stop().await;
     let mut restart_guard = RestartOnDrop(&ctl, true);
     let mut replica = Replica::spawn("A", &env);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !replica.stdout.text().contains("not reachable yet") {
+    while !replica.process.stdout.text().contains("not reachable yet") {
         assert!(
-            !replica.has_exited(),
+            !replica.process.has_exited(),
             "gave up at once:\n{}",
-            replica.output()
+            replica.process.output()
         );
         assert!(
             Instant::now() < deadline,
             "no retry line:\n{}",
-            replica.output()
+            replica.process.output()
         );
         tokio::time::sleep(POLL).await;
     }
@@ -658,11 +445,7 @@ async fn a_replica_started_before_postgresql_waits_for_it_then_serves() {
         .await;
     let workflow = workflow_on_hold(&fake);
     let reply = endpoint
-        .deliver(&Delivery::approve(
-            &secret,
-            &Uuid::new_v4().to_string(),
-            workflow,
-        ))
+        .deliver(&Delivery::new_approve(&secret, workflow))
         .await
         .unwrap();
     assert_eq!(reply.status, 202, "{:?}", reply.body);
@@ -670,7 +453,11 @@ async fn a_replica_started_before_postgresql_waits_for_it_then_serves() {
         fake.wait_for_calls(Duration::from_secs(20), |c| approve_calls(c, workflow) == 1)
             .await
     );
-    assert!(replica.stdout.find("the store is reachable").is_some());
+    assert!(replica
+        .process
+        .stdout
+        .find("the store is reachable")
+        .is_some());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -703,8 +490,7 @@ async fn duplicate_deliveries_split_across_two_replicas_make_one_task_and_one_ap
         let sym_id = Uuid::new_v4().to_string();
         let first = Delivery::approve(&secret, &sym_id, workflow);
         let resigned = Delivery::approve(&secret, &sym_id, workflow);
-        let second_event =
-            (i % 4 == 0).then(|| Delivery::approve(&secret, &Uuid::new_v4().to_string(), workflow));
+        let second_event = (i % 4 == 0).then(|| Delivery::new_approve(&secret, workflow));
         events.push((workflow, first, resigned, second_event));
     }
 
@@ -785,7 +571,8 @@ async fn duplicate_deliveries_split_across_two_replicas_make_one_task_and_one_ap
             .unwrap();
     assert_eq!(queued, (EVENTS + extra) as i64);
     let worked_by = |r: &Replica| {
-        r.stdout
+        r.process
+            .stdout
             .events()
             .iter()
             .filter(|e| e["message"] == "task succeeded")
@@ -819,11 +606,11 @@ async fn kill_9_of_the_replica_holding_a_task_the_other_finishes_it_once_after_t
     let workflow = workflow_on_hold(&fake);
     let db = TestDatabase::new().await;
     let (secret_text, secret) = new_secret();
-    let env = with(replica_env(&fake, &db, &secret_text), "TASK_LEASE", "3s");
+    let env = replica_env(&fake, &db, &secret_text).set("TASK_LEASE", "3s");
     let mut a = Replica::start("A", &env).await;
     let mut b = Replica::start("B", &env).await;
     let owners = [a.worker_owner().unwrap(), b.worker_owner().unwrap()];
-    let delivery = Delivery::approve(&secret, &Uuid::new_v4().to_string(), workflow);
+    let delivery = Delivery::new_approve(&secret, workflow);
     let reply = a.endpoint().deliver(&delivery).await.unwrap();
     assert_eq!(reply.status, 202, "{:?}", reply.body);
     let delivery_id = reply.body["delivery_id"].as_str().unwrap().to_owned();
@@ -896,13 +683,14 @@ async fn kill_9_of_the_replica_holding_a_task_the_other_finishes_it_once_after_t
     );
     assert_eq!(approve_calls(&calls, workflow), 1, "{calls:?}");
     assert_eq!(fake.successful_approvals(), 1);
-    assert!(!survivor.has_exited());
+    assert!(!survivor.process.has_exited());
     // The log line follows the database write: wait for it rather than race it.
     wait_for(
         "the survivor's \"task succeeded\" line",
         Duration::from_secs(10),
         || {
             survivor
+                .process
                 .stdout
                 .events()
                 .iter()
@@ -926,15 +714,9 @@ async fn postgresql_restarted_under_a_stream_of_deliveries_loses_nothing_it_acce
     let fake = Arc::new(FakeCircleCi::start(TOKEN).await.unwrap());
     let db = TestDatabase::new().await;
     let (secret_text, secret) = new_secret();
-    let env = with(
-        with(
-            replica_env(&fake, &db, &secret_text),
-            "DATABASE_CONNECT_TIMEOUT",
-            "1s",
-        ),
-        "DATABASE_STATEMENT_TIMEOUT",
-        "2s",
-    );
+    let env = replica_env(&fake, &db, &secret_text)
+        .set("DATABASE_CONNECT_TIMEOUT", "1s")
+        .set("DATABASE_STATEMENT_TIMEOUT", "2s");
     let a = Replica::start("A", &env).await;
     let b = Replica::start("B", &env).await;
     let endpoints = [a.endpoint(), b.endpoint()];
@@ -956,7 +738,7 @@ async fn postgresql_restarted_under_a_stream_of_deliveries_loses_nothing_it_acce
             let mut n = sender;
             while !stop.is_cancelled() {
                 let workflow = workflow_on_hold(&fake);
-                let delivery = Delivery::approve(&secret, &Uuid::new_v4().to_string(), workflow);
+                let delivery = Delivery::new_approve(&secret, workflow);
                 let reply = endpoints[n % 2].deliver(&delivery).await;
                 results.lock().unwrap().push((workflow, delivery, reply));
                 n += 1;
