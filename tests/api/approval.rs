@@ -274,3 +274,34 @@ async fn a_second_process_on_the_same_sqlite_file_is_refused() {
     assert!(error.contains("DATABASE_URL"), "{error}");
     assert!(error.contains("another process"), "{error}");
 }
+
+#[tokio::test]
+async fn an_approve_in_flight_when_the_process_died_still_counts_as_ours() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("blocked");
+    let delivery = app.approve(workflow).await;
+    let task = app
+        .store
+        .task_for_delivery(&delivery)
+        .await
+        .unwrap()
+        .unwrap();
+    // What a process that died mid-call leaves behind: the approve noted, no answer stored.
+    app.store
+        .begin_attempt(
+            &task,
+            "POST",
+            &format!("/workflow/{workflow}/approve/x"),
+            sym_circleci_approver::store::now_ms(),
+        )
+        .await
+        .unwrap();
+    // ...and CircleCI had carried it out.
+    app.fake.set_job_status(workflow, HOLD, "success");
+
+    let outcome = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(outcome.outcome.as_deref(), Some("approved"));
+    assert!(outcome.detail.unwrap().contains("confirmed by re-reading"));
+    assert!(app.fake.calls_of("approve").is_empty(), "no second approve");
+}
