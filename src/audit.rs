@@ -173,156 +173,167 @@ pub async fn list(
     limit: u32,
     cursor: Option<&Cursor>,
 ) -> Result<Page, StoreError> {
-    let sql = format!(
-        "SELECT {SUMMARY_COLUMNS} FROM deliveries d LEFT JOIN tasks t ON t.delivery_id = d.id \
-         WHERE d.outcome <> 'duplicate' AND d.event_type IN {AUDITED_EVENTS} \
-         AND ($1 IS NULL OR d.workflow_id = $1) \
-         AND ($2 IS NULL OR d.received_at < $2 OR (d.received_at = $2 AND d.id < $3)) \
-         ORDER BY d.received_at DESC, d.id DESC LIMIT $4"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(workflow_id.map(|w| w.to_string()))
-        .bind(cursor.map(|c| c.received_ms))
-        .bind(cursor.map(|c| c.id.clone()).unwrap_or_default())
-        .bind(i64::from(limit) + 1)
-        .fetch_all(store.pool())
-        .await?;
-    let mut items = rows
-        .iter()
-        .map(summary_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|last| {
-            Cursor {
-                received_ms: last.received_ms,
-                id: last.id.clone(),
-            }
-            .encode()
+    store
+        .bounded(async {
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS} FROM deliveries d \
+                 LEFT JOIN tasks t ON t.delivery_id = d.id \
+                 WHERE d.outcome <> 'duplicate' AND d.event_type IN {AUDITED_EVENTS} \
+                 AND ($1 IS NULL OR d.workflow_id = $1) \
+                 AND ($2 IS NULL OR d.received_at < $2 OR (d.received_at = $2 AND d.id < $3)) \
+                 ORDER BY d.received_at DESC, d.id DESC LIMIT $4"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(workflow_id.map(|w| w.to_string()))
+                .bind(cursor.map(|c| c.received_ms))
+                .bind(cursor.map(|c| c.id.clone()).unwrap_or_default())
+                .bind(i64::from(limit) + 1)
+                .fetch_all(store.pool())
+                .await?;
+            let mut items = rows
+                .iter()
+                .map(summary_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let next_cursor = if items.len() > limit as usize {
+                items.truncate(limit as usize);
+                items.last().map(|last| {
+                    Cursor {
+                        received_ms: last.received_ms,
+                        id: last.id.clone(),
+                    }
+                    .encode()
+                })
+            } else {
+                None
+            };
+            Ok(Page { items, next_cursor })
         })
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+        .await
 }
 
 /// The whole story of one approval, by delivery id or task id.
 pub async fn get(store: &Store, id: &str) -> Result<Option<ApprovalDetail>, StoreError> {
-    let row = sqlx::query(&format!(
-        "SELECT d.id, d.webhook_id, d.sym_event_id, d.event_type, d.workflow_id, d.workflow_url, \
-         d.merging_user, d.approver_username, d.approver_name, d.run_srn, d.received_at, \
-         t.id AS task_id, t.action, t.status, t.outcome, t.detail, t.created_at, t.deadline_at, \
-         t.finished_at, t.job_id, t.job_number, t.project_slug \
-         FROM deliveries d LEFT JOIN tasks t ON t.delivery_id = d.id \
-         WHERE d.outcome <> 'duplicate' AND d.event_type IN {AUDITED_EVENTS} \
-         AND (d.id = $1 OR t.id = $1)"
-    ))
-    .bind(id)
-    .fetch_optional(store.pool())
-    .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let delivery_id: String = row.try_get("id")?;
-    let sym_event_id: String = row.try_get("sym_event_id")?;
-    let webhook_id: String = row.try_get("webhook_id")?;
-    let task_id: Option<String> = row.try_get("task_id")?;
-    let status: Option<String> = row.try_get("status")?;
-    let created: Option<i64> = row.try_get("created_at")?;
-    let deadline: Option<i64> = row.try_get("deadline_at")?;
-    let finished: Option<i64> = row.try_get("finished_at")?;
-    let job_id: Option<String> = row.try_get("job_id")?;
-    let job_number: Option<i64> = row.try_get("job_number")?;
-    let project_slug: Option<String> = row.try_get("project_slug")?;
+    store.bounded(async {
+        let row = sqlx::query(&format!(
+            "SELECT d.id, d.webhook_id, d.sym_event_id, d.event_type, d.workflow_id, d.workflow_url, \
+             d.merging_user, d.approver_username, d.approver_name, d.run_srn, d.received_at, \
+             t.id AS task_id, t.action, t.status, t.outcome, t.detail, t.created_at, t.deadline_at, \
+             t.finished_at, t.job_id, t.job_number, t.project_slug \
+             FROM deliveries d LEFT JOIN tasks t ON t.delivery_id = d.id \
+             WHERE d.outcome <> 'duplicate' AND d.event_type IN {AUDITED_EVENTS} \
+             AND (d.id = $1 OR t.id = $1)"
+        ))
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let delivery_id: String = row.try_get("id")?;
+        let sym_event_id: String = row.try_get("sym_event_id")?;
+        let webhook_id: String = row.try_get("webhook_id")?;
+        let task_id: Option<String> = row.try_get("task_id")?;
+        let status: Option<String> = row.try_get("status")?;
+        let created: Option<i64> = row.try_get("created_at")?;
+        let deadline: Option<i64> = row.try_get("deadline_at")?;
+        let finished: Option<i64> = row.try_get("finished_at")?;
+        let job_id: Option<String> = row.try_get("job_id")?;
+        let job_number: Option<i64> = row.try_get("job_number")?;
+        let project_slug: Option<String> = row.try_get("project_slug")?;
 
-    let duplicates: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM deliveries WHERE outcome = 'duplicate' AND duplicate_of = $1",
-    )
-    .bind(&delivery_id)
-    .fetch_one(store.pool())
-    .await?;
-    let attempts = match &task_id {
-        Some(task_id) => sqlx::query(
-            "SELECT started_at, method, endpoint, status_code, duration_ms, error \
-             FROM attempts WHERE task_id = $1 ORDER BY started_at, id",
+        let duplicates: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE outcome = 'duplicate' AND duplicate_of = $1",
         )
-        .bind(task_id)
-        .fetch_all(store.pool())
-        .await?
-        .iter()
-        .map(|a| {
-            Ok(AttemptDetail {
-                at: rfc3339(a.try_get("started_at")?),
-                method: a.try_get("method")?,
-                endpoint: a.try_get("endpoint")?,
-                status: a.try_get("status_code")?,
-                duration_ms: a.try_get("duration_ms")?,
-                error: a.try_get("error")?,
+        .bind(&delivery_id)
+        .fetch_one(store.pool())
+        .await?;
+        let attempts = match &task_id {
+            Some(task_id) => sqlx::query(
+                "SELECT started_at, method, endpoint, status_code, duration_ms, error \
+                 FROM attempts WHERE task_id = $1 ORDER BY started_at, id",
+            )
+            .bind(task_id)
+            .fetch_all(store.pool())
+            .await?
+            .iter()
+            .map(|a| {
+                Ok(AttemptDetail {
+                    at: rfc3339(a.try_get("started_at")?),
+                    method: a.try_get("method")?,
+                    endpoint: a.try_get("endpoint")?,
+                    status: a.try_get("status_code")?,
+                    duration_ms: a.try_get("duration_ms")?,
+                    error: a.try_get("error")?,
+                })
             })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?,
-        None => Vec::new(),
-    };
-    let hold_job = (job_id.is_some() || project_slug.is_some()).then_some(JobRef {
-        id: job_id,
-        number: job_number,
-        project_slug,
-    });
-    Ok(Some(ApprovalDetail {
-        id: delivery_id.clone(),
-        workflow_id: row.try_get("workflow_id")?,
-        delivery: DeliveryDetail {
-            id: delivery_id,
-            webhook_id,
-            sym_event_id,
-            event_type: row.try_get("event_type")?,
-            received_at: rfc3339(row.try_get("received_at")?),
-            approver: Approver {
-                username: row.try_get("approver_username")?,
-                name: row.try_get("approver_name")?,
+            .collect::<Result<Vec<_>, sqlx::Error>>()?,
+            None => Vec::new(),
+        };
+        let hold_job = (job_id.is_some() || project_slug.is_some()).then_some(JobRef {
+            id: job_id,
+            number: job_number,
+            project_slug,
+        });
+        Ok(Some(ApprovalDetail {
+            id: delivery_id.clone(),
+            workflow_id: row.try_get("workflow_id")?,
+            delivery: DeliveryDetail {
+                id: delivery_id,
+                webhook_id,
+                sym_event_id,
+                event_type: row.try_get("event_type")?,
+                received_at: rfc3339(row.try_get("received_at")?),
+                approver: Approver {
+                    username: row.try_get("approver_username")?,
+                    name: row.try_get("approver_name")?,
+                },
+                workflow_url: row.try_get("workflow_url")?,
+                merging_user: row.try_get("merging_user")?,
+                run_srn: row.try_get("run_srn")?,
+                duplicates,
             },
-            workflow_url: row.try_get("workflow_url")?,
-            merging_user: row.try_get("merging_user")?,
-            run_srn: row.try_get("run_srn")?,
-            duplicates,
-        },
-        task_id,
-        action: row.try_get("action")?,
-        status: status.unwrap_or_else(|| "ignored".to_owned()),
-        outcome: row.try_get("outcome")?,
-        detail: row.try_get("detail")?,
-        created_at: created.map(rfc3339),
-        deadline_at: deadline.map(rfc3339),
-        finished_at: finished.map(rfc3339),
-        hold_job,
-        attempts,
-    }))
+            task_id,
+            action: row.try_get("action")?,
+            status: status.unwrap_or_else(|| "ignored".to_owned()),
+            outcome: row.try_get("outcome")?,
+            detail: row.try_get("detail")?,
+            created_at: created.map(rfc3339),
+            deadline_at: deadline.map(rfc3339),
+            finished_at: finished.map(rfc3339),
+            hold_job,
+            attempts,
+        }))
+    })
+    .await
 }
 
 /// Deletes deliveries (with their tasks and attempts) received before `cutoff_ms`, except
 /// those whose task is still pending. Returns how many deliveries went.
 pub async fn prune(store: &Store, cutoff_ms: i64) -> Result<u64, StoreError> {
-    // Attempts and tasks first, explicitly (no reliance on ON DELETE CASCADE being enabled),
-    // all in one transaction so a failure never leaves a delivery without its task.
-    let old = "SELECT d.id FROM deliveries d WHERE d.received_at < $1 AND NOT EXISTS \
-               (SELECT 1 FROM tasks p WHERE p.delivery_id = d.id AND p.status = 'pending')";
-    let mut tx = store.pool().begin().await?;
-    sqlx::query(&format!(
-        "DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE delivery_id IN ({old}))"
-    ))
-    .bind(cutoff_ms)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(&format!("DELETE FROM tasks WHERE delivery_id IN ({old})"))
+    store.bounded(async {
+        // Attempts and tasks first, explicitly (no reliance on ON DELETE CASCADE being enabled),
+        // all in one transaction so a failure never leaves a delivery without its task.
+        let old = "SELECT d.id FROM deliveries d WHERE d.received_at < $1 AND NOT EXISTS \
+                   (SELECT 1 FROM tasks p WHERE p.delivery_id = d.id AND p.status = 'pending')";
+        let mut tx = store.pool().begin().await?;
+        sqlx::query(&format!(
+            "DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE delivery_id IN ({old}))"
+        ))
         .bind(cutoff_ms)
         .execute(&mut *tx)
         .await?;
-    let done = sqlx::query(&format!("DELETE FROM deliveries WHERE id IN ({old})"))
-        .bind(cutoff_ms)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(done.rows_affected())
+        sqlx::query(&format!("DELETE FROM tasks WHERE delivery_id IN ({old})"))
+            .bind(cutoff_ms)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(&format!("DELETE FROM deliveries WHERE id IN ({old})"))
+            .bind(cutoff_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    })
+    .await
 }
 
 /// The Sym event id and approver of a delivery, for log context.
@@ -330,14 +341,18 @@ pub async fn event_context(
     store: &Store,
     delivery_id: &str,
 ) -> Result<(String, Option<String>), StoreError> {
-    let row = sqlx::query(
-        "SELECT sym_event_id, COALESCE(approver_username, approver_name) AS approver \
-         FROM deliveries WHERE id = $1",
-    )
-    .bind(delivery_id)
-    .fetch_one(store.pool())
-    .await?;
-    Ok((row.try_get("sym_event_id")?, row.try_get("approver")?))
+    store
+        .bounded(async {
+            let row = sqlx::query(
+                "SELECT sym_event_id, COALESCE(approver_username, approver_name) AS approver \
+             FROM deliveries WHERE id = $1",
+            )
+            .bind(delivery_id)
+            .fetch_one(store.pool())
+            .await?;
+            Ok((row.try_get("sym_event_id")?, row.try_get("approver")?))
+        })
+        .await
 }
 
 /// Did an earlier approve call for this task possibly take effect? Yes for a 2xx whose result
@@ -345,15 +360,19 @@ pub async fn event_context(
 /// connection dropped) and for a 5xx (CircleCI may have approved before failing to answer).
 /// A definite 4xx means it did not.
 pub async fn approve_may_have_landed(store: &Store, task_id: &str) -> Result<bool, StoreError> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM attempts WHERE task_id = $1 AND method = 'POST' \
-         AND endpoint LIKE '%/approve/%' \
-         AND (status_code IS NULL OR status_code < 400 OR status_code >= 500)",
-    )
-    .bind(task_id)
-    .fetch_one(store.pool())
-    .await?;
-    Ok(n > 0)
+    store
+        .bounded(async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM attempts WHERE task_id = $1 AND method = 'POST' \
+             AND endpoint LIKE '%/approve/%' \
+             AND (status_code IS NULL OR status_code < 400 OR status_code >= 500)",
+            )
+            .bind(task_id)
+            .fetch_one(store.pool())
+            .await?;
+            Ok(n > 0)
+        })
+        .await
 }
 
 #[cfg(test)]

@@ -386,8 +386,9 @@ impl Store {
         })
     }
 
-    /// Runs one store operation within [`Self::op_timeout`].
-    async fn bounded<T>(
+    /// Runs one store operation within [`Self::op_timeout`] (also used by the audit module's
+    /// reads, so every query has the same time limit).
+    pub(crate) async fn bounded<T>(
         &self,
         operation: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
