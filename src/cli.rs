@@ -201,25 +201,30 @@ async fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
 
 async fn fake_circleci(args: FakeCircleciArgs) -> ExitCode {
     telemetry::init(LogFormat::Text, "warn", LogTarget::Stderr);
-    let fake = match crate::fake_circleci::FakeCircleCi::start_on(
-        args.listen,
-        &args.token,
-        args.calls_file,
-    )
-    .await
-    {
+    let options = crate::fake_circleci::FakeOptions {
+        listen: args.listen,
+        calls_file: args.calls_file,
+        page_size: args.page_size,
+        any_workflow: args.any_workflow.then(|| args.project_slug.clone()),
+        // A long-running fake keeps no history in memory (the calls file has it).
+        keep_calls: false,
+        ..crate::fake_circleci::FakeOptions::new(&args.token)
+    };
+    let fake = match crate::fake_circleci::FakeCircleCi::start_with(options).await {
         Ok(fake) => fake,
         Err(e) => {
             eprintln!("cannot start the fake CircleCI: {e}");
             return ExitCode::FAILURE;
         }
     };
-    fake.add_standard_workflow(
-        args.workflow_id,
-        &args.project_slug,
-        crate::config::DEFAULT_HOLD_JOB_NAME,
-        "on_hold",
-    );
+    if let Some(workflow_id) = args.workflow_id {
+        fake.add_standard_workflow(
+            workflow_id,
+            &args.project_slug,
+            crate::config::DEFAULT_HOLD_JOB_NAME,
+            "on_hold",
+        );
+    }
     println!("fake CircleCI listening on {}", fake.base_url());
     let stop = CancellationToken::new();
     cancel_on_signal(stop.clone()).await;

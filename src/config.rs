@@ -257,7 +257,7 @@ pub struct FakeCircleciArgs {
     pub listen: SocketAddr,
     /// Workflow to serve, with a hold job `wait_for_sym_approval` on hold.
     #[arg(long)]
-    pub workflow_id: uuid::Uuid,
+    pub workflow_id: Option<uuid::Uuid>,
     #[arg(long, default_value = "gh/acme/api")]
     pub project_slug: String,
     #[arg(long, env = "CIRCLECI_TOKEN", hide_env_values = true)]
@@ -265,6 +265,12 @@ pub struct FakeCircleciArgs {
     /// Append one JSON line per request received to this file.
     #[arg(long)]
     pub calls_file: Option<PathBuf>,
+    /// Serve any workflow id (created on first sight, hold job on hold): for load runs.
+    #[arg(long)]
+    pub any_workflow: bool,
+    /// Jobs per page of a job list.
+    #[arg(long, default_value_t = 2)]
+    pub page_size: usize,
 }
 
 /// A configuration error; the message names the variable and never holds a secret value.

@@ -146,6 +146,11 @@ struct Shared {
     token: String,
     page_size: usize,
     calls_file: Option<PathBuf>,
+    /// Serve any workflow id: an unknown one is created on first sight as the standard
+    /// workflow of this project, hold job on hold (load runs, where every event is new).
+    any_workflow: Option<String>,
+    /// Keep recorded calls in memory (off for long load runs).
+    keep_calls: bool,
 }
 
 impl Shared {
@@ -166,7 +171,9 @@ impl Shared {
                 }
             }
         }
-        self.lock().calls.push(call);
+        if self.keep_calls {
+            self.lock().calls.push(call);
+        }
         self.changed.notify_waiters();
     }
 
@@ -177,6 +184,35 @@ impl Shared {
             .iter()
             .position(|f| f.operation.is_none_or(|op| op == operation))?;
         inner.faults.remove(index)
+    }
+}
+
+/// How to start a fake.
+#[derive(Debug, Clone)]
+pub struct FakeOptions {
+    pub listen: SocketAddr,
+    pub token: String,
+    /// Append one JSON line per request received to this file.
+    pub calls_file: Option<PathBuf>,
+    /// Jobs per page of a job list (2 by default, so the hold job is on a later page).
+    pub page_size: usize,
+    /// Serve any workflow id as a standard workflow of this project slug.
+    pub any_workflow: Option<String>,
+    /// Keep every recorded call in memory (tests read them back).
+    pub keep_calls: bool,
+}
+
+impl FakeOptions {
+    /// Loopback, a random port, two jobs a page, calls kept in memory.
+    pub fn new(token: &str) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: token.to_owned(),
+            calls_file: None,
+            page_size: 2,
+            any_workflow: None,
+            keep_calls: true,
+        }
     }
 }
 
@@ -196,20 +232,19 @@ impl Drop for FakeCircleCi {
 impl FakeCircleCi {
     /// Starts on a random loopback port.
     pub async fn start(token: &str) -> anyhow::Result<Self> {
-        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), token, None).await
+        Self::start_with(FakeOptions::new(token)).await
     }
 
-    pub async fn start_on(
-        addr: SocketAddr,
-        token: &str,
-        calls_file: Option<PathBuf>,
-    ) -> anyhow::Result<Self> {
+    pub async fn start_with(options: FakeOptions) -> anyhow::Result<Self> {
+        let addr = options.listen;
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
-            token: token.to_owned(),
-            page_size: 2,
-            calls_file,
+            token: options.token,
+            page_size: options.page_size.max(1),
+            calls_file: options.calls_file,
+            any_workflow: options.any_workflow,
+            keep_calls: options.keep_calls,
         });
         let app = Router::new()
             .route("/api/v2/workflow/{id}/job", get(list_jobs))
@@ -257,16 +292,13 @@ impl FakeCircleCi {
         hold_name: &str,
         hold_status: &str,
     ) -> FakeJob {
-        let hold = FakeJob::approval(hold_name, hold_status);
-        let jobs = vec![
-            FakeJob::build("checkout", "success", 1),
-            FakeJob::build("test", "success", 2),
-            FakeJob::build("sym/request", "success", 3),
-            hold.clone(),
-            FakeJob::build("deploy", "blocked", 4),
-        ];
-        self.add_workflow(workflow_id, project_slug, jobs);
-        hold
+        let (hold, workflow) = standard_workflow(project_slug, hold_name);
+        self.shared.lock().workflows.insert(workflow_id, workflow);
+        self.set_job_status(workflow_id, hold_name, hold_status);
+        FakeJob {
+            status: hold_status.to_owned(),
+            ..hold
+        }
     }
 
     pub fn push_fault(&self, fault: Fault) {
@@ -350,6 +382,27 @@ impl FakeCircleCi {
             }
         }
     }
+}
+
+const DEFAULT_HOLD: &str = crate::config::DEFAULT_HOLD_JOB_NAME;
+
+/// Three build jobs, then the hold job (on hold), then the deploy job.
+fn standard_workflow(project_slug: &str, hold_name: &str) -> (FakeJob, FakeWorkflow) {
+    let hold = FakeJob::approval(hold_name, "on_hold");
+    let jobs = vec![
+        FakeJob::build("checkout", "success", 1),
+        FakeJob::build("test", "success", 2),
+        FakeJob::build("sym/request", "success", 3),
+        hold.clone(),
+        FakeJob::build("deploy", "blocked", 4),
+    ];
+    (
+        hold,
+        FakeWorkflow {
+            project_slug: project_slug.to_owned(),
+            jobs,
+        },
+    )
 }
 
 #[derive(Deserialize)]
@@ -441,10 +494,16 @@ async fn list_jobs(
         path,
         raw_query,
         |inner| {
-            let Some(workflow) = Uuid::try_parse(&id)
-                .ok()
-                .and_then(|id| inner.workflows.get(&id))
-            else {
+            let Ok(workflow_id) = Uuid::try_parse(&id) else {
+                return message(StatusCode::NOT_FOUND, "Workflow not found");
+            };
+            if let Some(project) = &shared.any_workflow {
+                inner
+                    .workflows
+                    .entry(workflow_id)
+                    .or_insert_with(|| standard_workflow(project, DEFAULT_HOLD).1);
+            }
+            let Some(workflow) = inner.workflows.get(&workflow_id) else {
                 return message(StatusCode::NOT_FOUND, "Workflow not found");
             };
             let items: Vec<_> = workflow
