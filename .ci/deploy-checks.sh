@@ -143,7 +143,7 @@ terraform_fmt() {
 }
 run terraform-fmt terraform_fmt
 
-# SHARED_REFERENCE_DIR defaults (in the tests) to <repo>/../shared/reference.
+# The reference data the tests read lives in tests/fixtures/.
 run pytest python -m pytest -q -p no:cacheprovider deploy/sym/tests
 
 # ---------------------------------------------------------------------------------------------

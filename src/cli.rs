@@ -10,8 +10,8 @@ use crate::app::{cancel_on_signal, Application};
 use crate::config::{
     Cli, Command, Config, FakeCircleciArgs, HealthcheckArgs, LogFormat, SendEventArgs, ServeArgs,
 };
-use crate::signature::{WebhookSecret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
-use crate::sym_event::SymEvent;
+use crate::inbound::signature::{WebhookSecret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::inbound::sym_event::SymEvent;
 use crate::telemetry::{self, LogTarget};
 
 pub async fn run(cli: Cli) -> ExitCode {

@@ -14,8 +14,8 @@ use clap::{Args, Parser, Subcommand};
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::inbound::signature::{Verifier, WebhookSecret};
 pub use crate::retry::RetryPolicy;
-use crate::signature::{Verifier, WebhookSecret};
 pub use crate::store::StoreOptions;
 
 pub const DEFAULT_CIRCLECI_API_URL: &str = "https://circleci.com/api/v2";

@@ -15,7 +15,7 @@ use crate::app::Application;
 use crate::cli::{event_body, post_signed};
 use crate::config::{Config, LogFormat, ServeArgs, DEFAULT_HOLD_JOB_NAME};
 use crate::fake_circleci::FakeCircleCi;
-use crate::signature::WebhookSecret;
+use crate::inbound::signature::WebhookSecret;
 use crate::telemetry::{self, LogTarget};
 
 const TOKEN: &str = "demo-circleci-token";

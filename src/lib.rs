@@ -20,11 +20,12 @@ pub mod config;
 pub mod demo;
 pub mod fake_circleci;
 pub mod http;
+pub mod inbound;
 pub mod metrics;
 pub mod retry;
-pub mod signature;
 pub mod store;
-pub mod sym_event;
 pub mod telemetry;
 pub mod verify;
 pub mod worker;
+
+pub use inbound::{signature, sym_event};

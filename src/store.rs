@@ -27,7 +27,7 @@ use sqlx::{AnyConnection, AnyPool, Connection as _, Executor, Row};
 use uuid::Uuid;
 
 use crate::circleci::CallRecord;
-use crate::sym_event::SymEvent;
+use crate::inbound::sym_event::SymEvent;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");

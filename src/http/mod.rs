@@ -29,8 +29,8 @@ pub use admin::AdminToken;
 pub use error::ApiError;
 
 use crate::config::{HttpConfig, OnDeny};
+use crate::inbound::signature::Verifier;
 use crate::metrics::Metrics;
-use crate::signature::Verifier;
 use crate::store::Store;
 
 /// What every handler can reach.

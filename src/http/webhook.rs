@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::AppState;
 use crate::config::OnDeny;
-use crate::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::inbound::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::inbound::sym_event::{EventError, EventKind, SymEvent};
 use crate::store::{duration_ms, now_ms, NewTask, Recorded, TaskAction};
-use crate::sym_event::{EventError, EventKind, SymEvent};
 
 pub async fn receive(
     State(state): State<AppState>,

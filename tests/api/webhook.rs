@@ -413,7 +413,7 @@ async fn other_event_types_are_acknowledged_recorded_and_ignored() {
 #[tokio::test]
 async fn the_reference_sample_event_from_sym_is_accepted() {
     let app = spawn_app().await;
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let sample = std::fs::read(dir.join("sym-approve-event.json")).unwrap();
     let workflow: Uuid = "7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e".parse().unwrap();
     app.fake

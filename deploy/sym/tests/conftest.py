@@ -22,8 +22,8 @@ for path in (TESTS_DIR / "stubs", SYM_DIR):
 
 
 def shared_reference_dir():
-    """Where the shared reference data lives: $SHARED_REFERENCE_DIR or <repo>/../shared/reference."""
-    return Path(os.environ.get("SHARED_REFERENCE_DIR") or REPO_ROOT.parent / "shared" / "reference")
+    """The reference data (Sym's schema and sample event, Standard Webhooks vectors) kept in the repo."""
+    return REPO_ROOT / "tests" / "fixtures"
 
 
 class FakeSecret:

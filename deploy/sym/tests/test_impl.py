@@ -120,16 +120,15 @@ def test_pure_uuid5_matches_uuid_module():
 
 
 # ------------------------------------------------------------------------------------------
-# Signatures: the Standard Webhooks vectors from shared/reference
+# Signatures: the Standard Webhooks vectors from tests/fixtures
 # ------------------------------------------------------------------------------------------
 
 
 def _vector_cases():
     path = shared_reference_dir() / "standard-webhooks-vectors.json"
     if not path.is_file():
-        # Not a skip: CI always has shared/ beside the clone, so a missing file is a setup error.
         raise FileNotFoundError(
-            "%s not found; set SHARED_REFERENCE_DIR to the folder holding the Standard Webhooks vectors" % path
+            "%s not found (it is part of the repository)" % path
         )
     return json.loads(path.read_text(encoding="utf-8"))["cases"]
 

@@ -220,7 +220,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         std::fs::read(dir.join("sym-approve-event.json")).expect("reference sample present")
     }
 

@@ -219,11 +219,7 @@ mod tests {
     }
 
     fn reference_dir() -> std::path::PathBuf {
-        std::env::var_os("SHARED_REFERENCE_DIR")
-            .map(Into::into)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference")
-            })
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
     }
 
     #[test]

@@ -1,0 +1,3 @@
+//! What arrives from Sym: the Standard Webhooks signature check and the Sym event itself.
+pub mod signature;
+pub mod sym_event;
