@@ -3,7 +3,6 @@
 import datetime
 import http.server
 import json
-import os
 import sys
 import threading
 from pathlib import Path
