@@ -12,12 +12,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit;
-use crate::circleci::CircleCiClient;
+use crate::clock::duration_ms;
 use crate::config::Config;
 use crate::http::{self, AdminToken, AppState};
 use crate::metrics::Metrics;
-use crate::store::{duration_ms, now_ms, Backend, ServingLock, Store};
+use crate::outbound::circleci::CircleCiClient;
+use crate::store::{Backend, ServingLock, Store};
 use crate::worker::ApprovalWorker;
 
 pub struct Application {
@@ -26,6 +26,8 @@ pub struct Application {
     worker: Arc<ApprovalWorker>,
     store: Store,
     retention: Option<Duration>,
+    /// False when a caller drives the worker itself ([`ApprovalWorker::run_due`]).
+    background_worker: bool,
     /// SQLite: keeps other processes off the file while this one serves.
     _serving_lock: Option<ServingLock>,
 }
@@ -35,10 +37,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = Store::connect(&config.database_url, &config.store)
+        let (store, serving_lock) = Store::connect_serving(&config.database_url, &config.store)
             .await
             .context("DATABASE_URL: cannot open the store")?;
-        let serving_lock = store.lock_for_serving()?;
         if store.backend() == Backend::Sqlite {
             // One process owns a SQLite file, so leases left behind are from a dead process.
             let released = store.release_stale_leases().await?;
@@ -78,8 +79,20 @@ impl Application {
             worker,
             store,
             retention: config.retention,
+            background_worker: true,
             _serving_lock: serving_lock,
         })
+    }
+
+    /// Serve without running the worker in the background: the caller takes its steps with
+    /// [`ApprovalWorker::run_due`] (tests, with a manual clock).
+    pub fn without_background_worker(mut self) -> Self {
+        self.background_worker = false;
+        self
+    }
+
+    pub fn worker(&self) -> Arc<ApprovalWorker> {
+        Arc::clone(&self.worker)
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -95,7 +108,9 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         tracing::info!(%addr, backend = self.store.backend().name(), "listening");
-        let worker = tokio::spawn(Arc::clone(&self.worker).run(shutdown.clone()));
+        let worker = self
+            .background_worker
+            .then(|| tokio::spawn(Arc::clone(&self.worker).run(shutdown.clone())));
         let pruner = self.retention.map(|retention| {
             tokio::spawn(prune_periodically(
                 self.store.clone(),
@@ -109,8 +124,10 @@ impl Application {
             .context("HTTP server failed")?;
         // The server can only end early on an error; make sure the worker stops either way.
         shutdown.cancel();
-        if let Err(e) = worker.await {
-            tracing::error!(error = %e, "worker ended abnormally");
+        if let Some(worker) = worker {
+            if let Err(e) = worker.await {
+                tracing::error!(error = %e, "worker ended abnormally");
+            }
         }
         if let Some(pruner) = pruner {
             let _ = pruner.await;
@@ -124,8 +141,11 @@ impl Application {
 /// Deletes records older than `retention` now and every [`PRUNE_EVERY`]; pending tasks stay.
 async fn prune_periodically(store: Store, retention: Duration, shutdown: CancellationToken) {
     loop {
-        let cutoff = now_ms().saturating_sub(duration_ms(retention));
-        match audit::prune(&store, cutoff).await {
+        let cutoff = store
+            .clock()
+            .now_ms()
+            .saturating_sub(duration_ms(retention));
+        match store.prune(cutoff).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deliveries = n, "pruned records past RETENTION_DAYS"),
             Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),

@@ -5,6 +5,6 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = sym_circleci_approver::config::Cli::parse();
+    let cli = sym_circleci_approver::cli::Cli::parse();
     sym_circleci_approver::cli::run(cli).await
 }

@@ -14,8 +14,23 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::circleci::CallRecord;
-use crate::store::TaskAction;
+use crate::domain::task::{Outcome, TaskAction};
+use crate::outbound::circleci::{CallRecord, Operation};
+
+/// Every outcome label `sym_approver_deliveries_total` can carry: the stored ones and each
+/// rejection reason. All exist from startup at 0, so `increase()` sees the first one.
+pub const DELIVERY_OUTCOMES: &[&str] = &[
+    "queued",
+    "duplicate",
+    "ignored",
+    "rejected_signature",
+    "rejected_invalid_body",
+    "rejected_invalid_workflow_id",
+    "rejected_too_large",
+    "rejected_overloaded",
+    "rejected_other",
+    "store_unavailable",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -127,6 +142,28 @@ impl Metrics {
             "Age of the oldest pending task (0 when none)",
             oldest_pending_age.clone(),
         );
+        for outcome in DELIVERY_OUTCOMES {
+            deliveries
+                .get_or_create(&OutcomeLabels {
+                    outcome: (*outcome).to_owned(),
+                })
+                .inc_by(0);
+        }
+        for action in TaskAction::ALL {
+            for outcome in Outcome::possible_for(*action) {
+                tasks_finished
+                    .get_or_create(&TaskLabels {
+                        action: action.as_str().to_owned(),
+                        outcome: outcome.as_str().to_owned(),
+                    })
+                    .inc_by(0);
+            }
+        }
+        for operation in Operation::ALL {
+            drop(circleci_duration.get_or_create(&EndpointLabels {
+                endpoint: operation.as_str().to_owned(),
+            }));
+        }
         Self {
             registry: Arc::new(registry),
             deliveries,
@@ -147,11 +184,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn task_finished(&self, action: TaskAction, outcome: &str, seconds: f64) {
+    pub fn task_finished(&self, action: TaskAction, outcome: Outcome, seconds: f64) {
         self.tasks_finished
             .get_or_create(&TaskLabels {
                 action: action.as_str().to_owned(),
-                outcome: outcome.to_owned(),
+                outcome: outcome.as_str().to_owned(),
             })
             .inc();
         self.task_duration
@@ -169,13 +206,13 @@ impl Metrics {
         };
         self.circleci_requests
             .get_or_create(&CallLabels {
-                endpoint: call.operation.to_owned(),
+                endpoint: call.operation.as_str().to_owned(),
                 status,
             })
             .inc();
         self.circleci_duration
             .get_or_create(&EndpointLabels {
-                endpoint: call.operation.to_owned(),
+                endpoint: call.operation.as_str().to_owned(),
             })
             .observe(call.duration.as_secs_f64());
     }

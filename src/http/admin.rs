@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::audit::{self, ApprovalDetail, Cursor, Page};
+use crate::store::audit::{ApprovalDetail, Cursor, Page};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
@@ -115,12 +115,10 @@ pub async fn list_approvals(
             }
         }
     }
-    let page = audit::list(&state.store, workflow_id, limit, cursor.as_ref())
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "audit list failed");
-            ApiError::StoreUnavailable
-        })?;
+    let page = state
+        .store
+        .audit_list(workflow_id, limit, cursor.as_ref())
+        .await?;
     Ok(Json(page))
 }
 
@@ -132,12 +130,10 @@ pub async fn get_approval(
     if Uuid::try_parse(&id).is_err() {
         return Err(unknown());
     }
-    audit::get(&state.store, &id)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "audit lookup failed");
-            ApiError::StoreUnavailable
-        })?
+    state
+        .store
+        .audit_get(&id)
+        .await?
         .map(Json)
         .ok_or_else(unknown)
 }

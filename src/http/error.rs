@@ -62,6 +62,15 @@ impl ApiError {
     }
 }
 
+/// Any store failure answers 503 with `Retry-After`: the caller should come back. The cause
+/// is logged here, once, and never shown to the caller.
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store operation failed");
+        Self::StoreUnavailable
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();

@@ -10,7 +10,6 @@ use axum::Json;
 use serde_json::json;
 
 use super::AppState;
-use crate::store::now_ms;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -46,7 +45,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok(Ok((pending, oldest))) =
         tokio::time::timeout(READY_TIMEOUT, state.store.pending_summary()).await
     {
-        let age = oldest.map_or(0.0, |created| (now_ms() - created) as f64 / 1000.0);
+        let age = oldest.map_or(0.0, |created| {
+            (state.store.clock().now_ms() - created) as f64 / 1000.0
+        });
         state.metrics.set_pending(pending, age);
     }
     (

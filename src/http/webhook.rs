@@ -5,7 +5,7 @@
 //! exact bytes (401, reason logged only), then the JSON is parsed (400/422), then the delivery
 //! and its task are committed in one transaction (503 if the store cannot), and only then 2xx.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -16,10 +16,11 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::config::OnDeny;
+use crate::clock::unix_secs;
+use crate::domain::task::NewTask;
 use crate::inbound::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
-use crate::inbound::sym_event::{EventError, EventKind, SymEvent};
-use crate::store::{duration_ms, now_ms, NewTask, Recorded, TaskAction};
+use crate::inbound::sym_event::{EventError, SymEvent};
+use crate::store::Recorded;
 
 pub async fn receive(
     State(state): State<AppState>,
@@ -60,10 +61,7 @@ async fn handle(
     })?;
 
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
+    let now = unix_secs();
     let verified = state
         .verifier
         .verify(
@@ -87,52 +85,34 @@ async fn handle(
         }
     })?;
 
-    let received_at = now_ms();
-    let deadline_at = received_at.saturating_add(duration_ms(state.approval_timeout));
-    let task = match (event.kind, event.workflow_id, state.on_deny) {
-        (EventKind::Approve, Some(workflow_id), _) => Some(NewTask {
-            action: TaskAction::Approve,
-            workflow_id,
-            deadline_at,
-        }),
-        (EventKind::Deny | EventKind::Expire, Some(workflow_id), OnDeny::Cancel) => Some(NewTask {
-            action: TaskAction::Cancel,
-            workflow_id,
-            deadline_at,
-        }),
-        _ => None,
-    };
+    let received_at = state.store.clock().now_ms();
+    let task = NewTask::for_event(&event, state.on_deny, received_at, state.approval_timeout);
 
     let recorded = state
         .store
         .record_delivery(&verified.webhook_id, &event, received_at, task.as_ref())
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, sym_event_id = %event.id, "could not store the delivery");
-            ApiError::StoreUnavailable
+        .inspect_err(|_| {
+            tracing::warn!(sym_event_id = %event.id, "delivery not stored; the sender should retry");
         })?;
 
-    let (status, body, outcome, delivery_id) = match &recorded {
-        Recorded::Queued { delivery_id, .. } => {
+    let delivery_id = recorded.delivery_id();
+    let outcome = recorded.status().as_str();
+    let (status, body) = match &recorded {
+        Recorded::Queued { .. } => {
             state.wake.notify_one();
             (
                 StatusCode::ACCEPTED,
-                json!({ "delivery_id": delivery_id, "status": "queued" }),
-                "queued",
-                delivery_id,
+                json!({ "delivery_id": delivery_id, "status": outcome }),
             )
         }
-        Recorded::Ignored { delivery_id } => (
+        Recorded::Ignored { .. } => (
             StatusCode::OK,
-            json!({ "delivery_id": delivery_id, "status": "ignored", "event_type": event.event_type }),
-            "ignored",
-            delivery_id,
+            json!({ "delivery_id": delivery_id, "status": outcome, "event_type": event.event_type }),
         ),
-        Recorded::Duplicate { original_id } => (
+        Recorded::Duplicate { .. } => (
             StatusCode::OK,
-            json!({ "delivery_id": original_id, "status": "duplicate" }),
-            "duplicate",
-            original_id,
+            json!({ "delivery_id": delivery_id, "status": outcome }),
         ),
     };
     tracing::info!(

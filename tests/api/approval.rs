@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use sym_circleci_approver::fake_circleci::Fault;
+use sym_circleci_approver::outbound::circleci::Operation;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -18,7 +19,7 @@ async fn a_hold_job_that_goes_on_hold_seconds_after_the_event_is_approved_once_i
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     assert!(task.attempts >= 2, "polled while blocked: {task:?}");
     let approves = app.fake.calls_of("approve");
     assert_eq!(approves.len(), 1, "no approve while the job was blocked");
@@ -35,7 +36,7 @@ async fn server_errors_are_retried_with_backoff_until_circleci_recovers() {
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     assert_eq!(task.attempts, 3);
     let lists = app.fake.calls_of("list_jobs");
     assert_eq!((lists[0].status, lists[1].status), (503, 502));
@@ -57,7 +58,7 @@ async fn a_429_with_retry_after_is_honoured() {
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     let lists = app.fake.calls_of("list_jobs");
     assert_eq!(lists[0].status, 429);
     let gap = lists[1].unix_ms - lists[0].unix_ms;
@@ -75,8 +76,8 @@ async fn an_approve_whose_response_is_lost_is_followed_by_a_reread_not_a_second_
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.status, "succeeded");
-    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.status.as_str(), "succeeded");
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     assert!(task.detail.unwrap().contains("confirmed by re-reading"));
     assert_eq!(
         app.fake.calls_of("approve").len(),
@@ -103,7 +104,7 @@ async fn an_approve_that_times_out_is_followed_by_a_reread() {
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     assert_eq!(app.fake.calls_of("approve").len(), 1);
 }
 
@@ -116,7 +117,7 @@ async fn an_already_approved_hold_job_is_done_without_an_approve_call() {
     let task = app.finished_task(&delivery, WAIT).await;
 
     assert_eq!(
-        (task.status.as_str(), task.outcome.as_deref()),
+        (task.status.as_str(), task.outcome.map(|o| o.as_str())),
         ("succeeded", Some("already_approved"))
     );
     assert!(app.fake.calls_of("approve").is_empty());
@@ -131,7 +132,7 @@ async fn allowed_projects_refuses_a_hold_job_of_a_foreign_project() {
     let task = app.finished_task(&delivery, WAIT).await;
 
     assert_eq!(
-        (task.status.as_str(), task.outcome.as_deref()),
+        (task.status.as_str(), task.outcome.map(|o| o.as_str())),
         ("failed", Some("project_not_allowed"))
     );
     assert!(app.fake.calls_of("approve").is_empty());
@@ -149,7 +150,7 @@ async fn allowed_projects_lets_a_listed_project_through() {
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
 }
 
 #[tokio::test]
@@ -161,7 +162,7 @@ async fn a_canceled_hold_job_is_given_up_with_the_reason() {
     let task = app.finished_task(&delivery, WAIT).await;
 
     assert_eq!(
-        (task.status.as_str(), task.outcome.as_deref()),
+        (task.status.as_str(), task.outcome.map(|o| o.as_str())),
         ("failed", Some("hold_job_canceled"))
     );
     assert!(app.fake.calls_of("approve").is_empty());
@@ -177,7 +178,7 @@ async fn a_refused_token_is_given_up_at_once_without_retrying() {
     let task = app.finished_task(&delivery, WAIT).await;
 
     assert_eq!(
-        (task.status.as_str(), task.outcome.as_deref()),
+        (task.status.as_str(), task.outcome.map(|o| o.as_str())),
         ("failed", Some("circleci_unauthorized"))
     );
     assert_eq!(app.fake.calls().len(), 1);
@@ -198,7 +199,7 @@ async fn a_workflow_not_found_at_first_is_retried_and_approved_when_it_appears()
         .add_standard_workflow(workflow, PROJECT, HOLD, "on_hold");
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
 }
 
 #[tokio::test]
@@ -210,7 +211,7 @@ async fn a_hold_job_that_never_goes_on_hold_fails_after_the_approval_timeout() {
     let task = app.finished_task(&delivery, WAIT).await;
 
     assert_eq!(
-        (task.status.as_str(), task.outcome.as_deref()),
+        (task.status.as_str(), task.outcome.map(|o| o.as_str())),
         ("failed", Some("timed_out"))
     );
     assert!(task.detail.unwrap().contains("blocked"));
@@ -227,7 +228,7 @@ async fn a_custom_hold_job_name_is_the_one_approved() {
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     assert_eq!(
         app.fake.job_status(workflow, "gate").as_deref(),
         Some("success")
@@ -248,7 +249,7 @@ async fn a_stopped_service_resumes_its_pending_task_on_restart_and_approves_once
     let app = spawn_app_on(fake, db, &secret, &[]).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     assert_eq!(app.fake.successful_approvals(), 1);
 }
 
@@ -258,7 +259,7 @@ async fn a_second_process_on_the_same_sqlite_file_is_refused() {
     if app.db.is_postgres() {
         return; // several replicas share PostgreSQL by design
     }
-    let args = sym_circleci_approver::config::ServeArgs::from_flags([
+    let args = sym_circleci_approver::cli::ServeArgs::from_flags([
         format!("--sym-webhook-secret={}", app.secret_text),
         format!("--circleci-token={TOKEN}"),
         format!("--circleci-api-url={}", app.fake.base_url()),
@@ -266,7 +267,7 @@ async fn a_second_process_on_the_same_sqlite_file_is_refused() {
         format!("--database-url={}", app.db.url),
     ])
     .unwrap();
-    let config = sym_circleci_approver::config::Config::from_args(&args).unwrap();
+    let config = args.to_config().unwrap();
 
     let second = sym_circleci_approver::app::Application::build(config).await;
 
@@ -282,17 +283,17 @@ async fn an_approve_in_flight_when_the_process_died_still_counts_as_ours() {
     let delivery = app.approve(workflow).await;
     let task = app
         .store
-        .task_for_delivery(&delivery)
+        .task_for_delivery(delivery.parse().unwrap())
         .await
         .unwrap()
         .unwrap();
     // What a process that died mid-call leaves behind: the approve noted, no answer stored.
     app.store
         .begin_attempt(
-            &task,
+            task,
+            Operation::Approve,
             "POST",
             &format!("/workflow/{workflow}/approve/x"),
-            sym_circleci_approver::store::now_ms(),
         )
         .await
         .unwrap();
@@ -301,7 +302,7 @@ async fn an_approve_in_flight_when_the_process_died_still_counts_as_ours() {
 
     let outcome = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(outcome.outcome.as_deref(), Some("approved"));
+    assert_eq!(outcome.outcome.map(|o| o.as_str()), Some("approved"));
     assert!(outcome.detail.unwrap().contains("confirmed by re-reading"));
     assert!(app.fake.calls_of("approve").is_empty(), "no second approve");
 }

@@ -5,10 +5,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use sym_circleci_approver::app::Application;
-use sym_circleci_approver::config::{Config, ServeArgs, DEFAULT_HOLD_JOB_NAME};
+use sym_circleci_approver::cli::ServeArgs;
+use sym_circleci_approver::config::DEFAULT_HOLD_JOB_NAME;
+use sym_circleci_approver::domain::task::{TaskState, TaskStatus};
 use sym_circleci_approver::fake_circleci::FakeCircleCi;
 use sym_circleci_approver::signature::WebhookSecret;
-use sym_circleci_approver::store::{Store, TaskStatus};
+use sym_circleci_approver::store::Store;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -105,7 +107,7 @@ pub async fn spawn_app_on(
     ];
     all.extend(flags.iter().map(|f| (*f).to_owned()));
     let args = ServeArgs::from_flags(all).expect("valid flags");
-    let config = Config::from_args(&args).expect("valid config");
+    let config = args.to_config().expect("valid config");
     let app = Application::build(config).await.expect("service starts");
     let addr = app.local_addr().unwrap();
     let store = app.store().clone();
@@ -212,32 +214,13 @@ impl TestApp {
     }
 
     /// Waits until the delivery's task is no longer pending and returns it.
-    pub async fn finished_task(&self, delivery_id: &str, timeout: Duration) -> TaskStatus {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(task) = self.store.task_for_delivery(delivery_id).await.unwrap() {
-                let status = self.store.task_status(&task).await.unwrap().unwrap();
-                if status.status != "pending" {
-                    return status;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "task still pending after {timeout:?}: {status:?}"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    pub async fn finished_task(&self, delivery_id: &str, timeout: Duration) -> TaskState {
+        finished_task(&self.store, delivery_id, timeout).await
     }
 
     #[allow(dead_code)]
-    pub async fn task_of(&self, delivery_id: &str) -> TaskStatus {
-        let task = self
-            .store
-            .task_for_delivery(delivery_id)
-            .await
-            .unwrap()
-            .expect("a task for the delivery");
-        self.store.task_status(&task).await.unwrap().unwrap()
+    pub async fn task_of(&self, delivery_id: &str) -> TaskState {
+        task_of(&self.store, delivery_id).await
     }
 
     /// Stops the service gracefully and hands back its fake and store for a restart.
@@ -279,4 +262,34 @@ pub fn workflow_on_hold(fake: &FakeCircleCi) -> Uuid {
     let id = Uuid::new_v4();
     fake.add_standard_workflow(id, PROJECT, HOLD, "on_hold");
     id
+}
+
+/// The task a delivery created, as stored.
+pub async fn task_of(store: &Store, delivery_id: &str) -> TaskState {
+    let task = store
+        .task_for_delivery(delivery_id.parse().expect("a delivery id"))
+        .await
+        .unwrap()
+        .expect("a task for the delivery");
+    store.task_state(task).await.unwrap().unwrap()
+}
+
+/// Waits until the delivery's task is no longer pending (a worker running in the background
+/// settles it) and returns it.
+pub async fn finished_task(store: &Store, delivery_id: &str, timeout: Duration) -> TaskState {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let delivery = delivery_id.parse().expect("a delivery id");
+        if let Some(task) = store.task_for_delivery(delivery).await.unwrap() {
+            let state = store.task_state(task).await.unwrap().unwrap();
+            if state.status != TaskStatus::Pending {
+                return state;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "task still pending after {timeout:?}: {state:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -12,12 +12,13 @@ use std::time::Duration;
 use secrecy::SecretString;
 use sym_circleci_approver::fake_circleci::{FakeCircleCi, Fault, RecordedCall};
 use sym_circleci_approver::signature::WebhookSecret;
-use sym_circleci_approver::store::{Store, StoreOptions, TaskStatus};
-use tokio::time::Instant;
+use sym_circleci_approver::store::{Store, StoreOptions};
+
 use uuid::Uuid;
 
-use crate::binary::{binary, serve_env, Delivery, Env, Running, POLL};
+use crate::binary::{binary, serve_env, Delivery, Env, Running};
 use crate::helpers::{answer, new_secret, workflow_on_hold, Answer, TestDatabase, HOLD, TOKEN};
+use crate::helpers::{finished_task, task_of};
 
 /// How long the binary may take to start listening, or to refuse to start.
 const STARTUP: Duration = Duration::from_secs(20);
@@ -118,31 +119,6 @@ async fn open_store(db: &TestDatabase) -> Store {
     .expect("the test can open the store")
 }
 
-async fn task_of(store: &Store, delivery_id: &str) -> TaskStatus {
-    let task = store
-        .task_for_delivery(delivery_id)
-        .await
-        .unwrap()
-        .expect("a task for the delivery");
-    store.task_status(&task).await.unwrap().unwrap()
-}
-
-/// Polls the store until the delivery's task is no longer pending.
-async fn finished_task(store: &Store, delivery_id: &str, timeout: Duration) -> TaskStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let task = task_of(store, delivery_id).await;
-        if task.status != "pending" {
-            return task;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "task still pending after {timeout:?}: {task:?}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Shutdown and restart
 // ---------------------------------------------------------------------------------------------
@@ -172,7 +148,7 @@ async fn sigterm_stops_the_service_with_exit_code_0_and_keeps_pending_tasks() {
     assert_eq!(status.code(), Some(0), "{}", service.process.output());
     let store = open_store(&db).await;
     let task = task_of(&store, &delivery_id).await;
-    assert_eq!(task.status, "pending", "{task:?}");
+    assert_eq!(task.status.as_str(), "pending", "{task:?}");
     assert_eq!(fake.calls_of("approve").len(), 0);
     store.close().await;
 }
@@ -220,8 +196,12 @@ async fn a_task_interrupted_by_kill_9_resumes_after_restart_and_approves_exactly
     );
     let store = open_store(&db).await;
     let task = finished_task(&store, &delivery_id, Duration::from_secs(10)).await;
-    assert_eq!(task.status, "succeeded", "{task:?}");
-    assert_eq!(task.outcome.as_deref(), Some("approved"), "{task:?}");
+    assert_eq!(task.status.as_str(), "succeeded", "{task:?}");
+    assert_eq!(
+        task.outcome.map(|o| o.as_str()),
+        Some("approved"),
+        "{task:?}"
+    );
     assert_eq!(fake.successful_approvals(), 1);
     assert_eq!(fake.calls_of("approve").len(), 1, "{:?}", fake.calls());
     assert_eq!(fake.job_status(workflow, HOLD).as_deref(), Some("success"));
@@ -335,7 +315,11 @@ async fn secrets_never_appear_in_logs() {
     let approved_workflow = workflow_on_hold(&fake);
     let (_, approved) = service.approve(&secret, approved_workflow).await;
     let task = finished_task(&store, &approved, Duration::from_secs(20)).await;
-    assert_eq!(task.outcome.as_deref(), Some("approved"), "{task:?}");
+    assert_eq!(
+        task.outcome.map(|o| o.as_str()),
+        Some("approved"),
+        "{task:?}"
+    );
 
     // Act 2: a delivery signed with another secret.
     let (_, wrong_secret) = new_secret();
@@ -351,9 +335,9 @@ async fn secrets_never_appear_in_logs() {
     fake.push_fault(Fault::status(401).on("list_jobs"));
     let (_, refused) = service.approve(&secret, workflow_on_hold(&fake)).await;
     let task = finished_task(&store, &refused, Duration::from_secs(20)).await;
-    assert_eq!(task.status, "failed", "{task:?}");
+    assert_eq!(task.status.as_str(), "failed", "{task:?}");
     assert_eq!(
-        task.outcome.as_deref(),
+        task.outcome.map(|o| o.as_str()),
         Some("circleci_unauthorized"),
         "{task:?}"
     );

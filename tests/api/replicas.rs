@@ -21,6 +21,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
+use sym_circleci_approver::domain::task::DeliveryStatus;
 use sym_circleci_approver::fake_circleci::{FakeCircleCi, Fault, RecordedCall};
 use sym_circleci_approver::store::{Store, StoreOptions};
 use tokio::task::JoinSet;
@@ -333,7 +334,10 @@ async fn replicas_starting_at_once_on_a_fresh_database_migrate_it_once() {
     assert!(rows.iter().all(|r| r.get::<bool, _>("success")));
     for store in &stores {
         store.ping().await.unwrap();
-        assert_eq!(store.delivery_count("queued").await.unwrap(), 0);
+        assert_eq!(
+            store.delivery_count(DeliveryStatus::Queued).await.unwrap(),
+            0
+        );
         store.close().await;
     }
 }

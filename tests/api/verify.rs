@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use sym_circleci_approver::config::VerifyArgs;
+use sym_circleci_approver::cli::verify::{check, Verdict, VerifyArgs};
 use sym_circleci_approver::fake_circleci::Fault;
-use sym_circleci_approver::verify::{check, Verdict};
 use uuid::Uuid;
 
 use crate::audit::{spawn_audited, ADMIN};

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use sym_circleci_approver::domain::task::DeliveryStatus;
 use sym_circleci_approver::signature::WebhookSecret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
@@ -30,8 +31,8 @@ async fn signed_approve_event_is_queued_and_approves_the_hold_job_on_a_later_pag
     assert_eq!(answer.body["status"], "queued");
     let delivery_id = answer.body["delivery_id"].as_str().unwrap().to_owned();
     let task = app.finished_task(&delivery_id, WAIT).await;
-    assert_eq!(task.status, "succeeded");
-    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.status.as_str(), "succeeded");
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     let lists = app.fake.calls_of("list_jobs");
     assert!(
         lists
@@ -83,7 +84,7 @@ async fn the_job_id_is_used_when_the_hold_job_has_no_approval_request_id() {
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     let approves = app.fake.calls_of("approve");
     assert_eq!(
         approves[0].path,
@@ -113,8 +114,20 @@ async fn an_identical_redelivery_is_a_duplicate_and_approves_only_once() {
     app.finished_task(first.body["delivery_id"].as_str().unwrap(), WAIT)
         .await;
     assert_eq!(app.fake.calls_of("approve").len(), 1);
-    assert_eq!(app.store.delivery_count("queued").await.unwrap(), 1);
-    assert_eq!(app.store.delivery_count("duplicate").await.unwrap(), 1);
+    assert_eq!(
+        app.store
+            .delivery_count(DeliveryStatus::Queued)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        app.store
+            .delivery_count(DeliveryStatus::Duplicate)
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -281,7 +294,13 @@ async fn every_signature_problem_gets_the_same_401_and_nothing_is_stored() {
         "all 401s look alike"
     );
     assert_eq!(bodies[0]["error"], "invalid_signature");
-    assert_eq!(app.store.delivery_count("queued").await.unwrap(), 0);
+    assert_eq!(
+        app.store
+            .delivery_count(DeliveryStatus::Queued)
+            .await
+            .unwrap(),
+        0
+    );
     assert!(app.fake.calls().is_empty(), "CircleCI must not be called");
 }
 
@@ -406,7 +425,13 @@ async fn other_event_types_are_acknowledged_recorded_and_ignored() {
         (deny.status, deny.body["status"].as_str()),
         (200, Some("ignored"))
     );
-    assert_eq!(app.store.delivery_count("ignored").await.unwrap(), 2);
+    assert_eq!(
+        app.store
+            .delivery_count(DeliveryStatus::Ignored)
+            .await
+            .unwrap(),
+        2
+    );
     assert!(app.fake.calls().is_empty());
 }
 
@@ -425,7 +450,7 @@ async fn the_reference_sample_event_from_sym_is_accepted() {
     let task = app
         .finished_task(answer.body["delivery_id"].as_str().unwrap(), WAIT)
         .await;
-    assert_eq!(task.outcome.as_deref(), Some("approved"));
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
 }
 
 #[tokio::test]

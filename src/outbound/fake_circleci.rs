@@ -451,7 +451,7 @@ async fn handle(
         token_ok,
         status: response.status().as_u16(),
         at: Some(Instant::now()),
-        unix_ms: crate::store::to_ms(SystemTime::now()),
+        unix_ms: crate::clock::to_ms(SystemTime::now()),
     });
     // The effect and the record above are done; only the answer is late (a client timeout
     // then leaves the outcome unknown to the caller, as with a real slow API).

@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::send_event::{event_body, post_signed};
+use super::serve::ServeArgs;
 use crate::app::Application;
-use crate::cli::{event_body, post_signed};
-use crate::config::{Config, LogFormat, ServeArgs, DEFAULT_HOLD_JOB_NAME};
-use crate::fake_circleci::FakeCircleCi;
+use crate::config::{LogFormat, DEFAULT_HOLD_JOB_NAME};
+use crate::domain::task::TaskStatus;
 use crate::inbound::signature::WebhookSecret;
+use crate::outbound::fake_circleci::FakeCircleCi;
 use crate::telemetry::{self, LogTarget};
 
 const TOKEN: &str = "demo-circleci-token";
@@ -59,7 +61,7 @@ async fn demo() -> anyhow::Result<bool> {
         "--approval-timeout=2m".to_owned(),
         "--log-format=text".to_owned(),
     ])?;
-    let config = Config::from_args(&args)?;
+    let config = args.to_config()?;
     let app = Application::build(config).await?;
     let url = format!("http://{}/webhooks/sym", app.local_addr()?);
     let store = app.store().clone();
@@ -126,13 +128,14 @@ async fn demo() -> anyhow::Result<bool> {
         let task = match serde_json::from_str::<serde_json::Value>(&first.body)?
             .get("delivery_id")
             .and_then(|v| v.as_str())
+            .and_then(|v| v.parse().ok())
         {
             Some(delivery) => store.task_for_delivery(delivery).await?,
             None => None,
         };
         if let Some(task) = task {
-            if let Some(s) = store.task_status(&task).await? {
-                if s.status != "pending" {
+            if let Some(s) = store.task_state(task).await? {
+                if s.status != TaskStatus::Pending {
                     outcome = Some(s);
                     break;
                 }
@@ -144,7 +147,7 @@ async fn demo() -> anyhow::Result<bool> {
         step(format!(
             "store: task {} / {} after {} step(s): {}",
             s.status,
-            s.outcome.as_deref().unwrap_or("-"),
+            s.outcome.map_or("-", |o| o.as_str()),
             s.attempts,
             s.detail.as_deref().unwrap_or("")
         ));

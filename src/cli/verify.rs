@@ -10,7 +10,44 @@ use std::process::ExitCode;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::config::{parse_duration, secure_base_url, VerifyArgs};
+use std::path::PathBuf;
+
+use clap::Args;
+use secrecy::SecretString;
+
+use crate::config::{parse_duration, read_secret, secure_base_url, ConfigError};
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The workflow to check (in CircleCI: "$CIRCLE_WORKFLOW_ID").
+    #[arg(long, env = "CIRCLE_WORKFLOW_ID")]
+    pub workflow_id: String,
+    /// Base URL of this service, e.g. https://approver.example.com.
+    #[arg(long, env = "APPROVER_URL")]
+    pub url: String,
+    /// The service's audit API token.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token instead.
+    #[arg(long, env = "ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Time limit for the check.
+    #[arg(long, default_value = "15s")]
+    pub timeout: String,
+    /// Allow a plain-http APPROVER_URL on a non-loopback host (the token travels in clear).
+    #[arg(long, env = "APPROVER_ALLOW_INSECURE_HTTP", default_value_t = false)]
+    pub allow_insecure_http: bool,
+}
+
+impl VerifyArgs {
+    pub fn admin_token(&self) -> Result<SecretString, ConfigError> {
+        read_secret(
+            "ADMIN_TOKEN",
+            self.admin_token.as_deref(),
+            self.admin_token_file.as_deref(),
+        )
+    }
+}
 
 /// Exit codes: 0 approved by us; 1 not approved (never, failed, refused); 2 still pending;
 /// 3 the check could not be made (service unreachable, auth, configuration).

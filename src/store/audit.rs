@@ -10,7 +10,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::store::{Store, StoreError};
+use super::{Store, StoreError};
 
 /// Event types that appear in the audit trail.
 const AUDITED_EVENTS: &str = "('approve', 'deny', 'expire')";
@@ -166,15 +166,15 @@ fn summary_from_row(row: &AnyRow) -> Result<ApprovalSummary, sqlx::Error> {
     })
 }
 
-/// Newest first; `limit` items after `cursor`, optionally for one workflow.
-pub async fn list(
-    store: &Store,
-    workflow_id: Option<Uuid>,
-    limit: u32,
-    cursor: Option<&Cursor>,
-) -> Result<Page, StoreError> {
-    store
-        .bounded(async {
+impl Store {
+    /// Newest first; `limit` items after `cursor`, optionally for one workflow.
+    pub async fn audit_list(
+        &self,
+        workflow_id: Option<Uuid>,
+        limit: u32,
+        cursor: Option<&Cursor>,
+    ) -> Result<Page, StoreError> {
+        self.bounded(async {
             let sql = format!(
                 "SELECT {SUMMARY_COLUMNS} FROM deliveries d \
                  LEFT JOIN tasks t ON t.delivery_id = d.id \
@@ -188,7 +188,7 @@ pub async fn list(
                 .bind(cursor.map(|c| c.received_ms))
                 .bind(cursor.map(|c| c.id.clone()).unwrap_or_default())
                 .bind(i64::from(limit) + 1)
-                .fetch_all(store.pool())
+                .fetch_all(&self.pool)
                 .await?;
             let mut items = rows
                 .iter()
@@ -209,11 +209,11 @@ pub async fn list(
             Ok(Page { items, next_cursor })
         })
         .await
-}
+    }
 
-/// The whole story of one approval, by delivery id or task id.
-pub async fn get(store: &Store, id: &str) -> Result<Option<ApprovalDetail>, StoreError> {
-    store.bounded(async {
+    /// The whole story of one approval, by delivery id or task id.
+    pub async fn audit_get(&self, id: &str) -> Result<Option<ApprovalDetail>, StoreError> {
+        self.bounded(async {
         let row = sqlx::query(&format!(
             "SELECT d.id, d.webhook_id, d.sym_event_id, d.event_type, d.workflow_id, d.workflow_url, \
              d.merging_user, d.approver_username, d.approver_name, d.run_srn, d.received_at, \
@@ -224,7 +224,7 @@ pub async fn get(store: &Store, id: &str) -> Result<Option<ApprovalDetail>, Stor
              AND (d.id = $1 OR t.id = $1)"
         ))
         .bind(id)
-        .fetch_optional(store.pool())
+        .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -245,7 +245,7 @@ pub async fn get(store: &Store, id: &str) -> Result<Option<ApprovalDetail>, Stor
             "SELECT COUNT(*) FROM deliveries WHERE outcome = 'duplicate' AND duplicate_of = $1",
         )
         .bind(&delivery_id)
-        .fetch_one(store.pool())
+        .fetch_one(&self.pool)
         .await?;
         let attempts = match &task_id {
             Some(task_id) => sqlx::query(
@@ -253,7 +253,7 @@ pub async fn get(store: &Store, id: &str) -> Result<Option<ApprovalDetail>, Stor
                  FROM attempts WHERE task_id = $1 ORDER BY started_at, id",
             )
             .bind(task_id)
-            .fetch_all(store.pool())
+            .fetch_all(&self.pool)
             .await?
             .iter()
             .map(|a| {
@@ -305,17 +305,17 @@ pub async fn get(store: &Store, id: &str) -> Result<Option<ApprovalDetail>, Stor
         }))
     })
     .await
-}
+    }
 
-/// Deletes deliveries (with their tasks and attempts) received before `cutoff_ms`, except
-/// those whose task is still pending. Returns how many deliveries went.
-pub async fn prune(store: &Store, cutoff_ms: i64) -> Result<u64, StoreError> {
-    store.bounded(async {
+    /// Deletes deliveries (with their tasks and attempts) received before `cutoff_ms`, except
+    /// those whose task is still pending. Returns how many deliveries went.
+    pub async fn prune(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        self.bounded(async {
         // Attempts and tasks first, explicitly (no reliance on ON DELETE CASCADE being enabled),
         // all in one transaction so a failure never leaves a delivery without its task.
         let old = "SELECT d.id FROM deliveries d WHERE d.received_at < $1 AND NOT EXISTS \
                    (SELECT 1 FROM tasks p WHERE p.delivery_id = d.id AND p.status = 'pending')";
-        let mut tx = store.pool().begin().await?;
+        let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
             "DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE delivery_id IN ({old}))"
         ))
@@ -334,45 +334,7 @@ pub async fn prune(store: &Store, cutoff_ms: i64) -> Result<u64, StoreError> {
         Ok(done.rows_affected())
     })
     .await
-}
-
-/// The Sym event id and approver of a delivery, for log context.
-pub async fn event_context(
-    store: &Store,
-    delivery_id: &str,
-) -> Result<(String, Option<String>), StoreError> {
-    store
-        .bounded(async {
-            let row = sqlx::query(
-                "SELECT sym_event_id, COALESCE(approver_username, approver_name) AS approver \
-             FROM deliveries WHERE id = $1",
-            )
-            .bind(delivery_id)
-            .fetch_one(store.pool())
-            .await?;
-            Ok((row.try_get("sym_event_id")?, row.try_get("approver")?))
-        })
-        .await
-}
-
-/// Did an earlier approve call for this task possibly take effect? Yes for a 2xx whose result
-/// was not stored in time, for no answer (in flight when the process died, timed out,
-/// connection dropped) and for a 5xx (CircleCI may have approved before failing to answer).
-/// A definite 4xx means it did not.
-pub async fn approve_may_have_landed(store: &Store, task_id: &str) -> Result<bool, StoreError> {
-    store
-        .bounded(async {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM attempts WHERE task_id = $1 AND method = 'POST' \
-             AND endpoint LIKE '%/approve/%' \
-             AND (status_code IS NULL OR status_code < 400 OR status_code >= 500)",
-            )
-            .bind(task_id)
-            .fetch_one(store.pool())
-            .await?;
-            Ok(n > 0)
-        })
-        .await
+    }
 }
 
 #[cfg(test)]

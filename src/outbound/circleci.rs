@@ -11,37 +11,159 @@ use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use uuid::Uuid;
 
 use crate::config::CircleCiConfig;
+use crate::domain::ids::{ApprovalRequestId, WorkflowId};
 
 /// Stop following `next_page_token` after this many pages: a loop guard, not a real limit.
 const MAX_PAGES: usize = 100;
 
 /// A job of a workflow, as `GET /workflow/{id}/job` lists it.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Job {
+struct Job {
     #[serde(default)]
-    pub id: Option<String>,
-    pub name: String,
+    id: Option<String>,
+    name: String,
     #[serde(rename = "type")]
-    pub job_type: String,
-    pub status: String,
+    job_type: String,
+    status: String,
     #[serde(default)]
-    pub approval_request_id: Option<String>,
+    approval_request_id: Option<String>,
     #[serde(default)]
-    pub project_slug: Option<String>,
+    project_slug: Option<String>,
     #[serde(default)]
-    pub job_number: Option<i64>,
+    job_number: Option<i64>,
 }
 
 impl Job {
     /// The id the approve endpoint expects: `approval_request_id`, else the job `id`.
-    pub fn approval_id(&self) -> Option<&str> {
+    fn approval_id(&self) -> Option<&str> {
         fn present(v: &Option<String>) -> Option<&str> {
             v.as_deref().filter(|s| !s.trim().is_empty())
         }
         present(&self.approval_request_id).or_else(|| present(&self.id))
+    }
+}
+
+/// Where a hold job (`type: approval`) is, in the worker's terms. CircleCI's status words are
+/// read here and nowhere else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldJobState {
+    /// Waiting for approval: the one state the approve call works on.
+    OnHold,
+    /// Approved (`success`), by whoever.
+    Approved,
+    /// Canceled; it can never be approved.
+    Canceled,
+    /// Another final state (failed, not_run, …); it can never be approved.
+    Stopped(String),
+    /// Not on hold yet (blocked behind earlier jobs, queued, …): worth waiting for.
+    NotYet(String),
+}
+
+impl HoldJobState {
+    pub fn from_status(status: &str) -> Self {
+        match status {
+            "on_hold" => Self::OnHold,
+            "success" => Self::Approved,
+            "canceled" => Self::Canceled,
+            "failed"
+            | "not_run"
+            | "infrastructure_fail"
+            | "timedout"
+            | "terminated-unknown"
+            | "unauthorized" => Self::Stopped(status.to_owned()),
+            other => Self::NotYet(other.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for HoldJobState {
+    /// CircleCI's own word for it (for details and logs).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::OnHold => "on_hold",
+            Self::Approved => "success",
+            Self::Canceled => "canceled",
+            Self::Stopped(s) | Self::NotYet(s) => s,
+        })
+    }
+}
+
+/// The hold job of a workflow, as the worker needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldJob {
+    pub state: HoldJobState,
+    /// None when neither `approval_request_id` nor `id` is a UUID.
+    pub approval_id: Option<ApprovalRequestId>,
+    pub job_id: Option<String>,
+    pub job_number: Option<i64>,
+    pub project_slug: Option<String>,
+}
+
+/// What one read of a workflow's jobs tells the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkflowView {
+    /// The approval job of the asked name, if the workflow has one.
+    pub hold: Option<HoldJob>,
+    /// The workflow's project (from the hold job, else any job).
+    pub project_slug: Option<String>,
+    /// False while CircleCI lists no jobs at all.
+    pub has_jobs: bool,
+}
+
+impl WorkflowView {
+    fn from_jobs(jobs: &[Job], hold_job_name: &str) -> Self {
+        let hold = jobs
+            .iter()
+            .find(|j| j.name == hold_job_name && j.job_type == "approval")
+            .map(|j| HoldJob {
+                state: HoldJobState::from_status(&j.status),
+                approval_id: j
+                    .approval_id()
+                    .and_then(|id| id.parse::<ApprovalRequestId>().ok()),
+                job_id: j.id.clone(),
+                job_number: j.job_number,
+                project_slug: j.project_slug.clone(),
+            });
+        let project_slug = hold
+            .as_ref()
+            .and_then(|h| h.project_slug.clone())
+            .or_else(|| jobs.iter().find_map(|j| j.project_slug.clone()));
+        Self {
+            hold,
+            project_slug,
+            has_jobs: !jobs.is_empty(),
+        }
+    }
+}
+
+/// What a call was for (a metrics label and the audit trail's `operation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    ListJobs,
+    Approve,
+    Cancel,
+}
+
+impl Operation {
+    pub const ALL: &'static [Operation] = &[Self::ListJobs, Self::Approve, Self::Cancel];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ListJobs => "list_jobs",
+            Self::Approve => "approve",
+            Self::Cancel => "cancel",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|o| o.as_str() == text)
+    }
+
+    /// Does this call change something at CircleCI?
+    pub fn is_write(self) -> bool {
+        !matches!(self, Self::ListJobs)
     }
 }
 
@@ -56,16 +178,13 @@ struct JobPage {
 #[derive(Debug, Clone)]
 pub struct CallRecord {
     pub started_at: std::time::SystemTime,
-    /// What the call was for: `list_jobs`, `approve` or `cancel` (a metrics label).
-    pub operation: &'static str,
+    pub operation: Operation,
     pub method: &'static str,
     /// The path with ids filled in (never the token or query secrets).
     pub endpoint: String,
     pub status: Option<u16>,
     pub duration: Duration,
     pub error: Option<String>,
-    /// Already in the audit trail (noted before the call, answer filled in after).
-    pub stored: bool,
 }
 
 /// How a CircleCI call failed, as the retry policy needs to know it.
@@ -151,10 +270,21 @@ impl CircleCiClient {
             .map_err(|e| CircleError::InvalidResponse(e.to_string()))
     }
 
-    /// Every job of the workflow, following `next_page_token` to the end.
-    pub async fn workflow_jobs(
+    /// Reads the workflow's jobs and picks out the approval job named `hold_job_name`.
+    pub async fn workflow_view(
         &self,
-        workflow_id: Uuid,
+        workflow_id: WorkflowId,
+        hold_job_name: &str,
+        calls: &mut Vec<CallRecord>,
+    ) -> Result<WorkflowView, CircleError> {
+        let jobs = self.workflow_jobs(workflow_id, calls).await?;
+        Ok(WorkflowView::from_jobs(&jobs, hold_job_name))
+    }
+
+    /// Every job of the workflow, following `next_page_token` to the end.
+    async fn workflow_jobs(
+        &self,
+        workflow_id: WorkflowId,
         calls: &mut Vec<CallRecord>,
     ) -> Result<Vec<Job>, CircleError> {
         let path = format!("/workflow/{workflow_id}/job");
@@ -166,7 +296,7 @@ impl CircleCiClient {
                 url.query_pairs_mut().append_pair("page-token", token);
             }
             let body = self
-                .send(self.http.get(url), "list_jobs", "GET", &path, calls)
+                .send(self.http.get(url), Operation::ListJobs, "GET", &path, calls)
                 .await?;
             let page: JobPage = serde_json::from_slice(&body)
                 .map_err(|e| CircleError::InvalidResponse(format!("job list: {e}")))?;
@@ -189,26 +319,32 @@ impl CircleCiClient {
     /// `POST /workflow/{id}/approve/{approval_request_id}`; Ok on 2xx (CircleCI answers 202).
     pub async fn approve_job(
         &self,
-        workflow_id: Uuid,
-        approval_request_id: Uuid,
+        workflow_id: WorkflowId,
+        approval_request_id: ApprovalRequestId,
         calls: &mut Vec<CallRecord>,
     ) -> Result<(), CircleError> {
         let path = format!("/workflow/{workflow_id}/approve/{approval_request_id}");
         let url = self.url(&path)?;
-        self.send(self.http.post(url), "approve", "POST", &path, calls)
-            .await
-            .map(drop)
+        self.send(
+            self.http.post(url),
+            Operation::Approve,
+            "POST",
+            &path,
+            calls,
+        )
+        .await
+        .map(drop)
     }
 
     /// `POST /workflow/{id}/cancel`; Ok on 2xx.
     pub async fn cancel_workflow(
         &self,
-        workflow_id: Uuid,
+        workflow_id: WorkflowId,
         calls: &mut Vec<CallRecord>,
     ) -> Result<(), CircleError> {
         let path = format!("/workflow/{workflow_id}/cancel");
         let url = self.url(&path)?;
-        self.send(self.http.post(url), "cancel", "POST", &path, calls)
+        self.send(self.http.post(url), Operation::Cancel, "POST", &path, calls)
             .await
             .map(drop)
     }
@@ -217,7 +353,7 @@ impl CircleCiClient {
     async fn send(
         &self,
         request: reqwest::RequestBuilder,
-        operation: &'static str,
+        operation: Operation,
         method: &'static str,
         endpoint: &str,
         calls: &mut Vec<CallRecord>,
@@ -259,7 +395,6 @@ impl CircleCiClient {
             status,
             duration,
             error,
-            stored: false,
         });
         outcome
     }
@@ -343,21 +478,74 @@ mod tests {
         assert_eq!(parse_retry_after(&headers), None);
     }
 
+    fn job(name: &str, job_type: &str, status: &str) -> Job {
+        Job {
+            id: Some("8d5b1c3a-1111-4222-8333-444455556666".into()),
+            name: name.into(),
+            job_type: job_type.into(),
+            status: status.into(),
+            approval_request_id: Some("0f9e8d7c-aaaa-4bbb-8ccc-ddddeeeeffff".into()),
+            project_slug: Some("gh/acme/api".into()),
+            job_number: None,
+        }
+    }
+
     #[test]
     fn approval_id_prefers_the_approval_request_id() {
-        let mut job = Job {
-            id: Some("job".into()),
-            name: "n".into(),
-            job_type: "approval".into(),
-            status: "on_hold".into(),
-            approval_request_id: Some("req".into()),
-            project_slug: None,
-            job_number: None,
-        };
-        assert_eq!(job.approval_id(), Some("req"));
-        job.approval_request_id = None;
-        assert_eq!(job.approval_id(), Some("job"));
-        job.approval_request_id = Some(String::new());
-        assert_eq!(job.approval_id(), Some("job"));
+        let mut j = job("hold", "approval", "on_hold");
+        j.id = Some("job".into());
+        j.approval_request_id = Some("req".into());
+        assert_eq!(j.approval_id(), Some("req"));
+        j.approval_request_id = None;
+        assert_eq!(j.approval_id(), Some("job"));
+        j.approval_request_id = Some(String::new());
+        assert_eq!(j.approval_id(), Some("job"));
+    }
+
+    #[test]
+    fn the_view_finds_the_named_approval_job_and_types_its_state() {
+        let jobs = [
+            job("build", "build", "success"),
+            job("hold", "build", "on_hold"),
+            job("hold", "approval", "on_hold"),
+        ];
+        let view = WorkflowView::from_jobs(&jobs, "hold");
+        let hold = view.hold.unwrap();
+        assert_eq!(hold.state, HoldJobState::OnHold);
+        assert_eq!(
+            hold.approval_id.unwrap().to_string(),
+            "0f9e8d7c-aaaa-4bbb-8ccc-ddddeeeeffff"
+        );
+        assert_eq!(view.project_slug.as_deref(), Some("gh/acme/api"));
+        assert!(view.has_jobs);
+
+        let none = WorkflowView::from_jobs(&jobs[..1], "hold");
+        assert_eq!(none.hold, None);
+        assert_eq!(none.project_slug.as_deref(), Some("gh/acme/api"));
+        assert!(!WorkflowView::from_jobs(&[], "hold").has_jobs);
+    }
+
+    #[test]
+    fn statuses_map_to_states_and_back() {
+        for (word, state) in [
+            ("on_hold", HoldJobState::OnHold),
+            ("success", HoldJobState::Approved),
+            ("canceled", HoldJobState::Canceled),
+            ("failed", HoldJobState::Stopped("failed".into())),
+            ("not_run", HoldJobState::Stopped("not_run".into())),
+            ("blocked", HoldJobState::NotYet("blocked".into())),
+        ] {
+            assert_eq!(HoldJobState::from_status(word), state);
+            assert_eq!(state.to_string(), word);
+        }
+    }
+
+    #[test]
+    fn a_hold_job_without_a_uuid_has_no_approval_id() {
+        let mut j = job("hold", "approval", "on_hold");
+        j.approval_request_id = Some("not-a-uuid".into());
+        j.id = None;
+        let view = WorkflowView::from_jobs(&[j], "hold");
+        assert_eq!(view.hold.unwrap().approval_id, None);
     }
 }

@@ -1,0 +1,331 @@
+//! `serve`: the webhook service. Its flags (each also an environment variable of the same
+//! name) and their validation into a [`Config`].
+//!
+//! clap reads raw text only: secrets are validated here, after clap, so a refused secret is
+//! never echoed, and `--help` hides their env values.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_util::sync::CancellationToken;
+
+use super::EXIT_CONFIG;
+use crate::app::{cancel_on_signal, Application};
+use crate::clock::Clock;
+use crate::config::{
+    config_error, parse_api_url, parse_duration, positive, read_secret, CircleCiConfig, Config,
+    ConfigError, HttpConfig, LogFormat, OnDeny, RetryPolicy, StoreOptions, WorkerConfig,
+    DEFAULT_CIRCLECI_API_URL, DEFAULT_DATABASE_URL, DEFAULT_HOLD_JOB_NAME,
+};
+use crate::inbound::signature::{Verifier, WebhookSecret};
+use crate::store::Backend;
+use crate::telemetry::{self, LogTarget};
+
+/// Parses `serve` flags alone (as the demo and tests configure an in-process service).
+/// A repeated flag overrides the earlier one.
+#[derive(Parser)]
+#[command(args_override_self = true)]
+struct ServeFlags {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+impl ServeArgs {
+    /// `serve` settings from flags (`--name=value`); unset ones come from env or defaults.
+    pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let argv = std::iter::once(std::ffi::OsString::from("serve"))
+            .chain(flags.into_iter().map(Into::into));
+        Ok(ServeFlags::try_parse_from(argv)?.args)
+    }
+}
+
+/// Webhook secrets, for `serve` and `send-event`.
+#[derive(Args, Clone)]
+pub struct SecretArgs {
+    /// Sym webhook secret(s), `whsec_<base64>`, separated by spaces or commas (rotation).
+    #[arg(long, env = "SYM_WEBHOOK_SECRET", hide_env_values = true)]
+    pub sym_webhook_secret: Option<String>,
+    /// File holding the webhook secret(s) instead (e.g. a mounted Kubernetes/Docker secret).
+    #[arg(long, env = "SYM_WEBHOOK_SECRET_FILE")]
+    pub sym_webhook_secret_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+    /// CircleCI personal or project API token.
+    #[arg(long, env = "CIRCLECI_TOKEN", hide_env_values = true)]
+    pub circleci_token: Option<String>,
+    /// File holding the CircleCI token instead.
+    #[arg(long, env = "CIRCLECI_TOKEN_FILE")]
+    pub circleci_token_file: Option<PathBuf>,
+    /// CircleCI API v2 base URL (self-hosted CircleCI server: your own host).
+    #[arg(long, env = "CIRCLECI_API_URL", default_value = DEFAULT_CIRCLECI_API_URL)]
+    pub circleci_api_url: String,
+    /// Allow a plain-http CircleCI URL on a non-loopback host (the token then travels in clear).
+    #[arg(long, env = "CIRCLECI_ALLOW_INSECURE_HTTP", default_value_t = false)]
+    pub circleci_allow_insecure_http: bool,
+    /// Timeout of each CircleCI request.
+    #[arg(long, env = "CIRCLECI_TIMEOUT", default_value = "10s")]
+    pub circleci_timeout: String,
+    /// Name of the approval job to approve.
+    #[arg(long, env = "HOLD_JOB_NAME", default_value = DEFAULT_HOLD_JOB_NAME)]
+    pub hold_job_name: String,
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: String,
+    /// Store: `sqlite://path` (embedded, created if missing) or `postgres://…`
+    /// [default: sqlite://data/approver.db].
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// File holding the database URL instead (it may carry a password).
+    #[arg(long, env = "DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+    /// How long to keep trying to approve before recording a failure (e.g. 30m, 1h, 90s).
+    #[arg(long, env = "APPROVAL_TIMEOUT", default_value = "30m")]
+    pub approval_timeout: String,
+    /// Comma-separated project slugs (e.g. gh/acme/api) whose hold jobs may be approved.
+    #[arg(long, env = "ALLOWED_PROJECTS")]
+    pub allowed_projects: Option<String>,
+    /// Allowed distance between webhook-timestamp and now, either way.
+    #[arg(long, env = "WEBHOOK_TOLERANCE", default_value = "300s")]
+    pub webhook_tolerance: String,
+    /// Largest accepted webhook body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Webhook requests handled at once; more are shed with 429 and Retry-After.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    pub max_concurrent_requests: usize,
+    /// Time limit for handling one HTTP request.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "15s")]
+    pub request_timeout: String,
+    /// Approval tasks worked on at once.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 8)]
+    pub worker_concurrency: usize,
+    /// First retry delay; doubles per attempt with jitter.
+    #[arg(long, env = "RETRY_INITIAL", default_value = "1s")]
+    pub retry_initial: String,
+    /// Longest delay between retries after CircleCI errors.
+    #[arg(long, env = "RETRY_MAX", default_value = "60s")]
+    pub retry_max: String,
+    /// Longest delay between polls while the hold job is not on hold yet.
+    #[arg(long, env = "POLL_MAX", default_value = "5s")]
+    pub poll_max: String,
+    /// How long a claimed task stays reserved for this process before another may take it.
+    #[arg(long, env = "TASK_LEASE", default_value = "30s")]
+    pub task_lease: String,
+    /// Largest number of store connections (PostgreSQL: per replica).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+    /// Time limit for getting a store connection (and for connecting).
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT", default_value = "5s")]
+    pub database_connect_timeout: String,
+    /// Time limit for one SQL statement (PostgreSQL `statement_timeout`; SQLite busy wait).
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT", default_value = "5s")]
+    pub database_statement_timeout: String,
+    /// Bearer token for the audit API (`/v1/approvals`); unset: those routes answer 404.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// File holding the admin token instead.
+    #[arg(long, env = "ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Deliveries and finished tasks older than this many days are pruned (0 keeps all).
+    #[arg(long, env = "RETENTION_DAYS", default_value_t = 90)]
+    pub retention_days: u32,
+    /// What a signed deny or expire event does: ignore (record only) or cancel the workflow.
+    #[arg(long, env = "ON_DENY", value_enum, default_value_t = OnDeny::Ignore)]
+    pub on_deny: OnDeny,
+    /// Log format: json or text (default: text on a terminal, json otherwise).
+    #[arg(long, env = "LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+impl ServeArgs {
+    /// Validates the settings into a [`Config`], naming the variable in every error.
+    pub fn to_config(&self) -> Result<Config, ConfigError> {
+        let args = self;
+        let secrets = args.secrets.load()?;
+        let tolerance = parse_duration("WEBHOOK_TOLERANCE", &args.webhook_tolerance)?;
+        let token = read_secret(
+            "CIRCLECI_TOKEN",
+            args.circleci_token.as_deref(),
+            args.circleci_token_file.as_deref(),
+        )?;
+        if token.expose_secret().chars().any(char::is_whitespace) {
+            return Err(config_error(
+                "CIRCLECI_TOKEN",
+                "contains whitespace; check the value or file",
+            ));
+        }
+        let api_url = parse_api_url(&args.circleci_api_url, args.circleci_allow_insecure_http)?;
+        let hold_job_name = args.hold_job_name.trim().to_owned();
+        if hold_job_name.is_empty() {
+            return Err(config_error("HOLD_JOB_NAME", "must not be empty"));
+        }
+        let listen_addr = args.listen_addr.trim().parse().map_err(|_| {
+            config_error(
+                "LISTEN_ADDR",
+                format!("{:?} is not an address like 0.0.0.0:8080", args.listen_addr),
+            )
+        })?;
+        let allowed_projects = args.allowed_projects.as_deref().and_then(|raw| {
+            let list: Vec<String> = raw
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            (!list.is_empty()).then_some(list)
+        });
+        let database_url = match (&args.database_url, &args.database_url_file) {
+            (None, None) => SecretString::from(DEFAULT_DATABASE_URL),
+            (value, file) => read_secret("DATABASE_URL", value.as_deref(), file.as_deref())?,
+        };
+        if let Err(e) = Backend::for_url(database_url.expose_secret()) {
+            return Err(config_error("DATABASE_URL", e.to_string()));
+        }
+        positive("MAX_BODY_BYTES", args.max_body_bytes)?;
+        positive("MAX_CONCURRENT_REQUESTS", args.max_concurrent_requests)?;
+        positive("WORKER_CONCURRENCY", args.worker_concurrency)?;
+
+        Ok(Config {
+            http: HttpConfig {
+                listen_addr,
+                max_body_bytes: args.max_body_bytes,
+                max_concurrent_requests: args.max_concurrent_requests,
+                request_timeout: parse_duration("REQUEST_TIMEOUT", &args.request_timeout)?,
+            },
+            verifier: Verifier::new(secrets, tolerance),
+            circleci: CircleCiConfig {
+                api_url,
+                token,
+                timeout: parse_duration("CIRCLECI_TIMEOUT", &args.circleci_timeout)?,
+            },
+            worker: WorkerConfig {
+                hold_job_name,
+                allowed_projects,
+                approval_timeout: parse_duration("APPROVAL_TIMEOUT", &args.approval_timeout)?,
+                concurrency: args.worker_concurrency,
+                task_lease: parse_duration("TASK_LEASE", &args.task_lease)?,
+                retry: RetryPolicy {
+                    initial: parse_duration("RETRY_INITIAL", &args.retry_initial)?,
+                    max: parse_duration("RETRY_MAX", &args.retry_max)?,
+                    poll_max: parse_duration("POLL_MAX", &args.poll_max)?,
+                },
+            },
+            database_url,
+            store: StoreOptions {
+                max_connections: Some(args.database_max_connections)
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        config_error("DATABASE_MAX_CONNECTIONS", "must be at least 1")
+                    })?,
+                acquire_timeout: parse_duration(
+                    "DATABASE_CONNECT_TIMEOUT",
+                    &args.database_connect_timeout,
+                )?,
+                statement_timeout: parse_duration(
+                    "DATABASE_STATEMENT_TIMEOUT",
+                    &args.database_statement_timeout,
+                )?,
+                clock: Clock::system(),
+            },
+            admin_token: read_optional_admin_token(args)?,
+            retention: (args.retention_days > 0)
+                .then(|| Duration::from_secs(u64::from(args.retention_days) * 86_400)),
+            on_deny: args.on_deny,
+            log_format: LogFormat::resolve(args.log_format.as_deref())?,
+        })
+    }
+}
+
+impl SecretArgs {
+    /// The configured webhook secrets, each validated (at least one, each >= 24 bytes).
+    pub fn load(&self) -> Result<Vec<WebhookSecret>, ConfigError> {
+        const VAR: &str = "SYM_WEBHOOK_SECRET";
+        let raw = read_secret(
+            VAR,
+            self.sym_webhook_secret.as_deref(),
+            self.sym_webhook_secret_file.as_deref(),
+        )?;
+        let secrets = raw
+            .expose_secret()
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .enumerate()
+            .map(|(i, s)| {
+                WebhookSecret::parse(s)
+                    .map_err(|e| config_error(VAR, format!("secret #{} is refused: {e}", i + 1)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if secrets.is_empty() {
+            return Err(config_error(VAR, "is empty"));
+        }
+        Ok(secrets)
+    }
+}
+
+/// Shortest admin token accepted: it guards the audit trail.
+const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+fn read_optional_admin_token(args: &ServeArgs) -> Result<Option<SecretString>, ConfigError> {
+    if args.admin_token.as_deref().is_none_or(str::is_empty) && args.admin_token_file.is_none() {
+        return Ok(None);
+    }
+    let token = read_secret(
+        "ADMIN_TOKEN",
+        args.admin_token.as_deref(),
+        args.admin_token_file.as_deref(),
+    )?;
+    if token.expose_secret().len() < MIN_ADMIN_TOKEN_LEN {
+        return Err(config_error(
+            "ADMIN_TOKEN",
+            format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+        ));
+    }
+    Ok(Some(token))
+}
+
+pub async fn run(args: &ServeArgs) -> ExitCode {
+    let config = match args.to_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(config.log_format, "info", LogTarget::Stdout);
+    // Signals are handled from the start: a SIGTERM while still connecting to the store is
+    // a clean stop too.
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let built = tokio::select! {
+        built = Application::build(config) => built,
+        () = shutdown.cancelled() => {
+            tracing::info!("stopped before startup finished");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let app = match built {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "startup failed");
+            eprintln!("startup failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "service failed");
+            ExitCode::FAILURE
+        }
+    }
+}

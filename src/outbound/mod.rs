@@ -1,0 +1,4 @@
+//! What this service calls: CircleCI API v2, and the fake CircleCI that `demo` and the tests
+//! run against.
+pub mod circleci;
+pub mod fake_circleci;

@@ -1,0 +1,224 @@
+//! The `deliveries` table: every verified webhook delivery, and the task it creates.
+
+use sqlx::{Executor, Row};
+
+use super::{Store, StoreError};
+use crate::domain::ids::{DeliveryId, TaskId};
+use crate::domain::task::{DeliveryStatus, NewTask, TaskStatus};
+use crate::inbound::sym_event::SymEvent;
+
+/// What recording a delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// A new delivery with a task to work on.
+    Queued {
+        delivery_id: DeliveryId,
+        task_id: TaskId,
+    },
+    /// A new delivery that asks nothing of us (an event type we do not act on).
+    Ignored { delivery_id: DeliveryId },
+    /// Seen before (same Sym id or same webhook-id); `original_id` is the first delivery.
+    Duplicate { original_id: DeliveryId },
+}
+
+impl Recorded {
+    pub fn status(&self) -> DeliveryStatus {
+        match self {
+            Self::Queued { .. } => DeliveryStatus::Queued,
+            Self::Ignored { .. } => DeliveryStatus::Ignored,
+            Self::Duplicate { .. } => DeliveryStatus::Duplicate,
+        }
+    }
+
+    /// The delivery the caller is told about (the original, for a duplicate).
+    pub fn delivery_id(&self) -> DeliveryId {
+        match self {
+            Self::Queued { delivery_id, .. } | Self::Ignored { delivery_id } => *delivery_id,
+            Self::Duplicate { original_id } => *original_id,
+        }
+    }
+}
+
+impl Store {
+    /// Stores a verified delivery and, when it asks for work, its task: in one transaction,
+    /// so a 2xx is only ever sent for an event that is durably stored with its task.
+    pub async fn record_delivery(
+        &self,
+        webhook_id: &str,
+        event: &SymEvent,
+        received_at: i64,
+        task: Option<&NewTask>,
+    ) -> Result<Recorded, StoreError> {
+        self.bounded(self.record_delivery_now(webhook_id, event, received_at, task))
+            .await
+    }
+
+    async fn record_delivery_now(
+        &self,
+        webhook_id: &str,
+        event: &SymEvent,
+        received_at: i64,
+        task: Option<&NewTask>,
+    ) -> Result<Recorded, StoreError> {
+        let delivery_id = DeliveryId::new_random();
+        let status = if task.is_some() {
+            DeliveryStatus::Queued
+        } else {
+            DeliveryStatus::Ignored
+        };
+        let mut tx = self.pool.begin().await?;
+        // The insert comes first so SQLite takes its write lock at once (no lock upgrade).
+        let inserted = insert_delivery(
+            &mut *tx,
+            delivery_id,
+            webhook_id,
+            event,
+            received_at,
+            status,
+            None,
+        )
+        .await;
+        match inserted {
+            Ok(()) => {}
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await?;
+                return self.record_duplicate(webhook_id, event, received_at).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let Some(task) = task else {
+            tx.commit().await?;
+            return Ok(Recorded::Ignored { delivery_id });
+        };
+        let task_id = TaskId::new_random();
+        sqlx::query(
+            "INSERT INTO tasks (id, delivery_id, action, workflow_id, status, attempts, \
+             created_at, deadline_at, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $6)",
+        )
+        .bind(task_id.to_string())
+        .bind(delivery_id.to_string())
+        .bind(task.action.as_str())
+        .bind(task.workflow_id.to_string())
+        .bind(TaskStatus::Pending.as_str())
+        .bind(received_at)
+        .bind(task.deadline_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Recorded::Queued {
+            delivery_id,
+            task_id,
+        })
+    }
+
+    async fn record_duplicate(
+        &self,
+        webhook_id: &str,
+        event: &SymEvent,
+        received_at: i64,
+    ) -> Result<Recorded, StoreError> {
+        let original: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM deliveries WHERE outcome <> $3 \
+             AND (sym_event_id = $1 OR webhook_id = $2) ORDER BY received_at LIMIT 1",
+        )
+        .bind(&event.id)
+        .bind(webhook_id)
+        .bind(DeliveryStatus::Duplicate.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(original_id) = original else {
+            return Err(StoreError::Invalid(
+                "unique conflict without an original delivery".into(),
+            ));
+        };
+        let original_id = parse_id(&original_id)?;
+        insert_delivery(
+            &self.pool,
+            DeliveryId::new_random(),
+            webhook_id,
+            event,
+            received_at,
+            DeliveryStatus::Duplicate,
+            Some(original_id),
+        )
+        .await?;
+        Ok(Recorded::Duplicate { original_id })
+    }
+
+    /// How many deliveries ended up `status` (tests and the demo).
+    pub async fn delivery_count(&self, status: DeliveryStatus) -> Result<i64, StoreError> {
+        self.bounded(async {
+            Ok(
+                sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE outcome = $1")
+                    .bind(status.as_str())
+                    .fetch_one(&self.pool)
+                    .await?,
+            )
+        })
+        .await
+    }
+
+    /// The Sym event id and approver of a delivery, for log context.
+    pub async fn event_context(
+        &self,
+        delivery_id: DeliveryId,
+    ) -> Result<(String, Option<String>), StoreError> {
+        self.bounded(async {
+            let row = sqlx::query(
+                "SELECT sym_event_id, COALESCE(approver_username, approver_name) AS approver \
+                 FROM deliveries WHERE id = $1",
+            )
+            .bind(delivery_id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+            Ok((row.try_get("sym_event_id")?, row.try_get("approver")?))
+        })
+        .await
+    }
+}
+
+pub(super) fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::Invalid(format!("stored id {text:?} is not a UUID")))
+}
+
+async fn insert_delivery<'e, E>(
+    executor: E,
+    id: DeliveryId,
+    webhook_id: &str,
+    event: &SymEvent,
+    received_at: i64,
+    status: DeliveryStatus,
+    duplicate_of: Option<DeliveryId>,
+) -> Result<(), sqlx::Error>
+where
+    E: Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO deliveries (id, webhook_id, sym_event_id, event_type, workflow_id, \
+         workflow_url, merging_user, approver_username, approver_name, run_srn, received_at, \
+         outcome, duplicate_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(id.to_string())
+    .bind(webhook_id)
+    .bind(&event.id)
+    .bind(&event.event_type)
+    .bind(event.workflow_id.map(|w| w.to_string()))
+    .bind(event.workflow_url.as_deref())
+    .bind(event.merging_user.as_deref())
+    .bind(event.approver_username.as_deref())
+    .bind(event.approver_name.as_deref())
+    .bind(event.run_srn.as_deref())
+    .bind(received_at)
+    .bind(status.as_str())
+    .bind(duplicate_of.map(|d| d.to_string()))
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
+}

@@ -1,0 +1,493 @@
+//! The durable store: deliveries, the tasks they create, and every CircleCI attempt.
+//!
+//! This module holds the store type, connecting, migrations and the time limit every
+//! operation runs under; each table's queries live in their own file ([`deliveries`],
+//! [`tasks`], [`attempts`]), the audit trail's reads and retention in [`audit`], and the
+//! single-process lock of a SQLite file in [`sqlite_lock`]. The pool is private: no other
+//! module writes SQL.
+//!
+//! One [`Store`] type is the interface the rest of the service uses; the backend (embedded
+//! SQLite, or PostgreSQL for several replicas) is chosen by `DATABASE_URL`. Queries are written
+//! once, in the SQL both backends share (`$n` placeholders, unix-millisecond integers), through
+//! sqlx's `Any` driver. The few places where the dialects differ are spelled out per backend.
+//!
+//! Correctness lives in the database, not in process memory:
+//! - deduplication: partial unique indexes allow one original delivery per Sym id and per
+//!   `webhook-id`; a conflicting insert becomes a `duplicate` row pointing at the original;
+//! - a task is worked by one process at a time: claiming sets a lease, and every later write
+//!   is guarded by `lease_owner`, so a process that lost its lease cannot overwrite the result.
+//!   On PostgreSQL, claims are serialised by a transaction-level advisory lock (and the row by
+//!   `FOR UPDATE SKIP LOCKED`), so two replicas never take two tasks of one workflow at once.
+//!
+//! The database going away is an ordinary, bounded error: every operation has a client-side
+//! time limit (getting a connection + statement time), the pool drops dead connections and
+//! reconnects by itself, and [`Store::connect`] waits a bounded time for a database that is not
+//! up yet (a replica starting beside its PostgreSQL).
+
+mod attempts;
+pub mod audit;
+mod deliveries;
+mod sqlite_lock;
+mod tasks;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool, Connection as _, Executor};
+
+use crate::clock::{duration_ms, Clock};
+
+pub use attempts::AttemptId;
+pub use deliveries::Recorded;
+pub use sqlite_lock::ServingLock;
+pub use tasks::{ClaimedTask, JobInfo};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+
+    /// The backend a `DATABASE_URL` names, from its scheme (the one place that is checked).
+    pub fn for_url(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(StoreError::Invalid(
+                "DATABASE_URL must start with sqlite:// or postgres://".into(),
+            ))
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    // The cause is shown inline, not chained as a source too (it would print twice).
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+    /// The operation did not finish within the store's time limit (the database is gone or
+    /// hanging); nothing is known to have been written.
+    #[error("the store did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// At startup: the database stayed unreachable. `database` has no password.
+    #[error("the store at {database} did not become reachable within {waited:?}: {last_error}")]
+    Unreachable {
+        database: String,
+        waited: Duration,
+        last_error: Box<StoreError>,
+    },
+}
+
+impl StoreError {
+    /// Could waiting help? True for a database that is down, starting, restarting, out of
+    /// connections or unreachable over the network; false for a wrong password, a missing
+    /// database, a bad URL or a failed migration.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::TimedOut(_) => true,
+            Self::Database(e) | Self::Migrate(sqlx::migrate::MigrateError::Execute(e)) => {
+                is_transient_sqlx(e)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 53: insufficient resources (too many connections);
+            // 57P01-57P03: shutting down, crashed, starting up.
+            code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+        }),
+        _ => false,
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(e)
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite: the database file (for the one-serving-process lock).
+    sqlite_file: Option<std::path::PathBuf>,
+    /// Client-side bound on one operation, so a database that vanished mid-query (a network
+    /// cut, where no error ever arrives) costs a bounded wait, never a hang.
+    op_timeout: Duration,
+    /// Where leases, attempts and finish times take "now" from.
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    /// Time limit for getting a connection from the pool (and for connecting).
+    pub acquire_timeout: Duration,
+    /// Time limit for one statement: PostgreSQL `statement_timeout`, SQLite `busy_timeout`.
+    pub statement_timeout: Duration,
+    /// The time source (the system clock; tests pass a manual one).
+    pub clock: Clock,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+            clock: Clock::system(),
+        }
+    }
+}
+
+/// How many times `DATABASE_CONNECT_TIMEOUT` a starting process waits for its database.
+pub const STARTUP_PATIENCE_FACTOR: u32 = 12;
+
+impl Store {
+    /// Connects, creating the SQLite file and its folder if needed, and migrates.
+    ///
+    /// A database that is not reachable yet (PostgreSQL still starting, a DNS name not there
+    /// yet) is waited for, up to [`STARTUP_PATIENCE_FACTOR`] × `acquire_timeout` (60 s by
+    /// default), with a log line per try; then the error names the database, without its
+    /// password. Wrong credentials, a missing database or a failed migration fail at once.
+    pub async fn connect(url: &SecretString, options: &StoreOptions) -> Result<Self, StoreError> {
+        Ok(Self::connect_inner(url, options, false).await?.0)
+    }
+
+    /// [`Self::connect`] for the process that serves: on SQLite it first takes the file's
+    /// [`ServingLock`], so migrations and the release of leftover leases happen only in the one
+    /// process allowed to serve from the file.
+    pub async fn connect_serving(
+        url: &SecretString,
+        options: &StoreOptions,
+    ) -> Result<(Self, Option<ServingLock>), StoreError> {
+        Self::connect_inner(url, options, true).await
+    }
+
+    async fn connect_inner(
+        url: &SecretString,
+        options: &StoreOptions,
+        serving: bool,
+    ) -> Result<(Self, Option<ServingLock>), StoreError> {
+        sqlx::any::install_default_drivers();
+        let raw = url.expose_secret();
+        let backend = Backend::for_url(raw)?;
+        let (url, sqlite_file) = match backend {
+            Backend::Sqlite => {
+                let (url, path) = prepare_sqlite_url(raw)?;
+                (url, Some(path))
+            }
+            Backend::Postgres => (raw.to_owned(), None),
+        };
+        let lock = match (&sqlite_file, serving) {
+            (Some(path), true) => Some(ServingLock::take(path)?),
+            _ => None,
+        };
+        let shown = redact_url(raw);
+        let patience = options
+            .acquire_timeout
+            .saturating_mul(STARTUP_PATIENCE_FACTOR);
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let error = match Self::open(backend, &url, options, sqlite_file.clone()).await {
+                Ok(store) => {
+                    if attempt > 1 {
+                        tracing::info!(database = %shown, attempt, "the store is reachable");
+                    }
+                    return Ok((store, lock));
+                }
+                Err(e) => e,
+            };
+            let waited = started.elapsed();
+            if !error.is_transient() {
+                return Err(error);
+            }
+            if waited >= patience {
+                return Err(StoreError::Unreachable {
+                    database: shown,
+                    waited,
+                    last_error: Box::new(error),
+                });
+            }
+            let pause = Duration::from_millis(250u64 << attempt.min(5))
+                .min(Duration::from_secs(5))
+                .min(patience - waited);
+            tracing::warn!(
+                database = %shown,
+                attempt,
+                error = %error,
+                retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                gives_up_in_s = (patience - waited).as_secs(),
+                "the store is not reachable yet (DATABASE_URL); retrying"
+            );
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// One attempt: migrate, then open the pool.
+    async fn open(
+        backend: Backend,
+        url: &str,
+        options: &StoreOptions,
+        sqlite_file: Option<std::path::PathBuf>,
+    ) -> Result<Self, StoreError> {
+        let connect_timeout = options.acquire_timeout;
+        if backend == Backend::Postgres {
+            // Migrations run on a connection of their own, without the statement time limit
+            // (a long migration, or waiting for another replica's migration, is legitimate).
+            // sqlx's migrator holds a PostgreSQL advisory lock while it works, so replicas
+            // starting at once apply each migration once, one after the other.
+            let mut conn = tokio::time::timeout(connect_timeout, AnyConnection::connect(url))
+                .await
+                .map_err(|_| StoreError::TimedOut(connect_timeout))??;
+            let migrated = POSTGRES_MIGRATIONS.run_direct(&mut conn).await;
+            let _ = conn.close().await;
+            migrated?;
+        }
+
+        let statement_ms = duration_ms(options.statement_timeout);
+        let pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    match backend {
+                        // WAL lets readers run beside the writer; FULL makes each commit
+                        // durable before we answer 2xx; busy_timeout queues writers.
+                        Backend::Sqlite => {
+                            conn.execute(
+                                format!(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                     PRAGMA busy_timeout = {statement_ms}; PRAGMA foreign_keys = ON;"
+                                )
+                                .as_str(),
+                            )
+                            .await?;
+                        }
+                        Backend::Postgres => {
+                            conn.execute(format!("SET statement_timeout = {statement_ms}").as_str())
+                                .await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
+
+        if backend == Backend::Sqlite {
+            // One process owns a SQLite file: no lock needed.
+            if let Err(e) = SQLITE_MIGRATIONS.run(&pool).await {
+                pool.close().await;
+                return Err(e.into());
+            }
+        }
+        Ok(Self {
+            pool,
+            backend,
+            sqlite_file,
+            clock: options.clock.clone(),
+            op_timeout: options
+                .acquire_timeout
+                .saturating_add(options.statement_timeout.saturating_mul(2)),
+        })
+    }
+
+    /// Runs one store operation within [`Self::op_timeout`]: every query has this limit.
+    async fn bounded<T>(
+        &self,
+        operation: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.op_timeout, operation)
+            .await
+            .map_err(|_| StoreError::TimedOut(self.op_timeout))?
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The store's time source (shared with the worker).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// SQLite: the database file.
+    pub fn sqlite_file(&self) -> Option<&Path> {
+        self.sqlite_file.as_deref()
+    }
+
+    /// Is the database answering?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Creates the SQLite file's folder and asks sqlx to create the file (`mode=rwc`).
+fn prepare_sqlite_url(url: &str) -> Result<(String, std::path::PathBuf), StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path.contains(":memory:") || query.is_some_and(|q| q.contains("memory")) {
+        return Err(StoreError::Invalid(
+            "DATABASE_URL: an in-memory SQLite store would lose accepted events; give a file path"
+                .into(),
+        ));
+    }
+    if let Some(parent) = Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            StoreError::Invalid(format!(
+                "DATABASE_URL: cannot create folder {}: {e}",
+                parent.display()
+            ))
+        })?;
+    }
+    let url = match query {
+        Some(q) if q.contains("mode=") => format!("sqlite://{path}?{q}"),
+        Some(q) => format!("sqlite://{path}?{q}&mode=rwc"),
+        None => format!("sqlite://{path}?mode=rwc"),
+    };
+    Ok((url, std::path::PathBuf::from(path)))
+}
+
+/// `DATABASE_URL` fit for logs and errors: the password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
+                return "<DATABASE_URL with a password>".to_owned();
+            }
+            // Query parameters may carry a password too (`?password=…`).
+            if parsed
+                .query_pairs()
+                .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+            {
+                let kept: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        if k.eq_ignore_ascii_case("password") {
+                            (k.into_owned(), "***".to_owned())
+                        } else {
+                            (k.into_owned(), v.into_owned())
+                        }
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(kept);
+            }
+            parsed.to_string()
+        }
+        Err(_) => "<DATABASE_URL (not a valid URL)>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn redacted_urls_never_show_a_password() {
+        assert_eq!(
+            redact_url("postgres://approver:s3cret@db.internal:5432/approver?sslmode=require"),
+            "postgres://approver:***@db.internal:5432/approver?sslmode=require"
+        );
+        let query = redact_url("postgres://db/approver?user=a&password=s3cret");
+        assert!(!query.contains("s3cret"), "{query}");
+        assert!(query.contains("password=***"), "{query}");
+        assert_eq!(
+            redact_url("postgres://approver@db/approver"),
+            "postgres://approver@db/approver"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/approver.db"),
+            "sqlite://data/approver.db"
+        );
+        assert!(!redact_url("postgres://a:s3cret@[bad").contains("s3cret"));
+    }
+
+    #[test]
+    fn only_outages_are_worth_waiting_for() {
+        let refused = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(StoreError::from(refused).is_transient());
+        assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(StoreError::TimedOut(Duration::from_secs(1)).is_transient());
+        assert!(!StoreError::Invalid("bad".into()).is_transient());
+        assert!(!StoreError::from(sqlx::Error::Configuration("bad url".into())).is_transient());
+    }
+
+    #[test]
+    fn the_backend_comes_from_the_url_scheme() {
+        assert_eq!(
+            Backend::for_url("sqlite://data/a.db").unwrap(),
+            Backend::Sqlite
+        );
+        assert_eq!(Backend::for_url("sqlite:a.db").unwrap(), Backend::Sqlite);
+        assert_eq!(
+            Backend::for_url("postgres://db/a").unwrap(),
+            Backend::Postgres
+        );
+        assert_eq!(
+            Backend::for_url("postgresql://db/a").unwrap(),
+            Backend::Postgres
+        );
+        assert!(Backend::for_url("mysql://db/a").is_err());
+    }
+}

@@ -1,0 +1,333 @@
+//! The `tasks` table: claiming due tasks under a lease, and each step's result.
+//!
+//! A task is worked by one process at a time: claiming sets a lease, and every later write is
+//! guarded by the claim's [`LeaseToken`], so a process that lost its lease cannot overwrite
+//! the result. On PostgreSQL, claims are serialised by a transaction-level advisory lock (and
+//! the row by `FOR UPDATE SKIP LOCKED`), so two replicas never take two tasks of one workflow
+//! at once.
+
+use std::time::Duration;
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::deliveries::parse_id;
+use super::{Backend, Store, StoreError};
+use crate::clock::duration_ms;
+use crate::domain::ids::{DeliveryId, LeaseToken, TaskId, WorkflowId};
+use crate::domain::retry::RetryKind;
+use crate::domain::task::{Outcome, TaskAction, TaskState, TaskStatus};
+
+/// Key of the PostgreSQL advisory lock that serialises task claims across replicas.
+const CLAIM_LOCK_KEY: i64 = 0x5379_6d43_6c61_696d; // "SymClaim"
+
+/// A claimed task, as the worker needs it.
+#[derive(Debug, Clone)]
+pub struct ClaimedTask {
+    pub id: TaskId,
+    pub delivery_id: DeliveryId,
+    pub action: TaskAction,
+    pub workflow_id: WorkflowId,
+    /// Steps already taken.
+    pub attempts: i64,
+    /// Of those, steps that ended in an error (the rest were polls).
+    pub errors: i64,
+    pub created_at: i64,
+    pub deadline_at: i64,
+}
+
+/// The hold job a task found, kept for the audit trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobInfo {
+    pub job_id: Option<String>,
+    pub job_number: Option<i64>,
+    pub project_slug: Option<String>,
+}
+
+const PENDING: &str = "pending";
+
+impl Store {
+    /// Single-replica backends only: forget leases left by a process that died, so its tasks
+    /// resume at once instead of after the lease runs out.
+    pub async fn release_stale_leases(&self) -> Result<u64, StoreError> {
+        self.bounded(async {
+            let done = sqlx::query(
+                "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE status = $1 AND lease_owner IS NOT NULL",
+            )
+            .bind(PENDING)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected())
+        })
+        .await
+    }
+
+    /// Claims the most overdue task that no live lease holds, for `lease_for` from now.
+    /// Tasks of a workflow another task is being worked on for wait their turn.
+    pub async fn claim_next_task(
+        &self,
+        lease: &LeaseToken,
+        lease_for: Duration,
+    ) -> Result<Option<ClaimedTask>, StoreError> {
+        self.bounded(self.claim_now(lease, lease_for)).await
+    }
+
+    async fn claim_now(
+        &self,
+        lease: &LeaseToken,
+        lease_for: Duration,
+    ) -> Result<Option<ClaimedTask>, StoreError> {
+        let now = self.clock.now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE tasks SET lease_owner = $1, lease_expires_at = $2 \
+             WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
+             AND id = (SELECT t.id FROM tasks t \
+                WHERE t.status = 'pending' AND t.next_attempt_at <= $3 \
+                AND (t.lease_expires_at IS NULL OR t.lease_expires_at < $3) \
+                AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.workflow_id = t.workflow_id \
+                    AND o.id <> t.id AND o.status = 'pending' AND o.lease_expires_at >= $3) \
+                ORDER BY t.next_attempt_at, t.created_at LIMIT 1 {lock}) \
+             RETURNING id, delivery_id, action, workflow_id, attempts, errors, created_at, \
+             deadline_at"
+        );
+        let claim = sqlx::query(&sql)
+            .bind(lease.as_str())
+            .bind(now.saturating_add(duration_ms(lease_for)))
+            .bind(now);
+        let row = match self.backend {
+            // SQLite runs one write at a time: the statement alone is atomic.
+            Backend::Sqlite => claim.fetch_optional(&self.pool).await?,
+            // Under READ COMMITTED two replicas could each see "no other task of this
+            // workflow is leased" and claim two at once; a transaction-level advisory lock
+            // makes claims take turns (a few milliseconds each), and the statement after the
+            // lock sees every claim committed before it.
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS claim_lock")
+                    .bind(CLAIM_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                let row = claim.fetch_optional(&mut *tx).await?;
+                tx.commit().await?;
+                row
+            }
+        };
+        row.map(|row| claimed_from_row(&row)).transpose()
+    }
+
+    /// When the next pending task becomes due (or its lease runs out), if any.
+    pub async fn next_due_at(&self) -> Result<Option<i64>, StoreError> {
+        self.bounded(async {
+            let due: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL \
+                 AND lease_expires_at > next_attempt_at \
+                 THEN lease_expires_at ELSE next_attempt_at END) \
+                 FROM tasks WHERE status = $1",
+            )
+            .bind(PENDING)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(due)
+        })
+        .await
+    }
+
+    /// Ends this step and schedules the next one at `next_attempt_at`; false when the lease
+    /// was lost (nothing was written).
+    pub async fn reschedule(
+        &self,
+        task: TaskId,
+        lease: &LeaseToken,
+        next_attempt_at: i64,
+        kind: RetryKind,
+        detail: &str,
+        job: &JobInfo,
+    ) -> Result<bool, StoreError> {
+        let error_step = i64::from(kind == RetryKind::Error);
+        self.bounded(async {
+            let done = sqlx::query(
+                "UPDATE tasks SET attempts = attempts + 1, errors = errors + $8, \
+                 next_attempt_at = $3, detail = $4, \
+                 job_id = COALESCE($5, job_id), job_number = COALESCE($6, job_number), \
+                 project_slug = COALESCE($7, project_slug), \
+                 lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+            )
+            .bind(task.to_string())
+            .bind(lease.as_str())
+            .bind(next_attempt_at)
+            .bind(detail)
+            .bind(job.job_id.as_deref())
+            .bind(job.job_number)
+            .bind(job.project_slug.as_deref())
+            .bind(error_step)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    /// Records a task's final outcome; false when the lease was lost (nothing was written).
+    pub async fn finish(
+        &self,
+        task: TaskId,
+        lease: &LeaseToken,
+        status: TaskStatus,
+        outcome: Outcome,
+        detail: &str,
+        job: &JobInfo,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        self.bounded(async {
+            let done = sqlx::query(
+                "UPDATE tasks SET status = $3, outcome = $4, detail = $5, attempts = attempts + 1, \
+                 job_id = COALESCE($6, job_id), job_number = COALESCE($7, job_number), \
+                 project_slug = COALESCE($8, project_slug), finished_at = $9, \
+                 lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+            )
+            .bind(task.to_string())
+            .bind(lease.as_str())
+            .bind(status.as_str())
+            .bind(outcome.as_str())
+            .bind(detail)
+            .bind(job.job_id.as_deref())
+            .bind(job.job_number)
+            .bind(job.project_slug.as_deref())
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    /// Extends a lease this claim still holds (and that has not run out) to `lease_for` from
+    /// now; false when it was lost. Called right before an approve or cancel, so such a call
+    /// is only ever made under a live lease.
+    pub async fn renew_lease(
+        &self,
+        task: TaskId,
+        lease: &LeaseToken,
+        lease_for: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        self.bounded(async {
+            let done = sqlx::query(
+                "UPDATE tasks SET lease_expires_at = $3 \
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
+                 AND lease_expires_at > $4",
+            )
+            .bind(task.to_string())
+            .bind(lease.as_str())
+            .bind(now.saturating_add(duration_ms(lease_for)))
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    /// Gives a lease back without counting a step (shutdown mid-step).
+    pub async fn release_lease(&self, task: TaskId, lease: &LeaseToken) -> Result<(), StoreError> {
+        self.bounded(async {
+            sqlx::query(
+                "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(task.to_string())
+            .bind(lease.as_str())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// One task's state.
+    pub async fn task_state(&self, task: TaskId) -> Result<Option<TaskState>, StoreError> {
+        self.bounded(async {
+            let row =
+                sqlx::query("SELECT status, outcome, detail, attempts FROM tasks WHERE id = $1")
+                    .bind(task.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+            row.map(|row| {
+                let status: String = row.try_get("status")?;
+                let outcome: Option<String> = row.try_get("outcome")?;
+                Ok(TaskState {
+                    status: parse_status(&status)?,
+                    outcome: outcome.as_deref().map(parse_outcome).transpose()?,
+                    detail: row.try_get("detail")?,
+                    attempts: row.try_get("attempts")?,
+                })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    /// The task created for a delivery, if any.
+    pub async fn task_for_delivery(
+        &self,
+        delivery: DeliveryId,
+    ) -> Result<Option<TaskId>, StoreError> {
+        self.bounded(async {
+            let id: Option<String> =
+                sqlx::query_scalar("SELECT id FROM tasks WHERE delivery_id = $1")
+                    .bind(delivery.to_string())
+                    .fetch_optional(&self.pool)
+                    .await?;
+            id.as_deref().map(parse_id).transpose()
+        })
+        .await
+    }
+
+    /// Pending tasks and the creation time of the oldest, for metrics.
+    pub async fn pending_summary(&self) -> Result<(i64, Option<i64>), StoreError> {
+        self.bounded(async {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM tasks WHERE status = $1",
+            )
+            .bind(PENDING)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok((row.try_get("n")?, row.try_get("oldest")?))
+        })
+        .await
+    }
+}
+
+pub(super) fn parse_status(text: &str) -> Result<TaskStatus, StoreError> {
+    TaskStatus::parse(text)
+        .ok_or_else(|| StoreError::Invalid(format!("unknown task status {text:?}")))
+}
+
+pub(super) fn parse_outcome(text: &str) -> Result<Outcome, StoreError> {
+    Outcome::parse(text).ok_or_else(|| StoreError::Invalid(format!("unknown outcome {text:?}")))
+}
+
+fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTask, StoreError> {
+    let id: String = row.try_get("id")?;
+    let delivery_id: String = row.try_get("delivery_id")?;
+    let workflow_id: String = row.try_get("workflow_id")?;
+    let action: String = row.try_get("action")?;
+    Ok(ClaimedTask {
+        id: parse_id(&id)?,
+        delivery_id: parse_id(&delivery_id)?,
+        action: TaskAction::parse(&action)
+            .ok_or_else(|| StoreError::Invalid(format!("unknown task action {action:?}")))?,
+        workflow_id: parse_id(&workflow_id)?,
+        attempts: row.try_get("attempts")?,
+        errors: row.try_get("errors")?,
+        created_at: row.try_get("created_at")?,
+        deadline_at: row.try_get("deadline_at")?,
+    })
+}

@@ -1,0 +1,196 @@
+//! The approval worker: takes due tasks from the store and moves each one step forward.
+//!
+//! A step always starts by reading the workflow's jobs, then acts on what it finds (the
+//! decisions are pure functions in [`crate::domain::decide`]; this module does the I/O around
+//! them). Because every step re-reads first, an approve whose outcome was unknown (timeout,
+//! dropped connection, a 5xx) is never blindly repeated: the next step sees it approved and
+//! stops. Between steps the task lives only in the store, so a crash or deploy loses nothing;
+//! a restarted process (or another replica, once the lease runs out) takes the next step.
+
+mod step;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::config::WorkerConfig;
+use crate::domain::ids::{LeaseToken, TaskId};
+use crate::metrics::Metrics;
+use crate::outbound::circleci::CircleCiClient;
+use crate::store::{ClaimedTask, Store, StoreError};
+
+/// Longest idle wait between looks at the store (covers tasks made by other replicas).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How long in-flight steps may run on after shutdown is requested: well inside the usual
+/// 10 s stop grace period of `docker stop`, so the process still exits 0 on its own.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Most steps [`ApprovalWorker::run_due`] takes in one call (a guard, not a limit in use).
+const MAX_STEPS_PER_RUN: usize = 10_000;
+
+/// One claim of a task: its lease token (every write of the step is guarded by it) and when
+/// it was taken (the step must end well before the lease runs out).
+struct Lease {
+    token: LeaseToken,
+    claimed: tokio::time::Instant,
+}
+
+pub struct ApprovalWorker {
+    store: Store,
+    circleci: CircleCiClient,
+    config: WorkerConfig,
+    metrics: Metrics,
+    clock: Clock,
+    /// Identifies this process's leases.
+    owner: String,
+    /// Signalled when a new task is stored, so it is picked up at once.
+    wake: Arc<Notify>,
+    /// Steps in flight, so their leases can be given back if shutdown cuts them off.
+    in_flight: std::sync::Mutex<HashMap<TaskId, LeaseToken>>,
+}
+
+impl ApprovalWorker {
+    pub fn new(
+        store: Store,
+        circleci: CircleCiClient,
+        config: WorkerConfig,
+        metrics: Metrics,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            clock: store.clock().clone(),
+            store,
+            circleci,
+            config,
+            metrics,
+            owner: format!("worker-{}", Uuid::new_v4()),
+            wake,
+            in_flight: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Runs until `shutdown`; pending tasks stay in the store for the next start.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tracing::info!(owner = %self.owner, "approval worker started");
+        let mut running = JoinSet::new();
+        loop {
+            let mut store_ok = true;
+            let mut claimed_all_due = false;
+            while running.len() < self.config.concurrency && !shutdown.is_cancelled() {
+                match self.claim().await {
+                    Ok(Some((task, lease))) => {
+                        self.track(task.id, Some(&lease.token));
+                        let worker = Arc::clone(&self);
+                        running.spawn(async move {
+                            worker.work(&task, &lease).await;
+                            worker.track(task.id, None);
+                        });
+                    }
+                    Ok(None) => {
+                        claimed_all_due = true;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store unavailable; worker will retry");
+                        store_ok = false;
+                        break;
+                    }
+                }
+            }
+            // Slots full: a finishing step wakes us. Nothing claimable: sleep until the next
+            // task is due (tasks due but not claimable, e.g. waiting behind another task of
+            // their workflow, are looked at again after IDLE_POLL, not in a busy loop).
+            let wait = if store_ok && claimed_all_due {
+                self.idle_wait().await
+            } else {
+                IDLE_POLL
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            running.abort_all();
+            let cut_off = self.in_flight_leases();
+            for (task, lease) in &cut_off {
+                // Best effort: another replica (or the next start) may take it at once.
+                let _ = self.store.release_lease(*task, lease).await;
+            }
+            tracing::warn!(
+                tasks = cut_off.len(),
+                "worker stopped with steps in flight; their tasks stay pending"
+            );
+        }
+        tracing::info!("approval worker stopped");
+    }
+
+    /// Claims every task that is due now and takes one step of each, one after the other;
+    /// returns how many steps were taken. For driving the worker step by step (tests, with a
+    /// manual clock) instead of running it in the background.
+    pub async fn run_due(&self) -> Result<usize, StoreError> {
+        let mut steps = 0;
+        while steps < MAX_STEPS_PER_RUN {
+            let Some((task, lease)) = self.claim().await? else {
+                break;
+            };
+            self.work(&task, &lease).await;
+            steps += 1;
+        }
+        Ok(steps)
+    }
+
+    /// Each claim has its own lease token: writes of a step whose lease ran out (even in this
+    /// same process) are refused, and so is its approve.
+    async fn claim(&self) -> Result<Option<(ClaimedTask, Lease)>, StoreError> {
+        let lease = Lease {
+            token: LeaseToken::new(&self.owner),
+            claimed: tokio::time::Instant::now(),
+        };
+        Ok(self
+            .store
+            .claim_next_task(&lease.token, self.config.task_lease)
+            .await?
+            .map(|task| (task, lease)))
+    }
+
+    fn track(&self, task: TaskId, lease: Option<&LeaseToken>) {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        match lease {
+            Some(token) => map.insert(task, token.clone()),
+            None => map.remove(&task),
+        };
+    }
+
+    fn in_flight_leases(&self) -> Vec<(TaskId, LeaseToken)> {
+        let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(t, l)| (*t, l.clone())).collect()
+    }
+
+    /// Until the next task is due, at most [`IDLE_POLL`].
+    async fn idle_wait(&self) -> Duration {
+        match self.store.next_due_at().await {
+            Ok(Some(due)) => {
+                let ms = due.saturating_sub(self.clock.now_ms());
+                if ms <= 0 {
+                    // Due yet not claimable just now: look again after IDLE_POLL.
+                    IDLE_POLL
+                } else {
+                    Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(IDLE_POLL)
+                }
+            }
+            _ => IDLE_POLL,
+        }
+    }
+}

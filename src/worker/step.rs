@@ -1,0 +1,387 @@
+//! One step of one task: read the workflow, decide, maybe call CircleCI, store the result.
+
+use std::time::Duration;
+
+use tracing::Instrument as _;
+
+use super::{ApprovalWorker, Lease};
+use crate::domain::decide::{self, Facts, Next, StepEnd};
+use crate::domain::settle::{self, Progress, Settlement};
+use crate::domain::task::{Outcome, TaskStatus};
+use crate::outbound::circleci::{CallRecord, CircleError, HoldJobState, Operation, WorkflowView};
+use crate::store::{AttemptId, ClaimedTask, JobInfo, StoreError};
+
+/// How long a step's result is retried while the store is away.
+const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The CircleCI calls of one step, and how many of them are already in the audit trail.
+#[derive(Default)]
+struct Trail {
+    calls: Vec<CallRecord>,
+    saved: usize,
+}
+
+impl Trail {
+    fn unsaved(&self) -> &[CallRecord] {
+        self.calls.get(self.saved..).unwrap_or_default()
+    }
+
+    fn mark_all_saved(&mut self) {
+        self.saved = self.calls.len();
+    }
+}
+
+/// Why a step stopped without a result to store.
+enum Interrupted {
+    /// The lease ran out before a call that changes something; nothing was done.
+    LeaseLost,
+}
+
+impl ApprovalWorker {
+    /// One step of one task, with its outcome stored.
+    pub(super) async fn work(&self, task: &ClaimedTask, lease: &Lease) {
+        // The whole step stays inside the lease (measured from the claim, with a margin), so
+        // no other replica can take the task while this one still works on it.
+        let step_deadline = lease.claimed + self.config.task_lease.mul_f64(0.8);
+        let (sym_event_id, approver) = match tokio::time::timeout_at(
+            step_deadline,
+            self.store.event_context(task.delivery_id),
+        )
+        .await
+        {
+            Ok(Ok((id, approver))) => (id, approver.unwrap_or_default()),
+            _ => (String::new(), String::new()),
+        };
+        // Every log line of the step (each CircleCI call included) carries these.
+        let span = tracing::info_span!(
+            "task",
+            task_id = %task.id,
+            delivery_id = %task.delivery_id,
+            sym_event_id = %sym_event_id,
+            workflow_id = %task.workflow_id,
+            approver = %approver,
+            action = task.action.as_str(),
+            attempt = task.attempts + 1,
+        );
+        async {
+            let mut trail = Trail::default();
+            let mut job = JobInfo::default();
+            let end = match tokio::time::timeout_at(
+                step_deadline,
+                self.step(task, lease, &mut trail, &mut job),
+            )
+            .await
+            {
+                Ok(Ok(end)) => end,
+                Ok(Err(Interrupted::LeaseLost)) => {
+                    self.count_calls(&trail);
+                    tracing::warn!("the task's lease ran out mid-step; its next step is another's");
+                    return;
+                }
+                Err(_) => StepEnd::retry_error(
+                    "step timed out; the job will be re-read before any approve",
+                ),
+            };
+            let progress = Progress {
+                errors: task.errors,
+                polls: task.attempts - task.errors,
+                created_at: task.created_at,
+                deadline_at: task.deadline_at,
+            };
+            let jitter = rand::random_range(0.8..=1.2);
+            let mut settlement = settle::settle(
+                end,
+                &progress,
+                self.clock.now_ms(),
+                &self.config.retry,
+                jitter,
+            );
+            if let Settlement::LastLook { detail } = &settlement {
+                let look = self.last_look(task, &mut trail, &mut job).await;
+                settlement = settle::after_last_look(look, &progress, detail);
+            }
+            self.count_calls(&trail);
+            self.persist(task, lease, &mut trail, &settlement, &job)
+                .await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    fn count_calls(&self, trail: &Trail) {
+        for call in &trail.calls {
+            self.metrics.circleci_call(call);
+        }
+    }
+
+    /// Reads the workflow and gathers what the decision needs.
+    async fn read(
+        &self,
+        task: &ClaimedTask,
+        trail: &mut Trail,
+        job: &mut JobInfo,
+    ) -> Result<WorkflowView, StepEnd> {
+        let view = self
+            .circleci
+            .workflow_view(
+                task.workflow_id,
+                &self.config.hold_job_name,
+                &mut trail.calls,
+            )
+            .await
+            .map_err(|e| self.failed_call(&e, "listing the workflow's jobs"))?;
+        if let Some(hold) = &view.hold {
+            *job = JobInfo {
+                job_id: hold.job_id.clone(),
+                job_number: hold.job_number,
+                project_slug: hold.project_slug.clone(),
+            };
+        }
+        Ok(view)
+    }
+
+    /// The pure decision on a fresh read, with the one store lookup it may need.
+    async fn decide(&self, task: &ClaimedTask, view: &WorkflowView) -> Result<Next, StepEnd> {
+        let approved = view
+            .hold
+            .as_ref()
+            .is_some_and(|h| h.state == HoldJobState::Approved);
+        let our_approve_may_have_landed = if approved {
+            self.store
+                .approve_may_have_landed(task.id)
+                .await
+                .map_err(|e| {
+                    StepEnd::retry_error(format!("cannot read this task's attempts: {e}"))
+                })?
+        } else {
+            false
+        };
+        Ok(decide::next_step(&Facts {
+            action: task.action,
+            hold_job_name: &self.config.hold_job_name,
+            view,
+            allowed_projects: self.config.allowed_projects.as_deref(),
+            our_approve_may_have_landed,
+        }))
+    }
+
+    async fn step(
+        &self,
+        task: &ClaimedTask,
+        lease: &Lease,
+        trail: &mut Trail,
+        job: &mut JobInfo,
+    ) -> Result<StepEnd, Interrupted> {
+        let view = match self.read(task, trail, job).await {
+            Ok(view) => view,
+            Err(end) => return Ok(end),
+        };
+        let next = match self.decide(task, &view).await {
+            Ok(next) => next,
+            Err(end) => return Ok(end),
+        };
+        let (operation, endpoint) = match &next {
+            Next::End(end) => return Ok(end.clone()),
+            Next::Approve(id) => (
+                Operation::Approve,
+                format!("/workflow/{}/approve/{id}", task.workflow_id),
+            ),
+            Next::Cancel => (
+                Operation::Cancel,
+                format!("/workflow/{}/cancel", task.workflow_id),
+            ),
+        };
+        let attempt = match self
+            .prepare_call(task, lease, trail, operation, &endpoint)
+            .await
+        {
+            Ok(attempt) => attempt,
+            Err(Ok(end)) => return Ok(end),
+            Err(Err(interrupted)) => return Err(interrupted),
+        };
+        let result = match &next {
+            Next::Approve(id) => {
+                self.circleci
+                    .approve_job(task.workflow_id, *id, &mut trail.calls)
+                    .await
+            }
+            _ => {
+                self.circleci
+                    .cancel_workflow(task.workflow_id, &mut trail.calls)
+                    .await
+            }
+        };
+        self.complete_call(attempt, trail).await;
+        if let Err(e) = &result {
+            let _ = self.failed_call(e, operation.as_str());
+        }
+        Ok(decide::after_call(
+            &next,
+            &self.config.hold_job_name,
+            &result,
+        ))
+    }
+
+    /// Before a call that changes something at CircleCI: renew the lease (or stop, if another
+    /// process may have the task now) and note the call durably, so that even if this process
+    /// dies before the answer is stored, the audit trail shows the call may have landed.
+    async fn prepare_call(
+        &self,
+        task: &ClaimedTask,
+        lease: &Lease,
+        trail: &mut Trail,
+        operation: Operation,
+        endpoint: &str,
+    ) -> Result<AttemptId, Result<StepEnd, Interrupted>> {
+        let store_error = |e: StoreError| {
+            Ok(StepEnd::retry_error(format!(
+                "the store is unavailable before calling CircleCI: {e}"
+            )))
+        };
+        match self
+            .store
+            .renew_lease(task.id, &lease.token, self.config.task_lease)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return Err(Err(Interrupted::LeaseLost)),
+            Err(e) => return Err(store_error(e)),
+        }
+        // The reads of this step first, so the audit trail stays in the order things happened.
+        self.store
+            .record_attempts(task.id, trail.unsaved())
+            .await
+            .map_err(store_error)?;
+        trail.mark_all_saved();
+        self.store
+            .begin_attempt(task.id, operation, "POST", endpoint)
+            .await
+            .map_err(store_error)
+    }
+
+    /// Stores the answer of the call noted by `prepare_call` (the last one in the trail).
+    async fn complete_call(&self, attempt: AttemptId, trail: &mut Trail) {
+        let Some(call) = trail.calls.last() else {
+            return;
+        };
+        match self.store.complete_attempt(attempt, call).await {
+            Ok(()) => trail.mark_all_saved(),
+            // Left unsaved, it is stored with the step's other calls instead.
+            Err(e) => tracing::warn!(error = %e, "could not store the CircleCI answer yet"),
+        }
+    }
+
+    /// The deadline passed while an approve's outcome was unknown: one more read, and the
+    /// decision on it, without calling anything.
+    async fn last_look(&self, task: &ClaimedTask, trail: &mut Trail, job: &mut JobInfo) -> StepEnd {
+        let view = match self.read(task, trail, job).await {
+            Ok(view) => view,
+            Err(end) => return end,
+        };
+        match self.decide(task, &view).await {
+            Ok(Next::End(end)) => end,
+            Ok(_) => StepEnd::retry_error("the hold job is still on hold"),
+            Err(end) => end,
+        }
+    }
+
+    /// The step's end for a failed CircleCI exchange; a refused token is logged loudly.
+    fn failed_call(&self, e: &CircleError, doing: &str) -> StepEnd {
+        if let CircleError::Unauthorized(status) = e {
+            tracing::error!(
+                status,
+                "CircleCI refused the API token while {doing}: check CIRCLECI_TOKEN (API v2 \
+                 needs a personal API token with access to the project); the task is given up"
+            );
+        }
+        StepEnd::from_error(e, doing)
+    }
+
+    /// Stores the step's CircleCI calls and result. A store that is away (a restart, a
+    /// failover) is retried for up to [`PERSIST_PATIENCE`], so an approve that landed during
+    /// the outage is still recorded as this task's; after that the lease runs out and the step
+    /// is taken again: steps re-read first, so this can cost a call but never a second approve.
+    async fn persist(
+        &self,
+        task: &ClaimedTask,
+        lease: &Lease,
+        trail: &mut Trail,
+        settlement: &Settlement,
+        job: &JobInfo,
+    ) {
+        let give_up = tokio::time::Instant::now() + PERSIST_PATIENCE;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let result = async {
+                self.store.record_attempts(task.id, trail.unsaved()).await?;
+                trail.mark_all_saved();
+                self.store_settlement(task, lease, settlement, job).await
+            }
+            .await;
+            match result {
+                Ok(()) => return,
+                Err(e) if tokio::time::Instant::now() + pause < give_up => {
+                    tracing::warn!(error = %e, "could not store the step result; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not store the step result; it will be retried");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn store_settlement(
+        &self,
+        task: &ClaimedTask,
+        lease: &Lease,
+        settlement: &Settlement,
+        job: &JobInfo,
+    ) -> Result<(), StoreError> {
+        match settlement {
+            Settlement::Reschedule { at, kind, detail } => {
+                let kept = self
+                    .store
+                    .reschedule(task.id, &lease.token, *at, *kind, detail, job)
+                    .await?;
+                tracing::info!(
+                    retry_in_ms = at - self.clock.now_ms(),
+                    reason = %detail,
+                    lease_kept = kept,
+                    "task will be retried"
+                );
+            }
+            Settlement::Finish {
+                status,
+                outcome,
+                detail,
+            } => {
+                let kept = self
+                    .store
+                    .finish(task.id, &lease.token, *status, *outcome, detail, job)
+                    .await?;
+                let seconds = (self.clock.now_ms() - task.created_at) as f64 / 1000.0;
+                // Only a finish that took effect counts: a lost lease means another process
+                // settles (or settled) this task.
+                if kept {
+                    self.metrics.task_finished(task.action, *outcome, seconds);
+                }
+                log_finish(*status, *outcome, detail, seconds, kept);
+            }
+            // Resolved into a finish before storing; nothing to write for it.
+            Settlement::LastLook { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+fn log_finish(status: TaskStatus, outcome: Outcome, detail: &str, seconds: f64, kept: bool) {
+    let outcome = outcome.as_str();
+    if status == TaskStatus::Succeeded {
+        tracing::info!(outcome, detail = %detail, total_seconds = seconds, lease_kept = kept, "task succeeded");
+    } else {
+        tracing::error!(outcome, detail = %detail, total_seconds = seconds, lease_kept = kept, "task failed");
+    }
+}
