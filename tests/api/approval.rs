@@ -11,71 +11,91 @@ use crate::helpers::*;
 const WAIT: Duration = Duration::from_secs(45);
 
 #[tokio::test]
-async fn a_hold_job_that_goes_on_hold_seconds_after_the_event_is_approved_once_it_is() {
-    let app = spawn_app().await;
-    let workflow = app.workflow("on_hold");
-    app.fake.hold_after(workflow, HOLD, Duration::from_secs(3));
-
+async fn a_hold_job_that_goes_on_hold_after_the_event_is_approved_once_it_is() {
+    let app = spawn_stepped_app(&[]).await;
+    let workflow = app.workflow("blocked");
     let delivery = app.approve(workflow).await;
-    let task = app.finished_task(&delivery, WAIT).await;
 
+    assert_eq!(app.step().await, 1);
+    let polled = app.task_of(&delivery).await;
+    assert_eq!(polled.status.as_str(), "pending", "{polled:?}");
+    assert!(
+        app.fake.calls_of("approve").is_empty(),
+        "no approve while blocked"
+    );
+
+    app.fake.set_job_status(workflow, HOLD, "on_hold");
+    app.advance(Duration::from_secs(2));
+    assert_eq!(app.step().await, 1);
+
+    let task = app.task_of(&delivery).await;
     assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
-    assert!(task.attempts >= 2, "polled while blocked: {task:?}");
+    assert_eq!(task.attempts, 2);
     let approves = app.fake.calls_of("approve");
-    assert_eq!(approves.len(), 1, "no approve while the job was blocked");
+    assert_eq!(approves.len(), 1);
     assert_eq!(approves[0].status, 202);
 }
 
 #[tokio::test]
 async fn server_errors_are_retried_with_backoff_until_circleci_recovers() {
-    let app = spawn_app().await;
+    let app = spawn_stepped_app(&[]).await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(Fault::status(503).on("list_jobs"));
     app.fake.push_fault(Fault::status(502).on("list_jobs"));
-
     let delivery = app.approve(workflow).await;
-    let task = app.finished_task(&delivery, WAIT).await;
 
+    assert_eq!(app.step().await, 1, "the 503");
+    // The first retry is about 1 s later (±20 % jitter), the second about 2 s after that.
+    app.advance(Duration::from_millis(700));
+    assert_eq!(app.step().await, 0, "not due before 0.8 s");
+    app.advance(Duration::from_millis(600));
+    assert_eq!(app.step().await, 1, "the 502, due by 1.2 s");
+    app.advance(Duration::from_millis(1_500));
+    assert_eq!(app.step().await, 0, "not due before 1.6 s");
+    app.advance(Duration::from_millis(1_000));
+    assert_eq!(app.step().await, 1, "due by 2.4 s");
+
+    let task = app.task_of(&delivery).await;
     assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     assert_eq!(task.attempts, 3);
     let lists = app.fake.calls_of("list_jobs");
     assert_eq!((lists[0].status, lists[1].status), (503, 502));
-    let first_gap = lists[1].unix_ms - lists[0].unix_ms;
-    assert!(
-        (700..=2_000).contains(&first_gap),
-        "first retry about 1 s later, was {first_gap} ms"
-    );
     assert_eq!(app.fake.successful_approvals(), 1);
 }
 
 #[tokio::test]
 async fn a_429_with_retry_after_is_honoured() {
-    let app = spawn_app().await;
+    let app = spawn_stepped_app(&[]).await;
     let workflow = app.workflow("on_hold");
     app.fake
         .push_fault(Fault::status(429).on("list_jobs").retry_after(3));
-
     let delivery = app.approve(workflow).await;
-    let task = app.finished_task(&delivery, WAIT).await;
 
+    assert_eq!(app.step().await, 1);
+    app.advance(Duration::from_millis(2_900));
+    assert_eq!(app.step().await, 0, "Retry-After asked for 3 s");
+    app.advance(Duration::from_millis(200));
+    assert_eq!(app.step().await, 1);
+
+    let task = app.task_of(&delivery).await;
     assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
-    let lists = app.fake.calls_of("list_jobs");
-    assert_eq!(lists[0].status, 429);
-    let gap = lists[1].unix_ms - lists[0].unix_ms;
-    assert!(gap >= 2_900, "waited {gap} ms; Retry-After asked for 3 s");
+    assert_eq!(app.fake.calls_of("list_jobs")[0].status, 429);
 }
 
 #[tokio::test]
 async fn an_approve_whose_response_is_lost_is_followed_by_a_reread_not_a_second_approve() {
-    let app = spawn_app().await;
+    let app = spawn_stepped_app(&[]).await;
     let workflow = app.workflow("on_hold");
     // CircleCI approves, but the answer is a 500: the outcome is unknown to the service.
     app.fake
         .push_fault(Fault::status(500).on("approve").after_effect());
-
     let delivery = app.approve(workflow).await;
-    let task = app.finished_task(&delivery, WAIT).await;
 
+    assert_eq!(app.step().await, 1, "the approve, answered 500");
+    app.advance(Duration::from_secs(2));
+    assert_eq!(app.step().await, 1, "the re-read");
+
+    let task = app.task_of(&delivery).await;
     assert_eq!(task.status.as_str(), "succeeded");
     assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     assert!(task.detail.unwrap().contains("confirmed by re-reading"));
@@ -92,19 +112,24 @@ async fn an_approve_whose_response_is_lost_is_followed_by_a_reread_not_a_second_
 
 #[tokio::test]
 async fn an_approve_that_times_out_is_followed_by_a_reread() {
-    let app = spawn_app_with(&["--circleci-timeout=1s"]).await;
+    let app = spawn_stepped_app(&["--circleci-timeout=300ms"]).await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(
         Fault::status(202)
             .on("approve")
             .after_effect()
-            .delayed(Duration::from_secs(3)),
+            .delayed(Duration::from_secs(1)),
     );
-
     let delivery = app.approve(workflow).await;
-    let task = app.finished_task(&delivery, WAIT).await;
 
+    assert_eq!(app.step().await, 1, "the approve times out");
+    assert_eq!(app.task_of(&delivery).await.status.as_str(), "pending");
+    app.advance(Duration::from_secs(2));
+    assert_eq!(app.step().await, 1, "the re-read");
+
+    let task = app.task_of(&delivery).await;
     assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert!(task.detail.unwrap().contains("confirmed by re-reading"));
     assert_eq!(app.fake.calls_of("approve").len(), 1);
 }
 
@@ -186,30 +211,33 @@ async fn a_refused_token_is_given_up_at_once_without_retrying() {
 
 #[tokio::test]
 async fn a_workflow_not_found_at_first_is_retried_and_approved_when_it_appears() {
-    let app = spawn_app().await;
+    let app = spawn_stepped_app(&[]).await;
     let workflow = Uuid::new_v4();
-
     let delivery = app.approve(workflow).await;
-    assert!(
-        app.fake
-            .wait_for_calls(WAIT, |calls| calls.iter().any(|c| c.status == 404))
-            .await
-    );
+
+    assert_eq!(app.step().await, 1);
+    assert_eq!(app.fake.calls_of("list_jobs")[0].status, 404);
     app.fake
         .add_standard_workflow(workflow, PROJECT, HOLD, "on_hold");
-    let task = app.finished_task(&delivery, WAIT).await;
+    app.advance(Duration::from_secs(2));
+    assert_eq!(app.step().await, 1);
 
+    let task = app.task_of(&delivery).await;
     assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
 }
 
 #[tokio::test]
 async fn a_hold_job_that_never_goes_on_hold_fails_after_the_approval_timeout() {
-    let app = spawn_app_with(&["--approval-timeout=3s"]).await;
+    let app = spawn_stepped_app(&["--approval-timeout=30s"]).await;
     let workflow = app.workflow("blocked");
-
     let delivery = app.approve(workflow).await;
-    let task = app.finished_task(&delivery, WAIT).await;
 
+    for _ in 0..20 {
+        app.step().await;
+        app.advance(Duration::from_secs(5));
+    }
+
+    let task = app.task_of(&delivery).await;
     assert_eq!(
         (task.status.as_str(), task.outcome.map(|o| o.as_str())),
         ("failed", Some("timed_out"))
@@ -237,18 +265,18 @@ async fn a_custom_hold_job_name_is_the_one_approved() {
 
 #[tokio::test]
 async fn a_stopped_service_resumes_its_pending_task_on_restart_and_approves_once() {
-    let app = spawn_app().await;
+    let app = spawn_stepped_app(&[]).await;
     let workflow = app.workflow("on_hold");
-    for _ in 0..3 {
-        app.fake.push_fault(Fault::status(503).on("list_jobs"));
-    }
+    app.fake.push_fault(Fault::status(503).on("list_jobs"));
     let delivery = app.approve(workflow).await;
-    assert!(app.fake.wait_for_calls(WAIT, |c| !c.is_empty()).await);
+    assert_eq!(app.step().await, 1, "the 503");
 
     let (fake, db, secret) = app.stop().await;
-    let app = spawn_app_on(fake, db, &secret, &[]).await;
-    let task = app.finished_task(&delivery, WAIT).await;
+    let app = spawn_stepped_app_on(fake, db, &secret, &[]).await;
+    app.advance(Duration::from_secs(2));
+    assert_eq!(app.step().await, 1);
 
+    let task = app.task_of(&delivery).await;
     assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     assert_eq!(app.fake.successful_approvals(), 1);
 }

@@ -1,16 +1,19 @@
 //! `spawn_app()` and friends: a running service wired to its own fake CircleCI and store.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use sym_circleci_approver::app::Application;
 use sym_circleci_approver::cli::ServeArgs;
+use sym_circleci_approver::clock::Clock;
 use sym_circleci_approver::config::DEFAULT_HOLD_JOB_NAME;
 use sym_circleci_approver::domain::task::{TaskState, TaskStatus};
 use sym_circleci_approver::fake_circleci::FakeCircleCi;
 use sym_circleci_approver::signature::WebhookSecret;
 use sym_circleci_approver::store::Store;
+use sym_circleci_approver::worker::ApprovalWorker;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -65,6 +68,10 @@ pub struct TestApp {
     pub store: Store,
     pub client: reqwest::Client,
     pub db: TestDatabase,
+    /// The service's clock: the system's, or a manual one for a stepped app.
+    pub clock: Clock,
+    /// Set for a stepped app: the test takes the worker's steps itself.
+    worker: Option<Arc<ApprovalWorker>>,
     shutdown: CancellationToken,
     /// Stops the service when the test ends, however it ends.
     _stop_on_drop: tokio_util::sync::DropGuard,
@@ -90,12 +97,44 @@ pub async fn spawn_app_with_secrets(secret_text: &str, flags: &[&str]) -> TestAp
     spawn_app_on(fake, TestDatabase::new().await, secret_text, flags).await
 }
 
+/// The service with its worker driven by the test: a manual clock that moves only on
+/// [`TestApp::advance`], and worker steps taken only on [`TestApp::step`]. Retries due in
+/// seconds are then due after `advance`, with no waiting.
+#[allow(dead_code)]
+pub async fn spawn_stepped_app(flags: &[&str]) -> TestApp {
+    let fake = FakeCircleCi::start(TOKEN).await.expect("fake CircleCI");
+    let secret_text = WebhookSecret::generate();
+    spawn_stepped_app_on(fake, TestDatabase::new().await, &secret_text, flags).await
+}
+
+/// [`spawn_stepped_app`] on a given fake and store (restarts reuse both).
+#[allow(dead_code)]
+pub async fn spawn_stepped_app_on(
+    fake: FakeCircleCi,
+    db: TestDatabase,
+    secret_text: &str,
+    flags: &[&str],
+) -> TestApp {
+    let clock = Clock::manual(Clock::system().now_ms());
+    start(fake, db, secret_text, flags, Some(clock)).await
+}
+
 /// The service on a given fake and store (restarts reuse both).
 pub async fn spawn_app_on(
     fake: FakeCircleCi,
     db: TestDatabase,
     secret_text: &str,
     flags: &[&str],
+) -> TestApp {
+    start(fake, db, secret_text, flags, None).await
+}
+
+async fn start(
+    fake: FakeCircleCi,
+    db: TestDatabase,
+    secret_text: &str,
+    flags: &[&str],
+    manual_clock: Option<Clock>,
 ) -> TestApp {
     let mut all = vec![
         format!("--sym-webhook-secret={secret_text}"),
@@ -107,8 +146,17 @@ pub async fn spawn_app_on(
     ];
     all.extend(flags.iter().map(|f| (*f).to_owned()));
     let args = ServeArgs::from_flags(all).expect("valid flags");
-    let config = args.to_config().expect("valid config");
-    let app = Application::build(config).await.expect("service starts");
+    let mut config = args.to_config().expect("valid config");
+    let stepped = manual_clock.is_some();
+    if let Some(clock) = manual_clock {
+        config.store.clock = clock;
+    }
+    let mut app = Application::build(config).await.expect("service starts");
+    let worker = stepped.then(|| app.worker());
+    if stepped {
+        app = app.without_background_worker();
+    }
+    let clock = app.store().clock().clone();
     let addr = app.local_addr().unwrap();
     let store = app.store().clone();
     let shutdown = CancellationToken::new();
@@ -122,6 +170,8 @@ pub async fn spawn_app_on(
         store,
         client: reqwest::Client::new(),
         db,
+        clock,
+        worker,
         _stop_on_drop: shutdown.clone().drop_guard(),
         shutdown,
         server: Some(server),
@@ -211,6 +261,23 @@ impl TestApp {
             .await;
         assert_eq!(answer.status, 202, "{}", answer.body);
         answer.body["delivery_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Stepped app: takes one step of every task due now; returns how many.
+    #[allow(dead_code)]
+    pub async fn step(&self) -> usize {
+        let worker = self
+            .worker
+            .as_ref()
+            .expect("a stepped app (spawn_stepped_app)");
+        worker.run_due().await.expect("the store answers")
+    }
+
+    /// Stepped app: moves the service's clock forward.
+    #[allow(dead_code)]
+    pub fn advance(&self, by: Duration) {
+        assert!(self.clock.is_manual(), "a stepped app (spawn_stepped_app)");
+        self.clock.advance(by);
     }
 
     /// Waits until the delivery's task is no longer pending and returns it.

@@ -519,22 +519,25 @@ async fn requests_over_the_concurrency_cap_are_shed_with_429_and_retry_after() {
 
 #[tokio::test]
 async fn a_store_that_cannot_take_the_event_gets_503_and_a_retry_then_succeeds() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(&["--database-statement-timeout=1s"]).await;
     if app.db.is_postgres() {
         return; // covered by the PostgreSQL outage tests
     }
     let workflow = app.workflow("on_hold");
     let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
     let webhook_id = new_webhook_id();
-    // Another process holds SQLite's write lock longer than the busy timeout.
+    // Another process holds SQLite's write lock longer than the busy timeout, until told to
+    // let go (a line on its stdin).
     let path = app.db.url.trim_start_matches("sqlite://").to_owned();
     let mut locker = std::process::Command::new("python3")
         .args([
             "-c",
-            "import sqlite3,sys,time\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
-             c.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\ntime.sleep(8)",
+            "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\nsys.stdin.readline()\n\
+             c.execute('COMMIT')",
             &path,
         ])
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -545,19 +548,14 @@ async fn a_store_that_cannot_take_the_event_gets_503_and_a_retry_then_succeeds()
     let refused = app.post_signed(body.clone(), &webhook_id).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(refused.body["error"], "store_unavailable");
+    assert!(refused.headers.contains_key("retry-after"));
 
-    // The sender retries after the lock is gone: accepted and approved once.
-    let mut accepted = None;
-    for _ in 0..100 {
-        let answer = app.post_signed(body.clone(), &webhook_id).await;
-        if answer.status == 202 {
-            accepted = Some(answer);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let accepted = accepted.expect("accepted once the store is back");
-    locker.wait().unwrap();
+    // The lock goes; the sender's retry is accepted and approved once.
+    use std::io::Write as _;
+    writeln!(locker.stdin.take().unwrap()).unwrap();
+    assert!(locker.wait().unwrap().success());
+    let accepted = app.post_signed(body.clone(), &webhook_id).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.body);
     app.finished_task(accepted.body["delivery_id"].as_str().unwrap(), WAIT)
         .await;
     assert_eq!(app.fake.successful_approvals(), 1);
