@@ -55,8 +55,7 @@ impl Application {
             verifier: Arc::new(config.verifier.clone()),
             metrics: metrics.clone(),
             wake: Arc::clone(&wake),
-            approval_timeout: config.worker.approval_timeout,
-            on_deny: config.on_deny,
+            rules: Arc::new(config.rules.clone()),
             max_body_bytes: config.http.max_body_bytes,
             admin_token: config.admin_token.as_ref().map(AdminToken::new),
         };
@@ -70,6 +69,7 @@ impl Application {
             store.clone(),
             circleci,
             config.worker.clone(),
+            config.rules.default_hold_job().to_owned(),
             metrics,
             wake,
         ));

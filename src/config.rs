@@ -13,7 +13,7 @@ use reqwest::Url;
 use secrecy::SecretString;
 
 pub use crate::domain::retry::RetryPolicy;
-pub use crate::domain::task::OnDeny;
+pub use crate::domain::task::{OnDeny, TaskRules};
 use crate::inbound::signature::Verifier;
 pub use crate::store::StoreOptions;
 
@@ -68,10 +68,8 @@ pub struct CircleCiConfig {
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    pub hold_job_name: String,
     /// None: every project; Some: only these slugs.
     pub allowed_projects: Option<Vec<String>>,
-    pub approval_timeout: Duration,
     pub concurrency: usize,
     pub task_lease: Duration,
     pub retry: RetryPolicy,
@@ -98,7 +96,8 @@ pub struct Config {
     pub admin_token: Option<SecretString>,
     /// Prune records older than this; None keeps everything.
     pub retention: Option<Duration>,
-    pub on_deny: OnDeny,
+    /// What an event asks for: ON_DENY, APPROVAL_TIMEOUT, HOLD_JOB_NAMES.
+    pub rules: TaskRules,
     pub log_format: LogFormat,
 }
 

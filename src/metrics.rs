@@ -26,6 +26,7 @@ pub const DELIVERY_OUTCOMES: &[&str] = &[
     "rejected_signature",
     "rejected_invalid_body",
     "rejected_invalid_workflow_id",
+    "rejected_hold_job_not_allowed",
     "rejected_too_large",
     "rejected_overloaded",
     "rejected_other",

@@ -20,6 +20,7 @@ use crate::config::{
     ConfigError, HttpConfig, LogFormat, OnDeny, RetryPolicy, StoreOptions, WorkerConfig,
     DEFAULT_CIRCLECI_API_URL, DEFAULT_DATABASE_URL, DEFAULT_HOLD_JOB_NAME,
 };
+use crate::domain::task::TaskRules;
 use crate::inbound::signature::{Verifier, WebhookSecret};
 use crate::store::Backend;
 use crate::telemetry::{self, LogTarget};
@@ -76,9 +77,14 @@ pub struct ServeArgs {
     /// Timeout of each CircleCI request.
     #[arg(long, env = "CIRCLECI_TIMEOUT", default_value = "10s")]
     pub circleci_timeout: String,
-    /// Name of the approval job to approve.
-    #[arg(long, env = "HOLD_JOB_NAME", default_value = DEFAULT_HOLD_JOB_NAME)]
-    pub hold_job_name: String,
+    /// Comma-separated names of the approval jobs this service may release; the first is the
+    /// default when an event names none (an event's `hold_job_name` field picks another)
+    /// [default: wait_for_sym_approval].
+    #[arg(long, env = "HOLD_JOB_NAMES")]
+    pub hold_job_names: Option<String>,
+    /// One hold job name (the older form of HOLD_JOB_NAMES).
+    #[arg(long, env = "HOLD_JOB_NAME")]
+    pub hold_job_name: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
     pub listen_addr: String,
@@ -166,10 +172,7 @@ impl ServeArgs {
             ));
         }
         let api_url = parse_api_url(&args.circleci_api_url, args.circleci_allow_insecure_http)?;
-        let hold_job_name = args.hold_job_name.trim().to_owned();
-        if hold_job_name.is_empty() {
-            return Err(config_error("HOLD_JOB_NAME", "must not be empty"));
-        }
+        let hold_job_names = hold_job_names(args)?;
         let listen_addr = args.listen_addr.trim().parse().map_err(|_| {
             config_error(
                 "LISTEN_ADDR",
@@ -208,10 +211,13 @@ impl ServeArgs {
                 token,
                 timeout: parse_duration("CIRCLECI_TIMEOUT", &args.circleci_timeout)?,
             },
-            worker: WorkerConfig {
-                hold_job_name,
-                allowed_projects,
+            rules: TaskRules {
+                on_deny: args.on_deny,
                 approval_timeout: parse_duration("APPROVAL_TIMEOUT", &args.approval_timeout)?,
+                hold_job_names,
+            },
+            worker: WorkerConfig {
+                allowed_projects,
                 concurrency: args.worker_concurrency,
                 task_lease: parse_duration("TASK_LEASE", &args.task_lease)?,
                 retry: RetryPolicy {
@@ -240,7 +246,6 @@ impl ServeArgs {
             admin_token: read_optional_admin_token(args)?,
             retention: (args.retention_days > 0)
                 .then(|| Duration::from_secs(u64::from(args.retention_days) * 86_400)),
-            on_deny: args.on_deny,
             log_format: LogFormat::resolve(args.log_format.as_deref())?,
         })
     }
@@ -270,6 +275,34 @@ impl SecretArgs {
         }
         Ok(secrets)
     }
+}
+
+/// `HOLD_JOB_NAMES`, or `HOLD_JOB_NAME` (one name), or the default; not both forms.
+fn hold_job_names(args: &ServeArgs) -> Result<Vec<String>, ConfigError> {
+    let (variable, raw) = match (&args.hold_job_names, &args.hold_job_name) {
+        (Some(_), Some(_)) => {
+            return Err(config_error(
+                "HOLD_JOB_NAMES",
+                "set HOLD_JOB_NAMES or its older form HOLD_JOB_NAME, not both",
+            ))
+        }
+        (Some(list), None) => ("HOLD_JOB_NAMES", list.as_str()),
+        (None, Some(one)) => ("HOLD_JOB_NAME", one.as_str()),
+        (None, None) => return Ok(vec![DEFAULT_HOLD_JOB_NAME.to_owned()]),
+    };
+    let mut names: Vec<String> = Vec::new();
+    for name in raw.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_owned());
+        }
+    }
+    if names.is_empty() {
+        return Err(config_error(
+            variable,
+            "must name at least one approval job",
+        ));
+    }
+    Ok(names)
 }
 
 /// Shortest admin token accepted: it guards the audit trail.

@@ -258,6 +258,7 @@ mod tests {
                 job_id: None,
                 job_number: Some(7),
                 project_slug: Some("gh/acme/api".into()),
+                approved_by: None,
             }),
             project_slug: Some("gh/acme/api".into()),
             has_jobs: true,

@@ -147,29 +147,69 @@ pub enum OnDeny {
 pub struct NewTask {
     pub action: TaskAction,
     pub workflow_id: WorkflowId,
+    /// The approval job this task is about (one of `HOLD_JOB_NAMES`).
+    pub hold_job_name: String,
     pub deadline_at: i64,
 }
 
-impl NewTask {
+/// The settings the event-to-task rule depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRules {
+    pub on_deny: OnDeny,
+    pub approval_timeout: Duration,
+    /// The approval jobs this service may release; the first is the default.
+    pub hold_job_names: Vec<String>,
+}
+
+/// An event asked for a hold job this service is not allowed to release.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("hold job {requested:?} is not in HOLD_JOB_NAMES ({allowed})")]
+pub struct HoldJobNotAllowed {
+    pub requested: String,
+    pub allowed: String,
+}
+
+impl TaskRules {
+    /// The default hold job (the first of `HOLD_JOB_NAMES`).
+    pub fn default_hold_job(&self) -> &str {
+        self.hold_job_names
+            .first()
+            .map_or(crate::config::DEFAULT_HOLD_JOB_NAME, String::as_str)
+    }
+
     /// The rule: an approve event approves its workflow's hold job; a deny or expire cancels
     /// the workflow only with `ON_DENY=cancel`; anything else (or no workflow id) is only
-    /// recorded. The task has until `received_at + approval_timeout`.
-    pub fn for_event(
+    /// recorded. The hold job is the event's `hold_job_name` if it names one, which must be
+    /// listed, else the default. The task has until `received_at + approval_timeout`.
+    pub fn task_for(
+        &self,
         event: &SymEvent,
-        on_deny: OnDeny,
         received_at: i64,
-        approval_timeout: Duration,
-    ) -> Option<Self> {
-        let action = match (event.kind, on_deny) {
+    ) -> Result<Option<NewTask>, HoldJobNotAllowed> {
+        let action = match (event.kind, self.on_deny) {
             (EventKind::Approve, _) => TaskAction::Approve,
             (EventKind::Deny | EventKind::Expire, OnDeny::Cancel) => TaskAction::Cancel,
-            _ => return None,
+            _ => return Ok(None),
         };
-        Some(Self {
+        let Some(workflow_id) = event.workflow_id else {
+            return Ok(None);
+        };
+        let hold_job_name = match &event.hold_job_name {
+            Some(name) if self.hold_job_names.iter().any(|n| n == name) => name.clone(),
+            Some(name) => {
+                return Err(HoldJobNotAllowed {
+                    requested: name.clone(),
+                    allowed: self.hold_job_names.join(", "),
+                })
+            }
+            None => self.default_hold_job().to_owned(),
+        };
+        Ok(Some(NewTask {
             action,
-            workflow_id: WorkflowId(event.workflow_id?),
-            deadline_at: received_at.saturating_add(duration_ms(approval_timeout)),
-        })
+            workflow_id: WorkflowId(workflow_id),
+            hold_job_name,
+            deadline_at: received_at.saturating_add(duration_ms(self.approval_timeout)),
+        }))
     }
 }
 
@@ -204,34 +244,49 @@ mod tests {
             approver_username: Some("alice@example.com".into()),
             approver_name: None,
             run_srn: None,
+            hold_job_name: None,
         }
     }
 
     const WF: &str = "7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e";
 
+    fn rules(on_deny: OnDeny) -> TaskRules {
+        TaskRules {
+            on_deny,
+            approval_timeout: Duration::from_secs(60),
+            hold_job_names: vec!["wait_for_sym_approval".into(), "prod_gate".into()],
+        }
+    }
+
     #[test]
-    fn approve_events_make_approve_tasks_with_the_deadline() {
-        let task = NewTask::for_event(
-            &event("approve", Some(WF)),
-            OnDeny::Ignore,
-            1_000,
-            Duration::from_secs(60),
-        )
-        .unwrap();
+    fn approve_events_make_approve_tasks_with_the_deadline_and_default_hold_job() {
+        let task = rules(OnDeny::Ignore)
+            .task_for(&event("approve", Some(WF)), 1_000)
+            .unwrap()
+            .unwrap();
         assert_eq!(task.action, TaskAction::Approve);
         assert_eq!(task.workflow_id.to_string(), WF);
         assert_eq!(task.deadline_at, 61_000);
+        assert_eq!(task.hold_job_name, "wait_for_sym_approval");
+    }
+
+    #[test]
+    fn a_requested_hold_job_is_used_only_when_listed() {
+        let mut e = event("approve", Some(WF));
+        e.hold_job_name = Some("prod_gate".into());
+        let task = rules(OnDeny::Ignore).task_for(&e, 0).unwrap().unwrap();
+        assert_eq!(task.hold_job_name, "prod_gate");
+        e.hold_job_name = Some("deploy".into());
+        let refused = rules(OnDeny::Ignore).task_for(&e, 0).unwrap_err();
+        assert_eq!(refused.requested, "deploy");
     }
 
     #[test]
     fn deny_and_expire_cancel_only_with_on_deny_cancel() {
         for kind in ["deny", "expire"] {
             let e = event(kind, Some(WF));
-            assert_eq!(
-                NewTask::for_event(&e, OnDeny::Ignore, 0, Duration::from_secs(1)),
-                None
-            );
-            let task = NewTask::for_event(&e, OnDeny::Cancel, 0, Duration::from_secs(1)).unwrap();
+            assert_eq!(rules(OnDeny::Ignore).task_for(&e, 0), Ok(None));
+            let task = rules(OnDeny::Cancel).task_for(&e, 0).unwrap().unwrap();
             assert_eq!(task.action, TaskAction::Cancel);
         }
     }
@@ -239,15 +294,9 @@ mod tests {
     #[test]
     fn other_events_and_events_without_a_workflow_make_no_task() {
         let request = event("request", Some(WF));
-        assert_eq!(
-            NewTask::for_event(&request, OnDeny::Cancel, 0, Duration::from_secs(1)),
-            None
-        );
+        assert_eq!(rules(OnDeny::Cancel).task_for(&request, 0), Ok(None));
         let no_workflow = event("deny", None);
-        assert_eq!(
-            NewTask::for_event(&no_workflow, OnDeny::Cancel, 0, Duration::from_secs(1)),
-            None
-        );
+        assert_eq!(rules(OnDeny::Cancel).task_for(&no_workflow, 0), Ok(None));
     }
 
     #[test]

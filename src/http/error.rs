@@ -21,6 +21,9 @@ pub enum ApiError {
     /// 422: an approve event without a valid UUID `workflow_id`.
     #[error("{0}")]
     InvalidWorkflowId(String),
+    /// 422: the event names a hold job that is not in HOLD_JOB_NAMES.
+    #[error("{0}")]
+    HoldJobNotAllowed(String),
     /// 413: the body is over the configured limit.
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -51,6 +54,9 @@ impl ApiError {
             Self::AdminUnauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::InvalidWorkflowId(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow_id"),
+            Self::HoldJobNotAllowed(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "hold_job_not_allowed")
+            }
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

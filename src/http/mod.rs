@@ -10,7 +10,6 @@ mod health;
 mod webhook;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -28,7 +27,7 @@ use tower_http::trace::TraceLayer;
 pub use admin::AdminToken;
 pub use error::ApiError;
 
-use crate::config::{HttpConfig, OnDeny};
+use crate::config::{HttpConfig, TaskRules};
 use crate::inbound::signature::Verifier;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -41,8 +40,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Wakes the worker when a task is stored.
     pub wake: Arc<Notify>,
-    pub approval_timeout: Duration,
-    pub on_deny: OnDeny,
+    /// ON_DENY, APPROVAL_TIMEOUT, HOLD_JOB_NAMES.
+    pub rules: Arc<TaskRules>,
     pub max_body_bytes: usize,
     /// The audit API's token; None disables the API (404).
     pub admin_token: Option<AdminToken>,

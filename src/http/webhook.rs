@@ -17,7 +17,6 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::AppState;
 use crate::clock::unix_secs;
-use crate::domain::task::NewTask;
 use crate::inbound::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use crate::inbound::sym_event::{EventError, SymEvent};
 use crate::store::Recorded;
@@ -86,7 +85,13 @@ async fn handle(
     })?;
 
     let received_at = state.store.clock().now_ms();
-    let task = NewTask::for_event(&event, state.on_deny, received_at, state.approval_timeout);
+    let task = state
+        .rules
+        .task_for(&event, received_at)
+        .map_err(|refused| {
+            tracing::warn!(webhook_id = %verified.webhook_id, error = %refused, "signed event refused");
+            ApiError::HoldJobNotAllowed(refused.to_string())
+        })?;
 
     let recorded = state
         .store
@@ -135,6 +140,7 @@ fn rejection_outcome(error: &ApiError) -> &'static str {
         ApiError::InvalidSignature => "rejected_signature",
         ApiError::BadRequest(_) => "rejected_invalid_body",
         ApiError::InvalidWorkflowId(_) => "rejected_invalid_workflow_id",
+        ApiError::HoldJobNotAllowed(_) => "rejected_hold_job_not_allowed",
         ApiError::PayloadTooLarge(_) => "rejected_too_large",
         ApiError::StoreUnavailable => "store_unavailable",
         _ => "rejected_other",

@@ -88,6 +88,9 @@ pub struct SymEvent {
     pub approver_username: Option<String>,
     pub approver_name: Option<String>,
     pub run_srn: Option<String>,
+    /// `fields.hold_job_name`: which approval job to release (the flow's optional field);
+    /// None for the service's default.
+    pub hold_job_name: Option<String>,
 }
 
 /// Why a body was refused, mapped to 400 or 422 by the HTTP layer.
@@ -161,6 +164,20 @@ impl SymEvent {
             ));
         }
 
+        let hold_job_name = match fields.get("hold_job_name") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
+            Some(serde_json::Value::String(s))
+                if s.trim().len() <= MAX_ID_LEN && !s.chars().any(char::is_control) =>
+            {
+                Some(s.trim().to_owned())
+            }
+            Some(_) => {
+                return Err(EventError::NotLogEntry(
+                    "fields.hold_job_name must be a job name (text, at most 256 characters)".into(),
+                ))
+            }
+        };
         let actor = raw.actor;
         Ok(Self {
             id: raw.id,
@@ -172,6 +189,7 @@ impl SymEvent {
             approver_username: actor.as_ref().and_then(|a| a.username.clone()),
             approver_name: actor.and_then(|a| a.name),
             run_srn: raw.run.and_then(|r| r.srn),
+            hold_job_name,
         })
     }
 

@@ -33,6 +33,9 @@ struct Job {
     project_slug: Option<String>,
     #[serde(default)]
     job_number: Option<i64>,
+    /// Approval jobs: the id of the user who approved it.
+    #[serde(default)]
+    approved_by: Option<String>,
 }
 
 impl Job {
@@ -99,6 +102,8 @@ pub struct HoldJob {
     pub job_id: Option<String>,
     pub job_number: Option<i64>,
     pub project_slug: Option<String>,
+    /// The user who approved it (CircleCI's `approved_by`), when it is approved.
+    pub approved_by: Option<String>,
 }
 
 /// What one read of a workflow's jobs tells the worker.
@@ -125,6 +130,7 @@ impl WorkflowView {
                 job_id: j.id.clone(),
                 job_number: j.job_number,
                 project_slug: j.project_slug.clone(),
+                approved_by: j.approved_by.clone().filter(|s| !s.is_empty()),
             });
         let project_slug = hold
             .as_ref()
@@ -142,18 +148,28 @@ impl WorkflowView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
     ListJobs,
+    GetWorkflow,
     Approve,
     Cancel,
+    Me,
 }
 
 impl Operation {
-    pub const ALL: &'static [Operation] = &[Self::ListJobs, Self::Approve, Self::Cancel];
+    pub const ALL: &'static [Operation] = &[
+        Self::ListJobs,
+        Self::GetWorkflow,
+        Self::Approve,
+        Self::Cancel,
+        Self::Me,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::ListJobs => "list_jobs",
+            Self::GetWorkflow => "get_workflow",
             Self::Approve => "approve",
             Self::Cancel => "cancel",
+            Self::Me => "me",
         }
     }
 
@@ -163,8 +179,32 @@ impl Operation {
 
     /// Does this call change something at CircleCI?
     pub fn is_write(self) -> bool {
-        !matches!(self, Self::ListJobs)
+        matches!(self, Self::Approve | Self::Cancel)
     }
+}
+
+/// A workflow, as `GET /workflow/{id}` describes it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct WorkflowInfo {
+    pub id: String,
+    /// The workflow's name in the config (`build-and-deploy`); reruns keep it.
+    pub name: String,
+    /// The pipeline it belongs to; a rerun is a new workflow in the same pipeline.
+    pub pipeline_id: String,
+    #[serde(default)]
+    pub project_slug: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+/// The token's user, as `GET /me` describes it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Me {
+    pub id: String,
+    #[serde(default)]
+    pub login: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -314,6 +354,36 @@ impl CircleCiClient {
         Err(CircleError::InvalidResponse(format!(
             "more than {MAX_PAGES} pages of jobs"
         )))
+    }
+
+    /// `GET /workflow/{id}`: the workflow's pipeline and name.
+    pub async fn workflow_info(
+        &self,
+        workflow_id: WorkflowId,
+        calls: &mut Vec<CallRecord>,
+    ) -> Result<WorkflowInfo, CircleError> {
+        let path = format!("/workflow/{workflow_id}");
+        let url = self.url(&path)?;
+        let body = self
+            .send(
+                self.http.get(url),
+                Operation::GetWorkflow,
+                "GET",
+                &path,
+                calls,
+            )
+            .await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| CircleError::InvalidResponse(format!("workflow: {e}")))
+    }
+
+    /// `GET /me`: whose token this is (checked once at startup).
+    pub async fn me(&self, calls: &mut Vec<CallRecord>) -> Result<Me, CircleError> {
+        let url = self.url("/me")?;
+        let body = self
+            .send(self.http.get(url), Operation::Me, "GET", "/me", calls)
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| CircleError::InvalidResponse(format!("me: {e}")))
     }
 
     /// `POST /workflow/{id}/approve/{approval_request_id}`; Ok on 2xx (CircleCI answers 202).
@@ -487,6 +557,7 @@ mod tests {
             approval_request_id: Some("0f9e8d7c-aaaa-4bbb-8ccc-ddddeeeeffff".into()),
             project_slug: Some("gh/acme/api".into()),
             job_number: None,
+            approved_by: None,
         }
     }
 

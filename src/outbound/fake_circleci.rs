@@ -1,7 +1,8 @@
 //! A small fake of the CircleCI API v2, over real HTTP, shared by `demo`, the container test
 //! (`fake-circleci` subcommand) and the integration tests.
 //!
-//! It serves the three endpoints this service calls, paginates job lists (two jobs a page by
+//! It serves the endpoints this service calls (`/me`, a workflow, its jobs, approve,
+//! cancel), models reruns of a workflow, paginates job lists (two jobs a page by
 //! default, so a hold job is usually on a later page), checks the `Circle-Token` header,
 //! records every request, and can inject faults (status, `Retry-After`, delay, or "do it but
 //! answer an error", which models a lost response) and hold jobs that go on hold later.
@@ -35,6 +36,8 @@ pub struct FakeJob {
     pub job_number: i64,
     /// Until this instant the job reports `blocked`, then `on_hold` (models upstream jobs).
     pub on_hold_at: Option<Instant>,
+    /// Approval jobs: who approved it (CircleCI's `approved_by`, a user id).
+    pub approved_by: Option<Uuid>,
 }
 
 impl FakeJob {
@@ -47,6 +50,7 @@ impl FakeJob {
             approval_request_id: None,
             job_number: number,
             on_hold_at: None,
+            approved_by: None,
         }
     }
 
@@ -60,6 +64,7 @@ impl FakeJob {
             approval_request_id: Some(Uuid::new_v4()),
             job_number: 0,
             on_hold_at: None,
+            approved_by: None,
         }
     }
 
@@ -74,8 +79,16 @@ impl FakeJob {
 #[derive(Debug, Clone)]
 struct FakeWorkflow {
     project_slug: String,
+    pipeline_id: Uuid,
+    name: String,
     jobs: Vec<FakeJob>,
 }
+
+/// The user the fake's token belongs to (`GET /me`); approvals made through the API carry
+/// it as `approved_by`.
+pub const TOKEN_USER_ID: Uuid = Uuid::from_u128(0x5e4c_0b07_0000_4000_8000_0000_0000_0001);
+/// The workflow name fake workflows have.
+pub const WORKFLOW_NAME: &str = "build-and-deploy";
 
 /// A fault to inject into the next matching request.
 #[derive(Debug, Clone, Default)]
@@ -247,6 +260,8 @@ impl FakeCircleCi {
             keep_calls: options.keep_calls,
         });
         let app = Router::new()
+            .route("/api/v2/me", get(me))
+            .route("/api/v2/workflow/{id}", get(workflow))
             .route("/api/v2/workflow/{id}/job", get(list_jobs))
             .route("/api/v2/workflow/{id}/approve/{approval_id}", post(approve))
             .route("/api/v2/workflow/{id}/cancel", post(cancel))
@@ -278,9 +293,61 @@ impl FakeCircleCi {
             workflow_id,
             FakeWorkflow {
                 project_slug: project_slug.to_owned(),
+                pipeline_id: Uuid::new_v4(),
+                name: WORKFLOW_NAME.to_owned(),
                 jobs,
             },
         );
+    }
+
+    /// Someone clicks Approve in the CircleCI UI: the job is approved by `user`, not
+    /// through the API.
+    pub fn approve_in_ui(&self, workflow_id: Uuid, job_name: &str, user: Uuid) {
+        let mut inner = self.shared.lock();
+        if let Some(job) = inner
+            .workflows
+            .get_mut(&workflow_id)
+            .and_then(|w| w.jobs.iter_mut().find(|j| j.name == job_name))
+        {
+            job.status = "success".to_owned();
+            job.on_hold_at = None;
+            job.approved_by = Some(user);
+        }
+    }
+
+    /// "Rerun workflow from failed": a new workflow in the same pipeline with the same name;
+    /// jobs that succeeded (an approved hold job included) carry over as they were, the rest
+    /// run again. Returns the new workflow's id (None for an unknown workflow).
+    pub fn rerun_from_failed(&self, workflow_id: Uuid) -> Option<Uuid> {
+        self.rerun(workflow_id, true)
+    }
+
+    /// "Rerun workflow from start": a new workflow in the same pipeline with the same name;
+    /// every job runs again, so the hold job waits for an approval again.
+    pub fn rerun_from_start(&self, workflow_id: Uuid) -> Option<Uuid> {
+        self.rerun(workflow_id, false)
+    }
+
+    fn rerun(&self, workflow_id: Uuid, from_failed: bool) -> Option<Uuid> {
+        let mut inner = self.shared.lock();
+        let mut copy = inner.workflows.get(&workflow_id)?.clone();
+        for job in &mut copy.jobs {
+            if from_failed && job.status == "success" {
+                continue;
+            }
+            job.id = Uuid::new_v4();
+            job.approved_by = None;
+            job.on_hold_at = None;
+            if job.job_type == "approval" {
+                job.approval_request_id = Some(Uuid::new_v4());
+                job.status = "on_hold".to_owned();
+            } else {
+                job.status = "running".to_owned();
+            }
+        }
+        let new_id = Uuid::new_v4();
+        inner.workflows.insert(new_id, copy);
+        Some(new_id)
     }
 
     /// A typical workflow: three build jobs, then the hold job (so it is on page 2), then
@@ -400,6 +467,8 @@ fn standard_workflow(project_slug: &str, hold_name: &str) -> (FakeJob, FakeWorkf
         hold,
         FakeWorkflow {
             project_slug: project_slug.to_owned(),
+            pipeline_id: Uuid::new_v4(),
+            name: WORKFLOW_NAME.to_owned(),
             jobs,
         },
     )
@@ -520,6 +589,7 @@ async fn list_jobs(
                         "approval_request_id": j.approval_request_id,
                         "project_slug": workflow.project_slug,
                         "job_number": (j.job_type != "approval").then_some(j.job_number),
+                        "approved_by": j.approved_by,
                         "dependencies": [],
                         "started_at": null,
                         "stopped_at": null,
@@ -529,6 +599,70 @@ async fn list_jobs(
             let next =
                 (start + page_size < workflow.jobs.len()).then(|| (start + page_size).to_string());
             Json(json!({ "items": items, "next_page_token": next })).into_response()
+        },
+    )
+    .await
+}
+
+async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    handle(
+        &shared,
+        &headers,
+        "me",
+        "GET",
+        "/api/v2/me".to_owned(),
+        None,
+        |_| {
+            Json(
+                json!({ "id": TOKEN_USER_ID, "login": "sym-approver-bot", "name": "Sym approver" }),
+            )
+            .into_response()
+        },
+    )
+    .await
+}
+
+async fn workflow(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v2/workflow/{id}");
+    handle(
+        &shared,
+        &headers,
+        "get_workflow",
+        "GET",
+        path,
+        None,
+        |inner| {
+            let Some((workflow_id, workflow)) = Uuid::try_parse(&id)
+                .ok()
+                .and_then(|wid| inner.workflows.get(&wid).map(|w| (wid, w)))
+            else {
+                return message(StatusCode::NOT_FOUND, "Workflow not found");
+            };
+            let status = if workflow
+                .jobs
+                .iter()
+                .any(|j| j.effective_status() == "on_hold")
+            {
+                "on_hold"
+            } else {
+                "running"
+            };
+            Json(json!({
+                "id": workflow_id,
+                "name": workflow.name,
+                "pipeline_id": workflow.pipeline_id,
+                "pipeline_number": 1,
+                "project_slug": workflow.project_slug,
+                "status": status,
+                "started_by": Uuid::nil(),
+                "created_at": "2026-11-25T12:00:00Z",
+                "stopped_at": null,
+            }))
+            .into_response()
         },
     )
     .await
@@ -560,6 +694,7 @@ async fn approve(
         }
         job.status = "success".to_owned();
         job.on_hold_at = None;
+        job.approved_by = Some(TOKEN_USER_ID);
         (
             StatusCode::ACCEPTED,
             Json(json!({ "message": "Accepted." })),

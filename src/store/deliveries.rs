@@ -93,8 +93,8 @@ impl Store {
         let task_id = TaskId::new_random();
         sqlx::query(
             "INSERT INTO tasks (id, delivery_id, action, workflow_id, status, attempts, \
-             created_at, deadline_at, next_attempt_at) \
-             VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $6)",
+             created_at, deadline_at, next_attempt_at, hold_job_name) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $6, $8)",
         )
         .bind(task_id.to_string())
         .bind(delivery_id.to_string())
@@ -103,6 +103,7 @@ impl Store {
         .bind(TaskStatus::Pending.as_str())
         .bind(received_at)
         .bind(task.deadline_at)
+        .bind(&task.hold_job_name)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

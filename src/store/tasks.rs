@@ -28,6 +28,9 @@ pub struct ClaimedTask {
     pub delivery_id: DeliveryId,
     pub action: TaskAction,
     pub workflow_id: WorkflowId,
+    /// The approval job to release; None for tasks stored before this was recorded (the
+    /// default hold job then).
+    pub hold_job_name: Option<String>,
     /// Steps already taken.
     pub attempts: i64,
     /// Of those, steps that ended in an error (the rest were polls).
@@ -36,12 +39,14 @@ pub struct ClaimedTask {
     pub deadline_at: i64,
 }
 
-/// The hold job a task found, kept for the audit trail.
+/// The hold job a task found and its workflow, kept for the audit trail and the verdict.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobInfo {
     pub job_id: Option<String>,
     pub job_number: Option<i64>,
     pub project_slug: Option<String>,
+    pub pipeline_id: Option<String>,
+    pub workflow_name: Option<String>,
 }
 
 const PENDING: &str = "pending";
@@ -92,8 +97,8 @@ impl Store {
                 AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.workflow_id = t.workflow_id \
                     AND o.id <> t.id AND o.status = 'pending' AND o.lease_expires_at >= $3) \
                 ORDER BY t.next_attempt_at, t.created_at LIMIT 1 {lock}) \
-             RETURNING id, delivery_id, action, workflow_id, attempts, errors, created_at, \
-             deadline_at"
+             RETURNING id, delivery_id, action, workflow_id, hold_job_name, attempts, errors, \
+             created_at, deadline_at"
         );
         let claim = sqlx::query(&sql)
             .bind(lease.as_str())
@@ -155,6 +160,8 @@ impl Store {
                  next_attempt_at = $3, detail = $4, \
                  job_id = COALESCE($5, job_id), job_number = COALESCE($6, job_number), \
                  project_slug = COALESCE($7, project_slug), \
+                 pipeline_id = COALESCE($9, pipeline_id), \
+                 workflow_name = COALESCE($10, workflow_name), \
                  lease_owner = NULL, lease_expires_at = NULL \
                  WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
             )
@@ -166,6 +173,8 @@ impl Store {
             .bind(job.job_number)
             .bind(job.project_slug.as_deref())
             .bind(error_step)
+            .bind(job.pipeline_id.as_deref())
+            .bind(job.workflow_name.as_deref())
             .execute(&self.pool)
             .await?;
             Ok(done.rows_affected() == 1)
@@ -189,6 +198,8 @@ impl Store {
                 "UPDATE tasks SET status = $3, outcome = $4, detail = $5, attempts = attempts + 1, \
                  job_id = COALESCE($6, job_id), job_number = COALESCE($7, job_number), \
                  project_slug = COALESCE($8, project_slug), finished_at = $9, \
+                 pipeline_id = COALESCE($10, pipeline_id), \
+                 workflow_name = COALESCE($11, workflow_name), \
                  lease_owner = NULL, lease_expires_at = NULL \
                  WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
             )
@@ -201,6 +212,8 @@ impl Store {
             .bind(job.job_number)
             .bind(job.project_slug.as_deref())
             .bind(now)
+            .bind(job.pipeline_id.as_deref())
+            .bind(job.workflow_name.as_deref())
             .execute(&self.pool)
             .await?;
             Ok(done.rows_affected() == 1)
@@ -325,6 +338,7 @@ fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTask, StoreError> {
         action: TaskAction::parse(&action)
             .ok_or_else(|| StoreError::Invalid(format!("unknown task action {action:?}")))?,
         workflow_id: parse_id(&workflow_id)?,
+        hold_job_name: row.try_get("hold_job_name")?,
         attempts: row.try_get("attempts")?,
         errors: row.try_get("errors")?,
         created_at: row.try_get("created_at")?,

@@ -44,6 +44,8 @@ pub struct ApprovalWorker {
     store: Store,
     circleci: CircleCiClient,
     config: WorkerConfig,
+    /// The hold job of tasks that do not name one (stored before names were recorded).
+    default_hold_job: String,
     metrics: Metrics,
     clock: Clock,
     /// Identifies this process's leases.
@@ -59,10 +61,12 @@ impl ApprovalWorker {
         store: Store,
         circleci: CircleCiClient,
         config: WorkerConfig,
+        default_hold_job: String,
         metrics: Metrics,
         wake: Arc<Notify>,
     ) -> Self {
         Self {
+            default_hold_job,
             clock: store.clock().clone(),
             store,
             circleci,

@@ -123,19 +123,13 @@ impl ApprovalWorker {
     ) -> Result<WorkflowView, StepEnd> {
         let view = self
             .circleci
-            .workflow_view(
-                task.workflow_id,
-                &self.config.hold_job_name,
-                &mut trail.calls,
-            )
+            .workflow_view(task.workflow_id, self.hold_job(task), &mut trail.calls)
             .await
             .map_err(|e| self.failed_call(&e, "listing the workflow's jobs"))?;
         if let Some(hold) = &view.hold {
-            *job = JobInfo {
-                job_id: hold.job_id.clone(),
-                job_number: hold.job_number,
-                project_slug: hold.project_slug.clone(),
-            };
+            job.job_id.clone_from(&hold.job_id);
+            job.job_number = hold.job_number;
+            job.project_slug.clone_from(&hold.project_slug);
         }
         Ok(view)
     }
@@ -158,7 +152,7 @@ impl ApprovalWorker {
         };
         Ok(decide::next_step(&Facts {
             action: task.action,
-            hold_job_name: &self.config.hold_job_name,
+            hold_job_name: self.hold_job(task),
             view,
             allowed_projects: self.config.allowed_projects.as_deref(),
             our_approve_may_have_landed,
@@ -180,6 +174,9 @@ impl ApprovalWorker {
             Ok(next) => next,
             Err(end) => return Ok(end),
         };
+        if matches!(next, Next::Approve(_)) {
+            self.note_workflow(task, trail, job).await;
+        }
         let (operation, endpoint) = match &next {
             Next::End(end) => return Ok(end.clone()),
             Next::Approve(id) => (
@@ -215,11 +212,34 @@ impl ApprovalWorker {
         if let Err(e) = &result {
             let _ = self.failed_call(e, operation.as_str());
         }
-        Ok(decide::after_call(
-            &next,
-            &self.config.hold_job_name,
-            &result,
-        ))
+        Ok(decide::after_call(&next, self.hold_job(task), &result))
+    }
+
+    /// The approval job this task releases.
+    fn hold_job<'a>(&'a self, task: &'a ClaimedTask) -> &'a str {
+        task.hold_job_name
+            .as_deref()
+            .unwrap_or(&self.default_hold_job)
+    }
+
+    /// Records the workflow's pipeline and name (`GET /workflow/{id}`) before approving, so
+    /// a later "rerun from failed" of it can be recognised by the verdict. Best effort: the
+    /// approve does not wait on it, and without it a rerun is simply not recognised.
+    async fn note_workflow(&self, task: &ClaimedTask, trail: &mut Trail, job: &mut JobInfo) {
+        match self
+            .circleci
+            .workflow_info(task.workflow_id, &mut trail.calls)
+            .await
+        {
+            Ok(info) => {
+                job.pipeline_id = Some(info.pipeline_id);
+                job.workflow_name = Some(info.name);
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not read the workflow's pipeline; a rerun of it will not be recognised"
+            ),
+        }
     }
 
     /// Before a call that changes something at CircleCI: renew the lease (or stop, if another

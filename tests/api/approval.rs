@@ -334,3 +334,85 @@ async fn an_approve_in_flight_when_the_process_died_still_counts_as_ours() {
     assert!(outcome.detail.unwrap().contains("confirmed by re-reading"));
     assert!(app.fake.calls_of("approve").is_empty(), "no second approve");
 }
+
+/// An approve event naming `hold_job` in `fields.hold_job_name`.
+fn approve_event_for_hold_job(workflow: Uuid, hold_job: &str) -> Vec<u8> {
+    let mut event: serde_json::Value = serde_json::from_slice(&approve_event(
+        &Uuid::new_v4().to_string(),
+        &workflow.to_string(),
+    ))
+    .unwrap();
+    event["fields"]["hold_job_name"] = hold_job.into();
+    serde_json::to_vec(&event).unwrap()
+}
+
+#[tokio::test]
+async fn an_event_naming_a_listed_hold_job_releases_that_one_and_leaves_the_other_gate() {
+    let app = spawn_app_with(&["--hold-job-names=wait_for_sym_approval,prod_gate"]).await;
+    let workflow = Uuid::new_v4();
+    app.fake.add_workflow(
+        workflow,
+        PROJECT,
+        vec![
+            sym_circleci_approver::fake_circleci::FakeJob::approval(HOLD, "on_hold"),
+            sym_circleci_approver::fake_circleci::FakeJob::approval("prod_gate", "on_hold"),
+        ],
+    );
+
+    let answer = app
+        .post_signed(
+            approve_event_for_hold_job(workflow, "prod_gate"),
+            &new_webhook_id(),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    let task = app
+        .finished_task(answer.body["delivery_id"].as_str().unwrap(), WAIT)
+        .await;
+
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(
+        app.fake.job_status(workflow, "prod_gate").as_deref(),
+        Some("success")
+    );
+    assert_eq!(
+        app.fake.job_status(workflow, HOLD).as_deref(),
+        Some("on_hold")
+    );
+}
+
+#[tokio::test]
+async fn an_event_naming_an_unlisted_hold_job_is_refused_with_422_and_nothing_is_approved() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+
+    let answer = app
+        .post_signed(
+            approve_event_for_hold_job(workflow, "deploy"),
+            &new_webhook_id(),
+        )
+        .await;
+
+    assert_eq!(answer.status, 422, "{}", answer.body);
+    assert_eq!(answer.body["error"], "hold_job_not_allowed");
+    assert!(answer.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("HOLD_JOB_NAMES"));
+    assert!(app.fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn hold_job_name_is_still_accepted_as_the_older_form_of_hold_job_names() {
+    let app = spawn_app_with(&["--hold-job-name=gate"]).await;
+    let workflow = Uuid::new_v4();
+    app.fake
+        .add_standard_workflow(workflow, PROJECT, "gate", "on_hold");
+    let answer = app
+        .post_signed(
+            approve_event_for_hold_job(workflow, "gate"),
+            &new_webhook_id(),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+}
