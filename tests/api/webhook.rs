@@ -251,8 +251,8 @@ async fn every_signature_problem_gets_the_same_401_and_nothing_is_stored() {
             body.clone(),
             h(
                 &id,
-                (now + 301).to_string(),
-                app.secret.sign(&id, now + 301, &body),
+                (now + 400).to_string(),
+                app.secret.sign(&id, now + 400, &body),
             ),
         ),
         (

@@ -1,0 +1,273 @@
+//! The fake's HTTP handlers: token check, fault injection and recording around each
+//! operation.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{standard_workflow, Fault, Inner, RecordedCall, Shared, DEFAULT_HOLD, TOKEN_USER_ID};
+
+#[derive(Deserialize)]
+pub(super) struct PageQuery {
+    #[serde(rename = "page-token")]
+    page_token: Option<String>,
+}
+
+fn message(status: StatusCode, text: &str) -> Response {
+    (status, Json(json!({ "message": text }))).into_response()
+}
+
+/// Token check, fault injection and recording around one operation.
+async fn handle(
+    shared: &Shared,
+    headers: &HeaderMap,
+    operation: &'static str,
+    method: &'static str,
+    path: String,
+    query: Option<String>,
+    act: impl FnOnce(&mut Inner) -> Response,
+) -> Response {
+    let token_ok = headers
+        .get("circle-token")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == shared.token);
+    let fault = if token_ok {
+        shared.take_fault(operation)
+    } else {
+        None
+    };
+    let response = match (&fault, token_ok) {
+        (_, false) => message(StatusCode::UNAUTHORIZED, "You must log in first."),
+        (Some(f), true) if !f.after_effect => fault_response(f),
+        (Some(f), true) => {
+            act(&mut shared.lock());
+            fault_response(f)
+        }
+        (None, true) => act(&mut shared.lock()),
+    };
+    shared.record(RecordedCall {
+        operation,
+        method,
+        path,
+        query,
+        token_ok,
+        status: response.status().as_u16(),
+        at: Some(Instant::now()),
+        unix_ms: crate::clock::to_ms(SystemTime::now()),
+    });
+    // The effect and the record above are done; only the answer is late (a client timeout
+    // then leaves the outcome unknown to the caller, as with a real slow API).
+    if let Some(delay) = fault.as_ref().and_then(|f| f.delay) {
+        tokio::time::sleep(delay).await;
+    }
+    response
+}
+
+fn fault_response(fault: &Fault) -> Response {
+    let status = StatusCode::from_u16(fault.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = message(status, "injected fault");
+    if let Some(secs) = fault.retry_after {
+        if let Ok(value) = secs.to_string().parse() {
+            response.headers_mut().insert("retry-after", value);
+        }
+    }
+    response
+}
+
+pub(super) async fn list_jobs(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(query): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v2/workflow/{id}/job");
+    let page_size = shared.page_size;
+    let start: usize = query
+        .page_token
+        .as_deref()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let raw_query = query.page_token.as_ref().map(|t| format!("page-token={t}"));
+    handle(
+        &shared,
+        &headers,
+        "list_jobs",
+        "GET",
+        path,
+        raw_query,
+        |inner| {
+            let Ok(workflow_id) = Uuid::try_parse(&id) else {
+                return message(StatusCode::NOT_FOUND, "Workflow not found");
+            };
+            if let Some(project) = &shared.any_workflow {
+                inner
+                    .workflows
+                    .entry(workflow_id)
+                    .or_insert_with(|| standard_workflow(project, DEFAULT_HOLD).1);
+            }
+            let Some(workflow) = inner.workflows.get(&workflow_id) else {
+                return message(StatusCode::NOT_FOUND, "Workflow not found");
+            };
+            let items: Vec<_> = workflow
+                .jobs
+                .iter()
+                .skip(start)
+                .take(page_size)
+                .map(|j| {
+                    json!({
+                        "id": j.id,
+                        "name": j.name,
+                        "type": j.job_type,
+                        "status": j.effective_status(),
+                        "approval_request_id": j.approval_request_id,
+                        "project_slug": workflow.project_slug,
+                        "job_number": (j.job_type != "approval").then_some(j.job_number),
+                        "approved_by": j.approved_by,
+                        "dependencies": [],
+                        "started_at": null,
+                        "stopped_at": null,
+                    })
+                })
+                .collect();
+            let next =
+                (start + page_size < workflow.jobs.len()).then(|| (start + page_size).to_string());
+            Json(json!({ "items": items, "next_page_token": next })).into_response()
+        },
+    )
+    .await
+}
+
+pub(super) async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    handle(
+        &shared,
+        &headers,
+        "me",
+        "GET",
+        "/api/v2/me".to_owned(),
+        None,
+        |_| {
+            Json(
+                json!({ "id": TOKEN_USER_ID, "login": "sym-approver-bot", "name": "Sym approver" }),
+            )
+            .into_response()
+        },
+    )
+    .await
+}
+
+pub(super) async fn workflow(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v2/workflow/{id}");
+    handle(
+        &shared,
+        &headers,
+        "get_workflow",
+        "GET",
+        path,
+        None,
+        |inner| {
+            let Some((workflow_id, workflow)) = Uuid::try_parse(&id)
+                .ok()
+                .and_then(|wid| inner.workflows.get(&wid).map(|w| (wid, w)))
+            else {
+                return message(StatusCode::NOT_FOUND, "Workflow not found");
+            };
+            let status = if workflow
+                .jobs
+                .iter()
+                .any(|j| j.effective_status() == "on_hold")
+            {
+                "on_hold"
+            } else {
+                "running"
+            };
+            Json(json!({
+                "id": workflow_id,
+                "name": workflow.name,
+                "pipeline_id": workflow.pipeline_id,
+                "pipeline_number": 1,
+                "project_slug": workflow.project_slug,
+                "status": status,
+                "started_by": Uuid::nil(),
+                "created_at": "2026-11-25T12:00:00Z",
+                "stopped_at": null,
+            }))
+            .into_response()
+        },
+    )
+    .await
+}
+
+pub(super) async fn approve(
+    State(shared): State<Arc<Shared>>,
+    Path((id, approval_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v2/workflow/{id}/approve/{approval_id}");
+    handle(&shared, &headers, "approve", "POST", path, None, |inner| {
+        let (Ok(workflow_id), Ok(approval_id)) =
+            (Uuid::try_parse(&id), Uuid::try_parse(&approval_id))
+        else {
+            return message(StatusCode::NOT_FOUND, "Not found");
+        };
+        let Some(job) = inner.workflows.get_mut(&workflow_id).and_then(|w| {
+            w.jobs.iter_mut().find(|j| {
+                j.job_type == "approval"
+                    && (j.approval_request_id == Some(approval_id)
+                        || (j.approval_request_id.is_none() && j.id == approval_id))
+            })
+        }) else {
+            return message(StatusCode::NOT_FOUND, "Not found");
+        };
+        if job.effective_status() != "on_hold" {
+            return message(StatusCode::BAD_REQUEST, "Job is not on hold.");
+        }
+        job.status = "success".to_owned();
+        job.on_hold_at = None;
+        job.approved_by = Some(TOKEN_USER_ID);
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({ "message": "Accepted." })),
+        )
+            .into_response()
+    })
+    .await
+}
+
+pub(super) async fn cancel(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/api/v2/workflow/{id}/cancel");
+    handle(&shared, &headers, "cancel", "POST", path, None, |inner| {
+        let Some(workflow) = Uuid::try_parse(&id)
+            .ok()
+            .and_then(|id| inner.workflows.get_mut(&id))
+        else {
+            return message(StatusCode::NOT_FOUND, "Workflow not found");
+        };
+        for job in &mut workflow.jobs {
+            if job.status != "success" {
+                job.status = "canceled".to_owned();
+                job.on_hold_at = None;
+            }
+        }
+        (
+            StatusCode::ACCEPTED,
+            Json(json!({ "message": "Accepted." })),
+        )
+            .into_response()
+    })
+    .await
+}
