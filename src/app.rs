@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::duration_ms;
 use crate::config::Config;
-use crate::http::{self, AdminToken, AppState};
+use crate::http::{self, AppState, BearerToken};
 use crate::metrics::Metrics;
+use crate::outbound::circleci::token::TokenCheck;
 use crate::outbound::circleci::CircleCiClient;
 use crate::store::{Backend, ServingLock, Store};
 use crate::worker::ApprovalWorker;
@@ -24,6 +25,8 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     worker: Arc<ApprovalWorker>,
+    /// The startup check of CIRCLECI_TOKEN, run in the background.
+    token_check: (TokenCheck, CircleCiClient, Metrics),
     store: Store,
     retention: Option<Duration>,
     /// False when a caller drives the worker itself ([`ApprovalWorker::run_due`]).
@@ -49,6 +52,7 @@ impl Application {
         }
         let circleci = CircleCiClient::new(&config.circleci)?;
         let metrics = Metrics::new();
+        let token = TokenCheck::default();
         let wake = Arc::new(Notify::new());
         let state = AppState {
             store: store.clone(),
@@ -57,7 +61,10 @@ impl Application {
             wake: Arc::clone(&wake),
             rules: Arc::new(config.rules.clone()),
             max_body_bytes: config.http.max_body_bytes,
-            admin_token: config.admin_token.as_ref().map(AdminToken::new),
+            admin_token: config.admin_token.as_ref().map(BearerToken::new),
+            verdict_token: config.verdict_token.as_ref().map(BearerToken::new),
+            circleci: circleci.clone(),
+            token: token.clone(),
         };
         let router = http::router(state, &config.http);
         let listener = TcpListener::bind(config.http.listen_addr)
@@ -67,13 +74,14 @@ impl Application {
             })?;
         let worker = Arc::new(ApprovalWorker::new(
             store.clone(),
-            circleci,
+            circleci.clone(),
             config.worker.clone(),
             config.rules.default_hold_job().to_owned(),
-            metrics,
+            metrics.clone(),
             wake,
         ));
         Ok(Self {
+            token_check: (token, circleci, metrics),
             listener,
             router,
             worker,
@@ -108,6 +116,8 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         tracing::info!(%addr, backend = self.store.backend().name(), "listening");
+        let (token, client, metrics) = self.token_check.clone();
+        tokio::spawn(token.run(client, metrics, shutdown.clone()));
         let worker = self
             .background_worker
             .then(|| tokio::spawn(Arc::clone(&self.worker).run(shutdown.clone())));

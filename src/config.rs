@@ -94,6 +94,8 @@ pub struct Config {
     pub store: StoreOptions,
     /// The audit API's bearer token; None disables the API.
     pub admin_token: Option<SecretString>,
+    /// The verdict API's bearer token; None disables it.
+    pub verdict_token: Option<SecretString>,
     /// Prune records older than this; None keeps everything.
     pub retention: Option<Duration>,
     /// What an event asks for: ON_DENY, APPROVAL_TIMEOUT, HOLD_JOB_NAMES.

@@ -72,6 +72,12 @@ pub struct Metrics {
     circleci_duration: HistogramFamily<EndpointLabels>,
     pending_tasks: Gauge,
     oldest_pending_age: Gauge<f64, AtomicU64>,
+    token_state: Family<StateLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -165,7 +171,15 @@ impl Metrics {
                 endpoint: operation.as_str().to_owned(),
             }));
         }
-        Self {
+        let token_state = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "circleci_token",
+            "State of CIRCLECI_TOKEN as GET /me answered (1 for the current state): unchecked, \
+             valid, refused (not a personal API token, or revoked), unreachable",
+            token_state.clone(),
+        );
+        let metrics = Self {
+            token_state,
             registry: Arc::new(registry),
             deliveries,
             tasks_finished,
@@ -174,7 +188,9 @@ impl Metrics {
             circleci_duration,
             pending_tasks,
             oldest_pending_age,
-        }
+        };
+        metrics.set_token_state("unchecked");
+        metrics
     }
 
     pub fn delivery(&self, outcome: &str) {
@@ -216,6 +232,17 @@ impl Metrics {
                 endpoint: call.operation.as_str().to_owned(),
             })
             .observe(call.duration.as_secs_f64());
+    }
+
+    /// One-hot: the token's current state is 1, the others 0.
+    pub fn set_token_state(&self, current: &str) {
+        for state in crate::outbound::circleci::token::TokenState::LABELS {
+            self.token_state
+                .get_or_create(&StateLabels {
+                    state: (*state).to_owned(),
+                })
+                .set(i64::from(*state == current));
+        }
     }
 
     /// Sets the store gauges (called at scrape time).

@@ -143,6 +143,13 @@ pub struct ServeArgs {
     /// File holding the admin token instead.
     #[arg(long, env = "ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Bearer token for the deploy job's verdict (`/v1/verdicts/{workflow_id}`) and nothing
+    /// else; unset: that route answers 404. Must differ from ADMIN_TOKEN.
+    #[arg(long, env = "VERDICT_TOKEN", hide_env_values = true)]
+    pub verdict_token: Option<String>,
+    /// File holding the verdict token instead.
+    #[arg(long, env = "VERDICT_TOKEN_FILE")]
+    pub verdict_token_file: Option<PathBuf>,
     /// Deliveries and finished tasks older than this many days are pruned (0 keeps all).
     #[arg(long, env = "RETENTION_DAYS", default_value_t = 90)]
     pub retention_days: u32,
@@ -173,6 +180,25 @@ impl ServeArgs {
         }
         let api_url = parse_api_url(&args.circleci_api_url, args.circleci_allow_insecure_http)?;
         let hold_job_names = hold_job_names(args)?;
+        let admin_token = read_optional_token(
+            "ADMIN_TOKEN",
+            args.admin_token.as_deref(),
+            args.admin_token_file.as_deref(),
+        )?;
+        let verdict_token = read_optional_token(
+            "VERDICT_TOKEN",
+            args.verdict_token.as_deref(),
+            args.verdict_token_file.as_deref(),
+        )?;
+        if let (Some(admin), Some(verdict)) = (&admin_token, &verdict_token) {
+            if admin.expose_secret() == verdict.expose_secret() {
+                return Err(config_error(
+                    "VERDICT_TOKEN",
+                    "must differ from ADMIN_TOKEN (it is given to CI jobs; the admin token reads \
+                     every approval)",
+                ));
+            }
+        }
         let listen_addr = args.listen_addr.trim().parse().map_err(|_| {
             config_error(
                 "LISTEN_ADDR",
@@ -243,7 +269,8 @@ impl ServeArgs {
                 )?,
                 clock: Clock::system(),
             },
-            admin_token: read_optional_admin_token(args)?,
+            admin_token: admin_token.clone(),
+            verdict_token,
             retention: (args.retention_days > 0)
                 .then(|| Duration::from_secs(u64::from(args.retention_days) * 86_400)),
             log_format: LogFormat::resolve(args.log_format.as_deref())?,
@@ -305,22 +332,23 @@ fn hold_job_names(args: &ServeArgs) -> Result<Vec<String>, ConfigError> {
     Ok(names)
 }
 
-/// Shortest admin token accepted: it guards the audit trail.
-const MIN_ADMIN_TOKEN_LEN: usize = 16;
+/// Shortest API token accepted.
+const MIN_TOKEN_LEN: usize = 16;
 
-fn read_optional_admin_token(args: &ServeArgs) -> Result<Option<SecretString>, ConfigError> {
-    if args.admin_token.as_deref().is_none_or(str::is_empty) && args.admin_token_file.is_none() {
+/// An optional bearer token from `VAR` or `VAR_FILE`: None when neither is set.
+fn read_optional_token(
+    variable: &'static str,
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<SecretString>, ConfigError> {
+    if value.is_none_or(str::is_empty) && file.is_none() {
         return Ok(None);
     }
-    let token = read_secret(
-        "ADMIN_TOKEN",
-        args.admin_token.as_deref(),
-        args.admin_token_file.as_deref(),
-    )?;
-    if token.expose_secret().len() < MIN_ADMIN_TOKEN_LEN {
+    let token = read_secret(variable, value, file)?;
+    if token.expose_secret().len() < MIN_TOKEN_LEN {
         return Err(config_error(
-            "ADMIN_TOKEN",
-            format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+            variable,
+            format!("must be at least {MIN_TOKEN_LEN} characters"),
         ));
     }
     Ok(Some(token))

@@ -1,19 +1,20 @@
-//! `verify`: the provenance check for the deploy job that follows the hold job.
+//! `verify`: the provenance check for the deploy job that follows the hold job, as a
+//! command (the CircleCI kit does the same with curl).
 //!
-//! Asks this service's audit API whether it approved the workflow's hold job for a Sym approve
-//! event. Exit 0 and who/when only for outcome `approved`: a hold job approved by someone
-//! clicking in the CircleCI UI shows up as `already_approved` (or not at all) and fails the
-//! check, so the Sym gate cannot be bypassed.
-
-use std::process::ExitCode;
-
-use serde::Deserialize;
-use uuid::Uuid;
+//! Asks this service's verdict API (`GET /v1/verdicts/{workflow_id}`, with the verdict token,
+//! which can read nothing else) whether the workflow's hold job was released because Sym
+//! approved it. Exit 0 only for `approved`: a hold job approved by a click in the CircleCI UI
+//! fails the check, so the Sym gate cannot be bypassed. While the verdict is pending it asks
+//! again, up to `--wait`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use uuid::Uuid;
 
 use crate::config::{parse_duration, read_secret, secure_base_url, ConfigError};
 
@@ -25,13 +26,19 @@ pub struct VerifyArgs {
     /// Base URL of this service, e.g. https://approver.example.com.
     #[arg(long, env = "APPROVER_URL")]
     pub url: String,
-    /// The service's audit API token.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-    /// File holding the admin token instead.
-    #[arg(long, env = "ADMIN_TOKEN_FILE")]
-    pub admin_token_file: Option<PathBuf>,
-    /// Time limit for the check.
+    /// The service's VERDICT_TOKEN.
+    #[arg(long, env = "APPROVER_VERDICT_TOKEN", hide_env_values = true)]
+    pub verdict_token: Option<String>,
+    /// File holding the verdict token instead.
+    #[arg(long, env = "APPROVER_VERDICT_TOKEN_FILE")]
+    pub verdict_token_file: Option<PathBuf>,
+    /// The hold job to ask about (one of the service's HOLD_JOB_NAMES; default: its default).
+    #[arg(long)]
+    pub hold_job: Option<String>,
+    /// How long to keep asking while the verdict is pending or the service is unavailable.
+    #[arg(long, default_value = "0s")]
+    pub wait: String,
+    /// Time limit for each request.
     #[arg(long, default_value = "15s")]
     pub timeout: String,
     /// Allow a plain-http APPROVER_URL on a non-loopback host (the token travels in clear).
@@ -40,17 +47,17 @@ pub struct VerifyArgs {
 }
 
 impl VerifyArgs {
-    pub fn admin_token(&self) -> Result<SecretString, ConfigError> {
+    pub fn verdict_token(&self) -> Result<SecretString, ConfigError> {
         read_secret(
-            "ADMIN_TOKEN",
-            self.admin_token.as_deref(),
-            self.admin_token_file.as_deref(),
+            "APPROVER_VERDICT_TOKEN",
+            self.verdict_token.as_deref(),
+            self.verdict_token_file.as_deref(),
         )
     }
 }
 
-/// Exit codes: 0 approved by us; 1 not approved (never, failed, refused); 2 still pending;
-/// 3 the check could not be made (service unreachable, auth, configuration).
+/// Exit codes: 0 approved through Sym; 1 not approved; 2 still pending; 3 the check could not
+/// be made (service unreachable, auth, configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Approved,
@@ -71,27 +78,9 @@ impl Verdict {
 }
 
 #[derive(Debug, Deserialize)]
-struct Page {
-    items: Vec<Item>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Item {
-    id: String,
-    event_type: String,
-    sym_event_id: String,
-    status: String,
-    outcome: Option<String>,
-    detail: Option<String>,
-    finished_at: Option<String>,
-    received_at: String,
-    approver: Approver,
-}
-
-#[derive(Debug, Deserialize)]
-struct Approver {
-    username: Option<String>,
-    name: Option<String>,
+struct Answer {
+    verdict: String,
+    detail: String,
 }
 
 pub async fn run(args: &VerifyArgs) -> ExitCode {
@@ -104,24 +93,41 @@ pub async fn run(args: &VerifyArgs) -> ExitCode {
     verdict.exit_code()
 }
 
-/// The verdict and the one line that explains it.
+/// The verdict and the one line that explains it, asking again while it is pending (or the
+/// service is unavailable) until `--wait` has passed.
 pub async fn check(args: &VerifyArgs) -> (Verdict, String) {
-    let Ok(workflow_id) = Uuid::try_parse(args.workflow_id.trim()) else {
-        return (
-            Verdict::Unknown,
-            format!(
-                "not verified: workflow id {:?} is not a UUID",
-                args.workflow_id
-            ),
-        );
+    let wait = match args.wait.trim() {
+        "0" | "0s" | "" => Duration::ZERO,
+        other => match parse_duration("wait", other) {
+            Ok(d) => d,
+            Err(e) => return (Verdict::Unknown, format!("not verified: {e}")),
+        },
     };
-    let token = match args.admin_token() {
+    let give_up = tokio::time::Instant::now() + wait;
+    loop {
+        let (verdict, line, retryable) = check_once(args).await;
+        let retry = verdict == Verdict::Pending || retryable;
+        if !retry || tokio::time::Instant::now() + Duration::from_secs(5) > give_up {
+            return (verdict, line);
+        }
+        eprintln!("{line}; asking again in 5 s");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// One question: the verdict, its line, and whether asking again could help.
+async fn check_once(args: &VerifyArgs) -> (Verdict, String, bool) {
+    let unknown = |line: String| (Verdict::Unknown, format!("not verified: {line}"), false);
+    let Ok(workflow_id) = Uuid::try_parse(args.workflow_id.trim()) else {
+        return unknown(format!("workflow id {:?} is not a UUID", args.workflow_id));
+    };
+    let token = match args.verdict_token() {
         Ok(token) => token,
-        Err(e) => return (Verdict::Unknown, format!("not verified: {e}")),
+        Err(e) => return unknown(e.to_string()),
     };
     let timeout = match parse_duration("timeout", &args.timeout) {
         Ok(t) => t,
-        Err(e) => return (Verdict::Unknown, format!("not verified: {e}")),
+        Err(e) => return unknown(e.to_string()),
     };
     let base = match secure_base_url(
         "APPROVER_URL",
@@ -130,14 +136,24 @@ pub async fn check(args: &VerifyArgs) -> (Verdict, String) {
         args.allow_insecure_http,
     ) {
         Ok(url) => url.as_str().trim_end_matches('/').to_owned(),
-        Err(e) => return (Verdict::Unknown, format!("not verified: {e}")),
+        Err(e) => return unknown(e.to_string()),
     };
-    let url = format!("{base}/v1/approvals?workflow_id={workflow_id}&limit=200");
+    let mut url = format!("{base}/v1/verdicts/{workflow_id}");
+    if let Some(hold_job) = args.hold_job.as_deref().filter(|h| !h.trim().is_empty()) {
+        url = match reqwest::Url::parse_with_params(&url, [("hold_job", hold_job.trim())]) {
+            Ok(with_query) => with_query.to_string(),
+            Err(e) => return unknown(format!("hold job {hold_job:?}: {e}")),
+        };
+    }
     let result = async {
-        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        // A redirect could carry the token elsewhere: none is followed.
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
         let response = client
             .get(&url)
-            .bearer_auth(secrecy::ExposeSecret::expose_secret(&token))
+            .bearer_auth(token.expose_secret())
             .send()
             .await?;
         let status = response.status();
@@ -154,90 +170,46 @@ pub async fn check(args: &VerifyArgs) -> (Verdict, String) {
                     "not verified: cannot reach the approver service at {base}: {}",
                     e.without_url()
                 ),
+                true,
             )
         }
     };
     match status.as_u16() {
         200 => {}
-        401 => {
-            return (
-                Verdict::Unknown,
-                "not verified: the approver service refused ADMIN_TOKEN".into(),
-            )
-        }
+        401 => return unknown("the approver service refused APPROVER_VERDICT_TOKEN".into()),
         404 => {
-            return (
-                Verdict::Unknown,
-                format!(
-                    "not verified: {base} has no audit API (is ADMIN_TOKEN set on the service?)"
-                ),
-            )
+            return unknown(format!(
+                "{base} has no verdict API (is VERDICT_TOKEN set on the service?)"
+            ))
         }
-        code => {
+        code @ (429 | 500..=599) => {
             return (
                 Verdict::Unknown,
                 format!("not verified: the approver service answered HTTP {code}"),
+                true,
             )
         }
+        code => return unknown(format!("the approver service answered HTTP {code}: {body}")),
     }
-    let page: Page = match serde_json::from_str(&body) {
-        Ok(page) => page,
-        Err(e) => {
-            return (
-                Verdict::Unknown,
-                format!("not verified: unexpected answer from the approver service: {e}"),
-            )
-        }
+    let answer: Answer = match serde_json::from_str(&body) {
+        Ok(answer) => answer,
+        Err(e) => return unknown(format!("unexpected answer from the approver service: {e}")),
     };
-    verdict_for(workflow_id, &page.items)
-}
-
-fn verdict_for(workflow_id: Uuid, items: &[Item]) -> (Verdict, String) {
-    let approvals: Vec<&Item> = items.iter().filter(|i| i.event_type == "approve").collect();
-    if let Some(ok) = approvals
-        .iter()
-        .find(|i| i.status == "succeeded" && i.outcome.as_deref() == Some("approved"))
-    {
-        let who = match (&ok.approver.name, &ok.approver.username) {
-            (Some(name), Some(user)) => format!("{name} <{user}>"),
-            (Some(one), None) | (None, Some(one)) => one.clone(),
-            (None, None) => "an unnamed Sym user".into(),
-        };
-        return (
+    match answer.verdict.as_str() {
+        "approved" => (
             Verdict::Approved,
-            format!(
-                "verified: workflow {workflow_id} was approved through Sym by {who} at {} \
-                 (Sym event {}, hold job approved at {}, approval {})",
-                ok.received_at,
-                ok.sym_event_id,
-                ok.finished_at.as_deref().unwrap_or("?"),
-                ok.id
-            ),
-        );
-    }
-    if let Some(pending) = approvals.iter().find(|i| i.status == "pending") {
-        return (
+            format!("verified: {}", answer.detail),
+            false,
+        ),
+        "pending" => (
             Verdict::Pending,
-            format!(
-                "not verified: the Sym approval of workflow {workflow_id} is still pending: {}",
-                pending.detail.as_deref().unwrap_or("not worked on yet")
-            ),
-        );
-    }
-    if let Some(last) = approvals.first() {
-        let outcome = last.outcome.as_deref().unwrap_or("unknown");
-        let why = if outcome == "already_approved" {
-            "the hold job was approved outside Sym before this service could".to_owned()
-        } else {
-            format!("{outcome}: {}", last.detail.as_deref().unwrap_or(""))
-        };
-        return (
+            format!("not verified yet: {}", answer.detail),
+            false,
+        ),
+        _ => (
             Verdict::NotApproved,
-            format!("not verified: the Sym approval of workflow {workflow_id} failed: {why}"),
-        );
+            format!("not verified: {}", answer.detail),
+            false,
+        ),
     }
-    (
-        Verdict::NotApproved,
-        format!("not verified: this service never approved workflow {workflow_id} for a Sym approve event"),
-    )
 }

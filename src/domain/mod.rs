@@ -5,3 +5,4 @@ pub mod ids;
 pub mod retry;
 pub mod settle;
 pub mod task;
+pub mod verdict;

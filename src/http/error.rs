@@ -39,6 +39,9 @@ pub enum ApiError {
     /// 503: the store cannot take the event now; the sender should retry.
     #[error("the event store is unavailable; retry later")]
     StoreUnavailable,
+    /// 502: CircleCI could not answer a lookup this request needs; retry later.
+    #[error("CircleCI could not be asked: {0}")]
+    Upstream(String),
     /// 503: the request took longer than REQUEST_TIMEOUT.
     #[error("the request timed out; retry later")]
     Timeout,
@@ -63,6 +66,7 @@ impl ApiError {
             Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
             Self::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+            Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
             Self::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -87,7 +91,7 @@ impl IntoResponse for ApiError {
             .into_response();
         let headers = response.headers_mut();
         match self {
-            Self::Overloaded | Self::StoreUnavailable | Self::Timeout => {
+            Self::Overloaded | Self::StoreUnavailable | Self::Timeout | Self::Upstream(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Self::AdminUnauthorized => {

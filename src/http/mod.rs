@@ -5,8 +5,10 @@
 //! also has a body limit and a cap on requests in flight that sheds overload with 429.
 
 mod admin;
+mod auth;
 mod error;
 mod health;
+mod verdict;
 mod webhook;
 
 use std::sync::Arc;
@@ -24,12 +26,14 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-pub use admin::AdminToken;
+pub use auth::BearerToken;
 pub use error::ApiError;
 
 use crate::config::{HttpConfig, TaskRules};
 use crate::inbound::signature::Verifier;
 use crate::metrics::Metrics;
+use crate::outbound::circleci::token::TokenCheck;
+use crate::outbound::circleci::CircleCiClient;
 use crate::store::Store;
 
 /// What every handler can reach.
@@ -44,7 +48,13 @@ pub struct AppState {
     pub rules: Arc<TaskRules>,
     pub max_body_bytes: usize,
     /// The audit API's token; None disables the API (404).
-    pub admin_token: Option<AdminToken>,
+    pub admin_token: Option<BearerToken>,
+    /// The verdict API's token; None disables it (404).
+    pub verdict_token: Option<BearerToken>,
+    /// For the verdict's lookups of reruns.
+    pub circleci: CircleCiClient,
+    /// Whose CircleCI token this service holds (`GET /me`).
+    pub token: TokenCheck,
 }
 
 #[derive(Clone)]
@@ -72,9 +82,17 @@ pub fn router(state: AppState, config: &HttpConfig) -> Router {
             admin::require_admin,
         ));
 
+    let verdict_api = Router::new()
+        .route("/v1/verdicts/{workflow_id}", get(verdict::get_verdict))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            verdict::require_verdict_token,
+        ));
+
     Router::new()
         .route("/webhooks/sym", webhook)
         .merge(audit_api)
+        .merge(verdict_api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -29,6 +29,7 @@ pub mod audit;
 mod deliveries;
 mod sqlite_lock;
 mod tasks;
+mod verdicts;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

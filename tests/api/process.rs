@@ -14,6 +14,8 @@ use sym_circleci_approver::fake_circleci::{FakeCircleCi, Fault, RecordedCall};
 use sym_circleci_approver::signature::WebhookSecret;
 use sym_circleci_approver::store::{Store, StoreOptions};
 
+use serde_json::Value;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::binary::{binary, serve_env, Delivery, Env, Running};
@@ -464,4 +466,88 @@ async fn send_event_subcommand_posts_a_signed_event_that_gets_approved() {
     );
     assert_eq!(fake.successful_approvals(), 1);
     assert_eq!(fake.job_status(workflow, HOLD).as_deref(), Some("success"));
+}
+
+/// Waits until a log event with `message` appears on the service's stdout.
+async fn logged(service: &Service, message: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(event) = service.process.stdout.find(message) {
+            return event;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {message:?} log line:\n{}",
+            service.process.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_token_circleci_refuses_at_startup_is_an_error_naming_circleci_token_and_a_gauge() {
+    // A project token on API v2: GET /me answers 404 (401 for an unknown token).
+    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
+    fake.push_fault(Fault::status(404).on("me"));
+    let db = TestDatabase::new().await;
+    let (secret_text, _) = new_secret();
+    let service = Service::start(&serve_env(&fake, &db, &secret_text)).await;
+
+    let event = logged(
+        &service,
+        "CircleCI refused CIRCLECI_TOKEN (GET /me answered HTTP 404): API v2 needs a personal \
+         API token (CircleCI → User Settings → Personal API Tokens); project tokens are not \
+         accepted. No hold job can be approved until it is replaced.",
+    )
+    .await;
+    assert_eq!(event["level"], "ERROR");
+
+    // Readiness does not wait on CircleCI; the gauge tells the token's state.
+    assert_eq!(service.get("/readyz").await.status, 200);
+    let metrics = service
+        .client
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains("sym_approver_circleci_token{state=\"refused\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sym_approver_circleci_token{state=\"valid\"} 0"));
+}
+
+#[tokio::test]
+async fn a_valid_token_is_checked_once_and_every_counter_exists_from_startup_at_zero() {
+    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
+    let db = TestDatabase::new().await;
+    let (secret_text, _) = new_secret();
+    let service = Service::start(&serve_env(&fake, &db, &secret_text)).await;
+
+    logged(&service, "CIRCLECI_TOKEN is valid").await;
+    assert_eq!(fake.token_checks().len(), 1);
+    let metrics = service
+        .client
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains("sym_approver_circleci_token{state=\"valid\"} 1"),
+        "{metrics}"
+    );
+    // Nothing has happened yet, and every outcome an alert watches is already a series.
+    for series in [
+        "sym_approver_deliveries_total{outcome=\"rejected_signature\"} 0",
+        "sym_approver_deliveries_total{outcome=\"store_unavailable\"} 0",
+        "sym_approver_deliveries_total{outcome=\"rejected_overloaded\"} 0",
+        "sym_approver_tasks_finished_total{action=\"approve\",outcome=\"timed_out\"} 0",
+        "sym_approver_tasks_finished_total{action=\"approve\",outcome=\"already_approved\"} 0",
+        "sym_approver_tasks_finished_total{action=\"approve\",outcome=\"circleci_unauthorized\"} 0",
+        "sym_approver_tasks_finished_total{action=\"cancel\",outcome=\"canceled\"} 0",
+    ] {
+        assert!(metrics.contains(series), "missing {series}:\n{metrics}");
+    }
 }

@@ -1,43 +1,75 @@
-//! `verify`: the deploy job's provenance check, in each of its outcomes.
+//! The deploy job's provenance check: the verdict API (`GET /v1/verdicts/{workflow_id}`,
+//! behind VERDICT_TOKEN) and the `verify` command that asks it, in each of their outcomes.
 
 use std::time::Duration;
 
 use sym_circleci_approver::cli::verify::{check, Verdict, VerifyArgs};
-use sym_circleci_approver::fake_circleci::Fault;
+use sym_circleci_approver::fake_circleci::{Fault, TOKEN_USER_ID};
 use uuid::Uuid;
 
-use crate::audit::{spawn_audited, ADMIN};
+use crate::audit::ADMIN;
 use crate::helpers::*;
 
 const WAIT: Duration = Duration::from_secs(45);
+pub const VERDICT: &str = "verdict-token-3c9e1f2a7b";
+
+/// The service with both tokens configured.
+async fn spawn_with_verdicts(flags: &[&str]) -> TestApp {
+    let verdict = format!("--verdict-token={VERDICT}");
+    let admin = format!("--admin-token={ADMIN}");
+    let mut all = vec![verdict.as_str(), admin.as_str()];
+    all.extend_from_slice(flags);
+    spawn_app_with(&all).await
+}
+
+impl TestApp {
+    async fn verdict(&self, workflow: Uuid) -> Answer {
+        let response = self
+            .client
+            .get(self.url(&format!("/v1/verdicts/{workflow}")))
+            .bearer_auth(VERDICT)
+            .send()
+            .await
+            .unwrap();
+        answer(response).await
+    }
+}
 
 fn args(app_url: &str, workflow: Uuid, token: &str) -> VerifyArgs {
     VerifyArgs {
         workflow_id: workflow.to_string(),
         url: app_url.to_owned(),
-        admin_token: Some(token.to_owned()),
-        admin_token_file: None,
+        verdict_token: Some(token.to_owned()),
+        verdict_token_file: None,
+        hold_job: None,
+        wait: "0s".to_owned(),
         timeout: "5s".to_owned(),
         allow_insecure_http: false,
     }
 }
 
 #[tokio::test]
-async fn verify_passes_for_a_hold_job_this_service_approved_and_names_the_approver() {
-    let app = spawn_audited(&[]).await;
+async fn a_hold_job_released_for_a_sym_approval_is_approved_via_sym() {
+    let app = spawn_with_verdicts(&[]).await;
     let workflow = app.workflow("on_hold");
     let delivery = app.approve(workflow).await;
     app.finished_task(&delivery, WAIT).await;
 
-    // The real binary, as the deploy job runs it (async: the service runs on this thread).
+    let answer = app.verdict(workflow).await;
+
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["verdict"], "approved");
+    assert_eq!(answer.body["via"], "sym");
+    assert_eq!(answer.body["approver"], "alice@example.com");
+
+    // The command, as a deploy job runs it.
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sym-circleci-approver"))
         .args(["verify", "--workflow-id", &workflow.to_string()])
         .env("APPROVER_URL", app.url(""))
-        .env("ADMIN_TOKEN", ADMIN)
+        .env("APPROVER_VERDICT_TOKEN", VERDICT)
         .output()
         .await
         .unwrap();
-
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
@@ -45,83 +77,197 @@ async fn verify_passes_for_a_hold_job_this_service_approved_and_names_the_approv
         "{stdout} {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("alice@example.com"), "{stdout}");
-    assert!(stdout.starts_with("verified:"));
+    assert!(
+        stdout.starts_with("verified:") && stdout.contains("alice@example.com"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
-async fn verify_fails_for_a_workflow_this_service_never_approved() {
-    let app = spawn_audited(&[]).await;
-
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sym-circleci-approver"))
-        .args(["verify", "--workflow-id", &Uuid::new_v4().to_string()])
-        .args(["--url", &app.url(""), "--admin-token", ADMIN])
-        .output()
-        .await
-        .unwrap();
-
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("never approved"), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "one-line reason");
-}
-
-#[tokio::test]
-async fn verify_reports_a_pending_approval() {
-    let app = spawn_audited(&[]).await;
-    let workflow = app.workflow("blocked");
-    app.approve(workflow).await;
-
-    let (verdict, line) = check(&args(&app.url(""), workflow, ADMIN)).await;
-
-    assert_eq!(verdict, Verdict::Pending, "{line}");
-    assert!(line.contains("pending"));
-}
-
-#[tokio::test]
-async fn verify_fails_when_the_approval_failed() {
-    let app = spawn_audited(&["--allowed-projects=gh/acme/other"]).await;
+async fn a_rerun_from_failed_of_an_approved_workflow_is_approved_via_rerun() {
+    let app = spawn_with_verdicts(&[]).await;
     let workflow = app.workflow("on_hold");
     let delivery = app.approve(workflow).await;
     app.finished_task(&delivery, WAIT).await;
 
-    let (verdict, line) = check(&args(&app.url(""), workflow, ADMIN)).await;
+    let rerun = app.fake.rerun_from_failed(workflow).unwrap();
+    let answer = app.verdict(rerun).await;
 
-    assert_eq!(verdict, Verdict::NotApproved, "{line}");
-    assert!(line.contains("project_not_allowed"), "{line}");
+    assert_eq!(answer.body["verdict"], "approved", "{}", answer.body);
+    assert_eq!(answer.body["via"], "rerun");
+    assert_eq!(answer.body["approved_workflow_id"], workflow.to_string());
+    assert!(
+        app.fake.calls_of("approve").len() == 1,
+        "no new approve for the rerun"
+    );
 }
 
 #[tokio::test]
-async fn verify_fails_when_someone_approved_the_hold_job_outside_sym() {
-    let app = spawn_audited(&[]).await;
-    // Approved in the CircleCI UI before the Sym event arrived.
+async fn a_rerun_from_start_released_by_a_click_in_the_ui_is_not_approved() {
+    let app = spawn_with_verdicts(&[]).await;
+    let workflow = app.workflow("on_hold");
+    let delivery = app.approve(workflow).await;
+    app.finished_task(&delivery, WAIT).await;
+
+    let rerun = app.fake.rerun_from_start(workflow).unwrap();
+    let waiting = app.verdict(rerun).await;
+    app.fake.approve_in_ui(rerun, HOLD, Uuid::new_v4());
+    let clicked = app.verdict(rerun).await;
+
+    assert_eq!(waiting.body["verdict"], "not_approved", "{}", waiting.body);
+    assert_eq!(clicked.body["verdict"], "not_approved", "{}", clicked.body);
+    assert!(
+        clicked.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("someone else"),
+        "{}",
+        clicked.body
+    );
+}
+
+#[tokio::test]
+async fn a_rerun_whose_hold_job_this_service_approved_is_approved_by_the_token_user() {
+    // A rerun from start that went through Sym again would have its own task; here the hold
+    // job of the rerun was approved by this service's CircleCI user without a task of its
+    // own (e.g. its record was pruned): the token's user id recognises it.
+    let app = spawn_with_verdicts(&[]).await;
+    let workflow = app.workflow("on_hold");
+    let delivery = app.approve(workflow).await;
+    app.finished_task(&delivery, WAIT).await;
+
+    let rerun = app.fake.rerun_from_start(workflow).unwrap();
+    app.fake.approve_in_ui(rerun, HOLD, TOKEN_USER_ID);
+    // The startup token check has told the service whose token it holds.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let answer = loop {
+        let answer = app.verdict(rerun).await;
+        if answer.body["verdict"] == "approved" || tokio::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(answer.body["verdict"], "approved", "{}", answer.body);
+    assert_eq!(answer.body["via"], "rerun");
+}
+
+#[tokio::test]
+async fn a_hold_job_released_in_the_ui_before_sym_is_not_approved() {
+    let app = spawn_with_verdicts(&[]).await;
     let workflow = app.workflow("success");
     let delivery = app.approve(workflow).await;
     app.finished_task(&delivery, WAIT).await;
 
-    let (verdict, line) = check(&args(&app.url(""), workflow, ADMIN)).await;
+    let answer = app.verdict(workflow).await;
+    let (verdict, line) = check(&args(&app.url(""), workflow, VERDICT)).await;
 
+    assert_eq!(answer.body["verdict"], "not_approved");
+    assert!(answer.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("outside Sym"));
     assert_eq!(verdict, Verdict::NotApproved, "{line}");
-    assert!(line.contains("outside Sym"), "{line}");
 }
 
 #[tokio::test]
-async fn verify_passes_when_our_approve_landed_but_its_answer_was_lost() {
-    let app = spawn_audited(&[]).await;
+async fn a_workflow_released_without_any_sym_approval_is_not_approved() {
+    let app = spawn_with_verdicts(&[]).await;
+    let workflow = app.workflow("on_hold");
+    app.fake.approve_in_ui(workflow, HOLD, Uuid::new_v4());
+
+    let answer = app.verdict(workflow).await;
+    let unknown = app.verdict(Uuid::new_v4()).await;
+
+    assert_eq!(answer.body["verdict"], "not_approved", "{}", answer.body);
+    assert!(answer.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("never approved"));
+    assert_eq!(unknown.body["verdict"], "not_approved");
+}
+
+#[tokio::test]
+async fn a_pending_approval_is_pending_and_verify_waits_then_fails() {
+    let app = spawn_with_verdicts(&[]).await;
+    let workflow = app.workflow("blocked");
+    app.approve(workflow).await;
+
+    let answer = app.verdict(workflow).await;
+    assert_eq!(answer.body["verdict"], "pending", "{}", answer.body);
+
+    let started = std::time::Instant::now();
+    let (verdict, line) = check(&VerifyArgs {
+        wait: "6s".into(),
+        ..args(&app.url(""), workflow, VERDICT)
+    })
+    .await;
+    assert_eq!(verdict, Verdict::Pending, "{line}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "asked again while pending"
+    );
+    assert_eq!(
+        Verdict::Pending.exit_code(),
+        std::process::ExitCode::from(2)
+    );
+}
+
+#[tokio::test]
+async fn an_approve_whose_answer_was_lost_is_still_approved() {
+    let app = spawn_with_verdicts(&[]).await;
     let workflow = app.workflow("on_hold");
     app.fake
         .push_fault(Fault::status(502).on("approve").after_effect());
     let delivery = app.approve(workflow).await;
     app.finished_task(&delivery, WAIT).await;
 
-    let (verdict, line) = check(&args(&app.url(""), workflow, ADMIN)).await;
-
-    assert_eq!(verdict, Verdict::Approved, "{line}");
+    assert_eq!(app.verdict(workflow).await.body["verdict"], "approved");
 }
 
 #[tokio::test]
-async fn verify_cannot_verify_with_a_wrong_token_an_unreachable_service_or_no_audit_api() {
-    let app = spawn_audited(&[]).await;
+async fn the_verdict_token_reads_verdicts_only_and_the_route_needs_it() {
+    let app = spawn_with_verdicts(&[]).await;
+    let plain = spawn_app().await;
+    let workflow = Uuid::new_v4();
+    let get = |url: String, token: &'static str| {
+        let client = app.client.clone();
+        async move { answer(client.get(url).bearer_auth(token).send().await.unwrap()).await }
+    };
+
+    let approvals = get(app.url("/v1/approvals"), VERDICT).await;
+    let one = get(app.url(&format!("/v1/approvals/{workflow}")), VERDICT).await;
+    let admin_on_verdicts = get(app.url(&format!("/v1/verdicts/{workflow}")), ADMIN).await;
+    let wrong = get(
+        app.url(&format!("/v1/verdicts/{workflow}")),
+        "wrong-token-wrong",
+    )
+    .await;
+    let disabled = get(plain.url(&format!("/v1/verdicts/{workflow}")), VERDICT).await;
+    let bad_id = get(app.url("/v1/verdicts/not-a-uuid"), VERDICT).await;
+
+    assert_eq!(
+        approvals.status, 401,
+        "the verdict token cannot list approvals"
+    );
+    assert_eq!(one.status, 401);
+    assert_eq!(
+        admin_on_verdicts.status, 401,
+        "each route family takes its own token"
+    );
+    assert_eq!(
+        (wrong.status, wrong.body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    assert_eq!(
+        (disabled.status, disabled.body["error"].as_str()),
+        (404, Some("not_found"))
+    );
+    assert_eq!(bad_id.status, 400);
+}
+
+#[tokio::test]
+async fn verify_cannot_verify_with_a_wrong_token_an_unreachable_service_or_no_verdict_api() {
+    let app = spawn_with_verdicts(&[]).await;
     let plain = spawn_app().await;
     let workflow = Uuid::new_v4();
     let closed = {
@@ -130,17 +276,36 @@ async fn verify_cannot_verify_with_a_wrong_token_an_unreachable_service_or_no_au
     };
 
     let wrong = check(&args(&app.url(""), workflow, "wrong-token-wrong-token")).await;
-    let unreachable = check(&args(&format!("http://{closed}"), workflow, ADMIN)).await;
-    let disabled = check(&args(&plain.url(""), workflow, ADMIN)).await;
+    let unreachable = check(&args(&format!("http://{closed}"), workflow, VERDICT)).await;
+    let disabled = check(&args(&plain.url(""), workflow, VERDICT)).await;
 
     assert_eq!(wrong.0, Verdict::Unknown);
-    assert!(wrong.1.contains("ADMIN_TOKEN"), "{}", wrong.1);
+    assert!(wrong.1.contains("APPROVER_VERDICT_TOKEN"), "{}", wrong.1);
     assert_eq!(unreachable.0, Verdict::Unknown);
     assert!(unreachable.1.contains("cannot reach"), "{}", unreachable.1);
     assert_eq!(disabled.0, Verdict::Unknown);
-    assert!(!wrong.1.contains(ADMIN));
+    assert!(disabled.1.contains("VERDICT_TOKEN"), "{}", disabled.1);
+    assert!(!wrong.1.contains(VERDICT));
     assert_eq!(
         Verdict::Unknown.exit_code(),
         std::process::ExitCode::from(3)
     );
+}
+
+#[tokio::test]
+async fn the_same_token_for_admin_and_verdicts_is_refused_at_startup() {
+    let same = "the-same-token-for-both-0001";
+    let args = sym_circleci_approver::cli::ServeArgs::from_flags([
+        format!(
+            "--sym-webhook-secret={}",
+            sym_circleci_approver::signature::WebhookSecret::generate()
+        ),
+        "--circleci-token=t".to_owned(),
+        format!("--admin-token={same}"),
+        format!("--verdict-token={same}"),
+    ])
+    .unwrap();
+    let error = args.to_config().map(drop).unwrap_err().to_string();
+    assert!(error.starts_with("VERDICT_TOKEN"), "{error}");
+    assert!(!error.contains(same));
 }

@@ -16,6 +16,7 @@ use crate::config::CircleCiConfig;
 use crate::domain::ids::{ApprovalRequestId, WorkflowId};
 
 mod model;
+pub mod token;
 use model::Job;
 pub use model::{HoldJob, HoldJobState, Me, Operation, WorkflowInfo, WorkflowView};
 

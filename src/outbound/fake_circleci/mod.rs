@@ -407,8 +407,27 @@ impl FakeCircleCi {
             .map(|j| j.effective_status().to_owned())
     }
 
+    /// The calls about workflows, in order. The service's startup token check (`GET /me`)
+    /// is left out: see [`Self::token_checks`].
     pub fn calls(&self) -> Vec<RecordedCall> {
-        self.shared.lock().calls.clone()
+        self.shared
+            .lock()
+            .calls
+            .iter()
+            .filter(|c| c.operation != "me")
+            .cloned()
+            .collect()
+    }
+
+    /// The `GET /me` token checks received.
+    pub fn token_checks(&self) -> Vec<RecordedCall> {
+        self.shared
+            .lock()
+            .calls
+            .iter()
+            .filter(|c| c.operation == "me")
+            .cloned()
+            .collect()
     }
 
     /// Calls of one operation (`list_jobs`, `approve`, `cancel`) that carried the right token.
