@@ -25,6 +25,8 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     worker: Arc<ApprovalWorker>,
+    http: crate::config::HttpConfig,
+    metrics: Metrics,
     /// The startup check of CIRCLECI_TOKEN, run in the background.
     token_check: (TokenCheck, CircleCiClient, Metrics),
     store: Store,
@@ -61,6 +63,11 @@ impl Application {
             wake: Arc::clone(&wake),
             rules: Arc::new(config.rules.clone()),
             max_body_bytes: config.http.max_body_bytes,
+            body_read_timeout: config.http.body_read_timeout,
+            store_slots: Arc::new(tokio::sync::Semaphore::new(
+                config.http.max_concurrent_requests,
+            )),
+            refusal_log: Arc::new(crate::telemetry::RateLimit::per_second(5)),
             admin_token: config.admin_token.as_ref().map(BearerToken::new),
             verdict_token: config.verdict_token.as_ref().map(BearerToken::new),
             circleci: circleci.clone(),
@@ -81,6 +88,8 @@ impl Application {
             wake,
         ));
         Ok(Self {
+            http: config.http.clone(),
+            metrics: metrics.clone(),
             token_check: (token, circleci, metrics),
             listener,
             router,
@@ -128,11 +137,14 @@ impl Application {
                 shutdown.clone(),
             ))
         });
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .context("HTTP server failed")?;
-        // The server can only end early on an error; make sure the worker stops either way.
+        http::server::serve(
+            self.listener,
+            self.router,
+            self.http.clone(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        )
+        .await;
         shutdown.cancel();
         if let Some(worker) = worker {
             if let Err(e) = worker.await {

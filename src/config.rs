@@ -79,8 +79,19 @@ pub struct WorkerConfig {
 pub struct HttpConfig {
     pub listen_addr: SocketAddr,
     pub max_body_bytes: usize,
+    /// Signed deliveries being stored at once; more wait briefly, then get 429.
     pub max_concurrent_requests: usize,
     pub request_timeout: Duration,
+    /// Open connections at most; more are closed on accept.
+    pub max_connections: usize,
+    /// Time for a client to send its request headers (also bounds a keep-alive wait).
+    pub header_read_timeout: Duration,
+    /// Time for a client to send a webhook body.
+    pub body_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// After SIGTERM: how long requests in flight may take before connections are dropped.
+    pub shutdown_grace: Duration,
 }
 
 /// Everything `serve` needs, validated.

@@ -28,6 +28,7 @@ pub const DELIVERY_OUTCOMES: &[&str] = &[
     "rejected_invalid_workflow_id",
     "rejected_hold_job_not_allowed",
     "rejected_too_large",
+    "rejected_body_timeout",
     "rejected_overloaded",
     "rejected_other",
     "store_unavailable",
@@ -73,6 +74,13 @@ pub struct Metrics {
     pending_tasks: Gauge,
     oldest_pending_age: Gauge<f64, AtomicU64>,
     token_state: Family<StateLabels, Gauge>,
+    connections_closed: Family<ReasonLabels, Counter>,
+    open_connections: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,7 +186,29 @@ impl Metrics {
              valid, refused (not a personal API token, or revoked), unreachable",
             token_state.clone(),
         );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the server closed by reason: header_timeout, idle, body_timeout, \
+             over_capacity (MAX_CONNECTIONS), shutdown_forced (open after SHUTDOWN_GRACE)",
+            connections_closed.clone(),
+        );
+        for reason in crate::http::server::reason::ALL {
+            connections_closed
+                .get_or_create(&ReasonLabels {
+                    reason: (*reason).to_owned(),
+                })
+                .inc_by(0);
+        }
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "HTTP connections open now",
+            open_connections.clone(),
+        );
         let metrics = Self {
+            connections_closed,
+            open_connections,
             token_state,
             registry: Arc::new(registry),
             deliveries,
@@ -232,6 +262,22 @@ impl Metrics {
                 endpoint: call.operation.as_str().to_owned(),
             })
             .observe(call.duration.as_secs_f64());
+    }
+
+    pub fn connection_closed(&self, reason: &str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    pub fn connection_finished(&self) {
+        self.open_connections.dec();
     }
 
     /// One-hot: the token's current state is 1, the others 0.

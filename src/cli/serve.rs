@@ -107,9 +107,27 @@ pub struct ServeArgs {
     /// Largest accepted webhook body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
-    /// Webhook requests handled at once; more are shed with 429 and Retry-After.
+    /// Signed deliveries being written to the store at once; more wait up to 250 ms, then
+    /// get 429 with Retry-After. Unsigned requests never take a slot.
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     pub max_concurrent_requests: usize,
+    /// Open connections at most; a connection past this is closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Time for a client to send its request headers; also how long a keep-alive connection
+    /// may wait silently for its next request.
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: String,
+    /// Time for a client to send a webhook body (408 after).
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "10s")]
+    pub body_read_timeout: String,
+    /// A keep-alive connection idle this long after a response is closed.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "5s")]
+    pub idle_timeout: String,
+    /// After SIGTERM, how long requests in flight may finish before connections are dropped
+    /// (the process exits well inside Kubernetes' default 30 s).
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: String,
     /// Time limit for handling one HTTP request.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "15s")]
     pub request_timeout: String,
@@ -222,6 +240,7 @@ impl ServeArgs {
         }
         positive("MAX_BODY_BYTES", args.max_body_bytes)?;
         positive("MAX_CONCURRENT_REQUESTS", args.max_concurrent_requests)?;
+        positive("MAX_CONNECTIONS", args.max_connections)?;
         positive("WORKER_CONCURRENCY", args.worker_concurrency)?;
 
         Ok(Config {
@@ -230,6 +249,14 @@ impl ServeArgs {
                 max_body_bytes: args.max_body_bytes,
                 max_concurrent_requests: args.max_concurrent_requests,
                 request_timeout: parse_duration("REQUEST_TIMEOUT", &args.request_timeout)?,
+                max_connections: args.max_connections,
+                header_read_timeout: parse_duration(
+                    "HEADER_READ_TIMEOUT",
+                    &args.header_read_timeout,
+                )?,
+                body_read_timeout: parse_duration("BODY_READ_TIMEOUT", &args.body_read_timeout)?,
+                idle_timeout: parse_duration("IDLE_TIMEOUT", &args.idle_timeout)?,
+                shutdown_grace: parse_duration("SHUTDOWN_GRACE", &args.shutdown_grace)?,
             },
             verifier: Verifier::new(secrets, tolerance),
             circleci: CircleCiConfig {

@@ -24,6 +24,9 @@ pub enum ApiError {
     /// 422: the event names a hold job that is not in HOLD_JOB_NAMES.
     #[error("{0}")]
     HoldJobNotAllowed(String),
+    /// 408: the body did not arrive within BODY_READ_TIMEOUT.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
     /// 413: the body is over the configured limit.
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -61,6 +64,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "hold_job_not_allowed")
             }
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
@@ -93,6 +97,10 @@ impl IntoResponse for ApiError {
         match self {
             Self::Overloaded | Self::StoreUnavailable | Self::Timeout | Self::Upstream(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            // A client this slow does not get to keep the connection.
+            Self::BodyTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Self::AdminUnauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -1,25 +1,29 @@
 //! The HTTP API: routes, shared state and the tower layers around them.
 //!
 //! Layers, outermost first: a request id is set (or kept) and echoed back, a tracing span
-//! carries it, panics become a JSON 500, and every request has a time limit. The webhook route
-//! also has a body limit and a cap on requests in flight that sheds overload with 429.
+//! carries it, panics become a JSON 500, and every request has a time limit. The webhook
+//! handler reads its body under a size and time limit, checks the signature before anything
+//! else, and only then takes one of the store-write slots (429 when none frees up soon), so
+//! unsigned traffic never holds what signed deliveries need. [`server`] runs the connections.
 
 mod admin;
 mod auth;
 mod error;
 mod health;
+pub mod server;
 mod verdict;
 mod webhook;
 
 use std::sync::Arc;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderName, Method, Uri};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{BoxError, Router};
+use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -47,6 +51,11 @@ pub struct AppState {
     /// ON_DENY, APPROVAL_TIMEOUT, HOLD_JOB_NAMES.
     pub rules: Arc<TaskRules>,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+    /// Slots for writing signed deliveries to the store (MAX_CONCURRENT_REQUESTS).
+    pub store_slots: Arc<Semaphore>,
+    /// Keeps a flood of refused requests from flooding the log.
+    pub refusal_log: Arc<crate::telemetry::RateLimit>,
     /// The audit API's token; None disables the API (404).
     pub admin_token: Option<BearerToken>,
     /// The verdict API's token; None disables it (404).
@@ -57,22 +66,10 @@ pub struct AppState {
     pub token: TokenCheck,
 }
 
-#[derive(Clone)]
-struct Limiter {
-    permits: Arc<Semaphore>,
-    metrics: Metrics,
-}
-
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: AppState, config: &HttpConfig) -> Router {
-    let limiter = Limiter {
-        permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
-        metrics: state.metrics.clone(),
-    };
-    let webhook = post(webhook::receive)
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        .layer(middleware::from_fn_with_state(limiter, shed_overload));
+    let webhook = post(webhook::receive);
 
     let audit_api = Router::new()
         .route("/v1/approvals", get(admin::list_approvals))
@@ -133,17 +130,6 @@ pub fn router(state: AppState, config: &HttpConfig) -> Router {
                 }))
                 .timeout(config.request_timeout),
         )
-}
-
-/// Sheds requests beyond the cap with 429 instead of queueing them without bound.
-async fn shed_overload(State(limiter): State<Limiter>, request: Request, next: Next) -> Response {
-    match Arc::clone(&limiter.permits).try_acquire_owned() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => {
-            limiter.metrics.delivery("rejected_overloaded");
-            ApiError::Overloaded.into_response()
-        }
-    }
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {

@@ -1,14 +1,15 @@
 //! `POST /webhooks/sym`: verify, parse, store, answer. The approval itself happens later, in
 //! the worker; this handler only makes the event durable.
 //!
-//! Order matters: the raw body is read (413 over the limit), the signature is checked on those
-//! exact bytes (401, reason logged only), then the JSON is parsed (400/422), then the delivery
-//! and its task are committed in one transaction (503 if the store cannot), and only then 2xx.
+//! Order matters: the raw body is read under BODY_READ_TIMEOUT (408) and MAX_BODY_BYTES (413),
+//! the signature is checked on those exact bytes (401, reason logged, rate-limited), then the
+//! JSON is parsed (400/422); only a signed, valid event then takes a store-write slot (429
+//! when none frees up within [`SLOT_WAIT`]), and the delivery and its task are committed in
+//! one transaction (503 if the store cannot) before any 2xx.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -21,10 +22,13 @@ use crate::inbound::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use crate::inbound::sym_event::{EventError, SymEvent};
 use crate::store::Recorded;
 
+/// How long a signed delivery waits for a store-write slot before 429.
+const SLOT_WAIT: Duration = Duration::from_millis(250);
+
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let started = Instant::now();
     let result = handle(&state, &headers, body, started).await;
@@ -33,31 +37,51 @@ pub async fn receive(
         Err(e) => rejection_outcome(e),
     };
     state.metrics.delivery(outcome);
-    if result.is_err() {
-        tracing::info!(
-            outcome,
-            latency_ms = started.elapsed().as_millis() as u64,
-            "delivery refused"
-        );
+    if let Err(e) = &result {
+        if matches!(e, ApiError::BodyTimeout(_)) {
+            state
+                .metrics
+                .connection_closed(super::server::reason::BODY_TIMEOUT);
+        }
+        if let Some(suppressed) = state.refusal_log.allow() {
+            tracing::info!(
+                outcome,
+                suppressed,
+                latency_ms = started.elapsed().as_millis() as u64,
+                "delivery refused"
+            );
+        }
     }
     result.map(|(response, _)| response)
 }
 
 type Handled = ((StatusCode, Json<Value>), &'static str);
 
+/// The whole body, within the size and time limits.
+async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(body, state.max_body_bytes);
+    match tokio::time::timeout(
+        state.body_read_timeout,
+        http_body_util::BodyExt::collect(limited),
+    )
+    .await
+    {
+        Err(_) => Err(ApiError::BodyTimeout(state.body_read_timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge(state.max_body_bytes))
+        }
+        Ok(Err(e)) => Err(ApiError::BadRequest(format!("cannot read the body: {e}"))),
+    }
+}
+
 async fn handle(
     state: &AppState,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     started: Instant,
 ) -> Result<Handled, ApiError> {
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge(state.max_body_bytes)
-        } else {
-            ApiError::BadRequest(rejection.body_text())
-        }
-    })?;
+    let body = read_body(state, body).await?;
 
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let now = unix_secs();
@@ -71,8 +95,11 @@ async fn handle(
             now,
         )
         .map_err(|reason| {
-            // The reason helps operators; the caller gets the same 401 whatever it was.
-            tracing::warn!(reason = %reason, "webhook signature check failed");
+            // The reason helps operators; the caller gets the same 401 whatever it was. A
+            // flood of forgeries is counted in full but logged only a few times a second.
+            if let Some(suppressed) = state.refusal_log.allow() {
+                tracing::warn!(reason = %reason, suppressed, "webhook signature check failed");
+            }
             ApiError::InvalidSignature
         })?;
 
@@ -93,6 +120,11 @@ async fn handle(
             ApiError::HoldJobNotAllowed(refused.to_string())
         })?;
 
+    // Only now, signed and valid, does the delivery take a store-write slot.
+    let _slot = match tokio::time::timeout(SLOT_WAIT, state.store_slots.acquire()).await {
+        Ok(Ok(slot)) => slot,
+        _ => return Err(ApiError::Overloaded),
+    };
     let recorded = state
         .store
         .record_delivery(&verified.webhook_id, &event, received_at, task.as_ref())
@@ -142,6 +174,8 @@ fn rejection_outcome(error: &ApiError) -> &'static str {
         ApiError::InvalidWorkflowId(_) => "rejected_invalid_workflow_id",
         ApiError::HoldJobNotAllowed(_) => "rejected_hold_job_not_allowed",
         ApiError::PayloadTooLarge(_) => "rejected_too_large",
+        ApiError::BodyTimeout(_) => "rejected_body_timeout",
+        ApiError::Overloaded => "rejected_overloaded",
         ApiError::StoreUnavailable => "store_unavailable",
         _ => "rejected_other",
     }

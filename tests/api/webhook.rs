@@ -486,35 +486,111 @@ async fn health_and_readiness_answer_json_and_unknown_routes_get_json_404() {
 }
 
 #[tokio::test]
-async fn requests_over_the_concurrency_cap_are_shed_with_429_and_retry_after() {
+async fn slow_unsigned_bodies_do_not_take_the_slots_signed_deliveries_need() {
     let app = spawn_app_with(&["--max-concurrent-requests=1"]).await;
-    // Hold the only slot: a request whose body never finishes arriving.
-    let mut slow = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    slow.write_all(
-        b"POST /webhooks/sym HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
-    )
-    .await
-    .unwrap();
-    slow.flush().await.unwrap();
+    // Twenty requests whose bodies never finish arriving.
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        stream
+            .write_all(
+                b"POST /webhooks/sym HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                  content-length: 1000\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        slow.push(stream);
+    }
 
-    // The slot is taken once the server has read the slow request's head; retry until then.
+    let workflow = app.workflow("on_hold");
+    let delivery = app.approve(workflow).await;
+
+    let task = app.finished_task(&delivery, WAIT).await;
+    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    drop(slow);
+}
+
+#[tokio::test]
+async fn signed_deliveries_over_the_store_write_cap_get_429_with_retry_after_then_go_through() {
+    let app = spawn_app_with(&["--max-concurrent-requests=1"]).await;
+    if app.db.is_postgres() {
+        return; // the slot is held here by SQLite's write lock
+    }
+    // Another process holds SQLite's write lock: the first signed delivery waits in the store,
+    // holding the only store-write slot.
+    let path = app.db.url.trim_start_matches("sqlite://").to_owned();
+    let mut locker = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\nsys.stdin.readline()\n\
+             c.execute('COMMIT')",
+            &path,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::process::ChildStdout::from_std(locker.stdout.take().unwrap()).unwrap();
+    let mut buf = [0u8; 6];
+    stdout.read_exact(&mut buf).await.unwrap();
+
+    let first_workflow = app.workflow("on_hold");
+    let first_body = approve_event(&Uuid::new_v4().to_string(), &first_workflow.to_string());
+    let first = {
+        let app_url = app.url("/webhooks/sym");
+        let secret = app.secret.clone();
+        let client = app.client.clone();
+        tokio::spawn(async move {
+            sym_circleci_approver::cli::post_signed(
+                &client,
+                &app_url,
+                &secret,
+                "msg_first",
+                &first_body,
+            )
+            .await
+            .unwrap()
+        })
+    };
+    let second_workflow = app.workflow("on_hold");
+    let second_body = approve_event(&Uuid::new_v4().to_string(), &second_workflow.to_string());
+    let second_id = new_webhook_id();
     let mut shed = None;
-    for _ in 0..100 {
-        let answer = app.post_signed(b"{}".to_vec(), &new_webhook_id()).await;
+    for _ in 0..200 {
+        let answer = app.post_signed(second_body.clone(), &second_id).await;
         if answer.status == 429 {
             shed = Some(answer);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-
     let shed = shed.expect("a 429 while the slot is held");
     assert_eq!(shed.body["error"], "overloaded");
     assert!(shed.headers.contains_key("retry-after"));
-    drop(slow);
-    // Health checks are never shed.
+    // Health checks never wait for a slot.
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
+
+    // The lock goes: the first is accepted, the retried second too, each approved once.
+    use std::io::Write as _;
+    writeln!(locker.stdin.take().unwrap()).unwrap();
+    assert!(locker.wait().unwrap().success());
+    assert_eq!(first.await.unwrap().status, 202);
+    let again = app.post_signed(second_body, &second_id).await;
+    assert_eq!(again.status, 202, "{}", again.body);
+    app.finished_task(again.body["delivery_id"].as_str().unwrap(), WAIT)
+        .await;
+    assert!(
+        app.fake
+            .wait_for_calls(WAIT, |calls| calls
+                .iter()
+                .filter(|c| c.operation == "approve" && c.status == 202)
+                .count()
+                == 2)
+            .await
+    );
+    assert_eq!(app.fake.successful_approvals(), 2);
 }
 
 #[tokio::test]
