@@ -307,6 +307,17 @@ def test_e2e_hold_job_name_is_forwarded_and_the_hold_job_approved(impl, approver
 
 
 @pytest.mark.e2e
+def test_e2e_a_hold_job_the_service_does_not_list_is_refused_and_reported(impl, approver_service):
+    event = e2e_event(approver_service, hold_job_name="deploy_gate_not_listed")
+    workflow_id = event.payload.fields["workflow_id"]
+    with pytest.raises(RuntimeError, match="final, not retried.*HTTP 422"):
+        impl.after_approve(event)
+    (message, _thread) = not_released_messages()
+    assert "hold_job_not_allowed" in message["text"] and "deploy_gate_not_listed" in message["text"]
+    assert approver_service.calls(workflow_id, "approve") == []
+
+
+@pytest.mark.e2e
 def test_e2e_sandboxed_after_deny_is_recorded_by_the_service(impl, approver_service):
     event = e2e_event(approver_service, event_type="deny")
     workflow_id = event.payload.fields["workflow_id"]
