@@ -4,19 +4,28 @@
 #   bash .ci/deploy-checks.sh
 #
 #   hadolint        Dockerfile
-#   ShellCheck      .ci/container-test.sh, .ci/deploy-checks.sh
-#   kubernetes-validate --strict   deploy/kubernetes/*.yaml (offline schemas), plus the
-#                   kustomization's resource list
-#   checkov         Dockerfile, deploy/kubernetes, deploy/circleci, deploy/sym (terraform);
+#   ShellCheck      .ci/*.sh, and the run steps of deploy/circleci/config.yml
+#   kubernetes-validate --strict   deploy/kubernetes*/*.yaml (offline schemas)
+#   kustomization   resources list every manifest but the Secret templates, and the rendered
+#                   kit (kubectl kustomize, where kubectl exists) contains no Secret
+#   checkov         Dockerfile, deploy/kubernetes*, deploy/circleci, deploy/sym (terraform);
 #                   accepted findings carry skip comments, listed in docs/deploy.md
-#   compose config  deploy/docker-compose.yml (when docker-compose / docker compose exists)
+#   compose config  deploy/docker-compose*.yml (when docker-compose / docker compose exists)
 #   yamllint        deploy/ (deploy/.yamllint)
+#   CircleCI schema deploy/circleci/config.yml (check-jsonschema's vendored CircleCI schema)
 #   terraform fmt   deploy/sym (only when terraform is installed)
-#   pytest          deploy/sym/tests (impl.py: signing, fallbacks, retries; e2e when configured)
+#   pytest          deploy/sym/tests (impl.py under RestrictedPython, every handler, retries, the
+#                   Terraform schema check, and end to end against the real service binary) and
+#                   deploy/circleci/tests (the gate and verdict steps against local servers)
 #
-# The Python tools live in a private virtualenv (checkov pins old boto3/botocore and would break
-# other tools in the system Python). It is reused across runs and reinstalled only when
-# deploy/requirements-checks.txt changes. Override its place with DEPLOY_CHECKS_VENV.
+# The end-to-end tests run the service binary APPROVER_BIN (default target/debug/
+# sym-circleci-approver, built with `cargo build --locked` when missing).
+#
+# The Python tools live in private virtualenvs (checkov pins old boto3/botocore and would break
+# other tools in the system Python; its bc-python-hcl2 and the tests' python-hcl2 both install
+# a module named hcl2): one for the tools (deploy/requirements-checks.txt) and one for the tests
+# (deploy/sym/tests/requirements.txt). Each is reused across runs and reinstalled only when its
+# requirements file changes. Override their places with DEPLOY_CHECKS_VENV / DEPLOY_TESTS_VENV.
 #
 # Every check runs even after a failure; the exit status is non-zero if any failed.
 set -Euo pipefail
@@ -26,8 +35,10 @@ cd "${REPO}" || exit 1
 
 # Kubernetes version to validate against: one whose schemas kubernetes-validate ships.
 K8S_VERSION="${K8S_VERSION:-1.33.0}"
-VENV="${DEPLOY_CHECKS_VENV:-${XDG_CACHE_HOME:-${HOME}/.cache}/sym-circleci-approver/deploy-checks-venv}"
-REQUIREMENTS="deploy/requirements-checks.txt"
+CACHE="${XDG_CACHE_HOME:-${HOME}/.cache}/sym-circleci-approver"
+VENV="${DEPLOY_CHECKS_VENV:-${CACHE}/deploy-checks-venv}"
+TESTS_VENV="${DEPLOY_TESTS_VENV:-${CACHE}/deploy-tests-venv}"
+APPROVER_BIN="${APPROVER_BIN:-${REPO}/target/debug/sym-circleci-approver}"
 
 passed=0
 failed=0
@@ -51,32 +62,66 @@ run() {
   fi
 }
 
+# ensure_venv DIR REQUIREMENTS: (re)creates the virtualenv when the requirements changed.
+ensure_venv() {
+  local venv=$1 requirements=$2
+  echo "----- tools: virtualenv ${venv} (${requirements})"
+  local stamp="${venv}/.requirements.sha256" want
+  want="$(sha256sum "${requirements}" | cut -d' ' -f1)"
+  if [ -x "${venv}/bin/python" ] && [ "$(cat "${stamp}" 2>/dev/null)" = "${want}" ]; then
+    echo "up to date"
+    return 0
+  fi
+  rm -rf "${venv}"
+  python3 -m venv "${venv}" &&
+    "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip &&
+    "${venv}/bin/python" -m pip install --quiet --disable-pip-version-check -r "${requirements}" &&
+    echo "${want}" >"${stamp}" &&
+    echo "installed $(grep -cv '^#' "${requirements}") requirement lines"
+}
+
 # ---------------------------------------------------------------------------------------------
-echo "----- tools: virtualenv ${VENV}"
-stamp="${VENV}/.requirements.sha256"
-want="$(sha256sum "${REQUIREMENTS}" | cut -d' ' -f1)"
-if [ ! -x "${VENV}/bin/python" ] || [ "$(cat "${stamp}" 2>/dev/null)" != "${want}" ]; then
-  rm -rf "${VENV}"
-  python3 -m venv "${VENV}" &&
-    "${VENV}/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip &&
-    "${VENV}/bin/python" -m pip install --quiet --disable-pip-version-check -r "${REQUIREMENTS}" &&
-    echo "${want}" >"${stamp}"
-  rc=$?
-  if [ "${rc}" -ne 0 ]; then
-    echo "FAIL: installing the check tools from ${REQUIREMENTS} (pip exit ${rc})"
+for pair in "${VENV}:deploy/requirements-checks.txt" "${TESTS_VENV}:deploy/sym/tests/requirements.txt"; do
+  if ! ensure_venv "${pair%%:*}" "${pair#*:}"; then
+    echo "FAIL: installing the tools from ${pair#*:}"
     echo "deploy-checks: 0 passed, 1 failed"
     exit 1
   fi
-  echo "installed $(wc -l <"${REQUIREMENTS}") requirement lines"
-else
-  echo "up to date"
-fi
+done
 export PATH="${VENV}/bin:${PATH}"
+TESTS_PY="${TESTS_VENV}/bin/python"
 
 # ---------------------------------------------------------------------------------------------
 run hadolint hadolint Dockerfile
 
 run shellcheck shellcheck .ci/*.sh
+
+# The run steps of the CircleCI config are bash scripts too (CircleCI runs them with
+# /bin/bash -eo pipefail): check each one as such.
+shellcheck_circleci_steps() {
+  local dir
+  dir="$(mktemp -d)"
+  "${TESTS_PY}" - "${dir}" <<'PY' || { rm -rf "${dir}"; return 1; }
+import pathlib, re, sys, yaml
+out = pathlib.Path(sys.argv[1])
+config = yaml.safe_load(pathlib.Path("deploy/circleci/config.yml").read_text())
+count = 0
+for job_name, job in config["jobs"].items():
+    for step in job.get("steps", []):
+        run = step.get("run") if isinstance(step, dict) else None
+        if isinstance(run, dict) and "\n" in run.get("command", ""):
+            count += 1
+            name = re.sub(r"\W+", "_", run["name"]).strip("_")
+            exports = "".join("export %s=x\n" % key for key in (run.get("environment") or {}))
+            (out / ("%s__%s.sh" % (job_name, name))).write_text("#!/bin/bash\n" + exports + run["command"])
+print("%d multi-line run steps" % count)
+PY
+  shellcheck --shell=bash "${dir}"/*.sh
+  local rc=$?
+  rm -rf "${dir}"
+  return "${rc}"
+}
+run shellcheck-circleci-steps shellcheck_circleci_steps
 
 k8s_manifests=()
 for f in deploy/kubernetes/*.yaml deploy/kubernetes-replicas/*.yaml; do
@@ -86,20 +131,40 @@ done
 run kubernetes-validate kubernetes-validate --strict --kubernetes-version "${K8S_VERSION}" "${k8s_manifests[@]}"
 
 check_kustomization() {
-  python - <<'PY'
+  "${TESTS_PY}" - <<'PY' || return 1
 import pathlib, sys, yaml
-base = pathlib.Path("deploy/kubernetes")
-k = yaml.safe_load((base / "kustomization.yaml").read_text())
-listed = set(k.get("resources", []))
-missing = [r for r in listed if not (base / r).is_file()]
-unlisted = sorted(p.name for p in base.glob("*.yaml") if p.name != "kustomization.yaml" and p.name not in listed)
-print("resources:", ", ".join(sorted(listed)))
-if missing or unlisted:
-    print("missing files:", missing, "files not in kustomization:", unlisted)
-    sys.exit(1)
+bad = False
+for base in (pathlib.Path("deploy/kubernetes"), pathlib.Path("deploy/kubernetes-replicas")):
+    k = yaml.safe_load((base / "kustomization.yaml").read_text())
+    listed = set(k.get("resources", []))
+    kinds = {p.name: yaml.safe_load(p.read_text()).get("kind") for p in base.glob("*.yaml") if p.name != "kustomization.yaml"}
+    missing = sorted(r for r in listed if not (base / r).is_file())
+    unlisted = sorted(n for n, kind in kinds.items() if n not in listed and kind != "Secret")
+    secrets = sorted(n for n in listed if kinds.get(n) == "Secret")
+    generators = k.get("secretGenerator")
+    print("%s: %s" % (base, ", ".join(sorted(listed))))
+    if missing or unlisted or secrets or generators:
+        print("  missing files: %s, manifests not listed: %s, Secrets listed (apply -k would "
+              "overwrite the real ones): %s, secretGenerator: %s" % (missing, unlisted, secrets, generators))
+        bad = True
+sys.exit(1 if bad else 0)
 PY
+  # The rendered kit, as `kubectl apply -k` would send it, must carry no Secret.
+  if command -v kubectl >/dev/null 2>&1; then
+    local dir
+    for dir in deploy/kubernetes deploy/kubernetes-replicas; do
+      kubectl kustomize "${dir}" >/dev/null || return 1
+      if kubectl kustomize "${dir}" | grep -qE '^kind: Secret$'; then
+        echo "${dir}: kubectl kustomize renders a Secret"
+        return 1
+      fi
+      echo "${dir}: kubectl kustomize renders $(kubectl kustomize "${dir}" | grep -cE '^kind:') objects, no Secret"
+    done
+  else
+    echo "kubectl not installed: rendered kustomization not checked"
+  fi
 }
-run kustomization-resources check_kustomization
+run kustomization check_kustomization
 
 # One run per target: mixing -f and -d in one checkov call repeats some reports and drops others.
 # --skip-download: no calls to the vendor's platform (none is reachable in CI anyway).
@@ -130,6 +195,8 @@ run compose-config compose_config
 
 run yamllint yamllint --strict -c deploy/.yamllint deploy/
 
+run circleci-schema check-jsonschema --builtin-schema vendor.circle-ci deploy/circleci/config.yml
+
 terraform_fmt() {
   if ! command -v terraform >/dev/null 2>&1; then
     echo "terraform not installed: fmt check skipped"
@@ -143,8 +210,15 @@ terraform_fmt() {
 }
 run terraform-fmt terraform_fmt
 
-# The reference data the tests read lives in tests/fixtures/.
-run pytest python -m pytest -q -p no:cacheprovider deploy/sym/tests
+deploy_tests() {
+  if [ ! -x "${APPROVER_BIN}" ]; then
+    echo "building ${APPROVER_BIN} for the end-to-end tests"
+    cargo build --locked || return 1
+  fi
+  APPROVER_BIN="${APPROVER_BIN}" APPROVER_E2E_REQUIRED=1 \
+    "${TESTS_PY}" -m pytest -q -p no:cacheprovider deploy/sym/tests deploy/circleci/tests
+}
+run pytest deploy_tests
 
 # ---------------------------------------------------------------------------------------------
 if [ "${failed}" -gt 0 ]; then

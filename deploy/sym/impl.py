@@ -2,24 +2,40 @@
 
 When an approver approves (or denies) a CircleCI deploy request in Slack, the after_approve
 (after_deny) hook sends the event to the sym-circleci-approver service, which approves the
-workflow's `wait_for_sym_approval` hold job (or cancels the workflow, per its ON_DENY setting).
+workflow's hold job (or cancels the workflow, per its ON_DENY setting).
 
-The delivery is exactly what Sym's own HTTP strategy would send:
+The delivery is what Sym's own HTTP strategy would send:
   * body: a Sym log entry, schema_version 4, whose `id` is stable for this run and event type
-    (uuid5), so a retried hook is a duplicate that the service approves only once;
+    (uuid5), so a repeated hook is a duplicate that the service approves only once;
   * headers: Standard Webhooks v1 (webhook-id, webhook-timestamp,
     webhook-signature = "v1," + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))), the key being
     the base64-decoded part of the "whsec_..." secret.
 
-Sym runs flow code in a restricted Python that may only import sym.sdk, requests, json and
-datetime. hmac, hashlib, base64, uuid and time are used when importable; otherwise this file
-falls back to the small pure-Python SHA-1, SHA-256, HMAC, base64 and sleep below (tested against
-the standard library in tests/test_impl.py).
+Sym runs this file in a restricted Python (RestrictedPython): imports are limited to sym.sdk,
+requests, json and datetime, and no name or attribute may start with "_". So SHA-256, SHA-1 (for
+uuid5), HMAC and base64 are written out below in plain Python, using only the builtins of
+RestrictedPython's safe_builtins (no bytes(), list(), dict(), getattr(), min(), max(), ...), no
+classes, no augmented assignment and no tuple unpacking. tests/test_sandbox.py runs every handler
+in such a sandbox; tests/test_impl.py checks the primitives against the standard library.
+
+Delivery policy (the hook's own retries; Sym does not retry a failed hook for us):
+  * 2xx: done. 4xx other than 429: final, nothing is retried (wrong secret, bad workflow id...).
+  * 429 and 503: retried after the server's Retry-After (seconds or HTTP date), else back-off.
+  * other 5xx, timeouts, connection errors: retried with doubling back-off (1 s, 2 s, 4 s, 8 s...).
+  * everything within DELIVERY_BUDGET_SECONDS (30 s, flow variable delivery_budget_seconds); a
+    wait that would end past the budget is not started.
+  * when the delivery finally fails, the approver is told in Slack that the deploy was NOT
+    released and why, and the hook raises, so Sym's error logger records it too.
 
 Configuration (deploy/sym/main.tf):
   * event.flow.vars["approver_url"]: the service's base URL (https://...), no trailing slash;
   * event.flow.vars["approvals_channel"]: Slack channel for requests;
+  * event.flow.vars["delivery_budget_seconds"]: optional, total time for one delivery (1-300);
   * the webhook secret: first secret of the environment's "approver" custom integration.
+
+Prompt fields: workflow_id (required, a UUID), workflow_url, merging_user and hold_job_name
+(optional: which approval job to release; the service approves only names in its
+HOLD_JOB_NAMES). All are forwarded in the event's "fields"; an empty hold_job_name is left out.
 """
 
 import datetime
@@ -31,56 +47,31 @@ from sym.sdk.annotations import hook, reducer
 from sym.sdk.integrations import slack
 from sym.sdk.templates import ApprovalTemplate
 
-try:  # pragma: no branch - which branch runs depends on the sandbox
-    import hashlib as _hashlib
-    import hmac as _hmac
-except ImportError:  # restricted runtime
-    _hashlib = None
-    _hmac = None
-
-try:
-    import base64 as _base64
-except ImportError:
-    _base64 = None
-
-try:
-    import uuid as _uuid
-except ImportError:
-    _uuid = None
-
-try:
-    import time as _time
-except ImportError:
-    _time = None
-
-
 SCHEMA_VERSION = 4
 WEBHOOK_PATH = "/webhooks/sym"
 INTEGRATION_NAME = "approver"
 DEFAULT_TEMPLATE_SRN = "sym:template:approval:1.0.0"
+DEFAULT_APPROVALS_CHANNEL = "#ci-approvals"
 
 # Fixed namespace for the stable log-entry ids: uuid5(namespace, "<run srn>#<event type>").
-# Changing it would make every in-flight run's retries look like new events.
+# Changing it would make every in-flight run's repeated deliveries look like new events.
 EVENT_ID_NAMESPACE = "3f0c6d3e-5b8e-4e0f-9a57-6a2b6f1c9d41"
 
-# Delivery policy: a few attempts with doubling back-off, enough to ride out a restart of the
-# service (a Kubernetes Recreate rollout takes a few seconds), bounded so the hook ends quickly.
-DELIVERY_ATTEMPTS = 4
-DELIVERY_TIMEOUT_SECONDS = 10
+# Delivery policy (see the module docstring).
+DELIVERY_BUDGET_SECONDS = 30.0
+DELIVERY_BUDGET_MIN_SECONDS = 1.0
+DELIVERY_BUDGET_MAX_SECONDS = 300.0
+DELIVERY_CONNECT_TIMEOUT_SECONDS = 5.0
+DELIVERY_READ_TIMEOUT_SECONDS = 10.0
 DELIVERY_BACKOFF_SECONDS = 1.0
+DELIVERY_BACKOFF_MAX_SECONDS = 8.0
 
+# CircleCI job names are short; anything longer (or multi-line) is not a job name.
+HOLD_JOB_NAME_MAX = 128
 
-class DeliveryError(RuntimeError):
-    """The service refused the event (4xx) or could not be reached after all attempts."""
+MASK32 = 0xFFFFFFFF
 
-
-# --------------------------------------------------------------------------------------------
-# Pure-Python fallbacks (used only where the standard modules cannot be imported)
-# --------------------------------------------------------------------------------------------
-
-_MASK32 = 0xFFFFFFFF
-
-_SHA256_K = (
+SHA256_K = (
     0x428A2F98, 0x71374491, 0xB5C0FBCF, 0xE9B5DBA5, 0x3956C25B, 0x59F111F1, 0x923F82A4, 0xAB1C5ED5,
     0xD807AA98, 0x12835B01, 0x243185BE, 0x550C7DC3, 0x72BE5D74, 0x80DEB1FE, 0x9BDC06A7, 0xC19BF174,
     0xE49B69C1, 0xEFBE4786, 0x0FC19DC6, 0x240CA1CC, 0x2DE92C6F, 0x4A7484AA, 0x5CB0A9DC, 0x76F988DA,
@@ -90,178 +81,294 @@ _SHA256_K = (
     0x19A4C116, 0x1E376C08, 0x2748774C, 0x34B0BCB5, 0x391C0CB3, 0x4ED8AA4A, 0x5B9CCA4F, 0x682E6FF3,
     0x748F82EE, 0x78A5636F, 0x84C87814, 0x8CC70208, 0x90BEFFFA, 0xA4506CEB, 0xBEF9A3F7, 0xC67178F2,
 )
+SHA256_H0 = (0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19)
+SHA1_H0 = (0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0)
+
+B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+B64_INDEX = {B64_ALPHABET[i]: i for i in range(64)}
 
 
-def _rotr(x, n):
-    return ((x >> n) | (x << (32 - n))) & _MASK32
+# --------------------------------------------------------------------------------------------
+# Small helpers that stand in for builtins the sandbox does not have
+# --------------------------------------------------------------------------------------------
 
 
-def _rotl(x, n):
-    return ((x << n) | (x >> (32 - n))) & _MASK32
+def read(getter, default=None):
+    """getter() (e.g. lambda: event.run.srn), or default when it raises or gives None.
+
+    The sandbox has no getattr(); SDK versions differ in which attributes exist, and SDK
+    properties may raise when their data is absent.
+    """
+    try:
+        value = getter()
+    except Exception:  # noqa: BLE001 - any missing attribute or key means "not there"
+        return default
+    if value is None:
+        return default
+    return value
 
 
-def _md_pad(data):
-    """Merkle-Damgard padding shared by SHA-1 and SHA-256 (64-byte blocks, big-endian length)."""
+def to_ints(data):
+    """A str (as UTF-8), bytes or list of ints, as a list of ints 0-255."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return [b for b in data]
+
+
+def ints_to_bytes(values):
+    """A list of ints 0-255 as bytes (the sandbox has no bytes()/bytearray())."""
+    return "".join([chr(v) for v in values]).encode("latin-1")
+
+
+def is_mapping(value):
+    return callable(read(lambda: value.keys)) and callable(read(lambda: value.get))
+
+
+def is_sequence(value):
+    return (not isinstance(value, str)) and callable(read(lambda: value.index)) and callable(
+        read(lambda: value.count)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# SHA-256 (FIPS 180-4), SHA-1 (for uuid5 only, RFC 4122), HMAC (RFC 2104), base64 (RFC 4648)
+# --------------------------------------------------------------------------------------------
+
+
+def rotr(x, n):
+    return ((x >> n) | (x << (32 - n))) & MASK32
+
+
+def rotl(x, n):
+    return ((x << n) | (x >> (32 - n))) & MASK32
+
+
+def md_pad(data):
+    """Merkle-Damgard padding shared by SHA-1 and SHA-256: 0x80, zeros, 64-bit big-endian length."""
     bit_length = (len(data) * 8) & 0xFFFFFFFFFFFFFFFF
-    padded = bytearray(data)
-    padded.append(0x80)
-    while len(padded) % 64 != 56:
-        padded.append(0)
-    padded += bit_length.to_bytes(8, "big")
-    return bytes(padded)
+    zeros = (55 - len(data)) % 64
+    length = [(bit_length >> (8 * (7 - i))) & 0xFF for i in range(8)]
+    return data + [0x80] + [0] * zeros + length
 
 
-def pure_sha256(data):
-    """SHA-256 (FIPS 180-4) of bytes, in pure Python."""
-    h = [0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19]
-    padded = _md_pad(bytes(data))
+def block_words(padded, offset):
+    """The sixteen big-endian 32-bit words of the 64-byte block at offset."""
+    return [
+        (padded[offset + 4 * i] << 24)
+        | (padded[offset + 4 * i + 1] << 16)
+        | (padded[offset + 4 * i + 2] << 8)
+        | padded[offset + 4 * i + 3]
+        for i in range(16)
+    ]
+
+
+def words_to_ints(words):
+    out = []
+    for w in words:
+        out.extend([(w >> 24) & 0xFF, (w >> 16) & 0xFF, (w >> 8) & 0xFF, w & 0xFF])
+    return out
+
+
+def sha256_ints(data):
+    """SHA-256 of a list of ints, as a list of 32 ints."""
+    h = [x for x in SHA256_H0]
+    padded = md_pad(data)
     for offset in range(0, len(padded), 64):
-        w = [int.from_bytes(padded[offset + 4 * i:offset + 4 * i + 4], "big") for i in range(16)]
+        w = block_words(padded, offset)
         for i in range(16, 64):
-            s0 = _rotr(w[i - 15], 7) ^ _rotr(w[i - 15], 18) ^ (w[i - 15] >> 3)
-            s1 = _rotr(w[i - 2], 17) ^ _rotr(w[i - 2], 19) ^ (w[i - 2] >> 10)
-            w.append((w[i - 16] + s0 + w[i - 7] + s1) & _MASK32)
-        a, b, c, d, e, f, g, hh = h
+            x = w[i - 15]
+            y = w[i - 2]
+            s0 = rotr(x, 7) ^ rotr(x, 18) ^ (x >> 3)
+            s1 = rotr(y, 17) ^ rotr(y, 19) ^ (y >> 10)
+            w.append((w[i - 16] + s0 + w[i - 7] + s1) & MASK32)
+        a = h[0]
+        b = h[1]
+        c = h[2]
+        d = h[3]
+        e = h[4]
+        f = h[5]
+        g = h[6]
+        hh = h[7]
         for i in range(64):
-            s1 = _rotr(e, 6) ^ _rotr(e, 11) ^ _rotr(e, 25)
-            ch = (e & f) ^ (~e & g)
-            t1 = (hh + s1 + ch + _SHA256_K[i] + w[i]) & _MASK32
-            s0 = _rotr(a, 2) ^ _rotr(a, 13) ^ _rotr(a, 22)
+            s1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)
+            ch = (e & f) ^ ((~e) & g)
+            t1 = (hh + s1 + ch + SHA256_K[i] + w[i]) & MASK32
+            s0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)
             maj = (a & b) ^ (a & c) ^ (b & c)
-            t2 = (s0 + maj) & _MASK32
-            hh, g, f, e, d, c, b, a = g, f, e, (d + t1) & _MASK32, c, b, a, (t1 + t2) & _MASK32
-        h = [(x + y) & _MASK32 for x, y in zip(h, (a, b, c, d, e, f, g, hh))]
-    return b"".join(x.to_bytes(4, "big") for x in h)
+            t2 = (s0 + maj) & MASK32
+            hh = g
+            g = f
+            f = e
+            e = (d + t1) & MASK32
+            d = c
+            c = b
+            b = a
+            a = (t1 + t2) & MASK32
+        h = [
+            (h[0] + a) & MASK32,
+            (h[1] + b) & MASK32,
+            (h[2] + c) & MASK32,
+            (h[3] + d) & MASK32,
+            (h[4] + e) & MASK32,
+            (h[5] + f) & MASK32,
+            (h[6] + g) & MASK32,
+            (h[7] + hh) & MASK32,
+        ]
+    return words_to_ints(h)
 
 
-def pure_sha1(data):
-    """SHA-1 of bytes, in pure Python. Only for uuid5 (RFC 4122 names it); never for signing."""
-    h = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0]
-    padded = _md_pad(bytes(data))
+def sha1_ints(data):
+    """SHA-1 of a list of ints, as a list of 20 ints. Only for uuid5; never for signing."""
+    h = [x for x in SHA1_H0]
+    padded = md_pad(data)
     for offset in range(0, len(padded), 64):
-        w = [int.from_bytes(padded[offset + 4 * i:offset + 4 * i + 4], "big") for i in range(16)]
+        w = block_words(padded, offset)
         for i in range(16, 80):
-            w.append(_rotl(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1))
-        a, b, c, d, e = h
+            w.append(rotl(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1))
+        a = h[0]
+        b = h[1]
+        c = h[2]
+        d = h[3]
+        e = h[4]
         for i in range(80):
             if i < 20:
-                f, k = (b & c) | (~b & d), 0x5A827999
+                f = (b & c) | ((~b) & d)
+                k = 0x5A827999
             elif i < 40:
-                f, k = b ^ c ^ d, 0x6ED9EBA1
+                f = b ^ c ^ d
+                k = 0x6ED9EBA1
             elif i < 60:
-                f, k = (b & c) | (b & d) | (c & d), 0x8F1BBCDC
+                f = (b & c) | (b & d) | (c & d)
+                k = 0x8F1BBCDC
             else:
-                f, k = b ^ c ^ d, 0xCA62C1D6
-            temp = (_rotl(a, 5) + (f & _MASK32) + e + k + w[i]) & _MASK32
-            a, b, c, d, e = temp, a, _rotl(b, 30), c, d
-        h = [(x + y) & _MASK32 for x, y in zip(h, (a, b, c, d, e))]
-    return b"".join(x.to_bytes(4, "big") for x in h)
+                f = b ^ c ^ d
+                k = 0xCA62C1D6
+            temp = (rotl(a, 5) + (f & MASK32) + e + k + w[i]) & MASK32
+            e = d
+            d = c
+            c = rotl(b, 30)
+            b = a
+            a = temp
+        h = [
+            (h[0] + a) & MASK32,
+            (h[1] + b) & MASK32,
+            (h[2] + c) & MASK32,
+            (h[3] + d) & MASK32,
+            (h[4] + e) & MASK32,
+        ]
+    return words_to_ints(h)
 
 
-def pure_hmac_sha256(key, message):
-    """HMAC-SHA256 (RFC 2104) in pure Python; keys longer than the 64-byte block are hashed."""
-    key = bytes(key)
+def sha256(data):
+    """SHA-256 of str (UTF-8), bytes or a list of ints, as bytes."""
+    return ints_to_bytes(sha256_ints(to_ints(data)))
+
+
+def sha1(data):
+    return ints_to_bytes(sha1_ints(to_ints(data)))
+
+
+def hmac_sha256_ints(key, message):
+    key = to_ints(key)
     if len(key) > 64:
-        key = pure_sha256(key)
-    key = key.ljust(64, b"\x00")
-    inner = pure_sha256(bytes(b ^ 0x36 for b in key) + bytes(message))
-    return pure_sha256(bytes(b ^ 0x5C for b in key) + inner)
-
-
-_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_B64_INDEX = {c: i for i, c in enumerate(_B64_ALPHABET)}
-
-
-def pure_b64encode(data):
-    """Standard base64 with padding (RFC 4648), as str."""
-    data = bytes(data)
-    out = []
-    for i in range(0, len(data), 3):
-        chunk = data[i:i + 3]
-        n = int.from_bytes(chunk.ljust(3, b"\x00"), "big")
-        chars = [_B64_ALPHABET[(n >> shift) & 63] for shift in (18, 12, 6, 0)]
-        if len(chunk) < 3:
-            chars[len(chunk) + 1:] = "=" * (3 - len(chunk))
-        out.append("".join(chars))
-    return "".join(out)
-
-
-def pure_b64decode(text):
-    """Standard base64 (padding optional) to bytes; ValueError on any other character."""
-    text = text.strip().rstrip("=")
-    if len(text) % 4 == 1:
-        raise ValueError("invalid base64 length")
-    out = bytearray()
-    acc = 0
-    bits = 0
-    for ch in text:
-        if ch not in _B64_INDEX:
-            raise ValueError("invalid base64 character")
-        acc = (acc << 6) | _B64_INDEX[ch]
-        bits += 6
-        if bits >= 8:
-            bits -= 8
-            out.append((acc >> bits) & 0xFF)
-    return bytes(out)
-
-
-def pure_uuid5(namespace, name):
-    """RFC 4122 name-based UUID (SHA-1, version 5), as the canonical string."""
-    ns_bytes = bytes.fromhex(namespace.replace("-", ""))
-    digest = bytearray(pure_sha1(ns_bytes + name.encode("utf-8"))[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = bytes(digest).hex()
-    return "-".join((h[0:8], h[8:12], h[12:16], h[16:20], h[20:32]))
-
-
-def _busy_sleep(seconds):
-    """time.sleep stand-in for a sandbox without `time` (datetime is allowed)."""
-    deadline = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
-    while datetime.datetime.now(datetime.timezone.utc) < deadline:
-        pass
-
-
-# --------------------------------------------------------------------------------------------
-# What the rest of the file uses: the standard library where it exists
-# --------------------------------------------------------------------------------------------
+        key = sha256_ints(key)
+    key = key + [0] * (64 - len(key))
+    inner = sha256_ints([k ^ 0x36 for k in key] + to_ints(message))
+    return sha256_ints([k ^ 0x5C for k in key] + inner)
 
 
 def hmac_sha256(key, message):
-    if _hmac is not None and _hashlib is not None:
-        return _hmac.new(bytes(key), bytes(message), _hashlib.sha256).digest()
-    return pure_hmac_sha256(key, message)
+    """HMAC-SHA256 (RFC 2104); keys longer than the 64-byte block are hashed first. Bytes."""
+    return ints_to_bytes(hmac_sha256_ints(key, message))
 
 
 def b64encode(data):
-    if _base64 is not None:
-        return _base64.b64encode(bytes(data)).decode("ascii")
-    return pure_b64encode(data)
+    """Standard base64 with padding (RFC 4648) of str, bytes or a list of ints, as str."""
+    data = to_ints(data)
+    out = []
+    for i in range(0, len(data), 3):
+        n = len(data) - i
+        b0 = data[i]
+        b1 = data[i + 1] if n > 1 else 0
+        b2 = data[i + 2] if n > 2 else 0
+        v = (b0 << 16) | (b1 << 8) | b2
+        out.append(
+            B64_ALPHABET[(v >> 18) & 63]
+            + B64_ALPHABET[(v >> 12) & 63]
+            + (B64_ALPHABET[(v >> 6) & 63] if n > 1 else "=")
+            + (B64_ALPHABET[v & 63] if n > 2 else "=")
+        )
+    return "".join(out)
 
 
 def b64decode(text):
-    if _base64 is not None:
-        text = text.strip().rstrip("=")
-        # validate=True: refuse non-alphabet characters, as the pure decoder does.
-        return _base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    return pure_b64decode(text)
+    """Standard base64 (padding optional) to bytes; ValueError on any other character."""
+    text = str(text).strip().rstrip("=")
+    if len(text) % 4 == 1:
+        raise ValueError("invalid base64 length")
+    out = []
+    acc = 0
+    bits = 0
+    for ch in text:
+        if ch not in B64_INDEX:
+            raise ValueError("invalid base64 character")
+        acc = ((acc << 6) | B64_INDEX[ch]) & 0xFFFFFF
+        bits = bits + 6
+        if bits >= 8:
+            bits = bits - 8
+            out.append((acc >> bits) & 0xFF)
+    return ints_to_bytes(out)
 
 
 def uuid5(namespace, name):
-    if _uuid is not None:
-        return str(_uuid.uuid5(_uuid.UUID(namespace), name))
-    return pure_uuid5(namespace, name)
+    """RFC 4122 name-based UUID (SHA-1, version 5), as the canonical string."""
+    hexdigits = str(namespace).replace("-", "").lower()
+    ns = [int(hexdigits[i:i + 2], 16) for i in range(0, 32, 2)]
+    digest = sha1_ints(ns + to_ints(name))
+    version = (digest[6] & 0x0F) | 0x50
+    variant = (digest[8] & 0x3F) | 0x80
+    digest = digest[0:6] + [version] + digest[7:8] + [variant] + digest[9:16]
+    h = "".join(["%02x" % b for b in digest])
+    return "-".join([h[0:8], h[8:12], h[12:16], h[16:20], h[20:32]])
 
 
-def sleep(seconds):
-    if _time is not None:
-        _time.sleep(seconds)
-    else:
-        _busy_sleep(seconds)
+# --------------------------------------------------------------------------------------------
+# Time (the sandbox has no `time` module; datetime is allowed)
+# --------------------------------------------------------------------------------------------
+
+
+def now_utc():
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def now_seconds():
-    return int(datetime.datetime.now(datetime.timezone.utc).timestamp())
+    return int(now_utc().timestamp())
+
+
+def seconds_since(start):
+    return (now_utc() - start).total_seconds()
+
+
+def wait_seconds(seconds):
+    """Wait by watching the clock: without `time`, there is no sleep() in the sandbox."""
+    deadline = now_utc() + datetime.timedelta(seconds=seconds)
+    while now_utc() < deadline:
+        pass
+
+
+def retry_after_seconds(value):
+    """Retry-After as seconds to wait (delta-seconds or HTTP date, RFC 9110), or None."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = datetime.datetime.strptime(text, "%a, %d %b %Y %H:%M:%S GMT")
+    except ValueError:
+        return None
+    seconds = (when.replace(tzinfo=datetime.timezone.utc) - now_utc()).total_seconds()
+    return seconds if seconds > 0 else 0.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,7 +378,7 @@ def now_seconds():
 
 def secret_key(secret):
     """The HMAC key of a Standard Webhooks secret: base64 after an optional "whsec_" prefix."""
-    secret = secret.strip()
+    secret = str(secret).strip()
     if secret.startswith("whsec_"):
         secret = secret[len("whsec_"):]
     return b64decode(secret)
@@ -279,10 +386,8 @@ def secret_key(secret):
 
 def sign(secret, msg_id, timestamp, body):
     """The webhook-signature header value for one delivery attempt."""
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    signed = ("%s.%s." % (msg_id, timestamp)).encode("utf-8") + body
-    return "v1," + b64encode(hmac_sha256(secret_key(secret), signed))
+    signed = to_ints("%s.%s." % (msg_id, timestamp)) + to_ints(body)
+    return "v1," + b64encode(hmac_sha256_ints(secret_key(secret), signed))
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,110 +396,118 @@ def sign(secret, msg_id, timestamp, body):
 
 
 def stable_event_id(run_srn, event_type):
-    """Same run and event type -> same id, so Sym's retries of this hook deduplicate."""
+    """Same run and event type -> same id, so a repeated delivery is deduplicated."""
     return uuid5(EVENT_ID_NAMESPACE, "%s#%s" % (run_srn, event_type))
 
 
-def _get(obj, *path, default=None):
-    """obj.a.b... tolerant of missing attributes (SDK versions differ) and of dicts."""
-    for name in path:
-        if obj is None:
-            return default
-        if isinstance(obj, dict):
-            obj = obj.get(name)
-        else:
-            try:
-                obj = getattr(obj, name)
-            except Exception:  # noqa: BLE001 - SDK properties may raise when data is absent
-                return default
-    return default if obj is None else obj
+def event_fields(event):
+    """The request's prompt fields (event.payload.fields), as a dict."""
+    fields = read(lambda: event.payload.fields, {})
+    if not is_mapping(fields):
+        return {}
+    return fields
 
 
-def _iso_timestamp(value):
+def flow_vars(event):
+    flow_variables = read(lambda: event.flow.vars, {})
+    if not is_mapping(flow_variables):
+        return {}
+    return flow_variables
+
+
+def iso_timestamp(value):
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=datetime.timezone.utc)
         return value.isoformat()
     if isinstance(value, str) and value:
         return value
-    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+    return now_utc().isoformat()
 
 
-def _channel(event):
+def channel_kind(event):
     """Map the SDK's channel type onto the schema's enum (slack, sdk, internal)."""
-    kind = str(_get(event, "channel", "type", default="") or "").lower()
+    kind = str(read(lambda: event.channel.type, "")).lower()
     if kind == "slack":
         return "slack"
-    if kind in ("sdk", "api"):
+    if kind == "sdk" or kind == "api":
         return "sdk"
     return "internal"
 
 
-def _json_value(value):
+def json_value(value):
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
+    if is_mapping(value):
+        return {str(k): json_value(value[k]) for k in value.keys()}
+    if is_sequence(value):
+        return [json_value(v) for v in value]
     return str(value)
 
 
-def _actor(user):
-    first = str(_get(user, "first_name", default="") or "")
-    last = str(_get(user, "last_name", default="") or "")
-    username = str(_get(user, "username", default="") or _get(user, "email", default="") or "unknown")
+def actor(user):
+    first = str(read(lambda: user.first_name, ""))
+    last = str(read(lambda: user.last_name, ""))
+    username = str(read(lambda: user.username, "") or read(lambda: user.email, "") or "unknown")
     name = (first + " " + last).strip() or username
+    candidates = [read(lambda: user.identity("slack"))]
+    identities = read(lambda: user.identities, {})
+    if is_mapping(identities):
+        for key in identities.keys():
+            candidates.extend(identities[key] or [])
     identity = None
-    slack_identity = None
-    try:
-        slack_identity = user.identity("slack") if user is not None else None
-    except Exception:  # noqa: BLE001
-        slack_identity = None
-    candidates = [slack_identity]
-    identities = _get(user, "identities", default={}) or {}
-    if isinstance(identities, dict):
-        for values in identities.values():
-            candidates.extend(values or [])
     for candidate in candidates:
-        service = _get(candidate, "service")
-        external_id = _get(candidate, "service_id")
+        service = read(lambda: candidate.service)
+        external_id = read(lambda: candidate.service_id)
         if service and external_id:
             identity = {"service": str(service), "external_id": str(external_id)}
-            user_id = _get(candidate, "user_id")
+            user_id = read(lambda: candidate.user_id)
             if user_id:
                 identity["user_id"] = str(user_id)
             break
     if identity is None:
         identity = {"service": "sym", "external_id": username}
     return {
-        "user": str(_get(user, "srn", default="") or "user:" + username),
+        "user": str(read(lambda: user.srn, "") or "user:" + username),
         "name": name,
         "username": username,
         "identity": identity,
     }
 
 
+def forwarded_fields(event):
+    """The prompt fields as JSON values; an empty hold_job_name is left out (service default)."""
+    fields = event_fields(event)
+    out = {}
+    for key in fields.keys():
+        value = json_value(fields[key])
+        if str(key) == "hold_job_name":
+            value = str(value or "").strip()
+            if not value:
+                continue
+        out[str(key)] = value
+    return out
+
+
 def build_log_entry(event, event_type):
     """The schema_version 4 log entry for this event, as a dict."""
-    run_srn = str(_get(event, "run", "srn", default=""))
+    run_srn = str(read(lambda: event.run.srn, ""))
     if not run_srn:
         raise ValueError("the event has no run SRN; cannot build a stable id")
-    fields = _get(event, "payload", "fields", default={}) or {}
     return {
         "id": stable_event_id(run_srn, event_type),
         "meta": {"schema_version": SCHEMA_VERSION},
         "state": {"status": "completed", "errors": []},
-        "run": {"srn": run_srn, "flow": str(_get(event, "flow", "srn", default=""))},
+        "run": {"srn": run_srn, "flow": str(read(lambda: event.flow.srn, ""))},
         "event": {
-            "srn": str(_get(event, "srn", default="") or "sym:event-spec:approval:1.0.0:" + event_type),
+            "srn": str(read(lambda: event.srn, "") or "sym:event-spec:approval:1.0.0:" + event_type),
             "type": event_type,
-            "template": str(_get(event, "template", "srn", default="") or DEFAULT_TEMPLATE_SRN),
-            "timestamp": _iso_timestamp(_get(event, "meta", "timestamp")),
-            "channel": _channel(event),
+            "template": str(read(lambda: event.template.srn, "") or DEFAULT_TEMPLATE_SRN),
+            "timestamp": iso_timestamp(read(lambda: event.payload.timestamp)),
+            "channel": channel_kind(event),
         },
-        "actor": _actor(_get(event, "user")),
-        "fields": {str(k): _json_value(v) for k, v in dict(fields).items()},
+        "actor": actor(read(lambda: event.user)),
+        "fields": forwarded_fields(event),
         "type": "event",
     }
 
@@ -404,64 +517,128 @@ def build_log_entry(event, event_type):
 # --------------------------------------------------------------------------------------------
 
 
-def deliver(
-    url,
-    secret,
-    entry,
-    attempts=DELIVERY_ATTEMPTS,
-    timeout=DELIVERY_TIMEOUT_SECONDS,
-    backoff=DELIVERY_BACKOFF_SECONDS,
-    session=None,
-):
-    """POST the signed entry; retry connection errors and 5xx; return the 2xx response.
+def describe_exception(exc):
+    detail = str(exc)
+    if len(detail) > 200:
+        detail = detail[:200] + "..."
+    if isinstance(exc, requests.Timeout):
+        return "timed out (%s)" % detail
+    if isinstance(exc, requests.ConnectionError):
+        return "connection failed (%s)" % detail
+    return "request failed (%s)" % detail
 
-    Every attempt carries the same webhook-id and body (so the service can deduplicate) and a
-    fresh timestamp and signature (so a late retry is not refused as too old). 4xx answers are
-    final: the request itself is wrong (bad signature, unknown workflow), and repeating it
-    would not help.
+
+def short_body(response):
+    text = str(read(lambda: response.text, "")).strip()
+    if len(text) > 300:
+        text = text[:300] + "..."
+    return text
+
+
+def delivery_budget(event):
+    """Total seconds for one delivery: flow variable delivery_budget_seconds, else the default."""
+    raw = flow_vars(event).get("delivery_budget_seconds")
+    if raw is None or str(raw).strip() == "":
+        return DELIVERY_BUDGET_SECONDS
+    try:
+        budget = float(str(raw).strip())
+    except ValueError:
+        return DELIVERY_BUDGET_SECONDS
+    if budget < DELIVERY_BUDGET_MIN_SECONDS:
+        return DELIVERY_BUDGET_MIN_SECONDS
+    if budget > DELIVERY_BUDGET_MAX_SECONDS:
+        return DELIVERY_BUDGET_MAX_SECONDS
+    return budget
+
+
+def deliver(url, secret, entry, budget_seconds=None):
+    """POST the signed entry until a 2xx, a final 4xx, or the time budget runs out.
+
+    Returns the 2xx response; raises RuntimeError with the reason otherwise. Every attempt
+    carries the same webhook-id and body (the service deduplicates on them) and a fresh
+    timestamp and signature (so a late attempt is not refused as too old).
     """
+    budget = DELIVERY_BUDGET_SECONDS if budget_seconds is None else budget_seconds
+    event_type = str(entry["event"]["type"])
     body = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     msg_id = "msg_" + str(entry["id"]).replace("-", "")
-    http = session or requests
-    last_error = "no attempt made"
-    for attempt in range(1, attempts + 1):
+    started = now_utc()
+    backoff = DELIVERY_BACKOFF_SECONDS
+    attempt = 0
+    while True:
+        attempt = attempt + 1
+        remaining = budget - seconds_since(started)
+        read_timeout = DELIVERY_READ_TIMEOUT_SECONDS
+        if remaining < read_timeout:
+            read_timeout = remaining if remaining > 0.5 else 0.5
+        connect_timeout = DELIVERY_CONNECT_TIMEOUT_SECONDS
+        if read_timeout < connect_timeout:
+            connect_timeout = read_timeout
         timestamp = now_seconds()
         headers = {
             "content-type": "application/json",
-            "user-agent": "sym-circleci-approver-hook/1",
+            "user-agent": "sym-circleci-approver-hook/2",
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(secret, msg_id, timestamp, body),
         }
+        wait = backoff
+        hinted = False
         try:
-            response = http.post(url, data=body, headers=headers, timeout=timeout)
+            response = requests.post(url, data=body, headers=headers, timeout=(connect_timeout, read_timeout))
         except requests.RequestException as exc:
-            last_error = "attempt %d: %s" % (attempt, exc.__class__.__name__)
+            problem = describe_exception(exc)
         else:
             status = response.status_code
-            if 200 <= status < 300:
+            if status >= 200 and status < 300:
                 return response
-            if status < 500:
-                raise DeliveryError(
-                    "approver refused the %s event with HTTP %d: %s"
-                    % (entry["event"]["type"], status, (response.text or "")[:200])
+            problem = "HTTP %d" % status
+            text = short_body(response)
+            if text:
+                problem = problem + ": " + text
+            if status == 429 or status == 503:
+                hint = retry_after_seconds(read(lambda: response.headers.get("retry-after")))
+                if hint is not None:
+                    wait = hint
+                    hinted = True
+            elif status < 500:
+                raise RuntimeError(
+                    "the approver service refused the %s event (final, not retried): %s" % (event_type, problem)
                 )
-            last_error = "attempt %d: HTTP %d" % (attempt, status)
-        if attempt < attempts:
-            sleep(backoff * (2 ** (attempt - 1)))
-    raise DeliveryError("approver unreachable after %d attempts (%s)" % (attempts, last_error))
+        if hinted is False:
+            backoff = backoff * 2
+            if backoff > DELIVERY_BACKOFF_MAX_SECONDS:
+                backoff = DELIVERY_BACKOFF_MAX_SECONDS
+        elapsed = seconds_since(started)
+        if elapsed + wait >= budget:
+            if hinted:
+                problem = problem + "; it asked to retry after %d s" % int(wait)
+            raise RuntimeError(
+                "the approver service did not accept the %s event within the hook's %d s budget "
+                "(%d attempts; last: %s)" % (event_type, int(budget), attempt, problem)
+            )
+        wait_seconds(wait)
 
 
 def approver_url(event):
-    base = str(_get(event, "flow", "vars", default={}).get("approver_url") or "").rstrip("/")
+    base = str(flow_vars(event).get("approver_url") or "").strip().rstrip("/")
     if not base:
         raise ValueError("flow variable approver_url is not set (deploy/sym/main.tf)")
     return base + WEBHOOK_PATH
 
 
 def webhook_secret(event):
-    integration = event.flow.environment.integrations[INTEGRATION_NAME]
-    value = integration.settings["secrets"][0].retrieve_value()
+    integrations = read(lambda: event.flow.environment.integrations, {})
+    integration = integrations.get(INTEGRATION_NAME) if is_mapping(integrations) else None
+    if integration is None:
+        raise ValueError(
+            "the Sym environment has no %r integration: add approver_id = <terraform output "
+            "approver_integration_id> to its integrations (docs/deploy.md)" % INTEGRATION_NAME
+        )
+    secrets = read(lambda: integration.settings["secrets"], [])
+    if len(secrets) == 0:
+        raise ValueError("the %r integration has no secret (deploy/sym/main.tf secret_ids_json)" % INTEGRATION_NAME)
+    value = secrets[0].retrieve_value()
     if not value:
         raise ValueError("the approver webhook secret is empty (fill the Secrets Manager secret)")
     return value
@@ -469,15 +646,90 @@ def webhook_secret(event):
 
 def send_event(event, event_type):
     entry = build_log_entry(event, event_type)
-    return deliver(approver_url(event), webhook_secret(event), entry)
+    return deliver(approver_url(event), webhook_secret(event), entry, delivery_budget(event))
 
 
-def _is_uuid(value):
+def is_uuid(value):
     text = str(value or "").strip().lower()
     parts = text.split("-")
     if [len(p) for p in parts] != [8, 4, 4, 4, 12]:
         return False
-    return all(c in "0123456789abcdef" for c in "".join(parts))
+    for c in "".join(parts):
+        if c not in "0123456789abcdef":
+            return False
+    return True
+
+
+def hold_job_problem(value):
+    """Why an optional hold_job_name cannot be a CircleCI job name, or None when it is fine."""
+    if value is None:
+        return None
+    text = str(value)
+    if text.strip() == "":
+        return None
+    if len(text) > HOLD_JOB_NAME_MAX:
+        return "hold_job_name is longer than %d characters" % HOLD_JOB_NAME_MAX
+    for c in text:
+        if ord(c) < 32 or ord(c) == 127:
+            return "hold_job_name contains a control character"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Telling people in Slack
+# --------------------------------------------------------------------------------------------
+
+
+def describe_request(event):
+    fields = event_fields(event)
+    workflow = str(fields.get("workflow_url") or fields.get("workflow_id") or "(unknown workflow)")
+    hold_job = str(fields.get("hold_job_name") or "").strip()
+    if hold_job:
+        return "CircleCI workflow %s (hold job `%s`)" % (workflow, hold_job)
+    return "CircleCI workflow %s" % workflow
+
+
+def failure_message(event, event_type, reason):
+    hint = ""
+    if "HTTP 401" in reason:
+        hint = " (HTTP 401: the webhook secret in Sym and the service's SYM_WEBHOOK_SECRET differ)"
+    if event_type == "approve":
+        return (
+            ":warning: Deploy NOT released. Your approval of %s did not reach sym-circleci-approver: "
+            "%s%s. The hold job is still on hold and nothing was approved in CircleCI. Once the "
+            "service is fixed, re-run the workflow to request approval again."
+            % (describe_request(event), reason, hint)
+        )
+    return (
+        ":warning: The %s of %s did not reach sym-circleci-approver: %s%s. Nothing was released; "
+        "the workflow stays on hold (it was not canceled)." % (event_type, describe_request(event), reason, hint)
+    )
+
+
+def tell_in_slack(event, text):
+    """DM the user who acted, and reply in the request's thread. Returns how many went out."""
+    sent = 0
+    user = read(lambda: event.user)
+    if user is not None:
+        try:
+            slack.send_message(user, text)
+            sent = sent + 1
+        except Exception:  # noqa: BLE001 - a Slack problem must not hide the delivery error
+            pass
+    try:
+        slack.send_thread_message(text)
+        sent = sent + 1
+    except Exception:  # noqa: BLE001
+        pass
+    return sent
+
+
+def notify_and_send(event, event_type):
+    try:
+        return send_event(event, event_type)
+    except Exception as exc:
+        tell_in_slack(event, failure_message(event, event_type, str(exc)))
+        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -488,28 +740,31 @@ def _is_uuid(value):
 @reducer
 def get_approvers(event):
     """Route requests to the approvals channel (flow variable approvals_channel)."""
-    channel = _get(event, "flow", "vars", default={}).get("approvals_channel") or "#ci-approvals"
+    channel = flow_vars(event).get("approvals_channel") or DEFAULT_APPROVALS_CHANNEL
     return slack.channel(channel, allow_self=False)
 
 
 @hook
 def on_request(event):
-    """Refuse requests that could never release a hold job (no CircleCI workflow id)."""
-    workflow_id = _get(event, "payload", "fields", default={}).get("workflow_id")
-    if not _is_uuid(workflow_id):
+    """Refuse requests that could never release a hold job."""
+    fields = event_fields(event)
+    if not is_uuid(fields.get("workflow_id")):
         return ApprovalTemplate.deny(reason="workflow_id must be a CircleCI workflow UUID")
+    problem = hold_job_problem(fields.get("hold_job_name"))
+    if problem is not None:
+        return ApprovalTemplate.deny(reason=problem)
     return None
 
 
 @hook
 def after_approve(event):
     """Tell the approver service; it approves the workflow's hold job exactly once."""
-    send_event(event, "approve")
+    notify_and_send(event, "approve")
 
 
 @hook
 def after_deny(event):
     """Tell the approver service too, so it can cancel the workflow (its ON_DENY setting)."""
-    if not _is_uuid(_get(event, "payload", "fields", default={}).get("workflow_id")):
+    if not is_uuid(event_fields(event).get("workflow_id")):
         return  # denied by on_request above: there is no workflow to act on
-    send_event(event, "deny")
+    notify_and_send(event, "deny")

@@ -1,10 +1,15 @@
 # Sym side of sym-circleci-approver: an API-only approval flow whose after_approve hook
 # (impl.py) posts a signed Standard Webhooks event to the approver service.
 #
-# Order of operations (docs/deploy.md has the full runbook):
+# Works for a new Sym org (everything created here) and for an org that already runs Sym: the
+# runtime, the environment, the Slack integration and the secrets source can each name an
+# existing one (data sources) instead. docs/deploy.md has the runbook and, for every resource
+# and attribute below, the provider documentation and source it was checked against.
+#
+# Order of operations:
 #   1. terraform apply (creates the flow and an EMPTY Secrets Manager secret);
 #   2. put the webhook secret in it (the same whsec_ value the service is configured with):
-#        aws secretsmanager put-secret-value --secret-id <output webhook_secret_name> \
+#        aws secretsmanager put-secret-value --secret-id "$(terraform output -raw webhook_secret_name)" \
 #          --secret-string "$(cat webhook-secret)"
 #   3. point CircleCI's sym/request at the flow SRN (output flow_srn).
 
@@ -16,35 +21,77 @@ provider "aws" {
   region = var.aws_region
 }
 
-############ Secrets: let the Sym runtime read one AWS Secrets Manager secret ############
+locals {
+  create_runtime        = var.existing_runtime_name == null
+  create_environment    = var.existing_environment_name == null
+  create_slack          = local.create_environment && var.existing_slack_integration_name == null
+  create_secrets_source = var.existing_secrets_source_name == null
 
-# An IAM role the Sym runtime assumes; the aws/secretsmgr add-on only grants access to secrets
-# tagged SymEnv = <environment>.
+  # IAM role the Secrets Manager add-on policy is attached to: the new runtime connector's role,
+  # or the existing runtime's role when named (null: the existing role already has the add-on).
+  secrets_addon_role_name = local.create_runtime ? one(module.runtime_connector[*].sym_runtime_connector_role.name) : var.existing_runtime_role_name
+
+  # one(concat(...)): exactly one of the two lists has an element, so no [0] on an empty one.
+  runtime_id           = one(concat(module.runtime_connector[*].sym_runtime.id, data.sym_runtime.existing[*].id))
+  runtime_context_id   = one(concat(module.runtime_connector[*].sym_integration.id, data.sym_runtime.existing[*].context_id))
+  secrets_source_id    = one(concat(sym_secrets.this[*].id, data.sym_secrets.existing[*].id))
+  slack_integration_id = one(concat(sym_integration.slack[*].id, data.sym_integration.slack[*].id))
+  environment_id       = one(concat(sym_environment.this[*].id, data.sym_environment.existing[*].id))
+}
+
+############ Runtime: the AWS IAM role Sym assumes, and Secrets Manager access for it ############
+
+# Runtime connector v2: an IAM role for the Sym runtime plus the sym_integration
+# (permission_context) and sym_runtime that point Sym at it (module outputs sym_integration,
+# sym_runtime, sym_runtime_connector_role).
 module "runtime_connector" {
   # checkov:skip=CKV_TF_1:A Terraform Registry module, pinned by version; registry modules have no commit to pin
-  source  = "symopsio/runtime-connector/aws"
-  version = "~> 1.0"
+  count = local.create_runtime ? 1 : 0
 
-  addons      = ["aws/secretsmgr"]
+  source  = "symopsio/runtime-connector/aws"
+  version = "~> 2.0"
+
   environment = var.environment_name
 }
 
-resource "sym_integration" "runtime_context" {
-  type = "permission_context"
-  name = "runtime-${var.environment_name}"
+data "sym_runtime" "existing" {
+  count = local.create_runtime ? 0 : 1
 
-  external_id = module.runtime_connector.settings.account_id
-  settings    = module.runtime_connector.settings
+  name = var.existing_runtime_name
 }
 
-# The secrets source: AWS Secrets Manager, read through the runtime role above.
+# The Secrets Manager add-on (v2 form: its own module, attached to the runtime role). It grants
+# secretsmanager:GetSecretValue/DescribeSecret on secrets tagged SymEnv = environment.
+module "secrets_manager_access" {
+  # checkov:skip=CKV_TF_1:A Terraform Registry module, pinned by version; registry modules have no commit to pin
+  count = local.create_runtime || var.existing_runtime_role_name != null ? 1 : 0
+
+  source  = "symopsio/secretsmgr-addon/aws"
+  version = "~> 1.1"
+
+  environment   = var.environment_name
+  iam_role_name = local.secrets_addon_role_name
+}
+
+############ Secrets: the Standard Webhooks secret, read by impl.py through Sym ############
+
+# The secrets source: AWS Secrets Manager, read with the runtime's permission context.
 resource "sym_secrets" "this" {
+  count = local.create_secrets_source ? 1 : 0
+
   type = "aws_secrets_manager"
-  name = var.environment_name
+  name = "${var.environment_name}-sym-secrets"
 
   settings = {
-    context_id = sym_integration.runtime_context.id
+    context_id = local.runtime_context_id
   }
+}
+
+data "sym_secrets" "existing" {
+  count = local.create_secrets_source ? 0 : 1
+
+  type = "aws_secrets_manager"
+  name = var.existing_secrets_source_name
 }
 
 # Holds the Standard Webhooks secret (whsec_...). Created empty: the value never passes through
@@ -57,7 +104,8 @@ resource "aws_secretsmanager_secret" "webhook_secret" {
   kms_key_id  = var.secrets_kms_key_id
 
   tags = {
-    # Required: must equal the runtime_connector environment (aws/secretsmgr add-on scope).
+    # Required: the Secrets Manager add-on only grants access to secrets whose SymEnv tag equals
+    # its environment.
     SymEnv = var.environment_name
   }
 }
@@ -65,7 +113,8 @@ resource "aws_secretsmanager_secret" "webhook_secret" {
 # Sym's handle on that secret; impl.py reads it with retrieve_value().
 resource "sym_secret" "webhook_secret" {
   path      = aws_secretsmanager_secret.webhook_secret.name
-  source_id = sym_secrets.this.id
+  source_id = local.secrets_source_id
+  label     = "sym-circleci-approver webhook secret"
 }
 
 # A custom integration is how hooks get at secrets: impl.py reads
@@ -80,28 +129,58 @@ resource "sym_integration" "approver" {
   }
 }
 
-############ Environment ############
+############ Environment: new (with its Slack integration and error logger) or existing ############
 
 resource "sym_integration" "slack" {
+  count = local.create_slack ? 1 : 0
+
   type        = "slack"
   name        = "${var.environment_name}-slack"
   external_id = var.slack_workspace_id
+
+  lifecycle {
+    precondition {
+      condition     = var.slack_workspace_id != null
+      error_message = "slack_workspace_id is required when this configuration creates the Slack integration (set it, or name an existing one with existing_slack_integration_name)."
+    }
+  }
+}
+
+data "sym_integration" "slack" {
+  count = local.create_environment && !local.create_slack ? 1 : 0
+
+  type = "slack"
+  name = var.existing_slack_integration_name
 }
 
 resource "sym_error_logger" "slack" {
-  integration_id = sym_integration.slack.id
+  count = local.create_environment ? 1 : 0
+
+  integration_id = local.slack_integration_id
   destination    = var.errors_channel
 }
 
 resource "sym_environment" "this" {
+  count = local.create_environment ? 1 : 0
+
   name            = var.environment_name
-  error_logger_id = sym_error_logger.slack.id
+  runtime_id      = local.runtime_id
+  error_logger_id = one(sym_error_logger.slack[*].id)
 
   integrations = {
-    slack_id = sym_integration.slack.id
+    slack_id = local.slack_integration_id
     # The key minus "_id" is the name impl.py uses: integrations["approver"].
     approver_id = sym_integration.approver.id
   }
+}
+
+# An existing environment is managed elsewhere: add
+#   approver_id = "<terraform output approver_integration_id>"
+# to its integrations map there, or the hook cannot read the webhook secret (it says so in Slack).
+data "sym_environment" "existing" {
+  count = local.create_environment ? 0 : 1
+
+  name = var.existing_environment_name
 }
 
 ############ The flow ############
@@ -110,13 +189,15 @@ resource "sym_flow" "ci_approval" {
   name  = var.flow_name
   label = "CI deploy approval"
 
-  implementation = "${path.module}/impl.py"
-  environment_id = sym_environment.this.id
+  # Provider 3.x takes the file's contents (docs/guides/version-3-upgrade).
+  implementation = file("${path.module}/impl.py")
+  environment_id = local.environment_id
 
-  # Read by impl.py through event.flow.vars.
+  # Read by impl.py through event.flow.vars (all values are strings).
   vars = {
-    approver_url      = var.approver_url
-    approvals_channel = var.approvals_channel
+    approver_url            = var.approver_url
+    approvals_channel       = var.approvals_channel
+    delivery_budget_seconds = tostring(var.delivery_budget_seconds)
   }
 
   params {
@@ -124,10 +205,11 @@ resource "sym_flow" "ci_approval" {
     # Slack by hand.
     allowed_sources = ["api"]
 
-    # Approving releases a CircleCI hold job; that cannot be taken back, so offer no "revoke".
+    # Nothing is escalated (no strategy), so there is nothing to revoke; schedule_deescalation
+    # keeps its default (true), so "at least one of the two is true" holds.
     allow_revoke = false
 
-    # The keys of sym/request's flow_inputs.
+    # The keys of sym/request's flow_inputs. prompt_field.required defaults to true.
     prompt_field {
       name     = "workflow_id"
       label    = "CircleCI workflow id"
@@ -148,6 +230,15 @@ resource "sym_flow" "ci_approval" {
       type     = "string"
       required = false
     }
+
+    # Which approval job to release (staging and production gates in one workflow); empty means
+    # the service's default. The service approves only names listed in its HOLD_JOB_NAMES.
+    prompt_field {
+      name     = "hold_job_name"
+      label    = "CircleCI approval job to release"
+      type     = "string"
+      required = false
+    }
   }
 }
 
@@ -159,4 +250,14 @@ output "flow_srn" {
 output "webhook_secret_name" {
   description = "Secrets Manager secret to fill with the whsec_ webhook secret."
   value       = aws_secretsmanager_secret.webhook_secret.name
+}
+
+output "approver_integration_id" {
+  description = "The custom integration holding the webhook secret; an existing environment needs approver_id = this in its integrations."
+  value       = sym_integration.approver.id
+}
+
+output "environment_id" {
+  description = "The Sym environment the flow runs in (created here, or the existing one)."
+  value       = local.environment_id
 }

@@ -4,7 +4,7 @@ variable "sym_org" {
 }
 
 variable "environment_name" {
-  description = "Name of the Sym environment; also the SymEnv tag that lets the Sym runtime read the AWS secret."
+  description = "Name of the Sym environment created here, and the SymEnv tag value the Secrets Manager add-on grants access to. With an existing runtime, use the environment its Secrets Manager add-on was configured with."
   type        = string
   default     = "main"
 }
@@ -15,10 +15,45 @@ variable "aws_region" {
   default     = "us-east-1"
 }
 
-variable "slack_workspace_id" {
-  description = "Slack workspace (team) id, e.g. T123ABC, where approvers answer requests."
+# ---- An org that already runs Sym: name what exists instead of creating it ----
+
+variable "existing_runtime_name" {
+  description = "Name of an existing sym_runtime to use (data source). null: create one with the runtime connector v2 module."
   type        = string
+  default     = null
 }
+
+variable "existing_runtime_role_name" {
+  description = "With existing_runtime_name: the IAM role name of that runtime's connector, to attach the Secrets Manager add-on to. null: the role already has the add-on for environment_name."
+  type        = string
+  default     = null
+}
+
+variable "existing_secrets_source_name" {
+  description = "Name of an existing sym_secrets source of type aws_secrets_manager (data source). null: create one."
+  type        = string
+  default     = null
+}
+
+variable "existing_environment_name" {
+  description = "Name of an existing sym_environment for the flow (data source). null: create one, with the Slack integration and an error logger. An existing environment must list approver_id = <output approver_integration_id> in its integrations."
+  type        = string
+  default     = null
+}
+
+variable "existing_slack_integration_name" {
+  description = "Name of an existing Slack sym_integration for the environment created here (data source). null: create one (needs slack_workspace_id)."
+  type        = string
+  default     = null
+}
+
+variable "slack_workspace_id" {
+  description = "Slack workspace (team) id, e.g. T123ABC; required only when the Slack integration is created here."
+  type        = string
+  default     = null
+}
+
+# ---- The flow ----
 
 variable "approvals_channel" {
   description = "Slack channel that receives the approval requests."
@@ -27,7 +62,7 @@ variable "approvals_channel" {
 }
 
 variable "errors_channel" {
-  description = "Slack channel that receives Sym flow errors (for example a failed delivery to the approver)."
+  description = "Slack channel that receives Sym flow errors (for example a failed delivery to the approver); used by the environment created here."
   type        = string
   default     = "#sym-errors"
 }
@@ -39,6 +74,17 @@ variable "approver_url" {
   validation {
     condition     = can(regex("^https://[^/]+(/.*[^/])?$", var.approver_url))
     error_message = "approver_url must be an https:// URL without a trailing slash."
+  }
+}
+
+variable "delivery_budget_seconds" {
+  description = "Total time the after_approve hook keeps retrying one delivery to the service (429/503 with Retry-After, other 5xx, connection errors)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.delivery_budget_seconds >= 1 && var.delivery_budget_seconds <= 300
+    error_message = "delivery_budget_seconds must be between 1 and 300."
   }
 }
 

@@ -5,6 +5,7 @@ import http.server
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +19,10 @@ REPO_ROOT = SYM_DIR.parent.parent
 for path in (TESTS_DIR / "stubs", SYM_DIR):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: runs the real approver binary and its fake CircleCI")
 
 
 def shared_reference_dir():
@@ -60,35 +65,52 @@ def make_event(
     workflow_id="7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e",
     run_srn="acme:run:ci-approval:1.0.0:4e41814e-34b2-418c-9582-2d8bc610ea2a",
     event_type="approve",
+    hold_job_name=None,
+    budget_seconds=None,
 ):
-    """An object shaped like sym.sdk.event.Event for the attributes impl.py reads."""
+    """An object shaped like sym.sdk.event.Event for the attributes impl.py reads.
+
+    The SDK (sym-sdk 0.61, sym/sdk/event.py) puts the time on event.payload.timestamp and the
+    prompt fields on event.payload.fields; event.user is the user who triggered the event.
+    """
     fields = {
         "workflow_id": workflow_id,
         "workflow_url": "https://app.circleci.com/pipelines/gh/acme/api/42/workflows/" + str(workflow_id),
         "merging_user": "bob",
     }
+    if hold_job_name is not None:
+        fields["hold_job_name"] = hold_job_name
+    flow_vars = {"approver_url": approver_url, "approvals_channel": "#ci-approvals"}
+    if budget_seconds is not None:
+        flow_vars["delivery_budget_seconds"] = str(budget_seconds)
     integration = SimpleNamespace(settings={"secrets": [FakeSecret(secret)]})
+    user = FakeUser()
     return SimpleNamespace(
         srn="sym:event-spec:approval:1.0.0:" + event_type,
         name=event_type,
         run=SimpleNamespace(srn=run_srn),
         flow=SimpleNamespace(
             srn="acme:flow:ci-approval:1.0.0",
-            vars={"approver_url": approver_url, "approvals_channel": "#ci-approvals"},
+            vars=flow_vars,
             environment=SimpleNamespace(integrations={"approver": integration}),
         ),
         template=SimpleNamespace(srn="sym:template:approval:1.0.0"),
-        meta=SimpleNamespace(
-            timestamp=datetime.datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=datetime.timezone.utc)
-        ),
         channel=SimpleNamespace(type="slack"),
-        payload=SimpleNamespace(fields=fields),
-        user=FakeUser(),
+        payload=SimpleNamespace(
+            fields=fields,
+            timestamp=datetime.datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=datetime.timezone.utc),
+            user=user,
+        ),
+        user=user,
     )
 
 
 class ScriptedServer:
-    """A local HTTP server answering POSTs with a scripted list of statuses (the last repeats)."""
+    """A local HTTP server answering POSTs from a script (the last answer repeats).
+
+    Each answer is a status code, or (status, {header: value}) for answers such as
+    503 with Retry-After. Requests are recorded with their arrival time (time.monotonic()).
+    """
 
     def __init__(self, statuses):
         self.statuses = list(statuses)
@@ -100,12 +122,20 @@ class ScriptedServer:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 outer.requests.append(
-                    {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+                    {
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body,
+                        "at": time.monotonic(),
+                    }
                 )
                 index = min(len(outer.requests), len(outer.statuses)) - 1
-                status = outer.statuses[index]
+                answer = outer.statuses[index]
+                status, extra = answer if isinstance(answer, tuple) else (answer, {})
                 payload = json.dumps({"status": status}).encode()
                 self.send_response(status)
+                for name, value in extra.items():
+                    self.send_header(name, value)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(payload)))
                 self.end_headers()
