@@ -2,3 +2,4 @@
 //! run against.
 pub mod circleci;
 pub mod fake_circleci;
+pub mod sym_api;
