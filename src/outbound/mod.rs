@@ -2,3 +2,5 @@
 //! run against.
 pub mod circleci;
 pub mod fake_circleci;
+pub mod fake_sym;
+pub mod sym_api;
