@@ -241,8 +241,10 @@ impl Store {
         let job_number: Option<i64> = row.try_get("job_number")?;
         let project_slug: Option<String> = row.try_get("project_slug")?;
 
+        // Replays are counted on the original; rows of older versions still count too.
         let duplicates: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE outcome = 'duplicate' AND duplicate_of = $1",
+            "SELECT (SELECT redeliveries FROM deliveries WHERE id = $1) + \
+             (SELECT COUNT(*) FROM deliveries WHERE outcome = 'duplicate' AND duplicate_of = $1)",
         )
         .bind(&delivery_id)
         .fetch_one(&self.pool)

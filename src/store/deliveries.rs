@@ -3,8 +3,9 @@
 use sqlx::{Executor, Row};
 
 use super::{Store, StoreError};
+use crate::domain::gate::ApprovalPath;
 use crate::domain::ids::{DeliveryId, TaskId};
-use crate::domain::task::{DeliveryStatus, NewTask, TaskStatus};
+use crate::domain::task::{DeliveryStatus, NewTask, TaskAction, TaskStatus};
 use crate::inbound::sym_event::SymEvent;
 
 /// What recording a delivery did.
@@ -17,7 +18,8 @@ pub enum Recorded {
     },
     /// A new delivery that asks nothing of us (an event type we do not act on).
     Ignored { delivery_id: DeliveryId },
-    /// Seen before (same Sym id or same webhook-id); `original_id` is the first delivery.
+    /// Seen before (same Sym id or same webhook-id), or its hold job already has a live
+    /// approval (from another event or the reconciler); `original_id` is that delivery.
     Duplicate { original_id: DeliveryId },
 }
 
@@ -75,14 +77,13 @@ impl Store {
             event,
             received_at,
             status,
-            None,
         )
         .await;
         match inserted {
             Ok(()) => {}
             Err(e) if is_unique_violation(&e) => {
                 tx.rollback().await?;
-                return self.record_duplicate(webhook_id, event, received_at).await;
+                return self.record_duplicate(webhook_id, event).await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -91,21 +92,25 @@ impl Store {
             return Ok(Recorded::Ignored { delivery_id });
         };
         let task_id = TaskId::new_random();
-        sqlx::query(
-            "INSERT INTO tasks (id, delivery_id, action, workflow_id, status, attempts, \
-             created_at, deadline_at, next_attempt_at, hold_job_name) \
-             VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $6, $8)",
-        )
-        .bind(task_id.to_string())
-        .bind(delivery_id.to_string())
-        .bind(task.action.as_str())
-        .bind(task.workflow_id.to_string())
-        .bind(TaskStatus::Pending.as_str())
-        .bind(received_at)
-        .bind(task.deadline_at)
-        .bind(&task.hold_job_name)
-        .execute(&mut *tx)
-        .await?;
+        match insert_task(&mut tx, task_id, delivery_id, task, received_at, ApprovalPath::Hook).await
+        {
+            Ok(()) => {}
+            // The hold job already has a live approval: this delivery asks for nothing new.
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await?;
+                return self.record_covered(task).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if task.action == TaskAction::Approve {
+            super::gates::release_gate_by_hook(
+                &mut tx,
+                task.workflow_id,
+                &task.hold_job_name,
+                received_at,
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(Recorded::Queued {
             delivery_id,
@@ -117,7 +122,6 @@ impl Store {
         &self,
         webhook_id: &str,
         event: &SymEvent,
-        received_at: i64,
     ) -> Result<Recorded, StoreError> {
         let original: Option<String> = sqlx::query_scalar(
             "SELECT id FROM deliveries WHERE outcome <> $3 \
@@ -133,18 +137,54 @@ impl Store {
                 "unique conflict without an original delivery".into(),
             ));
         };
-        let original_id = parse_id(&original_id)?;
-        insert_delivery(
-            &self.pool,
-            DeliveryId::new_random(),
-            webhook_id,
-            event,
-            received_at,
-            DeliveryStatus::Duplicate,
-            Some(original_id),
-        )
-        .await?;
+        let original_id: DeliveryId = parse_id(&original_id)?;
+        // A replay adds no row: it is counted on the original.
+        self.count_redelivery(original_id).await?;
         Ok(Recorded::Duplicate { original_id })
+    }
+
+    async fn count_redelivery(&self, original: DeliveryId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE deliveries SET redeliveries = redeliveries + 1 WHERE id = $1")
+            .bind(original.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A delivery whose hold job already has a live approval: counted on that approval's
+    /// delivery.
+    async fn record_covered(&self, task: &NewTask) -> Result<Recorded, StoreError> {
+        let original: Option<String> = sqlx::query_scalar(
+            "SELECT delivery_id FROM tasks WHERE workflow_id = $1 AND hold_job_name = $2 \
+             AND action = $3 AND (status = $4 OR outcome = 'approved') LIMIT 1",
+        )
+        .bind(task.workflow_id.to_string())
+        .bind(&task.hold_job_name)
+        .bind(TaskAction::Approve.as_str())
+        .bind(TaskStatus::Pending.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(original) = original else {
+            return Err(StoreError::Invalid(
+                "live-approval conflict without a live approval".into(),
+            ));
+        };
+        let original_id: DeliveryId = parse_id(&original)?;
+        self.count_redelivery(original_id).await?;
+        Ok(Recorded::Duplicate { original_id })
+    }
+
+    /// How many times a delivery was delivered again (replays and covered deliveries).
+    pub async fn redeliveries(&self, delivery: DeliveryId) -> Result<i64, StoreError> {
+        self.bounded(async {
+            Ok(
+                sqlx::query_scalar("SELECT redeliveries FROM deliveries WHERE id = $1")
+                    .bind(delivery.to_string())
+                    .fetch_one(&self.pool)
+                    .await?,
+            )
+        })
+        .await
     }
 
     /// How many deliveries ended up `status` (tests and the demo).
@@ -191,7 +231,6 @@ async fn insert_delivery<'e, E>(
     event: &SymEvent,
     received_at: i64,
     status: DeliveryStatus,
-    duplicate_of: Option<DeliveryId>,
 ) -> Result<(), sqlx::Error>
 where
     E: Executor<'e, Database = sqlx::Any>,
@@ -199,7 +238,7 @@ where
     sqlx::query(
         "INSERT INTO deliveries (id, webhook_id, sym_event_id, event_type, workflow_id, \
          workflow_url, merging_user, approver_username, approver_name, run_srn, received_at, \
-         outcome, duplicate_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+         outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(id.to_string())
     .bind(webhook_id)
@@ -213,13 +252,40 @@ where
     .bind(event.run_srn.as_deref())
     .bind(received_at)
     .bind(status.as_str())
-    .bind(duplicate_of.map(|d| d.to_string()))
     .execute(executor)
     .await?;
     Ok(())
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
+/// Inserts a task (pending, due now) in `tx`.
+pub(super) async fn insert_task(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    task_id: TaskId,
+    delivery_id: DeliveryId,
+    task: &NewTask,
+    now: i64,
+    origin: ApprovalPath,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO tasks (id, delivery_id, action, workflow_id, status, attempts, \
+         created_at, deadline_at, next_attempt_at, hold_job_name, origin) \
+         VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $6, $8, $9)",
+    )
+    .bind(task_id.to_string())
+    .bind(delivery_id.to_string())
+    .bind(task.action.as_str())
+    .bind(task.workflow_id.to_string())
+    .bind(TaskStatus::Pending.as_str())
+    .bind(now)
+    .bind(task.deadline_at)
+    .bind(&task.hold_job_name)
+    .bind(origin.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|db| db.is_unique_violation())
 }

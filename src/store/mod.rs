@@ -27,6 +27,7 @@
 mod attempts;
 pub mod audit;
 mod deliveries;
+mod gates;
 mod sqlite_lock;
 mod tasks;
 mod verdicts;
@@ -42,6 +43,7 @@ use crate::clock::{duration_ms, Clock};
 
 pub use attempts::AttemptId;
 pub use deliveries::Recorded;
+pub use gates::{ClaimedGate, GateView, Registered};
 pub use sqlite_lock::ServingLock;
 pub use tasks::{ClaimedTask, JobInfo};
 
