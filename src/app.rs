@@ -18,13 +18,17 @@ use crate::http::{self, AppState, BearerToken};
 use crate::metrics::Metrics;
 use crate::outbound::circleci::token::TokenCheck;
 use crate::outbound::circleci::CircleCiClient;
+use crate::outbound::sym_api::SymApiClient;
 use crate::store::{Backend, ServingLock, Store};
+use crate::worker::reconciler::Reconciler;
 use crate::worker::ApprovalWorker;
 
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     worker: Arc<ApprovalWorker>,
+    reconciler: Option<Arc<Reconciler>>,
+    reconciler_wake: Arc<Notify>,
     http: crate::config::HttpConfig,
     metrics: Metrics,
     /// The startup check of CIRCLECI_TOKEN, run in the background.
@@ -56,12 +60,33 @@ impl Application {
         let metrics = Metrics::new();
         let token = TokenCheck::default();
         let wake = Arc::new(Notify::new());
+        let reconciler_wake = Arc::new(Notify::new());
+        let rules = Arc::new(config.rules.clone());
+        let reconciler = match &config.gates.sym_api {
+            Some(sym) => Some(Arc::new(Reconciler::new(
+                store.clone(),
+                SymApiClient::new(sym.url.clone(), sym.token.clone(), sym.timeout)?,
+                Arc::clone(&rules),
+                config.gates.timeout,
+                metrics.clone(),
+                Arc::clone(&wake),
+            ))),
+            None => {
+                if config.gates.gate_token.is_some() {
+                    tracing::info!(
+                        "gates are recorded but not reconciled: set SYM_API_TOKEN to release \
+                         hold jobs from Sym's run status when a hook delivery never arrives"
+                    );
+                }
+                None
+            }
+        };
         let state = AppState {
             store: store.clone(),
             verifier: Arc::new(config.verifier.clone()),
             metrics: metrics.clone(),
             wake: Arc::clone(&wake),
-            rules: Arc::new(config.rules.clone()),
+            rules,
             max_body_bytes: config.http.max_body_bytes,
             body_read_timeout: config.http.body_read_timeout,
             store_slots: Arc::new(tokio::sync::Semaphore::new(
@@ -70,6 +95,8 @@ impl Application {
             refusal_log: Arc::new(crate::telemetry::RateLimit::per_second(5)),
             admin_token: config.admin_token.as_ref().map(BearerToken::new),
             verdict_token: config.verdict_token.as_ref().map(BearerToken::new),
+            gate_token: config.gates.gate_token.as_ref().map(BearerToken::new),
+            reconciler_wake: Arc::clone(&reconciler_wake),
             circleci: circleci.clone(),
             token: token.clone(),
         };
@@ -94,6 +121,8 @@ impl Application {
             listener,
             router,
             worker,
+            reconciler,
+            reconciler_wake,
             store,
             retention: config.retention,
             background_worker: true,
@@ -110,6 +139,11 @@ impl Application {
 
     pub fn worker(&self) -> Arc<ApprovalWorker> {
         Arc::clone(&self.worker)
+    }
+
+    /// The gate reconciler, when `SYM_API_TOKEN` is set.
+    pub fn reconciler(&self) -> Option<Arc<Reconciler>> {
+        self.reconciler.clone()
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
@@ -130,6 +164,11 @@ impl Application {
         let worker = self
             .background_worker
             .then(|| tokio::spawn(Arc::clone(&self.worker).run(shutdown.clone())));
+        let reconciler = self
+            .reconciler
+            .clone()
+            .filter(|_| self.background_worker)
+            .map(|r| tokio::spawn(r.run(Arc::clone(&self.reconciler_wake), shutdown.clone())));
         let pruner = self.retention.map(|retention| {
             tokio::spawn(prune_periodically(
                 self.store.clone(),
@@ -150,6 +189,9 @@ impl Application {
             if let Err(e) = worker.await {
                 tracing::error!(error = %e, "worker ended abnormally");
             }
+        }
+        if let Some(reconciler) = reconciler {
+            let _ = reconciler.await;
         }
         if let Some(pruner) = pruner {
             let _ = pruner.await;

@@ -94,6 +94,26 @@ pub struct HttpConfig {
     pub shutdown_grace: Duration,
 }
 
+/// The default `SYM_API_URL`: the Sym orb's own default.
+pub const DEFAULT_SYM_API_URL: &str = "https://api.symops.com/api/v1";
+
+#[derive(Debug, Clone)]
+pub struct GateConfig {
+    /// The token CircleCI registers gates with; None: `POST /v1/gates` answers 404.
+    pub gate_token: Option<SecretString>,
+    /// Sym's API for the reconciler; None: gates are recorded, only the hook approves.
+    pub sym_api: Option<SymApiConfig>,
+    /// How long a gate is polled before it is closed as timed out.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SymApiConfig {
+    pub url: Url,
+    pub token: SecretString,
+    pub timeout: Duration,
+}
+
 /// Everything `serve` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -107,6 +127,8 @@ pub struct Config {
     pub admin_token: Option<SecretString>,
     /// The verdict API's bearer token; None disables it.
     pub verdict_token: Option<SecretString>,
+    /// Gates: registration and the reconciler.
+    pub gates: GateConfig,
     /// Prune records older than this; None keeps everything.
     pub retention: Option<Duration>,
     /// What an event asks for: ON_DENY, APPROVAL_TIMEOUT, HOLD_JOB_NAMES.

@@ -76,6 +76,15 @@ pub struct Metrics {
     token_state: Family<StateLabels, Gauge>,
     connections_closed: Family<ReasonLabels, Counter>,
     open_connections: Gauge,
+    approvals_by_path: Family<PathLabels, Counter>,
+    gates_ended: Family<StateLabels, Counter>,
+    open_gates: Gauge,
+    oldest_open_gate_age: Gauge<f64, AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    path: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -206,7 +215,53 @@ impl Metrics {
             "HTTP connections open now",
             open_connections.clone(),
         );
+        let approvals_by_path = Family::<PathLabels, Counter>::default();
+        registry.register(
+            "approvals_by_path",
+            "Hold jobs this service approved, by the path that brought the approval: hook (Sym's \
+             delivery) or reconciler (Sym's run status, for a registered gate)",
+            approvals_by_path.clone(),
+        );
+        for path in crate::domain::gate::ApprovalPath::ALL {
+            approvals_by_path
+                .get_or_create(&PathLabels {
+                    path: path.as_str().to_owned(),
+                })
+                .inc_by(0);
+        }
+        let gates_ended = Family::<StateLabels, Counter>::default();
+        registry.register(
+            "gates_ended",
+            "Gates the reconciler ended, by final status: released, closed (denied or expired), \
+             timed_out",
+            gates_ended.clone(),
+        );
+        for status in crate::domain::gate::GateStatus::ALL {
+            if status.is_final() {
+                gates_ended
+                    .get_or_create(&StateLabels {
+                        state: status.as_str().to_owned(),
+                    })
+                    .inc_by(0);
+            }
+        }
+        let open_gates = Gauge::default();
+        registry.register(
+            "gates_open",
+            "Gates registered and not ended yet (read from the store)",
+            open_gates.clone(),
+        );
+        let oldest_open_gate_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "oldest_open_gate_age_seconds",
+            "Age of the oldest open gate (0 when none)",
+            oldest_open_gate_age.clone(),
+        );
         let metrics = Self {
+            approvals_by_path,
+            gates_ended,
+            open_gates,
+            oldest_open_gate_age,
             connections_closed,
             open_connections,
             token_state,
@@ -270,6 +325,28 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    pub fn approval_by_path(&self, path: crate::domain::gate::ApprovalPath) {
+        self.approvals_by_path
+            .get_or_create(&PathLabels {
+                path: path.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn gate_ended(&self, status: crate::domain::gate::GateStatus) {
+        self.gates_ended
+            .get_or_create(&StateLabels {
+                state: status.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets the gate gauges (called at scrape time).
+    pub fn set_open_gates(&self, count: i64, oldest_age_seconds: f64) {
+        self.open_gates.set(count);
+        self.oldest_open_gate_age.set(oldest_age_seconds.max(0.0));
     }
 
     pub fn connection_opened(&self) {

@@ -16,9 +16,10 @@ use super::EXIT_CONFIG;
 use crate::app::{cancel_on_signal, Application};
 use crate::clock::Clock;
 use crate::config::{
-    config_error, parse_api_url, parse_duration, positive, read_secret, CircleCiConfig, Config,
-    ConfigError, HttpConfig, LogFormat, OnDeny, RetryPolicy, StoreOptions, WorkerConfig,
-    DEFAULT_CIRCLECI_API_URL, DEFAULT_DATABASE_URL, DEFAULT_HOLD_JOB_NAME,
+    config_error, parse_api_url, parse_duration, positive, read_secret, secure_base_url,
+    CircleCiConfig, Config, ConfigError, GateConfig, HttpConfig, LogFormat, OnDeny, RetryPolicy,
+    StoreOptions, SymApiConfig, WorkerConfig, DEFAULT_CIRCLECI_API_URL, DEFAULT_DATABASE_URL,
+    DEFAULT_HOLD_JOB_NAME, DEFAULT_SYM_API_URL,
 };
 use crate::domain::task::TaskRules;
 use crate::inbound::signature::{Verifier, WebhookSecret};
@@ -168,6 +169,30 @@ pub struct ServeArgs {
     /// File holding the verdict token instead.
     #[arg(long, env = "VERDICT_TOKEN_FILE")]
     pub verdict_token_file: Option<PathBuf>,
+    /// Bearer token CircleCI registers gates with (`POST /v1/gates`) and nothing else;
+    /// unset: that route answers 404.
+    #[arg(long, env = "GATE_TOKEN", hide_env_values = true)]
+    pub gate_token: Option<String>,
+    /// File holding the gate token instead.
+    #[arg(long, env = "GATE_TOKEN_FILE")]
+    pub gate_token_file: Option<PathBuf>,
+    /// Sym API token (the bot token `sym/request` uses as SYM_JWT): with it the reconciler
+    /// polls each open gate's Sym run and releases the hold job when it is approved, even if
+    /// the hook's delivery never arrived. Unset: gates are only recorded.
+    #[arg(long, env = "SYM_API_TOKEN", hide_env_values = true)]
+    pub sym_api_token: Option<String>,
+    /// File holding the Sym API token instead.
+    #[arg(long, env = "SYM_API_TOKEN_FILE")]
+    pub sym_api_token_file: Option<PathBuf>,
+    /// Sym's API base URL (the Sym orb's default).
+    #[arg(long, env = "SYM_API_URL", default_value = DEFAULT_SYM_API_URL)]
+    pub sym_api_url: String,
+    /// Allow a plain-http SYM_API_URL on a non-loopback host (the token travels in clear).
+    #[arg(long, env = "SYM_API_ALLOW_INSECURE_HTTP", default_value_t = false)]
+    pub sym_api_allow_insecure_http: bool,
+    /// How long an open gate is polled before it is closed as timed out.
+    #[arg(long, env = "GATE_TIMEOUT", default_value = "24h")]
+    pub gate_timeout: String,
     /// Deliveries and finished tasks older than this many days are pruned (0 keeps all).
     #[arg(long, env = "RETENTION_DAYS", default_value_t = 90)]
     pub retention_days: u32,
@@ -296,6 +321,7 @@ impl ServeArgs {
                 )?,
                 clock: Clock::system(),
             },
+            gates: gates_config(args, [&admin_token, &verdict_token])?,
             admin_token: admin_token.clone(),
             verdict_token,
             retention: (args.retention_days > 0)
@@ -329,6 +355,55 @@ impl SecretArgs {
         }
         Ok(secrets)
     }
+}
+
+/// `GATE_TOKEN` (distinct from the other API tokens), the Sym API, `GATE_TIMEOUT`.
+fn gates_config(
+    args: &ServeArgs,
+    others: [&Option<SecretString>; 2],
+) -> Result<GateConfig, ConfigError> {
+    let gate_token = read_optional_token(
+        "GATE_TOKEN",
+        args.gate_token.as_deref(),
+        args.gate_token_file.as_deref(),
+    )?;
+    if let Some(gate) = &gate_token {
+        if others.iter().any(|o| {
+            o.as_ref()
+                .is_some_and(|o| o.expose_secret() == gate.expose_secret())
+        }) {
+            return Err(config_error(
+                "GATE_TOKEN",
+                "must differ from ADMIN_TOKEN and VERDICT_TOKEN (each token does one thing)",
+            ));
+        }
+    }
+    let sym_token = match (&args.sym_api_token, &args.sym_api_token_file) {
+        (None, None) => None,
+        (value, file) => Some(read_secret(
+            "SYM_API_TOKEN",
+            value.as_deref(),
+            file.as_deref(),
+        )?),
+    };
+    let sym_api = match sym_token {
+        None => None,
+        Some(token) => Some(SymApiConfig {
+            url: secure_base_url(
+                "SYM_API_URL",
+                "SYM_API_ALLOW_INSECURE_HTTP",
+                &args.sym_api_url,
+                args.sym_api_allow_insecure_http,
+            )?,
+            token,
+            timeout: Duration::from_secs(10),
+        }),
+    };
+    Ok(GateConfig {
+        gate_token,
+        sym_api,
+        timeout: parse_duration("GATE_TIMEOUT", &args.gate_timeout)?,
+    })
 }
 
 /// `HOLD_JOB_NAMES`, or `HOLD_JOB_NAME` (one name), or the default; not both forms.

@@ -50,6 +50,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         });
         state.metrics.set_pending(pending, age);
     }
+    if let Ok(Ok((open, oldest))) =
+        tokio::time::timeout(READY_TIMEOUT, state.store.open_gates_summary()).await
+    {
+        let age = oldest.map_or(0.0, |created| {
+            (state.store.clock().now_ms() - created) as f64 / 1000.0
+        });
+        state.metrics.set_open_gates(open, age);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -9,6 +9,7 @@
 mod admin;
 mod auth;
 mod error;
+mod gates;
 mod health;
 pub mod server;
 mod verdict;
@@ -17,7 +18,7 @@ mod webhook;
 use std::sync::Arc;
 
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::Request;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, Method, Uri};
 use axum::middleware;
 use axum::response::IntoResponse;
@@ -60,6 +61,10 @@ pub struct AppState {
     pub admin_token: Option<BearerToken>,
     /// The verdict API's token; None disables it (404).
     pub verdict_token: Option<BearerToken>,
+    /// The gate registration token; None disables it (404).
+    pub gate_token: Option<BearerToken>,
+    /// Wakes the reconciler when a gate is registered.
+    pub reconciler_wake: Arc<Notify>,
     /// For the verdict's lookups of reruns.
     pub circleci: CircleCiClient,
     /// Whose CircleCI token this service holds (`GET /me`).
@@ -86,8 +91,19 @@ pub fn router(state: AppState, config: &HttpConfig) -> Router {
             verdict::require_verdict_token,
         ));
 
+    let gate_api = Router::new()
+        .route(
+            "/v1/gates",
+            post(gates::register).layer(DefaultBodyLimit::max(gates::MAX_GATE_BODY)),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            gates::require_gate_token,
+        ));
+
     Router::new()
         .route("/webhooks/sym", webhook)
+        .merge(gate_api)
         .merge(audit_api)
         .merge(verdict_api)
         .route("/healthz", get(health::healthz))

@@ -89,6 +89,10 @@ pub struct ApprovalDetail {
     pub deadline_at: Option<String>,
     pub finished_at: Option<String>,
     pub hold_job: Option<JobRef>,
+    /// The path that made the task: `hook` (Sym's delivery) or `reconciler` (a gate).
+    pub path: Option<String>,
+    /// The workflow's gate, when CircleCI registered one.
+    pub gate: Option<super::GateView>,
     pub attempts: Vec<AttemptDetail>,
 }
 
@@ -218,7 +222,7 @@ impl Store {
             "SELECT d.id, d.webhook_id, d.sym_event_id, d.event_type, d.workflow_id, d.workflow_url, \
              d.merging_user, d.approver_username, d.approver_name, d.run_srn, d.received_at, \
              t.id AS task_id, t.action, t.status, t.outcome, t.detail, t.created_at, t.deadline_at, \
-             t.finished_at, t.job_id, t.job_number, t.project_slug \
+             t.finished_at, t.job_id, t.job_number, t.project_slug, t.origin \
              FROM deliveries d LEFT JOIN tasks t ON t.delivery_id = d.id \
              WHERE d.outcome <> 'duplicate' AND d.event_type IN {AUDITED_EVENTS} \
              AND (d.id = $1 OR t.id = $1)"
@@ -271,6 +275,15 @@ impl Store {
             .collect::<Result<Vec<_>, sqlx::Error>>()?,
             None => Vec::new(),
         };
+        let workflow_id: Option<String> = row.try_get("workflow_id")?;
+        let origin: Option<String> = row.try_get("origin")?;
+        let path = task_id
+            .as_ref()
+            .map(|_| origin.unwrap_or_else(|| "hook".to_owned()));
+        let gate = match &workflow_id {
+            Some(workflow) => self.gate_of_now(workflow).await?,
+            None => None,
+        };
         let hold_job = (job_id.is_some() || project_slug.is_some()).then_some(JobRef {
             id: job_id,
             number: job_number,
@@ -278,7 +291,7 @@ impl Store {
         });
         Ok(Some(ApprovalDetail {
             id: delivery_id.clone(),
-            workflow_id: row.try_get("workflow_id")?,
+            workflow_id,
             delivery: DeliveryDetail {
                 id: delivery_id,
                 webhook_id,
@@ -303,6 +316,8 @@ impl Store {
             deadline_at: deadline.map(rfc3339),
             finished_at: finished.map(rfc3339),
             hold_job,
+            path,
+            gate,
             attempts,
         }))
     })

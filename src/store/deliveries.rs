@@ -92,7 +92,15 @@ impl Store {
             return Ok(Recorded::Ignored { delivery_id });
         };
         let task_id = TaskId::new_random();
-        match insert_task(&mut tx, task_id, delivery_id, task, received_at, ApprovalPath::Hook).await
+        match insert_task(
+            &mut tx,
+            task_id,
+            delivery_id,
+            task,
+            received_at,
+            ApprovalPath::Hook,
+        )
+        .await
         {
             Ok(()) => {}
             // The hold job already has a live approval: this delivery asks for nothing new.

@@ -28,6 +28,15 @@ pub enum Registered {
     Conflict { sym_run_id: String },
 }
 
+/// What ending a gate did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateEnd {
+    /// Another process holds the gate now; nothing was written.
+    LeaseLost,
+    /// Ended; for a release, the path whose task approves the hold job.
+    Ended { released_by: Option<ApprovalPath> },
+}
+
 /// A gate the reconciler claimed.
 #[derive(Debug, Clone)]
 pub struct ClaimedGate {
@@ -175,7 +184,7 @@ impl Store {
         run_status: &str,
         detail: &str,
         task: Option<&NewTask>,
-    ) -> Result<Option<ApprovalPath>, StoreError> {
+    ) -> Result<GateEnd, StoreError> {
         let now = self.clock.now_ms();
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
@@ -195,11 +204,11 @@ impl Store {
             .await?;
             if ended.rows_affected() != 1 {
                 tx.rollback().await?;
-                return Ok(None);
+                return Ok(GateEnd::LeaseLost);
             }
             let Some(task) = task else {
                 tx.commit().await?;
-                return Ok(None);
+                return Ok(GateEnd::Ended { released_by: None });
             };
             // A delivery of the reconciler's own, so the task has one like every task.
             let delivery_id = DeliveryId::new_random();
@@ -217,9 +226,15 @@ impl Store {
             .bind(DeliveryStatus::Queued.as_str())
             .execute(&mut *tx)
             .await?;
-            let inserted =
-                insert_task(&mut tx, TaskId::new_random(), delivery_id, task, now, ApprovalPath::Reconciler)
-                    .await;
+            let inserted = insert_task(
+                &mut tx,
+                TaskId::new_random(),
+                delivery_id,
+                task,
+                now,
+                ApprovalPath::Reconciler,
+            )
+            .await;
             let path = match inserted {
                 Ok(()) => ApprovalPath::Reconciler,
                 // The hook's task is live (or done): it released the gate.
@@ -241,7 +256,9 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                     tx.commit().await?;
-                    return Ok(Some(ApprovalPath::Hook));
+                    return Ok(GateEnd::Ended {
+                        released_by: Some(ApprovalPath::Hook),
+                    });
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -253,7 +270,9 @@ impl Store {
                     .await?;
             }
             tx.commit().await?;
-            Ok((task.action == TaskAction::Approve).then_some(path))
+            Ok(GateEnd::Ended {
+                released_by: (task.action == TaskAction::Approve).then_some(path),
+            })
         })
         .await
     }
@@ -274,7 +293,12 @@ impl Store {
 
     /// A workflow's gate, for the audit trail.
     pub async fn gate_of(&self, workflow: &str) -> Result<Option<GateView>, StoreError> {
-        self.bounded(async {
+        self.bounded(self.gate_of_now(workflow)).await
+    }
+
+    /// [`Self::gate_of`] inside an operation that is already time-limited.
+    pub(super) async fn gate_of_now(&self, workflow: &str) -> Result<Option<GateView>, StoreError> {
+        async {
             let row = sqlx::query(
                 "SELECT workflow_id, sym_run_id, hold_job_name, status, released_by, polling, \
                  polls, last_run_status, detail, created_at, closed_at FROM gates \
@@ -301,7 +325,7 @@ impl Store {
                 })
             })
             .transpose()
-        })
+        }
         .await
     }
 }

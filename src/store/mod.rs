@@ -43,7 +43,7 @@ use crate::clock::{duration_ms, Clock};
 
 pub use attempts::AttemptId;
 pub use deliveries::Recorded;
-pub use gates::{ClaimedGate, GateView, Registered};
+pub use gates::{ClaimedGate, GateEnd, GateView, Registered};
 pub use sqlite_lock::ServingLock;
 pub use tasks::{ClaimedTask, JobInfo};
 

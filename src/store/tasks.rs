@@ -14,6 +14,7 @@ use sqlx::Row;
 use super::deliveries::parse_id;
 use super::{Backend, Store, StoreError};
 use crate::clock::duration_ms;
+use crate::domain::gate::ApprovalPath;
 use crate::domain::ids::{DeliveryId, LeaseToken, TaskId, WorkflowId};
 use crate::domain::retry::RetryKind;
 use crate::domain::task::{Outcome, TaskAction, TaskState, TaskStatus};
@@ -31,6 +32,8 @@ pub struct ClaimedTask {
     /// The approval job to release; None for tasks stored before this was recorded (the
     /// default hold job then).
     pub hold_job_name: Option<String>,
+    /// The path that made it (hook delivery or reconciler).
+    pub origin: ApprovalPath,
     /// Steps already taken.
     pub attempts: i64,
     /// Of those, steps that ended in an error (the rest were polls).
@@ -97,8 +100,8 @@ impl Store {
                 AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.workflow_id = t.workflow_id \
                     AND o.id <> t.id AND o.status = 'pending' AND o.lease_expires_at >= $3) \
                 ORDER BY t.next_attempt_at, t.created_at LIMIT 1 {lock}) \
-             RETURNING id, delivery_id, action, workflow_id, hold_job_name, attempts, errors, \
-             created_at, deadline_at"
+             RETURNING id, delivery_id, action, workflow_id, hold_job_name, origin, attempts, \
+             errors, created_at, deadline_at"
         );
         let claim = sqlx::query(&sql)
             .bind(lease.as_str())
@@ -332,6 +335,7 @@ fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTask, StoreError> {
     let delivery_id: String = row.try_get("delivery_id")?;
     let workflow_id: String = row.try_get("workflow_id")?;
     let action: String = row.try_get("action")?;
+    let origin: Option<String> = row.try_get("origin")?;
     Ok(ClaimedTask {
         id: parse_id(&id)?,
         delivery_id: parse_id(&delivery_id)?,
@@ -339,6 +343,10 @@ fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTask, StoreError> {
             .ok_or_else(|| StoreError::Invalid(format!("unknown task action {action:?}")))?,
         workflow_id: parse_id(&workflow_id)?,
         hold_job_name: row.try_get("hold_job_name")?,
+        origin: origin
+            .as_deref()
+            .and_then(ApprovalPath::parse)
+            .unwrap_or(ApprovalPath::Hook),
         attempts: row.try_get("attempts")?,
         errors: row.try_get("errors")?,
         created_at: row.try_get("created_at")?,

@@ -7,6 +7,7 @@
 //! stops. Between steps the task lives only in the store, so a crash or deploy loses nothing;
 //! a restarted process (or another replica, once the lease runs out) takes the next step.
 
+pub mod reconciler;
 mod step;
 
 use std::collections::HashMap;

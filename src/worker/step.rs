@@ -387,6 +387,9 @@ impl ApprovalWorker {
                 // settles (or settled) this task.
                 if kept {
                     self.metrics.task_finished(task.action, *outcome, seconds);
+                    if *outcome == Outcome::Approved {
+                        self.metrics.approval_by_path(task.origin);
+                    }
                 }
                 log_finish(*status, *outcome, detail, seconds, kept);
             }

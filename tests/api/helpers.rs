@@ -13,6 +13,7 @@ use sym_circleci_approver::domain::task::{TaskState, TaskStatus};
 use sym_circleci_approver::fake_circleci::FakeCircleCi;
 use sym_circleci_approver::signature::WebhookSecret;
 use sym_circleci_approver::store::Store;
+use sym_circleci_approver::worker::reconciler::Reconciler;
 use sym_circleci_approver::worker::ApprovalWorker;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -72,6 +73,8 @@ pub struct TestApp {
     pub clock: Clock,
     /// Set for a stepped app: the test takes the worker's steps itself.
     worker: Option<Arc<ApprovalWorker>>,
+    /// Set for a stepped app with SYM_API_TOKEN: the test runs the reconciler itself.
+    reconciler: Option<Arc<Reconciler>>,
     shutdown: CancellationToken,
     /// Stops the service when the test ends, however it ends.
     _stop_on_drop: tokio_util::sync::DropGuard,
@@ -153,6 +156,7 @@ async fn start(
     }
     let mut app = Application::build(config).await.expect("service starts");
     let worker = stepped.then(|| app.worker());
+    let reconciler = app.reconciler().filter(|_| stepped);
     if stepped {
         app = app.without_background_worker();
     }
@@ -172,6 +176,7 @@ async fn start(
         db,
         clock,
         worker,
+        reconciler,
         _stop_on_drop: shutdown.clone().drop_guard(),
         shutdown,
         server: Some(server),
@@ -271,6 +276,16 @@ impl TestApp {
             .as_ref()
             .expect("a stepped app (spawn_stepped_app)");
         worker.run_due().await.expect("the store answers")
+    }
+
+    /// Stepped app: reads every gate due now once; returns how many.
+    #[allow(dead_code)]
+    pub async fn reconcile(&self) -> usize {
+        let reconciler = self
+            .reconciler
+            .as_ref()
+            .expect("a stepped app with --sym-api-token");
+        reconciler.run_due().await.expect("the store answers")
     }
 
     /// Stepped app: moves the service's clock forward.

@@ -5,6 +5,7 @@
 mod approval;
 mod audit;
 mod binary;
+mod gates;
 mod helpers;
 mod process;
 mod replicas;

@@ -1,0 +1,328 @@
+//! Gates: hold jobs registered from CircleCI with their Sym run, released by the reconciler
+//! from Sym's run status when the hook's delivery never arrives.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sym_circleci_approver::outbound::fake_sym::FakeSymApi;
+use uuid::Uuid;
+
+use crate::audit::ADMIN;
+use crate::helpers::*;
+
+const GATE: &str = "gate-token-7d41c0a9e2";
+const SYM_TOKEN: &str = "sym-bot-token-5b2e";
+
+/// A stepped service with gates and a reconciler against its own fake Sym API.
+async fn spawn_gated(flags: &[&str]) -> (TestApp, FakeSymApi) {
+    let sym = FakeSymApi::start(SYM_TOKEN).await.unwrap();
+    let owned = [
+        format!("--gate-token={GATE}"),
+        format!("--admin-token={ADMIN}"),
+        format!("--sym-api-url={}", sym.base_url()),
+        format!("--sym-api-token={SYM_TOKEN}"),
+    ];
+    let mut all: Vec<&str> = owned.iter().map(String::as_str).collect();
+    all.extend_from_slice(flags);
+    (spawn_stepped_app(&all).await, sym)
+}
+
+impl TestApp {
+    async fn register(&self, token: &str, body: Value) -> Answer {
+        let response = self
+            .client
+            .post(self.url("/v1/gates"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        answer(response).await
+    }
+
+    /// A gate for a new workflow (hold job on hold) and its Sym run, registered as CircleCI's
+    /// step does.
+    async fn gated_workflow(&self, sym: &FakeSymApi, run_status: &str) -> (Uuid, String) {
+        let workflow = self.workflow("on_hold");
+        let run = format!("run-{}", Uuid::new_v4().simple());
+        sym.set_run(&run, run_status);
+        let registered = self
+            .register(GATE, json!({"workflow_id": workflow, "sym_run_id": run}))
+            .await;
+        assert_eq!(registered.status, 201, "{}", registered.body);
+        (workflow, run)
+    }
+
+    async fn gate(&self, workflow: Uuid) -> Value {
+        serde_json::to_value(self.store.gate_of(&workflow.to_string()).await.unwrap()).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn gate_registration_needs_its_token_and_refuses_bad_input_with_typed_errors() {
+    let (app, _sym) = spawn_gated(&[]).await;
+    let plain = spawn_app().await;
+    let workflow = Uuid::new_v4();
+    let good = json!({"workflow_id": workflow, "sym_run_id": "run-1"});
+
+    let disabled = plain.register(GATE, good.clone()).await;
+    let wrong = app.register("wrong-token-wrong-token", good.clone()).await;
+    let admin = app.register(ADMIN, good.clone()).await;
+    let created = app.register(GATE, good.clone()).await;
+    let again = app.register(GATE, good.clone()).await;
+    let other_run = app
+        .register(
+            GATE,
+            json!({"workflow_id": workflow, "sym_run_id": "run-2"}),
+        )
+        .await;
+    let reads = app
+        .client
+        .get(app.url("/v1/approvals"))
+        .bearer_auth(GATE)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(
+        (disabled.status, disabled.body["error"].as_str()),
+        (404, Some("not_found"))
+    );
+    assert_eq!(
+        (wrong.status, wrong.body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    assert_eq!(admin.status, 401, "the admin token cannot register gates");
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.body["hold_job_name"], HOLD);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["status"], "already_registered");
+    assert_eq!(
+        (other_run.status, other_run.body["error"].as_str()),
+        (409, Some("gate_conflict"))
+    );
+    assert_eq!(reads.status(), 401, "the gate token reads nothing");
+    assert_eq!(app.gate(workflow).await["sym_run_id"], "run-1");
+
+    for (body, status, error) in [
+        (json!("not an object"), 400, "invalid_request"),
+        (json!({"sym_run_id": "run-1"}), 400, "invalid_request"),
+        (
+            json!({"workflow_id": "nope", "sym_run_id": "run-1"}),
+            422,
+            "invalid_workflow_id",
+        ),
+        (
+            json!({"workflow_id": Uuid::new_v4(), "sym_run_id": ""}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"workflow_id": Uuid::new_v4(), "sym_run_id": "r", "extra": 1}),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"workflow_id": Uuid::new_v4(), "sym_run_id": "r", "hold_job_name": "deploy"}),
+            422,
+            "hold_job_not_allowed",
+        ),
+    ] {
+        let refused = app.register(GATE, body.clone()).await;
+        assert_eq!(refused.status, status, "{body}: {}", refused.body);
+        assert_eq!(refused.body["error"], error, "{body}");
+        assert!(refused.body["detail"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn a_gate_whose_hook_never_arrives_is_approved_by_the_reconciler_exactly_once() {
+    let (app, sym) = spawn_gated(&[]).await;
+    let (workflow, run) = app.gated_workflow(&sym, "requested").await;
+
+    assert_eq!(app.reconcile().await, 1, "the first read: not decided yet");
+    assert_eq!(app.step().await, 0, "nothing to approve yet");
+    sym.set_run(&run, "approved");
+    app.advance(Duration::from_secs(5));
+    assert_eq!(app.reconcile().await, 1);
+    assert_eq!(app.step().await, 1);
+
+    assert_eq!(app.fake.successful_approvals(), 1);
+    assert_eq!(
+        app.fake.job_status(workflow, HOLD).as_deref(),
+        Some("success")
+    );
+    let gate = app.gate(workflow).await;
+    assert_eq!(
+        (gate["status"].as_str(), gate["released_by"].as_str()),
+        (Some("released"), Some("reconciler"))
+    );
+
+    // Nothing more to read, and a late hook delivery is a no-op.
+    app.advance(Duration::from_secs(600));
+    assert_eq!(app.reconcile().await, 0);
+    let late = app
+        .post_signed(
+            approve_event(&Uuid::new_v4().to_string(), &workflow.to_string()),
+            &new_webhook_id(),
+        )
+        .await;
+    assert_eq!(
+        (late.status, late.body["status"].as_str()),
+        (200, Some("duplicate"))
+    );
+    app.advance(Duration::from_secs(60));
+    app.step().await;
+    assert_eq!(app.fake.successful_approvals(), 1);
+
+    // The audit record tells the path, the metrics count it.
+    let list = app
+        .admin_get(&format!("/v1/approvals?workflow_id={workflow}"))
+        .await;
+    let id = list.body["items"][0]["id"].as_str().unwrap().to_owned();
+    let detail = app.admin_get(&format!("/v1/approvals/{id}")).await;
+    assert_eq!(detail.body["path"], "reconciler", "{}", detail.body);
+    assert_eq!(detail.body["gate"]["released_by"], "reconciler");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("sym_approver_approvals_by_path_total{path=\"reconciler\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sym_approver_gates_open 0"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_hook_and_the_reconciler_racing_on_one_gate_give_one_approve() {
+    let (app, sym) = spawn_gated(&[]).await;
+    for _ in 0..5 {
+        let (workflow, _run) = app.gated_workflow(&sym, "approved").await;
+        let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
+        let webhook_id = new_webhook_id();
+
+        let (hook, _) = tokio::join!(app.post_signed(body, &webhook_id), app.reconcile());
+        assert!(
+            matches!(hook.status, 200 | 202),
+            "the hook is accepted either way: {}",
+            hook.body
+        );
+        app.step().await;
+        app.advance(Duration::from_secs(5));
+        app.step().await;
+
+        let approves = app
+            .fake
+            .calls_of("approve")
+            .into_iter()
+            .filter(|c| c.path.contains(&workflow.to_string()))
+            .count();
+        assert_eq!(approves, 1, "one approve for workflow {workflow}");
+        assert_eq!(app.gate(workflow).await["status"], "released");
+    }
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(
+            "sym_approver_tasks_finished_total{action=\"approve\",outcome=\"already_approved\"} 0"
+        ),
+        "neither path's task found the hold job approved by someone else:\n{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn denied_and_expired_runs_close_the_gate_without_approving_and_on_deny_cancel_cancels() {
+    let (app, sym) = spawn_gated(&["--on-deny=cancel"]).await;
+    let (denied, _) = app.gated_workflow(&sym, "denied").await;
+    let (expired, _) = app.gated_workflow(&sym, "expired").await;
+
+    assert_eq!(app.reconcile().await, 2);
+    app.step().await;
+
+    assert_eq!(app.gate(denied).await["status"], "closed");
+    assert_eq!(app.gate(expired).await["status"], "closed");
+    assert!(app.fake.calls_of("approve").is_empty());
+    // As with the hook's deny and expire events, ON_DENY=cancel cancels both workflows.
+    let cancels: Vec<_> = app.fake.calls_of("cancel");
+    assert_eq!(cancels.len(), 2);
+    for workflow in [denied, expired] {
+        assert!(cancels
+            .iter()
+            .any(|c| c.path.contains(&workflow.to_string())));
+    }
+}
+
+#[tokio::test]
+async fn a_sym_api_answering_500_then_429_with_retry_after_is_retried() {
+    let (app, sym) = spawn_gated(&[]).await;
+    let (workflow, _run) = app.gated_workflow(&sym, "approved").await;
+    sym.push_fault(500, None);
+    sym.push_fault(429, Some(30));
+
+    assert_eq!(app.reconcile().await, 1, "the 500");
+    app.advance(Duration::from_secs(5));
+    assert_eq!(app.reconcile().await, 1, "the 429 asking for 30 s");
+    app.advance(Duration::from_secs(25));
+    assert_eq!(app.reconcile().await, 0, "not before Retry-After");
+    app.advance(Duration::from_secs(6));
+    assert_eq!(app.reconcile().await, 1);
+    app.step().await;
+
+    assert_eq!(app.gate(workflow).await["status"], "released");
+    assert_eq!(app.fake.successful_approvals(), 1);
+    let statuses: Vec<u16> = sym.calls().iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [500, 429, 200]);
+}
+
+#[tokio::test]
+async fn a_wrong_sym_token_stops_polling_with_an_error_naming_the_variable() {
+    let sym = FakeSymApi::start("the-real-token").await.unwrap();
+    let owned = [
+        format!("--gate-token={GATE}"),
+        format!("--sym-api-url={}", sym.base_url()),
+        "--sym-api-token=a-wrong-token".to_owned(),
+    ];
+    let flags: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let app = spawn_stepped_app(&flags).await;
+    let (first, _) = app.gated_workflow(&sym, "approved").await;
+    let (second, _) = app.gated_workflow(&sym, "approved").await;
+
+    assert_eq!(app.reconcile().await, 1, "stops at the first refusal");
+    app.advance(Duration::from_secs(600));
+    assert_eq!(app.reconcile().await, 0, "no more polling");
+
+    assert_eq!(sym.calls().len(), 1);
+    let gates = [app.gate(first).await, app.gate(second).await];
+    let stopped = gates
+        .iter()
+        .find(|g| g["polling"] == false)
+        .expect("one gate read");
+    assert_eq!(stopped["status"], "open", "the hook can still release it");
+    assert!(
+        stopped["detail"]
+            .as_str()
+            .unwrap()
+            .contains("SYM_API_TOKEN"),
+        "{stopped}"
+    );
+    assert!(app.fake.calls_of("approve").is_empty());
+}
+
+#[tokio::test]
+async fn without_a_sym_token_gates_are_recorded_and_the_hook_releases_them() {
+    let app = spawn_app_with(&[&format!("--gate-token={GATE}")]).await;
+    let workflow = app.workflow("on_hold");
+    let registered = app
+        .register(
+            GATE,
+            json!({"workflow_id": workflow, "sym_run_id": "run-9"}),
+        )
+        .await;
+    assert_eq!(registered.status, 201);
+
+    let delivery = app.approve(workflow).await;
+    app.finished_task(&delivery, Duration::from_secs(45)).await;
+
+    let gate = app.gate(workflow).await;
+    assert_eq!(
+        (gate["status"].as_str(), gate["released_by"].as_str()),
+        (Some("released"), Some("hook"))
+    );
+}
