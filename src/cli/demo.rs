@@ -3,7 +3,9 @@
 //! Starts the built-in fake CircleCI (a workflow whose hold job is on the second page and goes
 //! on hold two seconds in), starts the real service on a random port with a throwaway SQLite
 //! store, sends a signed approve event, and narrates what happens: the approval, a duplicate
-//! redelivery, and a forged signature.
+//! redelivery, and a forged signature. Then the second path: a gate registered as the
+//! CircleCI kit does, a Sym approval whose hook delivery is lost, and the reconciler finding
+//! it in Sym's run status (a built-in fake Sym API) and releasing the hold job once.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -18,9 +20,12 @@ use crate::config::{LogFormat, DEFAULT_HOLD_JOB_NAME};
 use crate::domain::task::TaskStatus;
 use crate::inbound::signature::WebhookSecret;
 use crate::outbound::fake_circleci::FakeCircleCi;
+use crate::outbound::fake_sym::FakeSymApi;
 use crate::telemetry::{self, LogTarget};
 
 const TOKEN: &str = "demo-circleci-token";
+const SYM_TOKEN: &str = "demo-sym-bot-token";
+const GATE_TOKEN: &str = "demo-gate-token-0123456789";
 
 pub async fn run() -> ExitCode {
     telemetry::init(LogFormat::Text, "warn", LogTarget::Stderr);
@@ -48,6 +53,7 @@ async fn demo() -> anyhow::Result<bool> {
         fake.base_url()
     ));
 
+    let sym = FakeSymApi::start(SYM_TOKEN).await?;
     let dir = std::env::temp_dir().join(format!("sym-approver-demo-{}", Uuid::new_v4()));
     let secret_text = WebhookSecret::generate();
     let secret = WebhookSecret::parse(&secret_text)?;
@@ -59,6 +65,9 @@ async fn demo() -> anyhow::Result<bool> {
         format!("--database-url=sqlite://{}/approver.db", dir.display()),
         format!("--hold-job-name={DEFAULT_HOLD_JOB_NAME}"),
         "--approval-timeout=2m".to_owned(),
+        format!("--gate-token={GATE_TOKEN}"),
+        format!("--sym-api-url={}", sym.base_url()),
+        format!("--sym-api-token={SYM_TOKEN}"),
         "--log-format=text".to_owned(),
     ])?;
     let config = args.to_config()?;
@@ -153,21 +162,94 @@ async fn demo() -> anyhow::Result<bool> {
         ));
     }
 
+    let recovered = recovery(&fake, &sym, &client, &url, &step).await?;
+
     shutdown.cancel();
     server.await??;
     let _ = std::fs::remove_dir_all(&dir);
     let approvals = fake.successful_approvals();
     let ok = approved
-        && approvals == 1
+        && recovered
+        && approvals == 2
         && first.status == 202
         && again.status == 200
         && refused.status == 401;
     if ok {
-        step("done: the hold job was approved exactly once; the deploy would continue now".into());
+        step(
+            "done: each hold job was approved exactly once, one by the hook and one by the \
+             reconciler; the deploys would continue now"
+                .into(),
+        );
     } else {
         step(format!(
             "unexpected result: {approvals} approve call(s) accepted"
         ));
     }
     Ok(ok)
+}
+
+/// The second path: the hook's delivery never arrives, the reconciler finds the approval.
+async fn recovery(
+    fake: &FakeCircleCi,
+    sym: &FakeSymApi,
+    client: &reqwest::Client,
+    webhook_url: &str,
+    step: &impl Fn(String),
+) -> anyhow::Result<bool> {
+    let workflow_id = Uuid::new_v4();
+    fake.add_standard_workflow(workflow_id, "gh/acme/api", DEFAULT_HOLD_JOB_NAME, "on_hold");
+    // What `sym/request` does: ask Sym for an approval, keep the run id.
+    let request: serde_json::Value = client
+        .post(format!("{}/events/request", sym.base_url()))
+        .bearer_auth(SYM_TOKEN)
+        .json(&serde_json::json!({
+            "flow_srn": "acme:flow:ci-approval:latest",
+            "flow_inputs": {"workflow_id": workflow_id.to_string()},
+        }))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let run_id = request["run_id"].as_str().unwrap_or_default().to_owned();
+    step(format!(
+        "CircleCI → Sym: sym/request for workflow {workflow_id} → run {run_id} (pending)"
+    ));
+    // What the kit's next step does: register the gate.
+    let gates_url = webhook_url.replace("/webhooks/sym", "/v1/gates");
+    let registered = client
+        .post(&gates_url)
+        .bearer_auth(GATE_TOKEN)
+        .json(&serde_json::json!({"workflow_id": workflow_id, "sym_run_id": run_id}))
+        .send()
+        .await?;
+    step(format!(
+        "CircleCI → service: POST /v1/gates → HTTP {}",
+        registered.status().as_u16()
+    ));
+    sym.set_run(&run_id, "approved");
+    step(
+        "Sym: bob@example.com approves in Slack, but the hook's delivery is lost (the service \
+         was being redeployed)"
+            .into(),
+    );
+    let released = fake
+        .wait_for_calls(Duration::from_secs(60), |calls| {
+            calls.iter().any(|c| {
+                c.operation == "approve" && c.status == 202 && c.path.contains(&workflow_id.to_string())
+            })
+        })
+        .await;
+    let reads = sym.run_status_calls(&run_id).len();
+    step(format!(
+        "service → Sym: read run {run_id} {reads} time(s); approved → service → CircleCI: hold \
+         job of {workflow_id} {}",
+        if released { "approved" } else { "NOT approved" }
+    ));
+    let approves = fake
+        .calls_of("approve")
+        .iter()
+        .filter(|c| c.path.contains(&workflow_id.to_string()))
+        .count();
+    Ok(released && approves == 1 && registered.status().as_u16() == 201)
 }
