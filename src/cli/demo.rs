@@ -236,7 +236,9 @@ async fn recovery(
     let released = fake
         .wait_for_calls(Duration::from_secs(60), |calls| {
             calls.iter().any(|c| {
-                c.operation == "approve" && c.status == 202 && c.path.contains(&workflow_id.to_string())
+                c.operation == "approve"
+                    && c.status == 202
+                    && c.path.contains(&workflow_id.to_string())
             })
         })
         .await;

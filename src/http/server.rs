@@ -7,8 +7,9 @@
 //!   its next request).
 //! - `IDLE_TIMEOUT`: a keep-alive connection with no request for this long is closed.
 //! - The body-read timeout is the webhook handler's (`BODY_READ_TIMEOUT`).
-//! - On shutdown: stop accepting, close idle connections, let requests in flight finish for
-//!   up to `SHUTDOWN_GRACE`, then drop whatever is left.
+//! - On shutdown: stop accepting, close connections with no request in flight (idle ones,
+//!   and ones still sending headers), let requests in flight finish for up to
+//!   `SHUTDOWN_GRACE`, then drop whatever is left.
 //!
 //! Each limit counts in `sym_approver_connections_closed_total{reason}` when it trips.
 
@@ -176,6 +177,11 @@ impl Connection {
                     break;
                 }
                 () = self.shutdown.cancelled(), if !closing => {
+                    if activity.in_flight() == 0 {
+                        // Idle, or still sending headers: no request has started, so none is
+                        // cut off by closing now (a client that was sending one retries).
+                        break;
+                    }
                     connection.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -216,6 +222,10 @@ impl Activity {
 
     fn elapsed_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.active.load(Ordering::SeqCst)
     }
 
     fn request_started(&self) {

@@ -2,6 +2,7 @@
 //! `APPROVER_TEST_POSTGRES_URL` (an admin URL) runs the same suite against PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod adversarial;
 mod approval;
 mod audit;
 mod binary;
