@@ -43,12 +43,19 @@ pub struct Application {
 
 /// How often old records are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the database's clock is read again.
+const CLOCK_SYNC_EVERY: Duration = Duration::from_secs(60);
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let (store, serving_lock) = Store::connect_serving(&config.database_url, &config.store)
             .await
             .context("DATABASE_URL: cannot open the store")?;
+        match store.sync_clock().await {
+            Ok(0) => {}
+            Ok(offset_ms) => tracing::info!(offset_ms, "following the database's clock"),
+            Err(e) => tracing::warn!(error = %e, "cannot read the database's clock yet"),
+        }
         if store.backend() == Backend::Sqlite {
             // One process owns a SQLite file, so leases left behind are from a dead process.
             let released = store.release_stale_leases().await?;
@@ -81,7 +88,14 @@ impl Application {
                 None
             }
         };
+        let observer = metrics.clone();
+        let intake = crate::store::Intake::start(
+            store.clone(),
+            crate::store::IntakeOptions::default(),
+            Arc::new(move |size, waited| observer.intake_batch(size, waited)),
+        );
         let state = AppState {
+            intake,
             store: store.clone(),
             verifier: Arc::new(config.verifier.clone()),
             metrics: metrics.clone(),
@@ -159,6 +173,12 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr()?;
         tracing::info!(%addr, backend = self.store.backend().name(), "listening");
+        if self.store.backend() == Backend::Postgres {
+            tokio::spawn(sync_clock_periodically(
+                self.store.clone(),
+                shutdown.clone(),
+            ));
+        }
         let (token, client, metrics) = self.token_check.clone();
         tokio::spawn(token.run(client, metrics, shutdown.clone()));
         let worker = self
@@ -203,6 +223,19 @@ impl Application {
 }
 
 /// Deletes records older than `retention` now and every [`PRUNE_EVERY`]; pending tasks stay.
+/// Re-reads the database's clock now and then (system clocks drift, NTP steps them).
+async fn sync_clock_periodically(store: Store, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(CLOCK_SYNC_EVERY) => {}
+        }
+        if let Err(e) = store.sync_clock().await {
+            tracing::warn!(error = %e, "cannot read the database's clock; keeping the last offset");
+        }
+    }
+}
+
 async fn prune_periodically(store: Store, retention: Duration, shutdown: CancellationToken) {
     loop {
         let cutoff = store

@@ -80,6 +80,8 @@ pub struct Metrics {
     gates_ended: Family<StateLabels, Counter>,
     open_gates: Gauge,
     oldest_open_gate_age: Gauge<f64, AtomicU64>,
+    intake_batch_size: Histogram,
+    intake_batch_wait: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -257,7 +259,21 @@ impl Metrics {
             "Age of the oldest open gate (0 when none)",
             oldest_open_gate_age.clone(),
         );
+        let intake_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register(
+            "intake_batch_size",
+            "Deliveries stored together in one transaction (group commit)",
+            intake_batch_size.clone(),
+        );
+        let intake_batch_wait = Histogram::new(exponential_buckets(0.0001, 2.0, 14));
+        registry.register(
+            "intake_batch_wait_seconds",
+            "How long a batch's first delivery waited for its transaction to start",
+            intake_batch_wait.clone(),
+        );
         let metrics = Self {
+            intake_batch_size,
+            intake_batch_wait,
             approvals_by_path,
             gates_ended,
             open_gates,
@@ -347,6 +363,11 @@ impl Metrics {
     pub fn set_open_gates(&self, count: i64, oldest_age_seconds: f64) {
         self.open_gates.set(count);
         self.oldest_open_gate_age.set(oldest_age_seconds.max(0.0));
+    }
+
+    pub fn intake_batch(&self, size: usize, waited: std::time::Duration) {
+        self.intake_batch_size.observe(size as f64);
+        self.intake_batch_wait.observe(waited.as_secs_f64());
     }
 
     pub fn connection_opened(&self) {

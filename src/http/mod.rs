@@ -55,6 +55,8 @@ pub struct AppState {
     pub body_read_timeout: Duration,
     /// Slots for writing signed deliveries to the store (MAX_CONCURRENT_REQUESTS).
     pub store_slots: Arc<Semaphore>,
+    /// Records deliveries, many to a commit.
+    pub intake: crate::store::Intake,
     /// Keeps a flood of refused requests from flooding the log.
     pub refusal_log: Arc<crate::telemetry::RateLimit>,
     /// The audit API's token; None disables the API (404).

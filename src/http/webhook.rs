@@ -20,7 +20,7 @@ use super::AppState;
 use crate::clock::unix_secs;
 use crate::inbound::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use crate::inbound::sym_event::{EventError, SymEvent};
-use crate::store::Recorded;
+use crate::store::{NewDelivery, Recorded};
 
 /// How long a signed delivery waits for a store-write slot before 429.
 const SLOT_WAIT: Duration = Duration::from_millis(250);
@@ -126,8 +126,13 @@ async fn handle(
         _ => return Err(ApiError::Overloaded),
     };
     let recorded = state
-        .store
-        .record_delivery(&verified.webhook_id, &event, received_at, task.as_ref())
+        .intake
+        .record(NewDelivery {
+            webhook_id: verified.webhook_id.clone(),
+            event: event.clone(),
+            received_at,
+            task,
+        })
         .await
         .inspect_err(|_| {
             tracing::warn!(sym_event_id = %event.id, "delivery not stored; the sender should retry");

@@ -1,45 +1,111 @@
 //! The `attempts` table: every HTTP exchange with CircleCI made for a task.
 
+use std::time::Duration;
+
 use super::{Store, StoreError};
 use crate::clock::{duration_ms, to_ms};
-use crate::domain::ids::TaskId;
+use crate::domain::ids::{LeaseToken, TaskId};
 use crate::outbound::circleci::{CallRecord, Operation};
 
 /// A call noted before it was made ([`Store::begin_attempt`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptId(i64);
 
+/// A call that changes something at CircleCI, about to be made.
+#[derive(Debug, Clone, Copy)]
+pub struct PlannedCall<'a> {
+    pub operation: Operation,
+    pub method: &'a str,
+    pub endpoint: &'a str,
+}
+
+pub(super) async fn insert_calls(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    task: TaskId,
+    calls: &[CallRecord],
+) -> Result<(), sqlx::Error> {
+    for call in calls {
+        sqlx::query(
+            "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
+             status_code, duration_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(task.to_string())
+        .bind(to_ms(call.started_at))
+        .bind(call.operation.as_str())
+        .bind(call.method)
+        .bind(&call.endpoint)
+        .bind(call.status.map(i64::from))
+        .bind(duration_ms(call.duration))
+        .bind(call.error.as_deref())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+pub(super) async fn complete_call(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    attempt: AttemptId,
+    call: &CallRecord,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE attempts SET status_code = $2, duration_ms = $3, error = $4 WHERE id = $1")
+        .bind(attempt.0)
+        .bind(call.status.map(i64::from))
+        .bind(duration_ms(call.duration))
+        .bind(call.error.as_deref())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl Store {
-    /// Appends CircleCI exchanges to a task's audit trail (all or none, so a retry after a
-    /// failure does not record a call twice).
-    pub async fn record_attempts(
+    /// Before a call that changes something at CircleCI, in ONE transaction (one commit):
+    /// renew the lease, append the step's reads so far, and note the call (no answer yet), so
+    /// that even if this process dies before the answer is stored, the audit trail shows the
+    /// call may have landed. None when the lease was lost: nothing is written, no call made.
+    pub async fn prepare_call(
         &self,
         task: TaskId,
-        calls: &[CallRecord],
-    ) -> Result<(), StoreError> {
-        if calls.is_empty() {
-            return Ok(());
-        }
+        lease: &LeaseToken,
+        lease_for: Duration,
+        reads: &[CallRecord],
+        call: &PlannedCall<'_>,
+    ) -> Result<Option<AttemptId>, StoreError> {
+        let now = self.clock.now_ms();
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            for call in calls {
-                sqlx::query(
-                    "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
-                     status_code, duration_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(task.to_string())
-                .bind(to_ms(call.started_at))
-                .bind(call.operation.as_str())
-                .bind(call.method)
-                .bind(&call.endpoint)
-                .bind(call.status.map(i64::from))
-                .bind(duration_ms(call.duration))
-                .bind(call.error.as_deref())
-                .execute(&mut *tx)
-                .await?;
+            let renewed = sqlx::query(
+                "UPDATE tasks SET lease_expires_at = $3 \
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
+                 AND lease_expires_at > $4",
+            )
+            .bind(task.to_string())
+            .bind(lease.as_str())
+            .bind(now.saturating_add(duration_ms(lease_for)))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if renewed.rows_affected() != 1 {
+                tx.rollback().await?;
+                return Ok(None);
             }
+            // The reads first, so the audit trail stays in the order things happened.
+            insert_calls(&mut tx, task, reads).await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
+                 status_code, duration_ms, error) \
+                 VALUES ($1, $2, $3, $4, $5, NULL, 0, $6) RETURNING id",
+            )
+            .bind(task.to_string())
+            .bind(now)
+            .bind(call.operation.as_str())
+            .bind(call.method)
+            .bind(call.endpoint)
+            .bind("no answer recorded (the call was in flight)")
+            .fetch_one(&mut *tx)
+            .await?;
             tx.commit().await?;
-            Ok(())
+            Ok(Some(AttemptId(id)))
         })
         .await
     }
@@ -69,27 +135,6 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
             Ok(AttemptId(id))
-        })
-        .await
-    }
-
-    /// Fills in the answer of a call noted by [`Self::begin_attempt`].
-    pub async fn complete_attempt(
-        &self,
-        attempt: AttemptId,
-        call: &CallRecord,
-    ) -> Result<(), StoreError> {
-        self.bounded(async {
-            sqlx::query(
-                "UPDATE attempts SET status_code = $2, duration_ms = $3, error = $4 WHERE id = $1",
-            )
-            .bind(attempt.0)
-            .bind(call.status.map(i64::from))
-            .bind(duration_ms(call.duration))
-            .bind(call.error.as_deref())
-            .execute(&self.pool)
-            .await?;
-            Ok(())
         })
         .await
     }

@@ -1,6 +1,6 @@
 //! The `deliveries` table: every verified webhook delivery, and the task it creates.
 
-use sqlx::{Executor, Row};
+use sqlx::{Acquire as _, Executor, Row};
 
 use super::{Store, StoreError};
 use crate::domain::gate::ApprovalPath;
@@ -41,9 +41,22 @@ impl Recorded {
     }
 }
 
+/// One delivery to record (owned: it may wait in the intake queue).
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub webhook_id: String,
+    pub event: SymEvent,
+    pub received_at: i64,
+    pub task: Option<NewTask>,
+}
+
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
+
 impl Store {
     /// Stores a verified delivery and, when it asks for work, its task: in one transaction,
-    /// so a 2xx is only ever sent for an event that is durably stored with its task.
+    /// so a 2xx is only ever sent for an event that is durably stored with its task. (The
+    /// service itself records through [`super::Intake`], which shares one transaction among
+    /// concurrent deliveries.)
     pub async fn record_delivery(
         &self,
         webhook_id: &str,
@@ -51,135 +64,35 @@ impl Store {
         received_at: i64,
         task: Option<&NewTask>,
     ) -> Result<Recorded, StoreError> {
-        self.bounded(self.record_delivery_now(webhook_id, event, received_at, task))
-            .await
+        let item = NewDelivery {
+            webhook_id: webhook_id.to_owned(),
+            event: event.clone(),
+            received_at,
+            task: task.cloned(),
+        };
+        let mut results = self.record_batch(std::slice::from_ref(&item)).await?;
+        results
+            .pop()
+            .ok_or_else(|| StoreError::Invalid("a batch of one gave no result".into()))
     }
 
-    async fn record_delivery_now(
+    /// Records `items` in ONE transaction (one commit, one fsync), each behind a savepoint so
+    /// a duplicate or a covered approval is handled without failing the others. Results come
+    /// back in order, and only after the commit: none is answered before it is durable.
+    pub(super) async fn record_batch(
         &self,
-        webhook_id: &str,
-        event: &SymEvent,
-        received_at: i64,
-        task: Option<&NewTask>,
-    ) -> Result<Recorded, StoreError> {
-        let delivery_id = DeliveryId::new_random();
-        let status = if task.is_some() {
-            DeliveryStatus::Queued
-        } else {
-            DeliveryStatus::Ignored
-        };
-        let mut tx = self.pool.begin().await?;
-        // The insert comes first so SQLite takes its write lock at once (no lock upgrade).
-        let inserted = insert_delivery(
-            &mut *tx,
-            delivery_id,
-            webhook_id,
-            event,
-            received_at,
-            status,
-        )
-        .await;
-        match inserted {
-            Ok(()) => {}
-            Err(e) if is_unique_violation(&e) => {
-                tx.rollback().await?;
-                return self.record_duplicate(webhook_id, event).await;
+        items: &[NewDelivery],
+    ) -> Result<Vec<Recorded>, StoreError> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            let mut results = Vec::with_capacity(items.len());
+            for item in items {
+                results.push(record_one(&mut tx, item).await?);
             }
-            Err(e) => return Err(e.into()),
-        }
-        let Some(task) = task else {
             tx.commit().await?;
-            return Ok(Recorded::Ignored { delivery_id });
-        };
-        let task_id = TaskId::new_random();
-        match insert_task(
-            &mut tx,
-            task_id,
-            delivery_id,
-            task,
-            received_at,
-            ApprovalPath::Hook,
-        )
-        .await
-        {
-            Ok(()) => {}
-            // The hold job already has a live approval: this delivery asks for nothing new.
-            Err(e) if is_unique_violation(&e) => {
-                tx.rollback().await?;
-                return self.record_covered(task).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-        if task.action == TaskAction::Approve {
-            super::gates::release_gate_by_hook(
-                &mut tx,
-                task.workflow_id,
-                &task.hold_job_name,
-                received_at,
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(Recorded::Queued {
-            delivery_id,
-            task_id,
+            Ok(results)
         })
-    }
-
-    async fn record_duplicate(
-        &self,
-        webhook_id: &str,
-        event: &SymEvent,
-    ) -> Result<Recorded, StoreError> {
-        let original: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM deliveries WHERE outcome <> $3 \
-             AND (sym_event_id = $1 OR webhook_id = $2) ORDER BY received_at LIMIT 1",
-        )
-        .bind(&event.id)
-        .bind(webhook_id)
-        .bind(DeliveryStatus::Duplicate.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(original_id) = original else {
-            return Err(StoreError::Invalid(
-                "unique conflict without an original delivery".into(),
-            ));
-        };
-        let original_id: DeliveryId = parse_id(&original_id)?;
-        // A replay adds no row: it is counted on the original.
-        self.count_redelivery(original_id).await?;
-        Ok(Recorded::Duplicate { original_id })
-    }
-
-    async fn count_redelivery(&self, original: DeliveryId) -> Result<(), StoreError> {
-        sqlx::query("UPDATE deliveries SET redeliveries = redeliveries + 1 WHERE id = $1")
-            .bind(original.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// A delivery whose hold job already has a live approval: counted on that approval's
-    /// delivery.
-    async fn record_covered(&self, task: &NewTask) -> Result<Recorded, StoreError> {
-        let original: Option<String> = sqlx::query_scalar(
-            "SELECT delivery_id FROM tasks WHERE workflow_id = $1 AND hold_job_name = $2 \
-             AND action = $3 AND (status = $4 OR outcome = 'approved') LIMIT 1",
-        )
-        .bind(task.workflow_id.to_string())
-        .bind(&task.hold_job_name)
-        .bind(TaskAction::Approve.as_str())
-        .bind(TaskStatus::Pending.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(original) = original else {
-            return Err(StoreError::Invalid(
-                "live-approval conflict without a live approval".into(),
-            ));
-        };
-        let original_id: DeliveryId = parse_id(&original)?;
-        self.count_redelivery(original_id).await?;
-        Ok(Recorded::Duplicate { original_id })
+        .await
     }
 
     /// How many times a delivery was delivered again (replays and covered deliveries).
@@ -225,6 +138,127 @@ impl Store {
         })
         .await
     }
+}
+
+/// One delivery inside the batch's transaction.
+async fn record_one(tx: &mut Tx<'_>, item: &NewDelivery) -> Result<Recorded, StoreError> {
+    let delivery_id = DeliveryId::new_random();
+    let status = if item.task.is_some() {
+        DeliveryStatus::Queued
+    } else {
+        DeliveryStatus::Ignored
+    };
+    let mut saved = tx.begin().await?;
+    let inserted = insert_delivery(
+        &mut *saved,
+        delivery_id,
+        &item.webhook_id,
+        &item.event,
+        item.received_at,
+        status,
+    )
+    .await;
+    match inserted {
+        Ok(()) => {}
+        Err(e) if is_unique_violation(&e) => {
+            saved.rollback().await?;
+            return duplicate_in(tx, &item.webhook_id, &item.event).await;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let Some(task) = &item.task else {
+        saved.commit().await?;
+        return Ok(Recorded::Ignored { delivery_id });
+    };
+    let task_id = TaskId::new_random();
+    let inserted = insert_task(
+        &mut saved,
+        task_id,
+        delivery_id,
+        task,
+        item.received_at,
+        ApprovalPath::Hook,
+    )
+    .await;
+    match inserted {
+        Ok(()) => {}
+        // The hold job already has a live approval: this delivery asks for nothing new.
+        Err(e) if is_unique_violation(&e) => {
+            saved.rollback().await?;
+            return covered_in(tx, task).await;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if task.action == TaskAction::Approve {
+        super::gates::release_gate_by_hook(
+            &mut saved,
+            task.workflow_id,
+            &task.hold_job_name,
+            item.received_at,
+        )
+        .await?;
+    }
+    saved.commit().await?;
+    Ok(Recorded::Queued {
+        delivery_id,
+        task_id,
+    })
+}
+
+/// A delivery seen before (same Sym id or webhook-id): no row, a count on the original.
+async fn duplicate_in(
+    tx: &mut Tx<'_>,
+    webhook_id: &str,
+    event: &SymEvent,
+) -> Result<Recorded, StoreError> {
+    let original: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM deliveries WHERE outcome <> $3 \
+         AND (sym_event_id = $1 OR webhook_id = $2) ORDER BY received_at LIMIT 1",
+    )
+    .bind(&event.id)
+    .bind(webhook_id)
+    .bind(DeliveryStatus::Duplicate.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(original_id) = original else {
+        return Err(StoreError::Invalid(
+            "unique conflict without an original delivery".into(),
+        ));
+    };
+    let original_id: DeliveryId = parse_id(&original_id)?;
+    count_redelivery(tx, original_id).await?;
+    Ok(Recorded::Duplicate { original_id })
+}
+
+/// A delivery whose hold job already has a live approval: counted on that approval's
+/// delivery.
+async fn covered_in(tx: &mut Tx<'_>, task: &NewTask) -> Result<Recorded, StoreError> {
+    let original: Option<String> = sqlx::query_scalar(
+        "SELECT delivery_id FROM tasks WHERE workflow_id = $1 AND hold_job_name = $2 \
+         AND action = $3 AND (status = $4 OR outcome = 'approved') LIMIT 1",
+    )
+    .bind(task.workflow_id.to_string())
+    .bind(&task.hold_job_name)
+    .bind(TaskAction::Approve.as_str())
+    .bind(TaskStatus::Pending.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(original) = original else {
+        return Err(StoreError::Invalid(
+            "live-approval conflict without a live approval".into(),
+        ));
+    };
+    let original_id: DeliveryId = parse_id(&original)?;
+    count_redelivery(tx, original_id).await?;
+    Ok(Recorded::Duplicate { original_id })
+}
+
+async fn count_redelivery(tx: &mut Tx<'_>, original: DeliveryId) -> Result<(), StoreError> {
+    sqlx::query("UPDATE deliveries SET redeliveries = redeliveries + 1 WHERE id = $1")
+        .bind(original.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 pub(super) fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{Acquire as _, Row};
 
 use super::deliveries::{insert_task, is_unique_violation, parse_id};
 use super::{Store, StoreError};
@@ -188,10 +188,60 @@ impl Store {
         let now = self.clock.now_ms();
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            // The gate first: only the lease holder ends it, once.
+            // The task first, then the gate: the same order as a hook delivery's transaction
+            // (task, then gate), so the two paths racing wait for each other, never deadlock.
+            let mut released_by = None;
+            if let Some(task) = task {
+                let mut saved = tx.begin().await?;
+                // A delivery of the reconciler's own, so the task has one like every task.
+                let delivery_id = DeliveryId::new_random();
+                let marker = format!("reconciler:{}:{}", gate.sym_run_id, gate.workflow_id);
+                let made = async {
+                    sqlx::query(
+                        "INSERT INTO deliveries (id, webhook_id, sym_event_id, event_type, \
+                         workflow_id, run_srn, received_at, outcome) \
+                         VALUES ($1, $2, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(delivery_id.to_string())
+                    .bind(&marker)
+                    .bind(task.action.as_str())
+                    .bind(gate.workflow_id.to_string())
+                    .bind(&gate.sym_run_id)
+                    .bind(now)
+                    .bind(DeliveryStatus::Queued.as_str())
+                    .execute(&mut *saved)
+                    .await?;
+                    insert_task(
+                        &mut saved,
+                        TaskId::new_random(),
+                        delivery_id,
+                        task,
+                        now,
+                        ApprovalPath::Reconciler,
+                    )
+                    .await
+                }
+                .await;
+                match made {
+                    Ok(()) => {
+                        saved.commit().await?;
+                        if task.action == TaskAction::Approve {
+                            released_by = Some(ApprovalPath::Reconciler);
+                        }
+                    }
+                    // The hook's approve task is live (or done): it released the hold job.
+                    Err(e) if is_unique_violation(&e) && task.action == TaskAction::Approve => {
+                        saved.rollback().await?;
+                        released_by = Some(ApprovalPath::Hook);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            // Only the lease holder ends the gate, once.
             let ended = sqlx::query(
                 "UPDATE gates SET status = $3, closed_at = $4, last_run_status = $5, detail = $6, \
-                 polls = polls + 1, lease_owner = NULL, lease_expires_at = NULL \
+                 released_by = $7, polls = polls + 1, lease_owner = NULL, \
+                 lease_expires_at = NULL \
                  WHERE workflow_id = $1 AND lease_owner = $2 AND status = 'open'",
             )
             .bind(gate.workflow_id.to_string())
@@ -200,79 +250,16 @@ impl Store {
             .bind(now)
             .bind(run_status)
             .bind(detail)
+            .bind(released_by.map(ApprovalPath::as_str))
             .execute(&mut *tx)
             .await?;
             if ended.rows_affected() != 1 {
+                // Lease lost, or a hook delivery ended the gate meanwhile: nothing is written.
                 tx.rollback().await?;
                 return Ok(GateEnd::LeaseLost);
             }
-            let Some(task) = task else {
-                tx.commit().await?;
-                return Ok(GateEnd::Ended { released_by: None });
-            };
-            // A delivery of the reconciler's own, so the task has one like every task.
-            let delivery_id = DeliveryId::new_random();
-            let marker = format!("reconciler:{}:{}", gate.sym_run_id, gate.workflow_id);
-            sqlx::query(
-                "INSERT INTO deliveries (id, webhook_id, sym_event_id, event_type, workflow_id, \
-                 run_srn, received_at, outcome) VALUES ($1, $2, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(delivery_id.to_string())
-            .bind(&marker)
-            .bind(task.action.as_str())
-            .bind(gate.workflow_id.to_string())
-            .bind(&gate.sym_run_id)
-            .bind(now)
-            .bind(DeliveryStatus::Queued.as_str())
-            .execute(&mut *tx)
-            .await?;
-            let inserted = insert_task(
-                &mut tx,
-                TaskId::new_random(),
-                delivery_id,
-                task,
-                now,
-                ApprovalPath::Reconciler,
-            )
-            .await;
-            let path = match inserted {
-                Ok(()) => ApprovalPath::Reconciler,
-                // The hook's task is live (or done): it released the gate.
-                Err(e) if is_unique_violation(&e) && task.action == TaskAction::Approve => {
-                    tx.rollback().await?;
-                    let mut tx = self.pool.begin().await?;
-                    sqlx::query(
-                        "UPDATE gates SET status = $3, released_by = 'hook', closed_at = $4, \
-                         last_run_status = $5, detail = $6, lease_owner = NULL, \
-                         lease_expires_at = NULL \
-                         WHERE workflow_id = $1 AND lease_owner = $2 AND status = 'open'",
-                    )
-                    .bind(gate.workflow_id.to_string())
-                    .bind(lease.as_str())
-                    .bind(status.as_str())
-                    .bind(now)
-                    .bind(run_status)
-                    .bind(detail)
-                    .execute(&mut *tx)
-                    .await?;
-                    tx.commit().await?;
-                    return Ok(GateEnd::Ended {
-                        released_by: Some(ApprovalPath::Hook),
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if task.action == TaskAction::Approve {
-                sqlx::query("UPDATE gates SET released_by = $2 WHERE workflow_id = $1")
-                    .bind(gate.workflow_id.to_string())
-                    .bind(path.as_str())
-                    .execute(&mut *tx)
-                    .await?;
-            }
             tx.commit().await?;
-            Ok(GateEnd::Ended {
-                released_by: (task.action == TaskAction::Approve).then_some(path),
-            })
+            Ok(GateEnd::Ended { released_by })
         })
         .await
     }

@@ -28,6 +28,7 @@ mod attempts;
 pub mod audit;
 mod deliveries;
 mod gates;
+mod intake;
 mod sqlite_lock;
 mod tasks;
 mod verdicts;
@@ -41,11 +42,12 @@ use sqlx::{AnyConnection, AnyPool, Connection as _, Executor};
 
 use crate::clock::{duration_ms, Clock};
 
-pub use attempts::AttemptId;
-pub use deliveries::Recorded;
+pub use attempts::{AttemptId, PlannedCall};
+pub use deliveries::{NewDelivery, Recorded};
 pub use gates::{ClaimedGate, GateEnd, GateView, Registered};
+pub use intake::{BatchObserver, Intake, IntakeOptions};
 pub use sqlite_lock::ServingLock;
-pub use tasks::{ClaimedTask, JobInfo};
+pub use tasks::{ClaimedTask, JobInfo, StepRecord};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -101,6 +103,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A deadlock or serialisation failure: the database aborted this transaction for
+    /// another's sake; trying again right away is the cure.
+    pub fn is_conflict(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| code == "40P01" || code == "40001"),
+            _ => false,
+        }
+    }
+
     /// Could waiting help? True for a database that is down, starting, restarting, out of
     /// connections or unreachable over the network; false for a wrong password, a missing
     /// database, a bad URL or a failed migration.
@@ -350,6 +363,29 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Aligns the store's clock with the database's (PostgreSQL: replicas share it, so leases
+    /// are measured on one clock). Returns the offset applied, in ms; SQLite has one process
+    /// on one machine and needs none.
+    pub async fn sync_clock(&self) -> Result<i64, StoreError> {
+        if self.backend != Backend::Postgres || self.clock.is_manual() {
+            return Ok(0);
+        }
+        self.bounded(async {
+            let before = self.clock.local_ms();
+            let db_ms: i64 = sqlx::query_scalar(
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            let after = self.clock.local_ms();
+            // The database read its clock somewhere in the round trip: assume the middle.
+            let offset = db_ms - (before + after) / 2;
+            self.clock.set_offset(offset);
+            Ok(offset)
+        })
+        .await
     }
 
     /// The store's time source (shared with the worker).

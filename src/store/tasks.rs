@@ -18,6 +18,9 @@ use crate::domain::gate::ApprovalPath;
 use crate::domain::ids::{DeliveryId, LeaseToken, TaskId, WorkflowId};
 use crate::domain::retry::RetryKind;
 use crate::domain::task::{Outcome, TaskAction, TaskState, TaskStatus};
+use crate::outbound::circleci::CallRecord;
+
+use super::attempts::{complete_call, insert_calls, AttemptId};
 
 /// Key of the PostgreSQL advisory lock that serialises task claims across replicas.
 const CLAIM_LOCK_KEY: i64 = 0x5379_6d43_6c61_696d; // "SymClaim"
@@ -40,6 +43,15 @@ pub struct ClaimedTask {
     pub errors: i64,
     pub created_at: i64,
     pub deadline_at: i64,
+}
+
+/// What a step leaves behind besides the task's new state: its CircleCI calls not stored
+/// yet, the answer of the call noted by [`Store::prepare_call`], and the hold job it saw.
+#[derive(Debug, Clone, Copy)]
+pub struct StepRecord<'a> {
+    pub calls: &'a [CallRecord],
+    pub completed: Option<(AttemptId, &'a CallRecord)>,
+    pub job: &'a JobInfo,
 }
 
 /// The hold job a task found and its workflow, kept for the audit trail and the verdict.
@@ -145,8 +157,9 @@ impl Store {
         .await
     }
 
-    /// Ends this step and schedules the next one at `next_attempt_at`; false when the lease
-    /// was lost (nothing was written).
+    /// Ends this step and schedules the next one at `next_attempt_at`, storing the step's
+    /// calls in the same transaction; false when the lease was lost (the calls are stored,
+    /// the task is not touched).
     pub async fn reschedule(
         &self,
         task: TaskId,
@@ -154,10 +167,13 @@ impl Store {
         next_attempt_at: i64,
         kind: RetryKind,
         detail: &str,
-        job: &JobInfo,
+        step: &StepRecord<'_>,
     ) -> Result<bool, StoreError> {
         let error_step = i64::from(kind == RetryKind::Error);
+        let job = step.job;
         self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            record_step_calls(&mut tx, task, step).await?;
             let done = sqlx::query(
                 "UPDATE tasks SET attempts = attempts + 1, errors = errors + $8, \
                  next_attempt_at = $3, detail = $4, \
@@ -178,14 +194,16 @@ impl Store {
             .bind(error_step)
             .bind(job.pipeline_id.as_deref())
             .bind(job.workflow_name.as_deref())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
             Ok(done.rows_affected() == 1)
         })
         .await
     }
 
-    /// Records a task's final outcome; false when the lease was lost (nothing was written).
+    /// Records a task's final outcome, with the step's calls, in one transaction; false when
+    /// the lease was lost (the calls are stored, the task is not touched).
     pub async fn finish(
         &self,
         task: TaskId,
@@ -193,10 +211,13 @@ impl Store {
         status: TaskStatus,
         outcome: Outcome,
         detail: &str,
-        job: &JobInfo,
+        step: &StepRecord<'_>,
     ) -> Result<bool, StoreError> {
         let now = self.clock.now_ms();
+        let job = step.job;
         self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            record_step_calls(&mut tx, task, step).await?;
             let done = sqlx::query(
                 "UPDATE tasks SET status = $3, outcome = $4, detail = $5, attempts = attempts + 1, \
                  job_id = COALESCE($6, job_id), job_number = COALESCE($7, job_number), \
@@ -217,35 +238,9 @@ impl Store {
             .bind(now)
             .bind(job.pipeline_id.as_deref())
             .bind(job.workflow_name.as_deref())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
-    }
-
-    /// Extends a lease this claim still holds (and that has not run out) to `lease_for` from
-    /// now; false when it was lost. Called right before an approve or cancel, so such a call
-    /// is only ever made under a live lease.
-    pub async fn renew_lease(
-        &self,
-        task: TaskId,
-        lease: &LeaseToken,
-        lease_for: Duration,
-    ) -> Result<bool, StoreError> {
-        let now = self.clock.now_ms();
-        self.bounded(async {
-            let done = sqlx::query(
-                "UPDATE tasks SET lease_expires_at = $3 \
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
-                 AND lease_expires_at > $4",
-            )
-            .bind(task.to_string())
-            .bind(lease.as_str())
-            .bind(now.saturating_add(duration_ms(lease_for)))
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+            tx.commit().await?;
             Ok(done.rows_affected() == 1)
         })
         .await
@@ -352,4 +347,16 @@ fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTask, StoreError> {
         created_at: row.try_get("created_at")?,
         deadline_at: row.try_get("deadline_at")?,
     })
+}
+
+/// The step's calls not stored yet, and the answer of its noted call.
+async fn record_step_calls(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    task: TaskId,
+    step: &StepRecord<'_>,
+) -> Result<(), sqlx::Error> {
+    if let Some((attempt, call)) = step.completed {
+        complete_call(tx, attempt, call).await?;
+    }
+    insert_calls(tx, task, step.calls).await
 }

@@ -9,25 +9,40 @@ use crate::domain::decide::{self, Facts, Next, StepEnd};
 use crate::domain::settle::{self, Progress, Settlement};
 use crate::domain::task::{Outcome, TaskStatus};
 use crate::outbound::circleci::{CallRecord, CircleError, HoldJobState, Operation, WorkflowView};
-use crate::store::{AttemptId, ClaimedTask, JobInfo, StoreError};
+use crate::store::{AttemptId, ClaimedTask, JobInfo, PlannedCall, StepRecord, StoreError};
 
 /// How long a step's result is retried while the store is away.
 const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
 
-/// The CircleCI calls of one step, and how many of them are already in the audit trail.
+/// The CircleCI calls of one step: how many are already in the audit trail, and the call
+/// noted before it was made (its answer is stored with the step's result).
 #[derive(Default)]
 struct Trail {
     calls: Vec<CallRecord>,
     saved: usize,
+    noted: Option<(AttemptId, usize)>,
 }
 
 impl Trail {
-    fn unsaved(&self) -> &[CallRecord] {
-        self.calls.get(self.saved..).unwrap_or_default()
+    /// Calls not in the audit trail yet (the noted one aside: it is completed instead).
+    fn unsaved(&self) -> Vec<CallRecord> {
+        self.calls
+            .iter()
+            .enumerate()
+            .skip(self.saved)
+            .filter(|(i, _)| self.noted.is_none_or(|(_, n)| n != *i))
+            .map(|(_, c)| c.clone())
+            .collect()
     }
 
     fn mark_all_saved(&mut self) {
         self.saved = self.calls.len();
+    }
+
+    /// The noted call and its answer, when it was made.
+    fn completed(&self) -> Option<(AttemptId, &CallRecord)> {
+        let (id, index) = self.noted?;
+        Some((id, self.calls.get(index)?))
     }
 }
 
@@ -196,6 +211,9 @@ impl ApprovalWorker {
             Err(Ok(end)) => return Ok(end),
             Err(Err(interrupted)) => return Err(interrupted),
         };
+        // The call's record is the next one in the trail; its answer is stored with the
+        // step's result, in the same transaction.
+        trail.noted = Some((attempt, trail.calls.len()));
         let result = match &next {
             Next::Approve(id) => {
                 self.circleci
@@ -208,7 +226,6 @@ impl ApprovalWorker {
                     .await
             }
         };
-        self.complete_call(attempt, trail).await;
         if let Err(e) = &result {
             let _ = self.failed_call(e, operation.as_str());
         }
@@ -242,9 +259,10 @@ impl ApprovalWorker {
         }
     }
 
-    /// Before a call that changes something at CircleCI: renew the lease (or stop, if another
-    /// process may have the task now) and note the call durably, so that even if this process
-    /// dies before the answer is stored, the audit trail shows the call may have landed.
+    /// Before a call that changes something at CircleCI, in one store transaction: renew the
+    /// lease (or stop, if another process may have the task now), store the step's reads, and
+    /// note the call durably, so that even if this process dies before the answer is stored,
+    /// the audit trail shows the call may have landed.
     async fn prepare_call(
         &self,
         task: &ClaimedTask,
@@ -258,36 +276,28 @@ impl ApprovalWorker {
                 "the store is unavailable before calling CircleCI: {e}"
             )))
         };
+        let planned = PlannedCall {
+            operation,
+            method: "POST",
+            endpoint,
+        };
         match self
             .store
-            .renew_lease(task.id, &lease.token, self.config.task_lease)
+            .prepare_call(
+                task.id,
+                &lease.token,
+                self.config.task_lease,
+                &trail.unsaved(),
+                &planned,
+            )
             .await
         {
-            Ok(true) => {}
-            Ok(false) => return Err(Err(Interrupted::LeaseLost)),
-            Err(e) => return Err(store_error(e)),
-        }
-        // The reads of this step first, so the audit trail stays in the order things happened.
-        self.store
-            .record_attempts(task.id, trail.unsaved())
-            .await
-            .map_err(store_error)?;
-        trail.mark_all_saved();
-        self.store
-            .begin_attempt(task.id, operation, "POST", endpoint)
-            .await
-            .map_err(store_error)
-    }
-
-    /// Stores the answer of the call noted by `prepare_call` (the last one in the trail).
-    async fn complete_call(&self, attempt: AttemptId, trail: &mut Trail) {
-        let Some(call) = trail.calls.last() else {
-            return;
-        };
-        match self.store.complete_attempt(attempt, call).await {
-            Ok(()) => trail.mark_all_saved(),
-            // Left unsaved, it is stored with the step's other calls instead.
-            Err(e) => tracing::warn!(error = %e, "could not store the CircleCI answer yet"),
+            Ok(Some(attempt)) => {
+                trail.mark_all_saved();
+                Ok(attempt)
+            }
+            Ok(None) => Err(Err(Interrupted::LeaseLost)),
+            Err(e) => Err(store_error(e)),
         }
     }
 
@@ -332,13 +342,13 @@ impl ApprovalWorker {
         let give_up = tokio::time::Instant::now() + PERSIST_PATIENCE;
         let mut pause = Duration::from_millis(200);
         loop {
-            let result = async {
-                self.store.record_attempts(task.id, trail.unsaved()).await?;
-                trail.mark_all_saved();
-                self.store_settlement(task, lease, settlement, job).await
-            }
-            .await;
-            match result {
+            let unsaved = trail.unsaved();
+            let step = StepRecord {
+                calls: &unsaved,
+                completed: trail.completed(),
+                job,
+            };
+            match self.store_settlement(task, lease, settlement, &step).await {
                 Ok(()) => return,
                 Err(e) if tokio::time::Instant::now() + pause < give_up => {
                     tracing::warn!(error = %e, "could not store the step result; retrying");
@@ -358,13 +368,13 @@ impl ApprovalWorker {
         task: &ClaimedTask,
         lease: &Lease,
         settlement: &Settlement,
-        job: &JobInfo,
+        step: &StepRecord<'_>,
     ) -> Result<(), StoreError> {
         match settlement {
             Settlement::Reschedule { at, kind, detail } => {
                 let kept = self
                     .store
-                    .reschedule(task.id, &lease.token, *at, *kind, detail, job)
+                    .reschedule(task.id, &lease.token, *at, *kind, detail, step)
                     .await?;
                 tracing::info!(
                     retry_in_ms = at - self.clock.now_ms(),
@@ -380,7 +390,7 @@ impl ApprovalWorker {
             } => {
                 let kept = self
                     .store
-                    .finish(task.id, &lease.token, *status, *outcome, detail, job)
+                    .finish(task.id, &lease.token, *status, *outcome, detail, step)
                     .await?;
                 let seconds = (self.clock.now_ms() - task.created_at) as f64 / 1000.0;
                 // Only a finish that took effect counts: a lost lease means another process

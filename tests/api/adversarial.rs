@@ -408,3 +408,28 @@ async fn an_approve_whose_answer_is_lost_at_the_deadline_is_re_read_and_recorded
     );
     assert_eq!(app.fake.calls_of("approve").len(), 1);
 }
+
+#[tokio::test]
+async fn concurrent_deliveries_share_commits_and_every_one_answered_2xx_is_stored() {
+    let target = Target::start(&[]).await;
+    let client = reqwest::Client::new();
+    let deliveries: Vec<Delivery> = (0..100)
+        .map(|_| Delivery::new_approve(&target.secret, workflow_on_hold(&target.fake)))
+        .collect();
+
+    let answers = futures_send_all(&target, &client, &deliveries).await;
+
+    assert!(
+        answers.iter().all(|(status, _)| *status == 202),
+        "{answers:?}"
+    );
+    assert!(target.approved(100).await);
+    let batches = target.metric("sym_approver_intake_batch_size_count").await;
+    let stored = target.metric("sym_approver_intake_batch_size_sum").await;
+    assert_eq!(stored, 100.0);
+    assert!(
+        batches < stored,
+        "{stored} deliveries in {batches} transactions"
+    );
+    eprintln!("group commit: {stored} deliveries in {batches} transactions");
+}
