@@ -24,11 +24,11 @@ pub const HEADER_SIGNATURE: &str = "webhook-signature";
 /// Shorter keys make HMAC brute-forceable; the spec's own generator makes 24+ bytes.
 pub const MIN_SECRET_BYTES: usize = 24;
 /// Signature entries examined per delivery; senders send one, two during a key rotation.
-const MAX_SIGNATURES: usize = 16;
+pub const MAX_SIGNATURES: usize = 16;
 /// Length of an HMAC-SHA256 tag.
-const TAG_LEN: usize = 32;
+pub const TAG_LEN: usize = 32;
 /// Longest `webhook-id` we store; real ids are ~30 characters.
-const MAX_WEBHOOK_ID_LEN: usize = 256;
+pub const MAX_WEBHOOK_ID_LEN: usize = 256;
 const SECRET_PREFIX: &str = "whsec_";
 
 /// One webhook signing key, held as a keyed HMAC state (the key schedule is computed once).
@@ -80,11 +80,12 @@ impl WebhookSecret {
         format!("{SECRET_PREFIX}{}", STANDARD.encode(key))
     }
 
-    fn mac(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> HmacSha256 {
+    /// The keyed HMAC over `{msg_id}.{timestamp}.{body}`, all given as the bytes signed.
+    fn mac_raw(&self, msg_id: &[u8], timestamp: &[u8], body: &[u8]) -> HmacSha256 {
         let mut mac = self.0.clone();
-        mac.update(msg_id.as_bytes());
+        mac.update(msg_id);
         mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
+        mac.update(timestamp);
         mac.update(b".");
         mac.update(body);
         mac
@@ -92,7 +93,10 @@ impl WebhookSecret {
 
     /// The `webhook-signature` header value (`v1,<base64>`) for this message.
     pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-        let tag = self.mac(msg_id, timestamp, body).finalize().into_bytes();
+        let tag = self
+            .mac_raw(msg_id.as_bytes(), timestamp.to_string().as_bytes(), body)
+            .finalize()
+            .into_bytes();
         format!("v1,{}", STANDARD.encode(tag))
     }
 }
@@ -137,6 +141,11 @@ impl Verifier {
     }
 
     /// Verifies a delivery given its three header values (None when absent) and raw body.
+    ///
+    /// Nothing is allocated and nothing of the body is parsed unless the signature holds: the
+    /// timestamp is checked as digits, the `v1` tags are decoded into fixed buffers, and the
+    /// HMAC is computed once per configured secret over the raw bytes. Only a delivery that
+    /// verifies gets its owned [`VerifiedHeaders`].
     pub fn verify(
         &self,
         webhook_id: Option<&str>,
@@ -152,40 +161,34 @@ impl Verifier {
         if webhook_id.is_empty() || webhook_id.len() > MAX_WEBHOOK_ID_LEN {
             return Err(SignatureError::InvalidId);
         }
-        // Digits only: refuses "-1", "+5", " 5" and "yesterday" alike.
-        if timestamp.is_empty() || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(SignatureError::InvalidTimestamp);
-        }
-        let ts: i64 = timestamp
-            .parse()
-            .map_err(|_| SignatureError::InvalidTimestamp)?;
+        let (ts, ts_text) = parse_timestamp(timestamp)?;
         let skew = now.saturating_sub(ts);
         if skew.saturating_abs() > self.tolerance_secs {
             return Err(SignatureError::StaleTimestamp(skew));
         }
 
         // At most MAX_SIGNATURES entries are looked at, so a header stuffed with thousands of
-        // entries costs no more than a normal one (the HMAC is computed once per secret).
-        // Entries of other versions or bad base64 are skipped; only full-length tags can match,
-        // so an empty or truncated signature never does.
-        let candidates: Vec<Vec<u8>> = signature
-            .split(' ')
-            .take(MAX_SIGNATURES)
-            .filter_map(|entry| entry.strip_prefix("v1,"))
-            .filter_map(|b64| STANDARD.decode(b64).ok())
-            .filter(|tag| tag.len() == TAG_LEN)
-            .collect();
+        // entries costs no more than a normal one; they are decoded once, onto the stack.
+        let mut tags = [[0u8; TAG_LEN]; MAX_SIGNATURES];
+        let mut count = 0;
+        for (slot, tag) in tags.iter_mut().zip(signature_candidates(signature)) {
+            *slot = tag;
+            count += 1;
+        }
+        let tags = tags.get(..count).unwrap_or_default();
 
         let mut matched = subtle::Choice::from(0);
         for secret in &self.secrets {
-            let expected = secret.mac(webhook_id, ts, body).finalize().into_bytes();
-            for tag in &candidates {
+            let expected = secret
+                .mac_raw(webhook_id.as_bytes(), ts_text, body)
+                .finalize()
+                .into_bytes();
+            for tag in tags {
                 // Constant time, and no early exit: timing does not reveal which one matched.
                 matched |= expected.as_slice().ct_eq(tag.as_slice());
             }
         }
-        let matched: bool = matched.into();
-        if matched {
+        if bool::from(matched) {
             Ok(VerifiedHeaders {
                 webhook_id: webhook_id.to_owned(),
                 timestamp: ts,
@@ -193,6 +196,50 @@ impl Verifier {
         } else {
             Err(SignatureError::NoMatch)
         }
+    }
+}
+
+/// Checks a `webhook-timestamp` value: digits only (refuses "-1", "+5", " 5" and "yesterday"
+/// alike) that fit an `i64`. Returns the value and its canonical decimal text (the header
+/// without leading zeros), which is what senders sign: the reference libraries format the
+/// parsed integer, so `0001000` is signed as `1000`. No allocation.
+fn parse_timestamp(text: &str) -> Result<(i64, &[u8]), SignatureError> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SignatureError::InvalidTimestamp);
+    }
+    let ts: i64 = text.parse().map_err(|_| SignatureError::InvalidTimestamp)?;
+    let canonical = text.trim_start_matches('0');
+    let canonical = if canonical.is_empty() { "0" } else { canonical };
+    Ok((ts, canonical.as_bytes()))
+}
+
+/// The candidate tags of a `webhook-signature` header value: each of its first
+/// [`MAX_SIGNATURES`] space-separated entries that is `v1,<base64>` with a canonical padded
+/// base64 of exactly [`TAG_LEN`] bytes, decoded. Other versions, bad base64 and tags of any
+/// other length (empty, truncated, extended) are skipped, so they can never match.
+///
+/// Decodes into a fixed buffer: no allocation, whatever the header holds.
+pub fn signature_candidates(header: &str) -> impl Iterator<Item = [u8; TAG_LEN]> + '_ {
+    header
+        .split(' ')
+        .take(MAX_SIGNATURES)
+        .filter_map(|entry| entry.strip_prefix("v1,"))
+        .filter_map(decode_tag)
+}
+
+/// Length of a padded standard base64 encoding of a [`TAG_LEN`]-byte tag.
+const TAG_B64_LEN: usize = TAG_LEN.div_ceil(3) * 4;
+
+fn decode_tag(b64: &str) -> Option<[u8; TAG_LEN]> {
+    // Only this length can decode to TAG_LEN bytes under canonical padding; checking it first
+    // keeps long junk entries from being decoded at all.
+    if b64.len() != TAG_B64_LEN {
+        return None;
+    }
+    let mut tag = [0u8; TAG_LEN];
+    match STANDARD.decode_slice(b64, &mut tag) {
+        Ok(TAG_LEN) => Some(tag),
+        _ => None,
     }
 }
 
@@ -296,6 +343,49 @@ mod tests {
         assert!(verifier
             .verify(Some("m"), Some("1"), Some(&rotation), b"x", 1)
             .is_ok());
+    }
+
+    #[test]
+    fn candidates_are_the_full_length_v1_tags_among_the_first_entries() {
+        let tag = [7u8; TAG_LEN];
+        let b64 = STANDARD.encode(tag);
+        let header = format!("v2,{b64} v1,{b64} v1, v1,AA== v1,{} v1,{b64}=", &b64[..43]);
+        assert_eq!(signature_candidates(&header).collect::<Vec<_>>(), vec![tag]);
+        // 43 characters without padding, or padded base64 of 33 bytes: never a candidate.
+        assert_eq!(
+            signature_candidates(&format!("v1,{}", &b64[..43])).count(),
+            0
+        );
+        assert_eq!(
+            signature_candidates(&format!("v1,{}", STANDARD.encode([1u8; 33]))).count(),
+            0
+        );
+        // Only the first MAX_SIGNATURES entries are looked at.
+        let many = vec![format!("v1,{b64}"); MAX_SIGNATURES + 5].join(" ");
+        assert_eq!(signature_candidates(&many).count(), MAX_SIGNATURES);
+        assert_eq!(signature_candidates("").count(), 0);
+    }
+
+    #[test]
+    fn a_timestamp_with_leading_zeros_is_checked_as_its_value_signed() {
+        let secret = WebhookSecret::parse(&WebhookSecret::generate()).unwrap();
+        let verifier = Verifier::new(vec![secret.clone()], Duration::from_secs(300));
+        let sig = secret.sign("m", 1000, b"x");
+        let verified = verifier
+            .verify(Some("m"), Some("0001000"), Some(&sig), b"x", 1000)
+            .unwrap();
+        assert_eq!(verified.timestamp, 1000);
+        let zero = secret.sign("m", 0, b"x");
+        assert!(verifier
+            .verify(Some("m"), Some("000"), Some(&zero), b"x", 0)
+            .is_ok());
+        for bad in ["", "-1", "+5", " 5", "1e3", "99999999999999999999"] {
+            assert_eq!(
+                verifier.verify(Some("m"), Some(bad), Some(&sig), b"x", 1000),
+                Err(SignatureError::InvalidTimestamp),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
