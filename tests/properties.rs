@@ -315,3 +315,52 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         ]
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// The retry schedule
+// ---------------------------------------------------------------------------------------------
+
+use sym_circleci_approver::domain::retry::{RetryKind, RetryPolicy};
+
+fn policy() -> impl Strategy<Value = RetryPolicy> {
+    (1u64..5_000, 1u64..600, 1u64..600).prop_map(|(initial_ms, max_s, poll_max_s)| RetryPolicy {
+        initial: Duration::from_millis(initial_ms),
+        max: Duration::from_secs(max_s),
+        poll_max: Duration::from_secs(poll_max_s),
+    })
+}
+
+proptest! {
+    /// Without jitter the delay never shrinks as attempts grow, and never exceeds its cap.
+    #[test]
+    fn the_backoff_schedule_is_monotone_and_capped(
+        policy in policy(),
+        poll in any::<bool>(),
+        attempts in 0i64..200,
+    ) {
+        let kind = if poll { RetryKind::Poll } else { RetryKind::Error };
+        let cap = if poll { policy.poll_max } else { policy.max };
+        let now = policy.delay_with_jitter(kind, attempts, None, 1.0);
+        let next = policy.delay_with_jitter(kind, attempts + 1, None, 1.0);
+        prop_assert!(next >= now, "{next:?} < {now:?} after {attempts} attempts");
+        prop_assert!(now <= cap, "{now:?} over the cap {cap:?}");
+    }
+
+    /// With jitter (±20 %) a delay stays within 20 % of its capped value, and a server's
+    /// Retry-After is never undercut.
+    #[test]
+    fn jitter_stays_near_the_schedule_and_retry_after_wins(
+        policy in policy(),
+        attempts in 0i64..200,
+        jitter in 0.8f64..=1.2,
+        asked_ms in proptest::option::of(0u64..3_600_000),
+    ) {
+        let plain = policy.delay_with_jitter(RetryKind::Error, attempts, None, 1.0);
+        let jittered = policy.delay_with_jitter(RetryKind::Error, attempts, None, jitter);
+        prop_assert!(jittered >= plain.mul_f64(0.79) && jittered <= plain.mul_f64(1.21));
+        if let Some(asked) = asked_ms.map(Duration::from_millis) {
+            let d = policy.delay_with_jitter(RetryKind::Error, attempts, Some(asked), jitter);
+            prop_assert!(d >= asked);
+        }
+    }
+}
