@@ -3,9 +3,10 @@
 -- Chosen by the BENCH_MODE environment variable:
 --   get     the URL as given (GET /healthz): one static request, no Lua per request
 --   static  one fixed POST read from BENCH_REQUEST (a forged delivery): static as well
---   signed  pre-signed unique deliveries, one tab-separated line each in BENCH_FILE.<thread>
---           (webhook-id, webhook-timestamp, webhook-signature, body), sent in order, never
---           repeated; a thread that runs out stops (and says so) rather than send duplicates
+--   signed  pre-signed unique deliveries: BENCH_FILE.<thread> holds whole HTTP requests, each
+--           followed by a NUL byte; sent in order, never repeated; a thread that runs out
+--           stops (and says so) rather than send duplicates. BENCH_THREADS threads: none
+--           sends before the last one has loaded its file (wrk starts its clock then)
 -- BENCH_ADDRS="host:port,host:port" spreads the threads over several servers (thread i talks
 -- to address i mod n), for several replicas in one run.
 --
@@ -50,24 +51,48 @@ if mode == "static" then
 end
 
 if mode == "signed" then
+  local ffi = require("ffi")
+  ffi.cdef("int usleep(unsigned int usec);")
+  local prefix = assert(os.getenv("BENCH_FILE"), "BENCH_FILE unset")
+  local ready = prefix .. ".ready"
+  local thread_total = tonumber(os.getenv("BENCH_THREADS") or "1")
+
   function init(args)
     reqs = {}
     sent = 0
     exhausted = 0
-    local path = assert(os.getenv("BENCH_FILE"), "BENCH_FILE unset") .. "." .. tid
-    for line in io.lines(path) do
-      local id, ts, sig, body = string.match(line, "^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")
-      reqs[#reqs + 1] = wrk.format("POST", "/webhooks/sym", {
-        ["Content-Type"] = "application/json",
-        ["webhook-id"] = id,
-        ["webhook-timestamp"] = ts,
-        ["webhook-signature"] = sig,
-      }, body)
+    local f = assert(io.open(prefix .. "." .. tid, "rb"))
+    local data = f:read("*a")
+    f:close()
+    for req in string.gmatch(data, "([^%z]+)%z") do
+      reqs[#reqs + 1] = req
     end
     available = #reqs
+    -- wrk calls request() once on thread 0, from its main thread, right after this init, to
+    -- check the request parses; that call must neither wait at the gate nor use a delivery.
+    verifying = (tid == 0)
+    -- wrk sets up threads one after another and starts each at once: the last one to load
+    -- opens the gate, so no thread gets a head start outside wrk's measured time.
+    if tid == thread_total - 1 then
+      assert(io.open(ready, "w")):close()
+    end
   end
 
+  local open = false
   function request()
+    if verifying then
+      verifying = false
+      return reqs[1]
+    end
+    while not open do
+      local gate = io.open(ready, "r")
+      if gate then
+        gate:close()
+        open = true
+      else
+        ffi.C.usleep(1000)
+      end
+    end
     sent = sent + 1
     if sent > available then
       -- Out of unique deliveries: stop this thread. wrk still wants a request for the
