@@ -89,8 +89,24 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+/// The 401 every forged or malformed signature gets, built once: a flood of forgeries costs
+/// no serialisation per request.
+const INVALID_SIGNATURE_BODY: &str =
+    r#"{"detail":"invalid webhook signature","error":"invalid_signature"}"#;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Self::InvalidSignature = self {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                INVALID_SIGNATURE_BODY,
+            )
+                .into_response();
+        }
         let (status, code) = self.status_and_code();
         let mut response = (
             status,
