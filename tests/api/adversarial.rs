@@ -424,6 +424,9 @@ async fn concurrent_deliveries_share_commits_and_every_one_answered_2xx_is_store
         "{answers:?}"
     );
     assert!(target.approved(100).await);
+    if target._db.is_postgres() {
+        return; // PostgreSQL commits each delivery on its own connection (no intake batches)
+    }
     let batches = target.metric("sym_approver_intake_batch_size_count").await;
     let stored = target.metric("sym_approver_intake_batch_size_sum").await;
     assert_eq!(stored, 100.0);
