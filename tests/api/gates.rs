@@ -326,3 +326,50 @@ async fn without_a_sym_token_gates_are_recorded_and_the_hook_releases_them() {
         (Some("released"), Some("hook"))
     );
 }
+
+/// The same recovery with the real binary, its reconciler running in the background.
+#[tokio::test]
+async fn the_binary_releases_a_gate_whose_hook_never_arrives_exactly_once() {
+    use crate::binary::{binary, serve_env, Running};
+
+    let fake = sym_circleci_approver::fake_circleci::FakeCircleCi::start(TOKEN)
+        .await
+        .unwrap();
+    let sym = FakeSymApi::start(SYM_TOKEN).await.unwrap();
+    let db = TestDatabase::new().await;
+    let (secret_text, _) = new_secret();
+    let env = serve_env(&fake, &db, &secret_text)
+        .set("GATE_TOKEN", GATE)
+        .set("SYM_API_URL", sym.base_url())
+        .set("SYM_API_TOKEN", SYM_TOKEN);
+    let mut process = Running::start(binary(&["serve"], &env), "the binary");
+    let addr = process.wait_listening(Duration::from_secs(30)).await;
+
+    let workflow = workflow_on_hold(&fake);
+    let run = format!("run-{}", Uuid::new_v4().simple());
+    sym.set_run(&run, "approved");
+    let registered = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/gates"))
+        .bearer_auth(GATE)
+        .json(&json!({"workflow_id": workflow, "sym_run_id": run}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+
+    assert!(
+        fake.wait_for_calls(Duration::from_secs(30), |calls| calls
+            .iter()
+            .any(|c| c.operation == "approve" && c.status == 202))
+            .await,
+        "{}",
+        process.output()
+    );
+    assert_eq!(fake.successful_approvals(), 1);
+    assert_eq!(fake.job_status(workflow, HOLD).as_deref(), Some("success"));
+    process.terminate();
+    assert_eq!(
+        process.exited_within(Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
+}
