@@ -309,3 +309,19 @@ async fn the_same_token_for_admin_and_verdicts_is_refused_at_startup() {
     assert!(error.starts_with("VERDICT_TOKEN"), "{error}");
     assert!(!error.contains(same));
 }
+
+#[tokio::test]
+async fn a_circleci_failure_during_a_rerun_lookup_is_a_retryable_502_not_a_verdict() {
+    let app = spawn_with_verdicts(&[]).await;
+    let workflow = app.workflow("on_hold");
+    app.fake.push_fault(Fault::status(503).on("get_workflow"));
+
+    let failed = app.verdict(workflow).await;
+    let (verdict, line) = check(&args(&app.url(""), workflow, VERDICT)).await;
+
+    assert_eq!(failed.status, 502, "{}", failed.body);
+    assert_eq!(failed.body["error"], "upstream_unavailable");
+    assert!(failed.headers.contains_key("retry-after"));
+    // The next ask, with CircleCI back, gets a real verdict.
+    assert_eq!(verdict, Verdict::NotApproved, "{line}");
+}

@@ -521,22 +521,7 @@ async fn signed_deliveries_over_the_store_write_cap_get_429_with_retry_after_the
     }
     // Another process holds SQLite's write lock: the first signed delivery waits in the store,
     // holding the only store-write slot.
-    let path = app.db.url.trim_start_matches("sqlite://").to_owned();
-    let mut locker = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
-             c.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\nsys.stdin.readline()\n\
-             c.execute('COMMIT')",
-            &path,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = tokio::process::ChildStdout::from_std(locker.stdout.take().unwrap()).unwrap();
-    let mut buf = [0u8; 6];
-    stdout.read_exact(&mut buf).await.unwrap();
+    let locker = SqliteLock::hold(&app.db).await;
 
     let first_workflow = app.workflow("on_hold");
     let first_body = approve_event(&Uuid::new_v4().to_string(), &first_workflow.to_string());
@@ -576,9 +561,7 @@ async fn signed_deliveries_over_the_store_write_cap_get_429_with_retry_after_the
     assert_eq!(health.status(), 200);
 
     // The lock goes: the first is accepted, the retried second too, each approved once.
-    use std::io::Write as _;
-    writeln!(locker.stdin.take().unwrap()).unwrap();
-    assert!(locker.wait().unwrap().success());
+    locker.release();
     assert_eq!(first.await.unwrap().status, 202);
     let again = app.post_signed(second_body, &second_id).await;
     assert_eq!(again.status, 202, "{}", again.body);
@@ -607,22 +590,7 @@ async fn a_store_that_cannot_take_the_event_gets_503_and_a_retry_then_succeeds()
     let webhook_id = new_webhook_id();
     // Another process holds SQLite's write lock longer than the busy timeout, until told to
     // let go (a line on its stdin).
-    let path = app.db.url.trim_start_matches("sqlite://").to_owned();
-    let mut locker = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
-             c.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\nsys.stdin.readline()\n\
-             c.execute('COMMIT')",
-            &path,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = tokio::process::ChildStdout::from_std(locker.stdout.take().unwrap()).unwrap();
-    let mut buf = [0u8; 6];
-    stdout.read_exact(&mut buf).await.unwrap();
+    let locker = SqliteLock::hold(&app.db).await;
 
     let refused = app.post_signed(body.clone(), &webhook_id).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
@@ -630,12 +598,43 @@ async fn a_store_that_cannot_take_the_event_gets_503_and_a_retry_then_succeeds()
     assert!(refused.headers.contains_key("retry-after"));
 
     // The lock goes; the sender's retry is accepted and approved once.
-    use std::io::Write as _;
-    writeln!(locker.stdin.take().unwrap()).unwrap();
-    assert!(locker.wait().unwrap().success());
+    locker.release();
     let accepted = app.post_signed(body.clone(), &webhook_id).await;
     assert_eq!(accepted.status, 202, "{}", accepted.body);
     app.finished_task(accepted.body["delivery_id"].as_str().unwrap(), WAIT)
         .await;
     assert_eq!(app.fake.successful_approvals(), 1);
+}
+
+/// Another process holding SQLite's write lock until released (a line on its stdin), so a
+/// test can make the store wait longer than its busy timeout.
+struct SqliteLock(std::process::Child);
+
+impl SqliteLock {
+    async fn hold(db: &TestDatabase) -> Self {
+        let path = db.url.trim_start_matches("sqlite://").to_owned();
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
+                 c.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\nsys.stdin.readline()\n\
+                 c.execute('COMMIT')",
+                &path,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout =
+            tokio::process::ChildStdout::from_std(child.stdout.take().unwrap()).unwrap();
+        let mut buf = [0u8; 6];
+        stdout.read_exact(&mut buf).await.unwrap();
+        Self(child)
+    }
+
+    fn release(mut self) {
+        use std::io::Write as _;
+        writeln!(self.0.stdin.take().unwrap()).unwrap();
+        assert!(self.0.wait().unwrap().success());
+    }
 }

@@ -164,11 +164,6 @@ impl Operation {
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.iter().copied().find(|o| o.as_str() == text)
     }
-
-    /// Does this call change something at CircleCI?
-    pub fn is_write(self) -> bool {
-        matches!(self, Self::Approve | Self::Cancel)
-    }
 }
 
 /// A workflow, as `GET /workflow/{id}` describes it.
