@@ -561,7 +561,7 @@ async fn signed_deliveries_over_the_store_write_cap_get_429_with_retry_after_the
     assert_eq!(health.status(), 200);
 
     // The lock goes: the first is accepted, the retried second too, each approved once.
-    locker.release();
+    locker.release().await;
     assert_eq!(first.await.unwrap().status, 202);
     let again = app.post_signed(second_body, &second_id).await;
     assert_eq!(again.status, 202, "{}", again.body);
@@ -598,7 +598,7 @@ async fn a_store_that_cannot_take_the_event_gets_503_and_a_retry_then_succeeds()
     assert!(refused.headers.contains_key("retry-after"));
 
     // The lock goes; the sender's retry is accepted and approved once.
-    locker.release();
+    locker.release().await;
     let accepted = app.post_signed(body.clone(), &webhook_id).await;
     assert_eq!(accepted.status, 202, "{}", accepted.body);
     app.finished_task(accepted.body["delivery_id"].as_str().unwrap(), WAIT)
@@ -606,35 +606,22 @@ async fn a_store_that_cannot_take_the_event_gets_503_and_a_retry_then_succeeds()
     assert_eq!(app.fake.successful_approvals(), 1);
 }
 
-/// Another process holding SQLite's write lock until released (a line on its stdin), so a
-/// test can make the store wait longer than its busy timeout.
-struct SqliteLock(std::process::Child);
+/// A second connection to the SQLite file holding its write lock until released, so a test
+/// can make the store wait longer than its busy timeout. (In this process: SQLite's own
+/// per-file lock table makes connections of one process wait for each other, with no timing
+/// of another program's start-up involved.)
+struct SqliteLock(sqlx::SqliteConnection);
 
 impl SqliteLock {
     async fn hold(db: &TestDatabase) -> Self {
-        let path = db.url.trim_start_matches("sqlite://").to_owned();
-        let mut child = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
-                 c.execute('BEGIN IMMEDIATE')\nprint('locked',flush=True)\nsys.stdin.readline()\n\
-                 c.execute('COMMIT')",
-                &path,
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdout =
-            tokio::process::ChildStdout::from_std(child.stdout.take().unwrap()).unwrap();
-        let mut buf = [0u8; 6];
-        stdout.read_exact(&mut buf).await.unwrap();
-        Self(child)
+        use sqlx::{Connection as _, Executor as _};
+        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        conn.execute("BEGIN IMMEDIATE").await.unwrap();
+        Self(conn)
     }
 
-    fn release(mut self) {
-        use std::io::Write as _;
-        writeln!(self.0.stdin.take().unwrap()).unwrap();
-        assert!(self.0.wait().unwrap().success());
+    async fn release(mut self) {
+        use sqlx::Executor as _;
+        self.0.execute("COMMIT").await.unwrap();
     }
 }
