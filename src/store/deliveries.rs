@@ -1,6 +1,6 @@
 //! The `deliveries` table: every verified webhook delivery, and the task it creates.
 
-use sqlx::{Acquire as _, Executor, Row};
+use sqlx::Row;
 
 use super::{Store, StoreError};
 use crate::domain::gate::ApprovalPath;
@@ -76,19 +76,13 @@ impl Store {
             .ok_or_else(|| StoreError::Invalid("a batch of one gave no result".into()))
     }
 
-    /// Records `items` in ONE transaction (one commit, one fsync), each behind a savepoint so
-    /// a duplicate or a covered approval is handled without failing the others. Results come
-    /// back in order, and only after the commit: none is answered before it is durable.
-    pub(super) async fn record_batch(
-        &self,
-        items: &[NewDelivery],
-    ) -> Result<Vec<Recorded>, StoreError> {
+    /// Records `items` in ONE transaction (one commit, one fsync), with a few statements for
+    /// the whole batch whatever its size (see [`record_all`]). Results come back in order, and
+    /// only after the commit: none is answered before it is durable.
+    pub async fn record_batch(&self, items: &[NewDelivery]) -> Result<Vec<Recorded>, StoreError> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            let mut results = Vec::with_capacity(items.len());
-            for item in items {
-                results.push(record_one(&mut tx, item).await?);
-            }
+            let results = record_all(&mut tx, items).await?;
             tx.commit().await?;
             Ok(results)
         })
@@ -140,69 +134,221 @@ impl Store {
     }
 }
 
-/// One delivery inside the batch's transaction.
-async fn record_one(tx: &mut Tx<'_>, item: &NewDelivery) -> Result<Recorded, StoreError> {
-    let delivery_id = DeliveryId::new_random();
-    let status = if item.task.is_some() {
-        DeliveryStatus::Queued
-    } else {
-        DeliveryStatus::Ignored
-    };
-    let mut saved = tx.begin().await?;
-    let inserted = insert_delivery(
-        &mut *saved,
-        delivery_id,
-        &item.webhook_id,
-        &item.event,
-        item.received_at,
-        status,
-    )
-    .await;
-    match inserted {
-        Ok(()) => {}
-        Err(e) if is_unique_violation(&e) => {
-            saved.rollback().await?;
-            return duplicate_in(tx, &item.webhook_id, &item.event).await;
+/// Most rows one multi-row statement carries (12 parameters a row: far inside both
+/// backends' parameter limits).
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// Every delivery of a batch inside the batch's transaction, set-based: one multi-row insert
+/// for the deliveries, one for their tasks and one update for the gates they release, so a
+/// batch of 200 costs about as many statements as a batch of one. A conflict does not abort
+/// the statement (`ON CONFLICT DO NOTHING`); the rows it skipped are looked at one by one:
+/// - a delivery seen before (same Sym id or webhook-id) gets no row, a count on the original;
+/// - a task whose hold job already has a live approval (another event, the reconciler, or an
+///   earlier delivery of this batch) gets no row, and neither does its delivery: it is counted
+///   on that approval's delivery.
+async fn record_all(tx: &mut Tx<'_>, items: &[NewDelivery]) -> Result<Vec<Recorded>, StoreError> {
+    let delivery_ids: Vec<DeliveryId> = items.iter().map(|_| DeliveryId::new_random()).collect();
+    let stored = insert_deliveries(tx, items, &delivery_ids).await?;
+
+    let with_task: Vec<(usize, TaskId)> = (0..items.len())
+        .filter(|&i| stored[i] && items[i].task.is_some())
+        .map(|i| (i, TaskId::new_random()))
+        .collect();
+    let task_stored = insert_tasks(tx, items, &delivery_ids, &with_task).await?;
+
+    // Deliveries whose task was covered by a live approval keep no row of their own.
+    let covered: Vec<usize> = with_task
+        .iter()
+        .zip(&task_stored)
+        .filter(|(_, stored)| !**stored)
+        .map(|((i, _), _)| *i)
+        .collect();
+    if !covered.is_empty() {
+        let ids: Vec<String> = covered
+            .iter()
+            .map(|&i| delivery_ids[i].to_string())
+            .collect();
+        let sql = format!(
+            "DELETE FROM deliveries WHERE id IN ({})",
+            placeholders(1, ids.len())
+        );
+        let mut delete = sqlx::query(&sql);
+        for id in &ids {
+            delete = delete.bind(id);
         }
-        Err(e) => return Err(e.into()),
+        delete.execute(&mut **tx).await?;
     }
-    let Some(task) = &item.task else {
-        saved.commit().await?;
-        return Ok(Recorded::Ignored { delivery_id });
-    };
-    let task_id = TaskId::new_random();
-    let inserted = insert_task(
-        &mut saved,
-        task_id,
-        delivery_id,
-        task,
-        item.received_at,
-        ApprovalPath::Hook,
-    )
-    .await;
-    match inserted {
-        Ok(()) => {}
-        // The hold job already has a live approval: this delivery asks for nothing new.
-        Err(e) if is_unique_violation(&e) => {
-            saved.rollback().await?;
-            return covered_in(tx, task).await;
+
+    let released: Vec<&NewTask> = with_task
+        .iter()
+        .zip(&task_stored)
+        .filter(|(_, stored)| **stored)
+        .filter_map(|((i, _), _)| items[*i].task.as_ref())
+        .filter(|task| task.action == TaskAction::Approve)
+        .collect();
+    let received_at = items
+        .iter()
+        .map(|i| i.received_at)
+        .max()
+        .unwrap_or_default();
+    super::gates::release_gates_by_hook(tx, &released, received_at).await?;
+
+    let task_of: std::collections::HashMap<usize, (TaskId, bool)> = with_task
+        .iter()
+        .zip(&task_stored)
+        .map(|((i, id), stored)| (*i, (*id, *stored)))
+        .collect();
+    let mut results = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let result = if !stored[i] {
+            duplicate_in(tx, &item.webhook_id, &item.event).await?
+        } else {
+            match (task_of.get(&i), &item.task) {
+                (Some((task_id, true)), _) => Recorded::Queued {
+                    delivery_id: delivery_ids[i],
+                    task_id: *task_id,
+                },
+                (Some((_, false)), Some(task)) => covered_in(tx, task).await?,
+                _ => Recorded::Ignored {
+                    delivery_id: delivery_ids[i],
+                },
+            }
+        };
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// `$first, $first+1, …` for `n` values.
+fn placeholders(first: usize, n: usize) -> String {
+    let mut out = String::with_capacity(n * 5);
+    for k in 0..n {
+        if k > 0 {
+            out.push_str(", ");
         }
-        Err(e) => return Err(e.into()),
+        out.push('$');
+        out.push_str(&(first + k).to_string());
     }
-    if task.action == TaskAction::Approve {
-        super::gates::release_gate_by_hook(
-            &mut saved,
-            task.workflow_id,
-            &task.hold_job_name,
-            item.received_at,
-        )
-        .await?;
+    out
+}
+
+/// `($1, …, $width), ($width+1, …), …` for `rows` rows.
+fn value_rows(rows: usize, width: usize) -> String {
+    let mut out = String::with_capacity(rows * width * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        out.push_str(&placeholders(r * width + 1, width));
+        out.push(')');
     }
-    saved.commit().await?;
-    Ok(Recorded::Queued {
-        delivery_id,
-        task_id,
-    })
+    out
+}
+
+/// A statement whose text depends on the batch size is not worth a cached prepared
+/// statement (there would be one per size); a single row's is.
+fn cache_statement(rows: usize) -> bool {
+    rows == 1
+}
+
+/// Inserts every delivery; true for each one stored, false for one seen before.
+async fn insert_deliveries(
+    tx: &mut Tx<'_>,
+    items: &[NewDelivery],
+    ids: &[DeliveryId],
+) -> Result<Vec<bool>, StoreError> {
+    let mut stored = vec![false; items.len()];
+    let mut index_of = std::collections::HashMap::with_capacity(items.len());
+    for (i, id) in ids.iter().enumerate() {
+        index_of.insert(id.to_string(), i);
+    }
+    for (items, ids) in items
+        .chunks(ROWS_PER_STATEMENT)
+        .zip(ids.chunks(ROWS_PER_STATEMENT))
+    {
+        let sql = format!(
+            "INSERT INTO deliveries (id, webhook_id, sym_event_id, event_type, workflow_id, \
+             workflow_url, merging_user, approver_username, approver_name, run_srn, \
+             received_at, outcome) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+            value_rows(items.len(), 12)
+        );
+        let mut insert = sqlx::query(&sql).persistent(cache_statement(items.len()));
+        for (item, id) in items.iter().zip(ids) {
+            let event = &item.event;
+            let status = if item.task.is_some() {
+                DeliveryStatus::Queued
+            } else {
+                DeliveryStatus::Ignored
+            };
+            insert = insert
+                .bind(id.to_string())
+                .bind(item.webhook_id.as_str())
+                .bind(event.id.as_str())
+                .bind(event.event_type.as_str())
+                .bind(event.workflow_id.map(|w| w.to_string()))
+                .bind(event.workflow_url.as_deref())
+                .bind(event.merging_user.as_deref())
+                .bind(event.approver_username.as_deref())
+                .bind(event.approver_name.as_deref())
+                .bind(event.run_srn.as_deref())
+                .bind(item.received_at)
+                .bind(status.as_str());
+        }
+        for row in insert.fetch_all(&mut **tx).await? {
+            let id: String = row.try_get("id")?;
+            if let Some(&i) = index_of.get(&id) {
+                stored[i] = true;
+            }
+        }
+    }
+    Ok(stored)
+}
+
+/// Inserts the tasks of `with_task` (index into `items`, new task id); true for each one
+/// stored, false for one whose hold job already has a live approval.
+async fn insert_tasks(
+    tx: &mut Tx<'_>,
+    items: &[NewDelivery],
+    delivery_ids: &[DeliveryId],
+    with_task: &[(usize, TaskId)],
+) -> Result<Vec<bool>, StoreError> {
+    let mut stored = vec![false; with_task.len()];
+    let mut index_of = std::collections::HashMap::with_capacity(with_task.len());
+    for (k, (_, id)) in with_task.iter().enumerate() {
+        index_of.insert(id.to_string(), k);
+    }
+    for chunk in with_task.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO tasks (id, delivery_id, action, workflow_id, status, created_at, \
+             deadline_at, next_attempt_at, hold_job_name, origin) \
+             VALUES {} ON CONFLICT DO NOTHING RETURNING id",
+            value_rows(chunk.len(), 10)
+        );
+        let mut insert = sqlx::query(&sql).persistent(cache_statement(chunk.len()));
+        for (i, task_id) in chunk {
+            let item = &items[*i];
+            let Some(task) = &item.task else { continue };
+            insert = insert
+                .bind(task_id.to_string())
+                .bind(delivery_ids[*i].to_string())
+                .bind(task.action.as_str())
+                .bind(task.workflow_id.to_string())
+                .bind(TaskStatus::Pending.as_str())
+                .bind(item.received_at)
+                .bind(task.deadline_at)
+                .bind(item.received_at)
+                .bind(task.hold_job_name.as_str())
+                .bind(ApprovalPath::Hook.as_str());
+        }
+        for row in insert.fetch_all(&mut **tx).await? {
+            let id: String = row.try_get("id")?;
+            if let Some(&k) = index_of.get(&id) {
+                stored[k] = true;
+            }
+        }
+    }
+    Ok(stored)
 }
 
 /// A delivery seen before (same Sym id or webhook-id): no row, a count on the original.
@@ -264,39 +410,6 @@ async fn count_redelivery(tx: &mut Tx<'_>, original: DeliveryId) -> Result<(), S
 pub(super) fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
     text.parse()
         .map_err(|_| StoreError::Invalid(format!("stored id {text:?} is not a UUID")))
-}
-
-async fn insert_delivery<'e, E>(
-    executor: E,
-    id: DeliveryId,
-    webhook_id: &str,
-    event: &SymEvent,
-    received_at: i64,
-    status: DeliveryStatus,
-) -> Result<(), sqlx::Error>
-where
-    E: Executor<'e, Database = sqlx::Any>,
-{
-    sqlx::query(
-        "INSERT INTO deliveries (id, webhook_id, sym_event_id, event_type, workflow_id, \
-         workflow_url, merging_user, approver_username, approver_name, run_srn, received_at, \
-         outcome) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-    )
-    .bind(id.to_string())
-    .bind(webhook_id)
-    .bind(&event.id)
-    .bind(&event.event_type)
-    .bind(event.workflow_id.map(|w| w.to_string()))
-    .bind(event.workflow_url.as_deref())
-    .bind(event.merging_user.as_deref())
-    .bind(event.approver_username.as_deref())
-    .bind(event.approver_name.as_deref())
-    .bind(event.run_srn.as_deref())
-    .bind(received_at)
-    .bind(status.as_str())
-    .execute(executor)
-    .await?;
-    Ok(())
 }
 
 /// Inserts a task (pending, due now) in `tx`.

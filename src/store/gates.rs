@@ -328,24 +328,34 @@ fn gate_from_row(row: &AnyRow) -> Result<ClaimedGate, StoreError> {
     })
 }
 
-/// Marks a workflow's open gate released by the hook (in the hook delivery's transaction).
-pub(super) async fn release_gate_by_hook(
+/// Marks the open gates of these approve tasks' hold jobs released by the hook (in the hook
+/// deliveries' transaction): one statement for a whole intake batch.
+pub(super) async fn release_gates_by_hook(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    workflow: WorkflowId,
-    hold_job_name: &str,
+    tasks: &[&NewTask],
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE gates SET status = $3, released_by = $4, closed_at = $5, \
-         detail = 'released by the Sym hook delivery' \
-         WHERE workflow_id = $1 AND hold_job_name = $2 AND status = 'open'",
-    )
-    .bind(workflow.to_string())
-    .bind(hold_job_name)
-    .bind(GateStatus::Released.as_str())
-    .bind(ApprovalPath::Hook.as_str())
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    for chunk in tasks.chunks(200) {
+        let pairs: Vec<String> = (0..chunk.len())
+            .map(|k| format!("(${}, ${})", 4 + 2 * k, 5 + 2 * k))
+            .collect();
+        let sql = format!(
+            "UPDATE gates SET status = $1, released_by = $2, closed_at = $3, \
+             detail = 'released by the Sym hook delivery' \
+             WHERE status = 'open' AND (workflow_id, hold_job_name) IN (VALUES {})",
+            pairs.join(", ")
+        );
+        let mut update = sqlx::query(&sql)
+            .persistent(chunk.len() == 1)
+            .bind(GateStatus::Released.as_str())
+            .bind(ApprovalPath::Hook.as_str())
+            .bind(now);
+        for task in chunk {
+            update = update
+                .bind(task.workflow_id.to_string())
+                .bind(task.hold_job_name.as_str());
+        }
+        update.execute(&mut **tx).await?;
+    }
     Ok(())
 }

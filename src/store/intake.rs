@@ -1,7 +1,9 @@
-//! Group commit for deliveries on SQLite: one writer task records concurrent deliveries in one
-//! transaction, so they share one commit (one fsync) instead of each paying its own. (On
-//! PostgreSQL each delivery commits on its own connection: the server shares WAL flushes among
-//! concurrent commits itself.)
+//! Group commit for deliveries, on both backends: one writer task records concurrent
+//! deliveries in one transaction, so they share one commit (one fsync) instead of each paying
+//! its own. The transaction is set-based (a multi-row insert for the deliveries, one for their
+//! tasks, one gate update: [`Store::record_batch`]), so a batch of 200 costs about the
+//! statements and round trips of one delivery, which is what lets a single writer keep up on
+//! PostgreSQL too, where each statement is a network round trip.
 //!
 //! A delivery waits in a queue while the previous batch commits; the writer then takes every
 //! delivery that has arrived (up to `max_batch`) and, when the last batch had company, waits
@@ -51,17 +53,7 @@ struct Pending {
 /// The handle deliveries are recorded through. Cheap to clone.
 #[derive(Clone)]
 pub struct Intake {
-    mode: Mode,
-}
-
-#[derive(Clone)]
-enum Mode {
-    /// SQLite: one writer, many deliveries to a commit.
-    Batched(mpsc::Sender<Pending>),
-    /// PostgreSQL: each delivery in its own transaction on its own pooled connection. The
-    /// server already shares WAL flushes among concurrent commits, and a single writer would
-    /// serialise the round trips every statement costs over the network.
-    Direct(Store),
+    queue: mpsc::Sender<Pending>,
 }
 
 impl std::fmt::Debug for Intake {
@@ -73,31 +65,20 @@ impl std::fmt::Debug for Intake {
 impl Intake {
     /// Starts the writer task for `store`; it ends when every handle is dropped.
     pub fn start(store: Store, options: IntakeOptions, observe: BatchObserver) -> Self {
-        if store.backend() == super::Backend::Postgres {
-            return Self {
-                mode: Mode::Direct(store),
-            };
-        }
         let (queue, receiver) = mpsc::channel(options.queue.max(1));
         tokio::spawn(write_batches(store, options, receiver, observe));
-        Self {
-            mode: Mode::Batched(queue),
-        }
+        Self { queue }
     }
 
     /// Records one delivery; returns once its batch has committed.
     pub async fn record(&self, delivery: NewDelivery) -> Result<Recorded, StoreError> {
-        let queue = match &self.mode {
-            Mode::Direct(store) => return record_alone(store, &delivery).await,
-            Mode::Batched(queue) => queue,
-        };
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
             delivery,
             queued_at: Instant::now(),
             reply,
         };
-        queue
+        self.queue
             .try_send(pending)
             .map_err(|_| StoreError::Invalid("the intake queue is full".into()))?;
         answer

@@ -8,6 +8,7 @@ mod audit;
 mod binary;
 mod gates;
 mod helpers;
+mod intake;
 mod process;
 mod replicas;
 mod verify;

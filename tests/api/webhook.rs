@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sym_circleci_approver::domain::task::DeliveryStatus;
 use sym_circleci_approver::signature::WebhookSecret;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 use crate::helpers::*;

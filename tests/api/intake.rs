@@ -1,0 +1,111 @@
+//! The set-based intake batch on its own: every kind of row a batch can meet, in one
+//! transaction, on the backend under test.
+
+use sym_circleci_approver::domain::ids::WorkflowId;
+use sym_circleci_approver::domain::task::{DeliveryStatus, NewTask, TaskAction};
+use sym_circleci_approver::store::{NewDelivery, Recorded, Store, StoreOptions};
+use sym_circleci_approver::sym_event::SymEvent;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+fn delivery(webhook_id: &str, event_id: &str, event_type: &str, workflow: Uuid) -> NewDelivery {
+    let body = event_of_type(event_id, event_type, &workflow.to_string());
+    let event = SymEvent::parse(&body).unwrap();
+    let task = (event_type == "approve").then(|| NewTask {
+        action: TaskAction::Approve,
+        workflow_id: WorkflowId(workflow),
+        hold_job_name: HOLD.to_owned(),
+        deadline_at: 9_999_999_999_999,
+    });
+    NewDelivery {
+        webhook_id: webhook_id.to_owned(),
+        event,
+        received_at: 1_000,
+        task,
+    }
+}
+
+#[tokio::test]
+async fn one_batch_stores_new_ones_and_counts_repeats_on_their_originals() {
+    let db = TestDatabase::new().await;
+    let store = Store::connect(&db.url.clone().into(), &StoreOptions::default())
+        .await
+        .unwrap();
+    let (w1, w2, w3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    // Stored before the batch: an approval of w3's hold job.
+    let earlier = store
+        .record_batch(&[delivery("msg_0", "ev-0", "approve", w3)])
+        .await
+        .unwrap();
+    let Recorded::Queued {
+        delivery_id: earlier_id,
+        ..
+    } = earlier[0]
+    else {
+        panic!("{earlier:?}")
+    };
+
+    let batch = [
+        delivery("msg_1", "ev-1", "approve", w1),  // new
+        delivery("msg_2", "ev-1", "approve", w1),  // same Sym event as the first
+        delivery("msg_1", "ev-3", "approve", w2),  // same webhook-id as the first
+        delivery("msg_4", "ev-4", "approve", w1),  // another event for w1's live approval
+        delivery("msg_5", "ev-5", "approve", w3),  // w3's approval was stored before
+        delivery("msg_6", "ev-6", "escalate", w2), // recorded, nothing to do
+        delivery("msg_7", "ev-7", "approve", w2),  // new
+    ];
+    let results = store.record_batch(&batch).await.unwrap();
+
+    let Recorded::Queued {
+        delivery_id: first, ..
+    } = results[0]
+    else {
+        panic!("{results:?}")
+    };
+    assert_eq!(results[1], Recorded::Duplicate { original_id: first });
+    assert_eq!(results[2], Recorded::Duplicate { original_id: first });
+    assert_eq!(results[3], Recorded::Duplicate { original_id: first });
+    assert_eq!(
+        results[4],
+        Recorded::Duplicate {
+            original_id: earlier_id
+        }
+    );
+    assert!(
+        matches!(results[5], Recorded::Ignored { .. }),
+        "{results:?}"
+    );
+    assert!(matches!(results[6], Recorded::Queued { .. }), "{results:?}");
+
+    // Rows: only the originals; the repeats are counted on them.
+    assert_eq!(
+        store.delivery_count(DeliveryStatus::Queued).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        store.delivery_count(DeliveryStatus::Ignored).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .delivery_count(DeliveryStatus::Duplicate)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(store.redeliveries(first).await.unwrap(), 3);
+    assert_eq!(store.redeliveries(earlier_id).await.unwrap(), 1);
+    for result in &results {
+        if let Recorded::Queued {
+            delivery_id,
+            task_id,
+        } = result
+        {
+            assert_eq!(
+                store.task_for_delivery(*delivery_id).await.unwrap(),
+                Some(*task_id)
+            );
+        }
+    }
+}
