@@ -73,6 +73,7 @@ impl Store {
     ) -> Result<Option<AttemptId>, StoreError> {
         let now = self.clock.now_ms();
         self.bounded(async {
+            let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
             let renewed = sqlx::query(
                 "UPDATE tasks SET lease_expires_at = $3 \
@@ -121,6 +122,7 @@ impl Store {
     ) -> Result<AttemptId, StoreError> {
         let started_at = self.clock.now_ms();
         self.bounded(async {
+            let _turn = self.write_turn().await;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
                  status_code, duration_ms, error) \

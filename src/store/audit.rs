@@ -328,6 +328,7 @@ impl Store {
     /// those whose task is still pending. Returns how many deliveries went.
     pub async fn prune(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
         self.bounded(async {
+        let _turn = self.write_turn().await;
         // Attempts and tasks first, explicitly (no reliance on ON DELETE CASCADE being enabled),
         // all in one transaction so a failure never leaves a delivery without its task.
         let old = "SELECT d.id FROM deliveries d WHERE d.received_at < $1 AND NOT EXISTS \

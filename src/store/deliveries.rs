@@ -81,6 +81,7 @@ impl Store {
     /// only after the commit: none is answered before it is durable.
     pub async fn record_batch(&self, items: &[NewDelivery]) -> Result<Vec<Recorded>, StoreError> {
         self.bounded(async {
+            let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
             let results = record_all(&mut tx, items).await?;
             tx.commit().await?;

@@ -77,6 +77,7 @@ impl Store {
     ) -> Result<Registered, StoreError> {
         let now = self.clock.now_ms();
         self.bounded(async {
+            let _turn = self.write_turn().await;
             let inserted = sqlx::query(
                 "INSERT INTO gates (workflow_id, sym_run_id, hold_job_name, status, created_at, \
                  next_poll_at) VALUES ($1, $2, $3, $4, $5, $5)",
@@ -123,6 +124,7 @@ impl Store {
             super::Backend::Sqlite => "",
         };
         self.bounded(async {
+            let _turn = self.write_turn().await;
             let row = sqlx::query(&format!(
                 "UPDATE gates SET lease_owner = $1, lease_expires_at = $2 \
                  WHERE workflow_id = (SELECT g.workflow_id FROM gates g \
@@ -153,6 +155,7 @@ impl Store {
         detail: &str,
     ) -> Result<bool, StoreError> {
         self.bounded(async {
+            let _turn = self.write_turn().await;
             let done = sqlx::query(
                 "UPDATE gates SET polls = polls + 1, next_poll_at = COALESCE($3, next_poll_at), \
                  polling = $4, last_run_status = COALESCE($5, last_run_status), detail = $6, \
@@ -187,6 +190,7 @@ impl Store {
     ) -> Result<GateEnd, StoreError> {
         let now = self.clock.now_ms();
         self.bounded(async {
+            let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
             // The task first, then the gate: the same order as a hook delivery's transaction
             // (task, then gate), so the two paths racing wait for each other, never deadlock.

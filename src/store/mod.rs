@@ -34,6 +34,7 @@ mod tasks;
 mod verdicts;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -163,6 +164,8 @@ pub struct Store {
     op_timeout: Duration,
     /// Where leases, attempts and finish times take "now" from.
     clock: Clock,
+    /// SQLite: whose turn it is to write (see [`Self::write_turn`]).
+    write_turn: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -344,6 +347,7 @@ impl Store {
             pool,
             backend,
             sqlite_file,
+            write_turn: (backend == Backend::Sqlite).then(Arc::default),
             clock: options.clock.clone(),
             op_timeout: options
                 .acquire_timeout
@@ -359,6 +363,21 @@ impl Store {
         tokio::time::timeout(self.op_timeout, operation)
             .await
             .map_err(|_| StoreError::TimedOut(self.op_timeout))?
+    }
+
+    /// SQLite writes one transaction at a time, and a writer that finds the file locked
+    /// sleeps in SQLite's busy handler (1, 2, 5, 10 … 100 ms) before it looks again: under load
+    /// the intake's batches, the worker's claims and its finishes collided and spent most of
+    /// their time asleep with the CPU idle. So the process's writers queue here instead, in
+    /// order, and each one finds the file free the moment the previous one commits. Every
+    /// write of this module takes its turn (inside [`Self::bounded`], so a stuck writer costs
+    /// the others a bounded wait); reads never do (WAL readers do not block). PostgreSQL:
+    /// no turn, its row locks do this.
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.write_turn {
+            Some(turn) => Some(turn.lock().await),
+            None => None,
+        }
     }
 
     pub fn backend(&self) -> Backend {

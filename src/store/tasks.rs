@@ -71,6 +71,7 @@ impl Store {
     /// resume at once instead of after the lease runs out.
     pub async fn release_stale_leases(&self) -> Result<u64, StoreError> {
         self.bounded(async {
+            let _turn = self.write_turn().await;
             let done = sqlx::query(
                 "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
                  WHERE status = $1 AND lease_owner IS NOT NULL",
@@ -98,6 +99,7 @@ impl Store {
         lease: &LeaseToken,
         lease_for: Duration,
     ) -> Result<Option<ClaimedTask>, StoreError> {
+        let _turn = self.write_turn().await;
         let now = self.clock.now_ms();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -172,6 +174,7 @@ impl Store {
         let error_step = i64::from(kind == RetryKind::Error);
         let job = step.job;
         self.bounded(async {
+            let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
             record_step_calls(&mut tx, task, step).await?;
             let done = sqlx::query(
@@ -216,6 +219,7 @@ impl Store {
         let now = self.clock.now_ms();
         let job = step.job;
         self.bounded(async {
+            let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
             record_step_calls(&mut tx, task, step).await?;
             let done = sqlx::query(
@@ -249,6 +253,7 @@ impl Store {
     /// Gives a lease back without counting a step (shutdown mid-step).
     pub async fn release_lease(&self, task: TaskId, lease: &LeaseToken) -> Result<(), StoreError> {
         self.bounded(async {
+            let _turn = self.write_turn().await;
             sqlx::query(
                 "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
                  WHERE id = $1 AND lease_owner = $2",
