@@ -91,7 +91,7 @@ impl Application {
         let observer = metrics.clone();
         let intake = crate::store::Intake::start(
             store.clone(),
-            crate::store::IntakeOptions::default(),
+            crate::store::BatchOptions::default(),
             Arc::new(move |size, waited| observer.intake_batch(size, waited)),
         );
         let state = AppState {

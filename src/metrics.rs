@@ -83,6 +83,7 @@ pub struct Metrics {
     oldest_open_gate_age: Gauge<f64, AtomicU64>,
     intake_batch_size: Histogram,
     intake_batch_wait: Histogram,
+    step_batch_size: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -276,10 +277,17 @@ impl Metrics {
             "How long a batch's first delivery waited for its transaction to start",
             intake_batch_wait.clone(),
         );
+        let step_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register(
+            "step_results_batch_size",
+            "Worker step results stored together in one transaction (group commit)",
+            step_batch_size.clone(),
+        );
         let metrics = Self {
             delivery_counters: Arc::new(delivery_counters),
             intake_batch_size,
             intake_batch_wait,
+            step_batch_size,
             approvals_by_path,
             gates_ended,
             open_gates,
@@ -375,6 +383,10 @@ impl Metrics {
     pub fn set_open_gates(&self, count: i64, oldest_age_seconds: f64) {
         self.open_gates.set(count);
         self.oldest_open_gate_age.set(oldest_age_seconds.max(0.0));
+    }
+
+    pub fn step_batch(&self, size: usize, _waited: std::time::Duration) {
+        self.step_batch_size.observe(size as f64);
     }
 
     pub fn intake_batch(&self, size: usize, waited: std::time::Duration) {

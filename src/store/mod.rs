@@ -28,8 +28,10 @@ mod attempts;
 pub mod audit;
 mod deliveries;
 mod gates;
+mod group_commit;
 mod intake;
 mod sqlite_lock;
+mod step_results;
 mod tasks;
 mod verdicts;
 
@@ -46,9 +48,11 @@ use crate::clock::{duration_ms, Clock};
 pub use attempts::{AttemptId, PlannedCall};
 pub use deliveries::{NewDelivery, Recorded};
 pub use gates::{ClaimedGate, GateEnd, GateView, Registered};
-pub use intake::{BatchObserver, Intake, IntakeOptions};
+pub use group_commit::{BatchObserver, BatchOptions};
+pub use intake::Intake;
 pub use sqlite_lock::ServingLock;
-pub use tasks::{ClaimedTask, JobInfo, StepRecord};
+pub use step_results::StepResults;
+pub use tasks::{ClaimedTask, JobInfo, Settle, StepResult};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");

@@ -45,13 +45,33 @@ pub struct ClaimedTask {
     pub deadline_at: i64,
 }
 
-/// What a step leaves behind besides the task's new state: its CircleCI calls not stored
-/// yet, the answer of the call noted by [`Store::prepare_call`], and the hold job it saw.
-#[derive(Debug, Clone, Copy)]
-pub struct StepRecord<'a> {
-    pub calls: &'a [CallRecord],
-    pub completed: Option<(AttemptId, &'a CallRecord)>,
-    pub job: &'a JobInfo,
+/// What a step leaves behind: its CircleCI calls not stored yet, the answer of the call
+/// noted by [`Store::prepare_call`], the hold job it saw, and the task's new state.
+#[derive(Debug, Clone)]
+pub struct StepResult {
+    pub task: TaskId,
+    pub lease: LeaseToken,
+    pub calls: Vec<CallRecord>,
+    pub completed: Option<(AttemptId, CallRecord)>,
+    pub job: JobInfo,
+    pub settle: Settle,
+}
+
+/// A task's state after a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Another step at `next_attempt_at`.
+    Reschedule {
+        next_attempt_at: i64,
+        kind: RetryKind,
+        detail: String,
+    },
+    /// Done.
+    Finish {
+        status: TaskStatus,
+        outcome: Outcome,
+        detail: String,
+    },
 }
 
 /// The hold job a task found and its workflow, kept for the audit trail and the verdict.
@@ -84,62 +104,95 @@ impl Store {
         .await
     }
 
-    /// Claims the most overdue task that no live lease holds, for `lease_for` from now.
-    /// Tasks of a workflow another task is being worked on for wait their turn.
-    pub async fn claim_next_task(
+    /// Claims up to `max` due tasks in ONE transaction (one commit), most overdue first, under
+    /// one lease token (each task's later writes are still guarded by its own row), at most
+    /// one per workflow, and none of a workflow another task is being worked on for.
+    pub async fn claim_due_tasks(
         &self,
         lease: &LeaseToken,
         lease_for: Duration,
-    ) -> Result<Option<ClaimedTask>, StoreError> {
-        self.bounded(self.claim_now(lease, lease_for)).await
+        max: usize,
+    ) -> Result<Vec<ClaimedTask>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        self.bounded(self.claim_now(lease, lease_for, max)).await
     }
 
     async fn claim_now(
         &self,
         lease: &LeaseToken,
         lease_for: Duration,
-    ) -> Result<Option<ClaimedTask>, StoreError> {
+        max: usize,
+    ) -> Result<Vec<ClaimedTask>, StoreError> {
         let _turn = self.write_turn().await;
         let now = self.clock.now_ms();
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            // Under READ COMMITTED two replicas could each see "no other task of this
+            // workflow is leased" and claim two at once; a transaction-level advisory lock
+            // makes claims take turns (a few milliseconds each), and the statements after the
+            // lock see every claim committed before it. (SQLite: the write turn.)
+            sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS claim_lock")
+                .bind(CLAIM_LOCK_KEY)
+                .execute(&mut *tx)
+                .await?;
+        }
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        // A few more candidates than wanted: some may share a workflow.
+        let candidates = sqlx::query(&format!(
+            "SELECT t.id, t.workflow_id FROM tasks t \
+             WHERE t.status = 'pending' AND t.next_attempt_at <= $1 \
+             AND (t.lease_expires_at IS NULL OR t.lease_expires_at < $1) \
+             AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.workflow_id = t.workflow_id \
+                 AND o.id <> t.id AND o.status = 'pending' AND o.lease_expires_at >= $1) \
+             ORDER BY t.next_attempt_at, t.created_at LIMIT $2 {lock}"
+        ))
+        .bind(now)
+        .bind(i64::try_from(max.saturating_mul(2)).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+        let picked = pick_one_per_workflow(&candidates, max)?;
+        if picked.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
         let sql = format!(
             "UPDATE tasks SET lease_owner = $1, lease_expires_at = $2 \
              WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
-             AND id = (SELECT t.id FROM tasks t \
-                WHERE t.status = 'pending' AND t.next_attempt_at <= $3 \
-                AND (t.lease_expires_at IS NULL OR t.lease_expires_at < $3) \
-                AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.workflow_id = t.workflow_id \
-                    AND o.id <> t.id AND o.status = 'pending' AND o.lease_expires_at >= $3) \
-                ORDER BY t.next_attempt_at, t.created_at LIMIT 1 {lock}) \
+             AND id IN ({}) \
              RETURNING id, delivery_id, action, workflow_id, hold_job_name, origin, attempts, \
-             errors, created_at, deadline_at"
+             errors, created_at, deadline_at",
+            (0..picked.len())
+                .map(|k| format!("${}", 4 + k))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        let claim = sqlx::query(&sql)
+        let mut claim = sqlx::query(&sql)
+            .persistent(picked.len() == 1)
             .bind(lease.as_str())
             .bind(now.saturating_add(duration_ms(lease_for)))
             .bind(now);
-        let row = match self.backend {
-            // SQLite runs one write at a time: the statement alone is atomic.
-            Backend::Sqlite => claim.fetch_optional(&self.pool).await?,
-            // Under READ COMMITTED two replicas could each see "no other task of this
-            // workflow is leased" and claim two at once; a transaction-level advisory lock
-            // makes claims take turns (a few milliseconds each), and the statement after the
-            // lock sees every claim committed before it.
-            Backend::Postgres => {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS claim_lock")
-                    .bind(CLAIM_LOCK_KEY)
-                    .execute(&mut *tx)
-                    .await?;
-                let row = claim.fetch_optional(&mut *tx).await?;
-                tx.commit().await?;
-                row
-            }
-        };
-        row.map(|row| claimed_from_row(&row)).transpose()
+        for id in &picked {
+            claim = claim.bind(id);
+        }
+        let rows = claim.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        let mut claimed = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Most overdue first, as picked.
+        claimed.sort_by_key(|t| {
+            picked
+                .iter()
+                .position(|id| *id == t.id.to_string())
+                .unwrap_or(usize::MAX)
+        });
+        Ok(claimed)
     }
 
     /// When the next pending task becomes due (or its lease runs out), if any.
@@ -159,93 +212,21 @@ impl Store {
         .await
     }
 
-    /// Ends this step and schedules the next one at `next_attempt_at`, storing the step's
-    /// calls in the same transaction; false when the lease was lost (the calls are stored,
-    /// the task is not touched).
-    pub async fn reschedule(
-        &self,
-        task: TaskId,
-        lease: &LeaseToken,
-        next_attempt_at: i64,
-        kind: RetryKind,
-        detail: &str,
-        step: &StepRecord<'_>,
-    ) -> Result<bool, StoreError> {
-        let error_step = i64::from(kind == RetryKind::Error);
-        let job = step.job;
-        self.bounded(async {
-            let _turn = self.write_turn().await;
-            let mut tx = self.pool.begin().await?;
-            record_step_calls(&mut tx, task, step).await?;
-            let done = sqlx::query(
-                "UPDATE tasks SET attempts = attempts + 1, errors = errors + $8, \
-                 next_attempt_at = $3, detail = $4, \
-                 job_id = COALESCE($5, job_id), job_number = COALESCE($6, job_number), \
-                 project_slug = COALESCE($7, project_slug), \
-                 pipeline_id = COALESCE($9, pipeline_id), \
-                 workflow_name = COALESCE($10, workflow_name), \
-                 lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
-            )
-            .bind(task.to_string())
-            .bind(lease.as_str())
-            .bind(next_attempt_at)
-            .bind(detail)
-            .bind(job.job_id.as_deref())
-            .bind(job.job_number)
-            .bind(job.project_slug.as_deref())
-            .bind(error_step)
-            .bind(job.pipeline_id.as_deref())
-            .bind(job.workflow_name.as_deref())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
-    }
-
-    /// Records a task's final outcome, with the step's calls, in one transaction; false when
-    /// the lease was lost (the calls are stored, the task is not touched).
-    pub async fn finish(
-        &self,
-        task: TaskId,
-        lease: &LeaseToken,
-        status: TaskStatus,
-        outcome: Outcome,
-        detail: &str,
-        step: &StepRecord<'_>,
-    ) -> Result<bool, StoreError> {
+    /// Stores the results of steps, in ONE transaction (one commit): for each, its calls
+    /// and then its task's new state, guarded by its lease. One output per result, in order:
+    /// false when the lease was lost (the calls are stored, the task is not touched). The
+    /// worker writes through [`super::StepResults`], which batches concurrent steps' results.
+    pub async fn settle_steps(&self, results: &[StepResult]) -> Result<Vec<bool>, StoreError> {
         let now = self.clock.now_ms();
-        let job = step.job;
         self.bounded(async {
             let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
-            record_step_calls(&mut tx, task, step).await?;
-            let done = sqlx::query(
-                "UPDATE tasks SET status = $3, outcome = $4, detail = $5, attempts = attempts + 1, \
-                 job_id = COALESCE($6, job_id), job_number = COALESCE($7, job_number), \
-                 project_slug = COALESCE($8, project_slug), finished_at = $9, \
-                 pipeline_id = COALESCE($10, pipeline_id), \
-                 workflow_name = COALESCE($11, workflow_name), \
-                 lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
-            )
-            .bind(task.to_string())
-            .bind(lease.as_str())
-            .bind(status.as_str())
-            .bind(outcome.as_str())
-            .bind(detail)
-            .bind(job.job_id.as_deref())
-            .bind(job.job_number)
-            .bind(job.project_slug.as_deref())
-            .bind(now)
-            .bind(job.pipeline_id.as_deref())
-            .bind(job.workflow_name.as_deref())
-            .execute(&mut *tx)
-            .await?;
+            let mut kept = Vec::with_capacity(results.len());
+            for result in results {
+                kept.push(settle_one(&mut tx, result, now).await?);
+            }
             tx.commit().await?;
-            Ok(done.rows_affected() == 1)
+            Ok(kept)
         })
         .await
     }
@@ -321,6 +302,23 @@ impl Store {
     }
 }
 
+/// The first `max` candidates (id, workflow), in order, skipping a second task of a workflow.
+fn pick_one_per_workflow(candidates: &[AnyRow], max: usize) -> Result<Vec<String>, StoreError> {
+    let mut workflows = std::collections::HashSet::new();
+    let mut picked = Vec::with_capacity(max);
+    for row in candidates {
+        let id: String = row.try_get("id")?;
+        let workflow: String = row.try_get("workflow_id")?;
+        if workflows.insert(workflow) {
+            picked.push(id);
+            if picked.len() == max {
+                break;
+            }
+        }
+    }
+    Ok(picked)
+}
+
 pub(super) fn parse_status(text: &str) -> Result<TaskStatus, StoreError> {
     TaskStatus::parse(text)
         .ok_or_else(|| StoreError::Invalid(format!("unknown task status {text:?}")))
@@ -354,14 +352,72 @@ fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTask, StoreError> {
     })
 }
 
-/// The step's calls not stored yet, and the answer of its noted call.
-async fn record_step_calls(
+/// One step's result inside the batch's transaction.
+async fn settle_one(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    task: TaskId,
-    step: &StepRecord<'_>,
-) -> Result<(), sqlx::Error> {
-    if let Some((attempt, call)) = step.completed {
-        complete_call(tx, attempt, call).await?;
+    result: &StepResult,
+    now: i64,
+) -> Result<bool, StoreError> {
+    if let Some((attempt, call)) = &result.completed {
+        complete_call(tx, *attempt, call).await?;
     }
-    insert_calls(tx, task, step.calls).await
+    insert_calls(tx, result.task, &result.calls).await?;
+    let job = &result.job;
+    let done = match &result.settle {
+        Settle::Reschedule {
+            next_attempt_at,
+            kind,
+            detail,
+        } => {
+            sqlx::query(
+                "UPDATE tasks SET attempts = attempts + 1, errors = errors + $8, \
+                 next_attempt_at = $3, detail = $4, \
+                 job_id = COALESCE($5, job_id), job_number = COALESCE($6, job_number), \
+                 project_slug = COALESCE($7, project_slug), \
+                 pipeline_id = COALESCE($9, pipeline_id), \
+                 workflow_name = COALESCE($10, workflow_name), \
+                 lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+            )
+            .bind(result.task.to_string())
+            .bind(result.lease.as_str())
+            .bind(*next_attempt_at)
+            .bind(detail.as_str())
+            .bind(job.job_id.as_deref())
+            .bind(job.job_number)
+            .bind(job.project_slug.as_deref())
+            .bind(i64::from(*kind == RetryKind::Error))
+            .bind(job.pipeline_id.as_deref())
+            .bind(job.workflow_name.as_deref())
+            .execute(&mut **tx)
+            .await?
+        }
+        Settle::Finish {
+            status,
+            outcome,
+            detail,
+        } => sqlx::query(
+            "UPDATE tasks SET status = $3, outcome = $4, detail = $5, attempts = attempts + 1, \
+                 job_id = COALESCE($6, job_id), job_number = COALESCE($7, job_number), \
+                 project_slug = COALESCE($8, project_slug), finished_at = $9, \
+                 pipeline_id = COALESCE($10, pipeline_id), \
+                 workflow_name = COALESCE($11, workflow_name), \
+                 lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+        )
+        .bind(result.task.to_string())
+        .bind(result.lease.as_str())
+        .bind(status.as_str())
+        .bind(outcome.as_str())
+        .bind(detail.as_str())
+        .bind(job.job_id.as_deref())
+        .bind(job.job_number)
+        .bind(job.project_slug.as_deref())
+        .bind(now)
+        .bind(job.pipeline_id.as_deref())
+        .bind(job.workflow_name.as_deref())
+        .execute(&mut **tx)
+        .await?,
+    };
+    Ok(done.rows_affected() == 1)
 }

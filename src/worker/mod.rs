@@ -24,7 +24,7 @@ use crate::config::WorkerConfig;
 use crate::domain::ids::{LeaseToken, TaskId};
 use crate::metrics::Metrics;
 use crate::outbound::circleci::CircleCiClient;
-use crate::store::{ClaimedTask, Store, StoreError};
+use crate::store::{BatchOptions, ClaimedTask, StepResults, Store, StoreError};
 
 /// Longest idle wait between looks at the store (covers tasks made by other replicas).
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -55,6 +55,8 @@ pub struct ApprovalWorker {
     wake: Arc<Notify>,
     /// Steps in flight, so their leases can be given back if shutdown cuts them off.
     in_flight: std::sync::Mutex<HashMap<TaskId, LeaseToken>>,
+    /// Where step results are stored: concurrent steps share a commit.
+    results: StepResults,
 }
 
 impl ApprovalWorker {
@@ -66,7 +68,14 @@ impl ApprovalWorker {
         metrics: Metrics,
         wake: Arc<Notify>,
     ) -> Self {
+        let observer = metrics.clone();
+        let results = StepResults::start(
+            store.clone(),
+            BatchOptions::default(),
+            Arc::new(move |size, waited| observer.step_batch(size, waited)),
+        );
         Self {
+            results,
             default_hold_job,
             clock: store.clock().clone(),
             store,
@@ -87,18 +96,22 @@ impl ApprovalWorker {
             let mut store_ok = true;
             let mut claimed_all_due = false;
             while running.len() < self.config.concurrency && !shutdown.is_cancelled() {
-                match self.claim().await {
-                    Ok(Some((task, lease))) => {
-                        self.track(task.id, Some(&lease.token));
-                        let worker = Arc::clone(&self);
-                        running.spawn(async move {
-                            worker.work(&task, &lease).await;
-                            worker.track(task.id, None);
-                        });
-                    }
-                    Ok(None) => {
-                        claimed_all_due = true;
-                        break;
+                // Every free slot is filled by one claim (one commit), not one claim each.
+                let free = self.config.concurrency - running.len();
+                match self.claim(free).await {
+                    Ok(batch) => {
+                        claimed_all_due = batch.len() < free;
+                        for (task, lease) in batch {
+                            self.track(task.id, Some(&lease.token));
+                            let worker = Arc::clone(&self);
+                            running.spawn(async move {
+                                worker.work(&task, &lease).await;
+                                worker.track(task.id, None);
+                            });
+                        }
+                        if claimed_all_due {
+                            break;
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "store unavailable; worker will retry");
@@ -147,7 +160,7 @@ impl ApprovalWorker {
     pub async fn run_due(&self) -> Result<usize, StoreError> {
         let mut steps = 0;
         while steps < MAX_STEPS_PER_RUN {
-            let Some((task, lease)) = self.claim().await? else {
+            let Some((task, lease)) = self.claim(1).await?.pop() else {
                 break;
             };
             self.work(&task, &lease).await;
@@ -156,18 +169,24 @@ impl ApprovalWorker {
         Ok(steps)
     }
 
-    /// Each claim has its own lease token: writes of a step whose lease ran out (even in this
-    /// same process) are refused, and so is its approve.
-    async fn claim(&self) -> Result<Option<(ClaimedTask, Lease)>, StoreError> {
-        let lease = Lease {
-            token: LeaseToken::new(&self.owner),
-            claimed: tokio::time::Instant::now(),
-        };
+    /// Claims up to `max` due tasks. Each claim has its own lease token: writes of a step
+    /// whose lease ran out (even in this same process) are refused, and so is its approve.
+    async fn claim(&self, max: usize) -> Result<Vec<(ClaimedTask, Lease)>, StoreError> {
+        let token = LeaseToken::new(&self.owner);
+        let claimed = tokio::time::Instant::now();
         Ok(self
             .store
-            .claim_next_task(&lease.token, self.config.task_lease)
+            .claim_due_tasks(&token, self.config.task_lease, max)
             .await?
-            .map(|task| (task, lease)))
+            .into_iter()
+            .map(|task| {
+                let lease = Lease {
+                    token: token.clone(),
+                    claimed,
+                };
+                (task, lease)
+            })
+            .collect())
     }
 
     fn track(&self, task: TaskId, lease: Option<&LeaseToken>) {

@@ -9,7 +9,7 @@ use crate::domain::decide::{self, Facts, Next, StepEnd};
 use crate::domain::settle::{self, Progress, Settlement};
 use crate::domain::task::{Outcome, TaskStatus};
 use crate::outbound::circleci::{CallRecord, CircleError, HoldJobState, Operation, WorkflowView};
-use crate::store::{AttemptId, ClaimedTask, JobInfo, PlannedCall, StepRecord, StoreError};
+use crate::store::{AttemptId, ClaimedTask, JobInfo, PlannedCall, Settle, StepResult, StoreError};
 
 /// How long a step's result is retried while the store is away.
 const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
@@ -342,14 +342,22 @@ impl ApprovalWorker {
         let give_up = tokio::time::Instant::now() + PERSIST_PATIENCE;
         let mut pause = Duration::from_millis(200);
         loop {
-            let unsaved = trail.unsaved();
-            let step = StepRecord {
-                calls: &unsaved,
-                completed: trail.completed(),
-                job,
+            let Some(settle) = to_store(settlement) else {
+                return;
             };
-            match self.store_settlement(task, lease, settlement, &step).await {
-                Ok(()) => return,
+            let result = StepResult {
+                task: task.id,
+                lease: lease.token.clone(),
+                calls: trail.unsaved(),
+                completed: trail.completed().map(|(id, call)| (id, call.clone())),
+                job: job.clone(),
+                settle,
+            };
+            match self.results.settle(result).await {
+                Ok(kept) => {
+                    self.report(task, settlement, kept);
+                    return;
+                }
                 Err(e) if tokio::time::Instant::now() + pause < give_up => {
                     tracing::warn!(error = %e, "could not store the step result; retrying");
                     tokio::time::sleep(pause).await;
@@ -363,19 +371,10 @@ impl ApprovalWorker {
         }
     }
 
-    async fn store_settlement(
-        &self,
-        task: &ClaimedTask,
-        lease: &Lease,
-        settlement: &Settlement,
-        step: &StepRecord<'_>,
-    ) -> Result<(), StoreError> {
+    /// Metrics and the log line of a stored result.
+    fn report(&self, task: &ClaimedTask, settlement: &Settlement, kept: bool) {
         match settlement {
-            Settlement::Reschedule { at, kind, detail } => {
-                let kept = self
-                    .store
-                    .reschedule(task.id, &lease.token, *at, *kind, detail, step)
-                    .await?;
+            Settlement::Reschedule { at, detail, .. } => {
                 tracing::info!(
                     retry_in_ms = at - self.clock.now_ms(),
                     reason = %detail,
@@ -388,10 +387,6 @@ impl ApprovalWorker {
                 outcome,
                 detail,
             } => {
-                let kept = self
-                    .store
-                    .finish(task.id, &lease.token, *status, *outcome, detail, step)
-                    .await?;
                 let seconds = (self.clock.now_ms() - task.created_at) as f64 / 1000.0;
                 // Only a finish that took effect counts: a lost lease means another process
                 // settles (or settled) this task.
@@ -403,10 +398,29 @@ impl ApprovalWorker {
                 }
                 log_finish(*status, *outcome, detail, seconds, kept);
             }
-            // Resolved into a finish before storing; nothing to write for it.
             Settlement::LastLook { .. } => {}
         }
-        Ok(())
+    }
+}
+
+/// The task's new state as stored; None for a last look (resolved into a finish before).
+fn to_store(settlement: &Settlement) -> Option<Settle> {
+    match settlement {
+        Settlement::Reschedule { at, kind, detail } => Some(Settle::Reschedule {
+            next_attempt_at: *at,
+            kind: *kind,
+            detail: detail.clone(),
+        }),
+        Settlement::Finish {
+            status,
+            outcome,
+            detail,
+        } => Some(Settle::Finish {
+            status: *status,
+            outcome: *outcome,
+            detail: detail.clone(),
+        }),
+        Settlement::LastLook { .. } => None,
     }
 }
 
