@@ -143,6 +143,8 @@ pub struct RecordedCall {
     #[serde(skip)]
     pub at: Option<Instant>,
     pub unix_ms: i64,
+    /// The same moment in microseconds (latency measurements need better than a millisecond).
+    pub unix_us: i64,
 }
 
 #[derive(Default)]

@@ -52,6 +52,7 @@ async fn handle(
         }
         (None, true) => act(&mut shared.lock()),
     };
+    let now = SystemTime::now();
     shared.record(RecordedCall {
         operation,
         method,
@@ -60,7 +61,10 @@ async fn handle(
         token_ok,
         status: response.status().as_u16(),
         at: Some(Instant::now()),
-        unix_ms: crate::clock::to_ms(SystemTime::now()),
+        unix_ms: crate::clock::to_ms(now),
+        unix_us: now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
     });
     // The effect and the record above are done; only the answer is late (a client timeout
     // then leaves the outcome unknown to the caller, as with a real slow API).
