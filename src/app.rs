@@ -179,6 +179,12 @@ impl Application {
                 shutdown.clone(),
             ));
         }
+        if self.store.backend() == Backend::Sqlite {
+            tokio::spawn(checkpoint_periodically(
+                self.store.clone(),
+                shutdown.clone(),
+            ));
+        }
         let (token, client, metrics) = self.token_check.clone();
         tokio::spawn(token.run(client, metrics, shutdown.clone()));
         let worker = self
@@ -232,6 +238,18 @@ async fn sync_clock_periodically(store: Store, shutdown: CancellationToken) {
         }
         if let Err(e) = store.sync_clock().await {
             tracing::warn!(error = %e, "cannot read the database's clock; keeping the last offset");
+        }
+    }
+}
+
+async fn checkpoint_periodically(store: Store, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(crate::store::CHECKPOINT_EVERY) => {}
+        }
+        if let Err(e) = store.checkpoint().await {
+            tracing::debug!(error = %e, "WAL checkpoint failed; will try again");
         }
     }
 }

@@ -83,7 +83,7 @@ impl Store {
         self.bounded(async {
             let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
-            let results = record_all(&mut tx, items).await?;
+            let results = record_all(&mut tx, items, self.backend.param_mark()).await?;
             tx.commit().await?;
             Ok(results)
         })
@@ -147,15 +147,19 @@ const ROWS_PER_STATEMENT: usize = 200;
 /// - a task whose hold job already has a live approval (another event, the reconciler, or an
 ///   earlier delivery of this batch) gets no row, and neither does its delivery: it is counted
 ///   on that approval's delivery.
-async fn record_all(tx: &mut Tx<'_>, items: &[NewDelivery]) -> Result<Vec<Recorded>, StoreError> {
+async fn record_all(
+    tx: &mut Tx<'_>,
+    items: &[NewDelivery],
+    mark: char,
+) -> Result<Vec<Recorded>, StoreError> {
     let delivery_ids: Vec<DeliveryId> = items.iter().map(|_| DeliveryId::new_random()).collect();
-    let stored = insert_deliveries(tx, items, &delivery_ids).await?;
+    let stored = insert_deliveries(tx, items, &delivery_ids, mark).await?;
 
     let with_task: Vec<(usize, TaskId)> = (0..items.len())
         .filter(|&i| stored[i] && items[i].task.is_some())
         .map(|i| (i, TaskId::new_random()))
         .collect();
-    let task_stored = insert_tasks(tx, items, &delivery_ids, &with_task).await?;
+    let task_stored = insert_tasks(tx, items, &delivery_ids, &with_task, mark).await?;
 
     // Deliveries whose task was covered by a live approval keep no row of their own.
     let covered: Vec<usize> = with_task
@@ -171,7 +175,7 @@ async fn record_all(tx: &mut Tx<'_>, items: &[NewDelivery]) -> Result<Vec<Record
             .collect();
         let sql = format!(
             "DELETE FROM deliveries WHERE id IN ({})",
-            placeholders(1, ids.len())
+            placeholders(mark, 1, ids.len())
         );
         let mut delete = sqlx::query(&sql);
         for id in &ids {
@@ -192,7 +196,7 @@ async fn record_all(tx: &mut Tx<'_>, items: &[NewDelivery]) -> Result<Vec<Record
         .map(|i| i.received_at)
         .max()
         .unwrap_or_default();
-    super::gates::release_gates_by_hook(tx, &released, received_at).await?;
+    super::gates::release_gates_by_hook(tx, &released, received_at, mark).await?;
 
     let task_of: std::collections::HashMap<usize, (TaskId, bool)> = with_task
         .iter()
@@ -220,28 +224,28 @@ async fn record_all(tx: &mut Tx<'_>, items: &[NewDelivery]) -> Result<Vec<Record
     Ok(results)
 }
 
-/// `$first, $first+1, …` for `n` values.
-fn placeholders(first: usize, n: usize) -> String {
+/// `$first, $first+1, …` for `n` values (`mark`: see [`super::Backend::param_mark`]).
+pub(super) fn placeholders(mark: char, first: usize, n: usize) -> String {
     let mut out = String::with_capacity(n * 5);
     for k in 0..n {
         if k > 0 {
             out.push_str(", ");
         }
-        out.push('$');
+        out.push(mark);
         out.push_str(&(first + k).to_string());
     }
     out
 }
 
 /// `($1, …, $width), ($width+1, …), …` for `rows` rows.
-fn value_rows(rows: usize, width: usize) -> String {
+fn value_rows(mark: char, rows: usize, width: usize) -> String {
     let mut out = String::with_capacity(rows * width * 5);
     for r in 0..rows {
         if r > 0 {
             out.push_str(", ");
         }
         out.push('(');
-        out.push_str(&placeholders(r * width + 1, width));
+        out.push_str(&placeholders(mark, r * width + 1, width));
         out.push(')');
     }
     out
@@ -258,6 +262,7 @@ async fn insert_deliveries(
     tx: &mut Tx<'_>,
     items: &[NewDelivery],
     ids: &[DeliveryId],
+    mark: char,
 ) -> Result<Vec<bool>, StoreError> {
     let mut stored = vec![false; items.len()];
     let mut index_of = std::collections::HashMap::with_capacity(items.len());
@@ -272,7 +277,7 @@ async fn insert_deliveries(
             "INSERT INTO deliveries (id, webhook_id, sym_event_id, event_type, workflow_id, \
              workflow_url, merging_user, approver_username, approver_name, run_srn, \
              received_at, outcome) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
-            value_rows(items.len(), 12)
+            value_rows(mark, items.len(), 12)
         );
         let mut insert = sqlx::query(&sql).persistent(cache_statement(items.len()));
         for (item, id) in items.iter().zip(ids) {
@@ -313,6 +318,7 @@ async fn insert_tasks(
     items: &[NewDelivery],
     delivery_ids: &[DeliveryId],
     with_task: &[(usize, TaskId)],
+    mark: char,
 ) -> Result<Vec<bool>, StoreError> {
     let mut stored = vec![false; with_task.len()];
     let mut index_of = std::collections::HashMap::with_capacity(with_task.len());
@@ -324,7 +330,7 @@ async fn insert_tasks(
             "INSERT INTO tasks (id, delivery_id, action, workflow_id, status, created_at, \
              deadline_at, next_attempt_at, hold_job_name, origin) \
              VALUES {} ON CONFLICT DO NOTHING RETURNING id",
-            value_rows(chunk.len(), 10)
+            value_rows(mark, chunk.len(), 10)
         );
         let mut insert = sqlx::query(&sql).persistent(cache_statement(chunk.len()));
         for (i, task_id) in chunk {

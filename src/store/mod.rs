@@ -71,6 +71,17 @@ impl Backend {
         }
     }
 
+    /// The mark of numbered parameters in SQL built at run time (multi-row statements):
+    /// PostgreSQL's `$n`; SQLite's own `?n`. SQLite reads `$n` as a *named* parameter and
+    /// looks each name up among the ones before it, which costs quadratic time in a statement
+    /// with thousands of them.
+    pub fn param_mark(self) -> char {
+        match self {
+            Self::Sqlite => '?',
+            Self::Postgres => '$',
+        }
+    }
+
     /// The backend a `DATABASE_URL` names, from its scheme (the one place that is checked).
     pub fn for_url(url: &str) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
@@ -203,6 +214,9 @@ impl Default for StoreOptions {
     }
 }
 
+/// How often the serving process checkpoints a SQLite WAL ([`Store::checkpoint`]).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
 /// How many times `DATABASE_CONNECT_TIMEOUT` a starting process waits for its database.
 pub const STARTUP_PATIENCE_FACTOR: u32 = 12;
 
@@ -318,11 +332,15 @@ impl Store {
                 Box::pin(async move {
                     match backend {
                         // WAL lets readers run beside the writer; FULL makes each commit
-                        // durable before we answer 2xx; busy_timeout queues writers.
+                        // durable before we answer 2xx; busy_timeout queues writers. No
+                        // checkpoint inside a commit (wal_autocheckpoint = 0): the committing
+                        // writer would copy the WAL into the file and sync it while every
+                        // other writer waits; `Store::checkpoint` does it in the background.
                         Backend::Sqlite => {
                             conn.execute(
                                 format!(
                                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                     PRAGMA wal_autocheckpoint = 0; \
                                      PRAGMA busy_timeout = {statement_ms}; PRAGMA foreign_keys = ON;"
                                 )
                                 .as_str(),
@@ -419,6 +437,23 @@ impl Store {
     /// SQLite: the database file.
     pub fn sqlite_file(&self) -> Option<&Path> {
         self.sqlite_file.as_deref()
+    }
+
+    /// SQLite: copies what the WAL holds into the database file (a passive checkpoint: it
+    /// never waits for or blocks a writer), so the WAL can start over. The serving process
+    /// calls this every [`CHECKPOINT_EVERY`] instead of letting a commit do it; PostgreSQL:
+    /// nothing to do.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(());
+        }
+        self.bounded(async {
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Is the database answering?

@@ -160,16 +160,14 @@ impl Store {
             tx.commit().await?;
             return Ok(Vec::new());
         }
+        let m = self.backend.param_mark();
         let sql = format!(
-            "UPDATE tasks SET lease_owner = $1, lease_expires_at = $2 \
-             WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
+            "UPDATE tasks SET lease_owner = {m}1, lease_expires_at = {m}2 \
+             WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < {m}3) \
              AND id IN ({}) \
              RETURNING id, delivery_id, action, workflow_id, hold_job_name, origin, attempts, \
              errors, created_at, deadline_at",
-            (0..picked.len())
-                .map(|k| format!("${}", 4 + k))
-                .collect::<Vec<_>>()
-                .join(", ")
+            super::deliveries::placeholders(m, 4, picked.len())
         );
         let mut claim = sqlx::query(&sql)
             .persistent(picked.len() == 1)
