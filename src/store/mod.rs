@@ -171,6 +171,8 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// SQLite: the connection claims commit through (see [`Self::open`]).
+    lease_pool: Option<AnyPool>,
     backend: Backend,
     /// SQLite: the database file (for the one-serving-process lock).
     sqlite_file: Option<std::path::PathBuf>,
@@ -324,39 +326,17 @@ impl Store {
             migrated?;
         }
 
-        let statement_ms = duration_ms(options.statement_timeout);
-        let pool = AnyPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    match backend {
-                        // WAL lets readers run beside the writer; FULL makes each commit
-                        // durable before we answer 2xx; busy_timeout queues writers. No
-                        // checkpoint inside a commit (wal_autocheckpoint = 0): the committing
-                        // writer would copy the WAL into the file and sync it while every
-                        // other writer waits; `Store::checkpoint` does it in the background.
-                        Backend::Sqlite => {
-                            conn.execute(
-                                format!(
-                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                                     PRAGMA wal_autocheckpoint = 0; \
-                                     PRAGMA busy_timeout = {statement_ms}; PRAGMA foreign_keys = ON;"
-                                )
-                                .as_str(),
-                            )
-                            .await?;
-                        }
-                        Backend::Postgres => {
-                            conn.execute(format!("SET statement_timeout = {statement_ms}").as_str())
-                                .await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await?;
+        let pool = open_pool(backend, url, options, options.max_connections, "FULL").await?;
+        // SQLite: claims commit through a connection of their own that does not sync: a lease
+        // has to be visible at once (it is: the commit is atomic), not durable. One process
+        // serves a SQLite file, and it forgets every lease when it starts
+        // (`release_stale_leases`), so a claim lost with the machine's power costs nothing;
+        // the next synced commit makes it durable anyway (the WAL is synced in order). This
+        // takes a flush off the way from a delivery to its approve call.
+        let lease_pool = match backend {
+            Backend::Sqlite => Some(open_pool(backend, url, options, 1, "NORMAL").await?),
+            Backend::Postgres => None,
+        };
 
         if backend == Backend::Sqlite {
             // One process owns a SQLite file: no lock needed.
@@ -367,6 +347,7 @@ impl Store {
         }
         Ok(Self {
             pool,
+            lease_pool,
             backend,
             sqlite_file,
             write_turn: (backend == Backend::Sqlite).then(Arc::default),
@@ -466,8 +447,59 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(pool) = &self.lease_pool {
+            pool.close().await;
+        }
         self.pool.close().await;
     }
+}
+
+/// A pool whose SQLite connections commit with `synchronous` (`FULL`: each commit synced
+/// before it returns).
+async fn open_pool(
+    backend: Backend,
+    url: &str,
+    options: &StoreOptions,
+    max_connections: u32,
+    synchronous: &'static str,
+) -> Result<AnyPool, StoreError> {
+    let statement_ms = duration_ms(options.statement_timeout);
+    Ok(AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(options.acquire_timeout)
+        // A pooled SQLite connection is a file handle in this process: it cannot go stale
+        // the way a network connection can, so pinging it before every use (a round trip
+        // to its thread) buys nothing. PostgreSQL connections are still checked.
+        .test_before_acquire(backend == Backend::Postgres)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                match backend {
+                    // WAL lets readers run beside the writer; FULL makes each commit
+                    // durable before we answer 2xx; busy_timeout queues writers. No
+                    // checkpoint inside a commit (wal_autocheckpoint = 0): the committing
+                    // writer would copy the WAL into the file and sync it while every
+                    // other writer waits; `Store::checkpoint` does it in the background.
+                    Backend::Sqlite => {
+                        conn.execute(
+                            format!(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
+                                 PRAGMA wal_autocheckpoint = 0; \
+                                 PRAGMA busy_timeout = {statement_ms}; PRAGMA foreign_keys = ON;"
+                            )
+                            .as_str(),
+                        )
+                        .await?;
+                    }
+                    Backend::Postgres => {
+                        conn.execute(format!("SET statement_timeout = {statement_ms}").as_str())
+                            .await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await?)
 }
 
 /// Creates the SQLite file's folder and asks sqlx to create the file (`mode=rwc`).

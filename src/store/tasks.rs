@@ -127,7 +127,12 @@ impl Store {
     ) -> Result<Vec<ClaimedTask>, StoreError> {
         let _turn = self.write_turn().await;
         let now = self.clock.now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self
+            .lease_pool
+            .as_ref()
+            .unwrap_or(&self.pool)
+            .begin()
+            .await?;
         if self.backend == Backend::Postgres {
             // Under READ COMMITTED two replicas could each see "no other task of this
             // workflow is leased" and claim two at once; a transaction-level advisory lock
