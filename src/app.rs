@@ -94,7 +94,7 @@ impl Application {
             crate::store::BatchOptions::default(),
             Arc::new(move |size, waited| observer.intake_batch(size, waited)),
         );
-        let state = AppState {
+        let state = AppState::new(crate::http::Shared {
             intake,
             store: store.clone(),
             verifier: Arc::new(config.verifier.clone()),
@@ -113,7 +113,7 @@ impl Application {
             reconciler_wake: Arc::clone(&reconciler_wake),
             circleci: circleci.clone(),
             token: token.clone(),
-        };
+        });
         let router = http::router(state, &config.http);
         let listener = TcpListener::bind(config.http.listen_addr)
             .await

@@ -27,11 +27,13 @@ const SLOT_WAIT: Duration = Duration::from_millis(250);
 
 pub async fn receive(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let started = Instant::now();
-    let result = handle(&state, &headers, body, started).await;
+    // The request taken apart, not its headers extracted: a `HeaderMap` extractor would copy
+    // every header of every (forged) request.
+    let (parts, body) = request.into_parts();
+    let result = handle(&state, &parts.headers, body, started).await;
     let outcome = match &result {
         Ok((_, outcome)) => *outcome,
         Err(e) => rejection_outcome(e),
