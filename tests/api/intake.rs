@@ -1,5 +1,5 @@
-//! The set-based intake batch on its own: every kind of row a batch can meet, in one
-//! transaction, on the backend under test.
+//! The store's batched writes on their own, on the backend under test: an intake batch with
+//! every kind of row it can meet, and a claim that fills several worker slots at once.
 
 use sym_circleci_approver::domain::ids::WorkflowId;
 use sym_circleci_approver::domain::task::{DeliveryStatus, NewTask, TaskAction};
@@ -108,4 +108,48 @@ async fn one_batch_stores_new_ones_and_counts_repeats_on_their_originals() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn one_claim_fills_the_free_slots_with_at_most_one_task_per_workflow() {
+    use sym_circleci_approver::domain::ids::LeaseToken;
+
+    let db = TestDatabase::new().await;
+    let store = Store::connect(&db.url.clone().into(), &StoreOptions::default())
+        .await
+        .unwrap();
+    let (w1, w2) = (Uuid::new_v4(), Uuid::new_v4());
+    // Two hold jobs of w1 (two tasks of one workflow), one of w2.
+    let mut second_hold = delivery("msg_2", "ev-2", "approve", w1);
+    if let Some(task) = &mut second_hold.task {
+        task.hold_job_name = "second_approval".to_owned();
+    }
+    let stored = store
+        .record_batch(&[
+            delivery("msg_1", "ev-1", "approve", w1),
+            second_hold,
+            delivery("msg_3", "ev-3", "approve", w2),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        stored.iter().all(|r| matches!(r, Recorded::Queued { .. })),
+        "{stored:?}"
+    );
+
+    let lease = LeaseToken::new("test");
+    let lease_for = std::time::Duration::from_secs(60);
+    let claimed = store.claim_due_tasks(&lease, lease_for, 10).await.unwrap();
+    let mut workflows: Vec<_> = claimed.iter().map(|t| t.workflow_id.0).collect();
+    workflows.sort();
+    let mut expected = vec![w1, w2];
+    expected.sort();
+    assert_eq!(workflows, expected, "one task per workflow: {claimed:?}");
+
+    // w1's other task waits while its first is leased.
+    let again = store
+        .claim_due_tasks(&LeaseToken::new("test"), lease_for, 10)
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
 }
