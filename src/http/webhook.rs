@@ -34,11 +34,15 @@ pub async fn receive(
     // every header of every (forged) request.
     let (parts, body) = request.into_parts();
     let result = handle(&state, &parts.headers, body, started).await;
+    // A stored delivery was counted where it was stored (see `handle`); refusals here.
     let outcome = match &result {
         Ok((_, outcome)) => *outcome,
-        Err(e) => rejection_outcome(e),
+        Err(e) => {
+            let outcome = rejection_outcome(e);
+            state.metrics.delivery(outcome);
+            outcome
+        }
     };
-    state.metrics.delivery(outcome);
     if let Err(e) = &result {
         if matches!(e, ApiError::BodyTimeout(_)) {
             state
@@ -127,15 +131,29 @@ async fn handle(
         Ok(Ok(slot)) => slot,
         _ => return Err(ApiError::Overloaded),
     };
-    let recorded = state
-        .intake
-        .record(NewDelivery {
-            webhook_id: verified.webhook_id.clone(),
-            event: event.clone(),
-            received_at,
-            task,
+    // Stored, counted and the worker woken in a task of its own: a sender that hangs up
+    // while its delivery is being committed cancels this handler, and the delivery, stored
+    // all the same, must still be counted and worked on at once.
+    let delivery = NewDelivery {
+        webhook_id: verified.webhook_id.clone(),
+        event: event.clone(),
+        received_at,
+        task,
+    };
+    let storing = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let recorded = state.intake.record(delivery).await?;
+            state.metrics.delivery(recorded.status().as_str());
+            if matches!(recorded, Recorded::Queued { .. }) {
+                state.wake.notify_one();
+            }
+            Ok::<_, crate::store::StoreError>(recorded)
         })
+    };
+    let recorded = storing
         .await
+        .map_err(|_| ApiError::StoreUnavailable)?
         .inspect_err(|_| {
             tracing::warn!(sym_event_id = %event.id, "delivery not stored; the sender should retry");
         })?;
@@ -143,13 +161,10 @@ async fn handle(
     let delivery_id = recorded.delivery_id();
     let outcome = recorded.status().as_str();
     let (status, body) = match &recorded {
-        Recorded::Queued { .. } => {
-            state.wake.notify_one();
-            (
-                StatusCode::ACCEPTED,
-                json!({ "delivery_id": delivery_id, "status": outcome }),
-            )
-        }
+        Recorded::Queued { .. } => (
+            StatusCode::ACCEPTED,
+            json!({ "delivery_id": delivery_id, "status": outcome }),
+        ),
         Recorded::Ignored { .. } => (
             StatusCode::OK,
             json!({ "delivery_id": delivery_id, "status": outcome, "event_type": event.event_type }),

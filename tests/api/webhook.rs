@@ -625,3 +625,39 @@ impl SqliteLock {
         self.0.execute("COMMIT").await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_sender_that_hangs_up_right_after_sending_still_gets_its_delivery_counted_and_approved() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
+    let webhook_id = new_webhook_id();
+    let timestamp = now_secs();
+    let signature = app.secret.sign(&webhook_id, timestamp, &body);
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /webhooks/sym HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nwebhook-id: {webhook_id}\r\nwebhook-timestamp: {timestamp}\r\n\
+         webhook-signature: {signature}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    // Gone before the answer: the handler may be cancelled mid-commit.
+    drop(stream);
+
+    assert!(
+        app.fake
+            .wait_for_calls(WAIT, |calls| calls
+                .iter()
+                .any(|c| c.operation == "approve" && c.status == 202))
+            .await
+    );
+    // Counted before the worker was woken, so already there.
+    let metrics = app.metrics().await;
+    let queued = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sym_approver_deliveries_total{outcome=\"queued\"}"))
+        .map(str::trim);
+    assert_eq!(queued, Some("1"), "{metrics}");
+}
