@@ -1,8 +1,11 @@
 //! The `deliveries` table: every verified webhook delivery, and the task it creates.
 
+use std::collections::HashMap;
+
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{placeholders, value_rows, Store, StoreError};
 use crate::domain::gate::ApprovalPath;
 use crate::domain::ids::{DeliveryId, TaskId};
 use crate::domain::task::{DeliveryStatus, NewTask, TaskAction, TaskStatus};
@@ -155,40 +158,41 @@ async fn record_all(
     let delivery_ids: Vec<DeliveryId> = items.iter().map(|_| DeliveryId::new_random()).collect();
     let stored = insert_deliveries(tx, items, &delivery_ids, mark).await?;
 
-    let with_task: Vec<(usize, TaskId)> = (0..items.len())
-        .filter(|&i| stored[i] && items[i].task.is_some())
-        .map(|i| (i, TaskId::new_random()))
+    // The stored deliveries that ask for work, with their new task ids.
+    let new_tasks: Vec<NewTaskRow<'_>> = items
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| stored[*i])
+        .filter_map(|(i, item)| {
+            Some(NewTaskRow {
+                index: i,
+                id: TaskId::new_random(),
+                task: item.task.as_ref()?,
+            })
+        })
         .collect();
-    let task_stored = insert_tasks(tx, items, &delivery_ids, &with_task, mark).await?;
+    let task_stored = insert_tasks(tx, items, &delivery_ids, &new_tasks, mark).await?;
+    let (queued, covered): (Vec<_>, Vec<_>) = new_tasks
+        .iter()
+        .zip(task_stored)
+        .partition(|(_, stored)| *stored);
 
     // Deliveries whose task was covered by a live approval keep no row of their own.
-    let covered: Vec<usize> = with_task
-        .iter()
-        .zip(&task_stored)
-        .filter(|(_, stored)| !**stored)
-        .map(|((i, _), _)| *i)
-        .collect();
     if !covered.is_empty() {
-        let ids: Vec<String> = covered
-            .iter()
-            .map(|&i| delivery_ids[i].to_string())
-            .collect();
         let sql = format!(
             "DELETE FROM deliveries WHERE id IN ({})",
-            placeholders(mark, 1, ids.len())
+            placeholders(mark, 1, covered.len())
         );
         let mut delete = sqlx::query(&sql);
-        for id in &ids {
-            delete = delete.bind(id);
+        for (row, _) in &covered {
+            delete = delete.bind(delivery_ids[row.index].to_string());
         }
         delete.execute(&mut **tx).await?;
     }
 
-    let released: Vec<&NewTask> = with_task
+    let released: Vec<&NewTask> = queued
         .iter()
-        .zip(&task_stored)
-        .filter(|(_, stored)| **stored)
-        .filter_map(|((i, _), _)| items[*i].task.as_ref())
+        .map(|(row, _)| row.task)
         .filter(|task| task.action == TaskAction::Approve)
         .collect();
     let received_at = items
@@ -198,63 +202,55 @@ async fn record_all(
         .unwrap_or_default();
     super::gates::release_gates_by_hook(tx, &released, received_at, mark).await?;
 
-    let task_of: std::collections::HashMap<usize, (TaskId, bool)> = with_task
+    let task_of: HashMap<usize, (&NewTaskRow<'_>, bool)> = queued
         .iter()
-        .zip(&task_stored)
-        .map(|((i, id), stored)| (*i, (*id, *stored)))
+        .chain(&covered)
+        .map(|(row, stored)| (row.index, (*row, *stored)))
         .collect();
     let mut results = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let result = if !stored[i] {
-            duplicate_in(tx, &item.webhook_id, &item.event).await?
-        } else {
-            match (task_of.get(&i), &item.task) {
-                (Some((task_id, true)), _) => Recorded::Queued {
-                    delivery_id: delivery_ids[i],
-                    task_id: *task_id,
-                },
-                (Some((_, false)), Some(task)) => covered_in(tx, task).await?,
-                _ => Recorded::Ignored {
-                    delivery_id: delivery_ids[i],
-                },
-            }
+        let result = match task_of.get(&i) {
+            _ if !stored[i] => duplicate_in(tx, &item.webhook_id, &item.event).await?,
+            Some((row, true)) => Recorded::Queued {
+                delivery_id: delivery_ids[i],
+                task_id: row.id,
+            },
+            Some((row, false)) => covered_in(tx, row.task).await?,
+            None => Recorded::Ignored {
+                delivery_id: delivery_ids[i],
+            },
         };
         results.push(result);
     }
     Ok(results)
 }
 
-/// `$first, $first+1, …` for `n` values (`mark`: see [`super::Backend::param_mark`]).
-pub(super) fn placeholders(mark: char, first: usize, n: usize) -> String {
-    let mut out = String::with_capacity(n * 5);
-    for k in 0..n {
-        if k > 0 {
-            out.push_str(", ");
-        }
-        out.push(mark);
-        out.push_str(&(first + k).to_string());
-    }
-    out
-}
-
-/// `($1, …, $width), ($width+1, …), …` for `rows` rows.
-fn value_rows(mark: char, rows: usize, width: usize) -> String {
-    let mut out = String::with_capacity(rows * width * 5);
-    for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
-        out.push_str(&placeholders(mark, r * width + 1, width));
-        out.push(')');
-    }
-    out
+/// A task to insert for the delivery at `index` of the batch.
+struct NewTaskRow<'a> {
+    index: usize,
+    id: TaskId,
+    task: &'a NewTask,
 }
 
 /// A statement whose text depends on the batch size is not worth a cached prepared
 /// statement (there would be one per size); a single row's is.
 fn cache_statement(rows: usize) -> bool {
     rows == 1
+}
+
+/// Marks `stored[k]` for each id a `RETURNING id` gave back, `index_of` mapping ids to `k`.
+fn mark_returned(
+    rows: &[AnyRow],
+    index_of: &HashMap<String, usize>,
+    stored: &mut [bool],
+) -> Result<(), StoreError> {
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        if let Some(&k) = index_of.get(&id) {
+            stored[k] = true;
+        }
+    }
+    Ok(())
 }
 
 /// Inserts every delivery; true for each one stored, false for one seen before.
@@ -265,10 +261,11 @@ async fn insert_deliveries(
     mark: char,
 ) -> Result<Vec<bool>, StoreError> {
     let mut stored = vec![false; items.len()];
-    let mut index_of = std::collections::HashMap::with_capacity(items.len());
-    for (i, id) in ids.iter().enumerate() {
-        index_of.insert(id.to_string(), i);
-    }
+    let index_of: HashMap<String, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.to_string(), i))
+        .collect();
     for (items, ids) in items
         .chunks(ROWS_PER_STATEMENT)
         .zip(ids.chunks(ROWS_PER_STATEMENT))
@@ -277,7 +274,7 @@ async fn insert_deliveries(
             "INSERT INTO deliveries (id, webhook_id, sym_event_id, event_type, workflow_id, \
              workflow_url, merging_user, approver_username, approver_name, run_srn, \
              received_at, outcome) VALUES {} ON CONFLICT DO NOTHING RETURNING id",
-            value_rows(mark, items.len(), 12)
+            value_rows(mark, 1, items.len(), 12)
         );
         let mut insert = sqlx::query(&sql).persistent(cache_statement(items.len()));
         for (item, id) in items.iter().zip(ids) {
@@ -301,59 +298,49 @@ async fn insert_deliveries(
                 .bind(item.received_at)
                 .bind(status.as_str());
         }
-        for row in insert.fetch_all(&mut **tx).await? {
-            let id: String = row.try_get("id")?;
-            if let Some(&i) = index_of.get(&id) {
-                stored[i] = true;
-            }
-        }
+        mark_returned(&insert.fetch_all(&mut **tx).await?, &index_of, &mut stored)?;
     }
     Ok(stored)
 }
 
-/// Inserts the tasks of `with_task` (index into `items`, new task id); true for each one
-/// stored, false for one whose hold job already has a live approval.
+/// Inserts `new_tasks`; true for each one stored, false for one whose hold job already has a
+/// live approval.
 async fn insert_tasks(
     tx: &mut Tx<'_>,
     items: &[NewDelivery],
     delivery_ids: &[DeliveryId],
-    with_task: &[(usize, TaskId)],
+    new_tasks: &[NewTaskRow<'_>],
     mark: char,
 ) -> Result<Vec<bool>, StoreError> {
-    let mut stored = vec![false; with_task.len()];
-    let mut index_of = std::collections::HashMap::with_capacity(with_task.len());
-    for (k, (_, id)) in with_task.iter().enumerate() {
-        index_of.insert(id.to_string(), k);
-    }
-    for chunk in with_task.chunks(ROWS_PER_STATEMENT) {
+    let mut stored = vec![false; new_tasks.len()];
+    let index_of: HashMap<String, usize> = new_tasks
+        .iter()
+        .enumerate()
+        .map(|(k, row)| (row.id.to_string(), k))
+        .collect();
+    for chunk in new_tasks.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO tasks (id, delivery_id, action, workflow_id, status, created_at, \
              deadline_at, next_attempt_at, hold_job_name, origin) \
              VALUES {} ON CONFLICT DO NOTHING RETURNING id",
-            value_rows(mark, chunk.len(), 10)
+            value_rows(mark, 1, chunk.len(), 10)
         );
         let mut insert = sqlx::query(&sql).persistent(cache_statement(chunk.len()));
-        for (i, task_id) in chunk {
-            let item = &items[*i];
-            let Some(task) = &item.task else { continue };
+        for row in chunk {
+            let received_at = items[row.index].received_at;
             insert = insert
-                .bind(task_id.to_string())
-                .bind(delivery_ids[*i].to_string())
-                .bind(task.action.as_str())
-                .bind(task.workflow_id.to_string())
+                .bind(row.id.to_string())
+                .bind(delivery_ids[row.index].to_string())
+                .bind(row.task.action.as_str())
+                .bind(row.task.workflow_id.to_string())
                 .bind(TaskStatus::Pending.as_str())
-                .bind(item.received_at)
-                .bind(task.deadline_at)
-                .bind(item.received_at)
-                .bind(task.hold_job_name.as_str())
+                .bind(received_at)
+                .bind(row.task.deadline_at)
+                .bind(received_at)
+                .bind(row.task.hold_job_name.as_str())
                 .bind(ApprovalPath::Hook.as_str());
         }
-        for row in insert.fetch_all(&mut **tx).await? {
-            let id: String = row.try_get("id")?;
-            if let Some(&k) = index_of.get(&id) {
-                stored[k] = true;
-            }
-        }
+        mark_returned(&insert.fetch_all(&mut **tx).await?, &index_of, &mut stored)?;
     }
     Ok(stored)
 }

@@ -341,14 +341,11 @@ pub(super) async fn release_gates_by_hook(
     mark: char,
 ) -> Result<(), sqlx::Error> {
     for chunk in tasks.chunks(200) {
-        let pairs: Vec<String> = (0..chunk.len())
-            .map(|k| format!("({mark}{}, {mark}{})", 4 + 2 * k, 5 + 2 * k))
-            .collect();
         let sql = format!(
             "UPDATE gates SET status = {mark}1, released_by = {mark}2, closed_at = {mark}3, \
              detail = 'released by the Sym hook delivery' \
              WHERE status = 'open' AND (workflow_id, hold_job_name) IN (VALUES {})",
-            pairs.join(", ")
+            super::value_rows(mark, 4, chunk.len(), 2)
         );
         let mut update = sqlx::query(&sql)
             .persistent(chunk.len() == 1)

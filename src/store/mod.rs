@@ -454,6 +454,23 @@ impl Store {
     }
 }
 
+/// `$first, $first+1, …` for `n` values, in SQL built at run time (`mark`:
+/// [`Backend::param_mark`]).
+fn placeholders(mark: char, first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|k| format!("{mark}{k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($first, …), (…), …`: `rows` rows of `width` values, numbered from `first`.
+fn value_rows(mark: char, first: usize, rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(mark, first + r * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A pool whose SQLite connections commit with `synchronous` (`FULL`: each commit synced
 /// before it returns).
 async fn open_pool(
@@ -571,6 +588,14 @@ pub fn redact_url(url: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn run_time_sql_numbers_its_parameters_in_order() {
+        assert_eq!(placeholders('$', 4, 3), "$4, $5, $6");
+        assert_eq!(placeholders('?', 1, 1), "?1");
+        assert_eq!(value_rows('?', 4, 2, 2), "(?4, ?5), (?6, ?7)");
+        assert_eq!(value_rows('$', 1, 1, 3), "($1, $2, $3)");
+    }
 
     #[test]
     fn redacted_urls_never_show_a_password() {

@@ -172,7 +172,7 @@ impl Store {
              AND id IN ({}) \
              RETURNING id, delivery_id, action, workflow_id, hold_job_name, origin, attempts, \
              errors, created_at, deadline_at",
-            super::deliveries::placeholders(m, 4, picked.len())
+            super::placeholders(m, 4, picked.len())
         );
         let mut claim = sqlx::query(&sql)
             .persistent(picked.len() == 1)
@@ -365,62 +365,54 @@ async fn settle_one(
         complete_call(tx, *attempt, call).await?;
     }
     insert_calls(tx, result.task, &result.calls).await?;
-    let job = &result.job;
-    let done = match &result.settle {
+    // One statement for both kinds of result: what a kind leaves alone is bound as NULL and
+    // kept by COALESCE.
+    let (status, outcome, detail, next_attempt_at, finished_at, error_step) = match &result.settle {
         Settle::Reschedule {
             next_attempt_at,
             kind,
             detail,
-        } => {
-            sqlx::query(
-                "UPDATE tasks SET attempts = attempts + 1, errors = errors + $8, \
-                 next_attempt_at = $3, detail = $4, \
-                 job_id = COALESCE($5, job_id), job_number = COALESCE($6, job_number), \
-                 project_slug = COALESCE($7, project_slug), \
-                 pipeline_id = COALESCE($9, pipeline_id), \
-                 workflow_name = COALESCE($10, workflow_name), \
-                 lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
-            )
-            .bind(result.task.to_string())
-            .bind(result.lease.as_str())
-            .bind(*next_attempt_at)
-            .bind(detail.as_str())
-            .bind(job.job_id.as_deref())
-            .bind(job.job_number)
-            .bind(job.project_slug.as_deref())
-            .bind(i64::from(*kind == RetryKind::Error))
-            .bind(job.pipeline_id.as_deref())
-            .bind(job.workflow_name.as_deref())
-            .execute(&mut **tx)
-            .await?
-        }
+        } => (
+            TaskStatus::Pending,
+            None,
+            detail,
+            Some(*next_attempt_at),
+            None,
+            *kind == RetryKind::Error,
+        ),
         Settle::Finish {
             status,
             outcome,
             detail,
-        } => sqlx::query(
-            "UPDATE tasks SET status = $3, outcome = $4, detail = $5, attempts = attempts + 1, \
-                 job_id = COALESCE($6, job_id), job_number = COALESCE($7, job_number), \
-                 project_slug = COALESCE($8, project_slug), finished_at = $9, \
-                 pipeline_id = COALESCE($10, pipeline_id), \
-                 workflow_name = COALESCE($11, workflow_name), \
-                 lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
-        )
-        .bind(result.task.to_string())
-        .bind(result.lease.as_str())
-        .bind(status.as_str())
-        .bind(outcome.as_str())
-        .bind(detail.as_str())
-        .bind(job.job_id.as_deref())
-        .bind(job.job_number)
-        .bind(job.project_slug.as_deref())
-        .bind(now)
-        .bind(job.pipeline_id.as_deref())
-        .bind(job.workflow_name.as_deref())
-        .execute(&mut **tx)
-        .await?,
+        } => (*status, Some(*outcome), detail, None, Some(now), false),
     };
+    let job = &result.job;
+    let done = sqlx::query(
+        "UPDATE tasks SET status = $3, outcome = COALESCE($4, outcome), detail = $5, \
+         attempts = attempts + 1, errors = errors + $6, \
+         next_attempt_at = COALESCE($7, next_attempt_at), \
+         finished_at = COALESCE($8, finished_at), \
+         job_id = COALESCE($9, job_id), job_number = COALESCE($10, job_number), \
+         project_slug = COALESCE($11, project_slug), \
+         pipeline_id = COALESCE($12, pipeline_id), \
+         workflow_name = COALESCE($13, workflow_name), \
+         lease_owner = NULL, lease_expires_at = NULL \
+         WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+    )
+    .bind(result.task.to_string())
+    .bind(result.lease.as_str())
+    .bind(status.as_str())
+    .bind(outcome.map(Outcome::as_str))
+    .bind(detail.as_str())
+    .bind(i64::from(error_step))
+    .bind(next_attempt_at)
+    .bind(finished_at)
+    .bind(job.job_id.as_deref())
+    .bind(job.job_number)
+    .bind(job.project_slug.as_deref())
+    .bind(job.pipeline_id.as_deref())
+    .bind(job.workflow_name.as_deref())
+    .execute(&mut **tx)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
