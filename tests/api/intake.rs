@@ -26,12 +26,18 @@ fn delivery(webhook_id: &str, event_id: &str, event_type: &str, workflow: Uuid) 
     }
 }
 
-#[tokio::test]
-async fn one_batch_stores_new_ones_and_counts_repeats_on_their_originals() {
+/// A store of its own on the backend under test (the database lives as long as the first).
+async fn store() -> (TestDatabase, Store) {
     let db = TestDatabase::new().await;
     let store = Store::connect(&db.url.clone().into(), &StoreOptions::default())
         .await
         .unwrap();
+    (db, store)
+}
+
+#[tokio::test]
+async fn one_batch_stores_new_ones_and_counts_repeats_on_their_originals() {
+    let (_db, store) = store().await;
     let (w1, w2, w3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     // Stored before the batch: an approval of w3's hold job.
     let earlier = store
@@ -114,10 +120,7 @@ async fn one_batch_stores_new_ones_and_counts_repeats_on_their_originals() {
 async fn one_claim_fills_the_free_slots_with_at_most_one_task_per_workflow() {
     use sym_circleci_approver::domain::ids::LeaseToken;
 
-    let db = TestDatabase::new().await;
-    let store = Store::connect(&db.url.clone().into(), &StoreOptions::default())
-        .await
-        .unwrap();
+    let (_db, store) = store().await;
     let (w1, w2) = (Uuid::new_v4(), Uuid::new_v4());
     // Two hold jobs of w1 (two tasks of one workflow), one of w2.
     let mut second_hold = delivery("msg_2", "ev-2", "approve", w1);
