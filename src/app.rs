@@ -127,6 +127,7 @@ impl Application {
             config.rules.default_hold_job().to_owned(),
             metrics.clone(),
             wake,
+            token.clone(),
         ));
         Ok(Self {
             http: config.http.clone(),

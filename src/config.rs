@@ -73,6 +73,9 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     pub task_lease: Duration,
     pub retry: RetryPolicy,
+    /// APPROVAL_TIMEOUT: the window a task gets (also the one an attached approval gets when
+    /// the task it was attached to fails).
+    pub approval_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -268,6 +268,7 @@ impl ServeArgs {
         positive("MAX_CONNECTIONS", args.max_connections)?;
         positive("WORKER_CONCURRENCY", args.worker_concurrency)?;
 
+        let approval_timeout = parse_duration("APPROVAL_TIMEOUT", &args.approval_timeout)?;
         Ok(Config {
             http: HttpConfig {
                 listen_addr,
@@ -291,13 +292,14 @@ impl ServeArgs {
             },
             rules: TaskRules {
                 on_deny: args.on_deny,
-                approval_timeout: parse_duration("APPROVAL_TIMEOUT", &args.approval_timeout)?,
+                approval_timeout,
                 hold_job_names,
             },
             worker: WorkerConfig {
                 allowed_projects,
                 concurrency: args.worker_concurrency,
                 task_lease: parse_duration("TASK_LEASE", &args.task_lease)?,
+                approval_timeout,
                 retry: RetryPolicy {
                     initial: parse_duration("RETRY_INITIAL", &args.retry_initial)?,
                     max: parse_duration("RETRY_MAX", &args.retry_max)?,

@@ -20,9 +20,13 @@ pub struct Facts<'a> {
     pub view: &'a WorkflowView,
     /// None: every project is allowed.
     pub allowed_projects: Option<&'a [String]>,
-    /// An earlier approve call of this task may have taken effect (it got a 2xx that was not
-    /// stored, no answer, or a 5xx). Only looked up when the hold job shows approved.
-    pub our_approve_may_have_landed: bool,
+    /// An earlier approve (or cancel) call of this task may have taken effect: it got a 2xx
+    /// that was not stored, no answer, or a 5xx. Only looked up when the hold job shows the
+    /// state that call would have left.
+    pub our_call_may_have_landed: bool,
+    /// The id of the user `CIRCLECI_TOKEN` belongs to (`GET /me`): an approve of ours shows
+    /// it as the hold job's `approved_by`. Only looked up with `our_call_may_have_landed`.
+    pub token_user: Option<&'a str>,
 }
 
 /// The next thing a step does.
@@ -50,8 +54,9 @@ pub enum StepEnd {
         kind: RetryKind,
         retry_after: Option<Duration>,
         detail: String,
-        /// An approve was sent and its outcome is unknown (no answer, a 5xx).
-        approve_unknown: bool,
+        /// An approve or cancel was sent (or noted as about to be) and its outcome is unknown:
+        /// no answer, a 5xx, the step's time ran out, the process stopped.
+        call_unknown: bool,
     },
 }
 
@@ -77,7 +82,7 @@ impl StepEnd {
             kind: RetryKind::Poll,
             retry_after: None,
             detail: detail.into(),
-            approve_unknown: false,
+            call_unknown: false,
         }
     }
 
@@ -93,8 +98,19 @@ impl StepEnd {
                 kind: RetryKind::Error,
                 retry_after: other.retry_after(),
                 detail: format!("{other} while {doing}"),
-                approve_unknown: false,
+                call_unknown: false,
             },
+        }
+    }
+
+    /// A call whose answer never came back in this step (its time ran out): it may have
+    /// taken effect, so the job is re-read before anything else.
+    pub fn call_unanswered(detail: impl Into<String>) -> Self {
+        Self::Retry {
+            kind: RetryKind::Error,
+            retry_after: None,
+            detail: detail.into(),
+            call_unknown: true,
         }
     }
 
@@ -104,7 +120,7 @@ impl StepEnd {
             kind: RetryKind::Error,
             retry_after: None,
             detail: detail.into(),
-            approve_unknown: false,
+            call_unknown: false,
         }
     }
 }
@@ -149,16 +165,11 @@ pub fn next_step(f: &Facts<'_>) -> Next {
                         "the hold job has no usable approval_request_id or id",
                     )),
                 },
-                // Ours if an earlier approve of this task may have landed (its answer was
-                // lost); otherwise someone approved it by other means (e.g. the CircleCI UI).
-                HoldJobState::Approved if f.our_approve_may_have_landed => {
-                    Next::End(StepEnd::succeeded(
-                        Outcome::Approved,
-                        format!(
-                            "approved hold job {name:?}; confirmed by re-reading the job after \
-                             the approve call's answer was lost"
-                        ),
-                    ))
+                // Ours only if an earlier approve of this task may have landed (its answer was
+                // lost) AND CircleCI says our token's user approved it: a click in the UI while
+                // our call was unanswered is someone else's approval.
+                HoldJobState::Approved if f.our_call_may_have_landed => {
+                    approved_after_lost_answer(name, hold.approved_by.as_deref(), f.token_user)
                 }
                 HoldJobState::Approved => Next::End(StepEnd::succeeded(
                     Outcome::AlreadyApproved,
@@ -182,6 +193,13 @@ pub fn next_step(f: &Facts<'_>) -> Next {
                 Outcome::AlreadyApproved,
                 "the hold job was already approved; the workflow is not canceled",
             )),
+            Some(HoldJobState::Canceled) if f.our_call_may_have_landed => {
+                Next::End(StepEnd::succeeded(
+                    Outcome::Canceled,
+                    "workflow canceled; confirmed by re-reading the job after the cancel call's \
+                     answer was lost",
+                ))
+            }
             Some(s @ (HoldJobState::Canceled | HoldJobState::Stopped(_))) => {
                 Next::End(StepEnd::succeeded(
                     Outcome::AlreadyStopped,
@@ -190,6 +208,46 @@ pub fn next_step(f: &Facts<'_>) -> Next {
             }
             _ => Next::Cancel,
         },
+    }
+}
+
+/// The hold job shows approved after an approve of ours went unanswered: ours if CircleCI
+/// names our token's user as the approver, someone else's if it names another user.
+fn approved_after_lost_answer(
+    name: &str,
+    approved_by: Option<&str>,
+    token_user: Option<&str>,
+) -> Next {
+    match (approved_by, token_user) {
+        (Some(by), Some(us)) if by == us => Next::End(StepEnd::succeeded(
+            Outcome::Approved,
+            format!(
+                "approved hold job {name:?}; confirmed by re-reading the job after the approve \
+                 call's answer was lost (approved by this service's CircleCI user)"
+            ),
+        )),
+        (Some(by), Some(_)) => Next::End(StepEnd::succeeded(
+            Outcome::AlreadyApproved,
+            format!(
+                "hold job {name:?} was approved by another user ({by}), not by this service, \
+                 while its own approve call went unanswered"
+            ),
+        )),
+        // CircleCI names an approver but whose token this is is not known yet (GET /me has
+        // not answered): ask again rather than guess.
+        (Some(_), None) => Next::End(StepEnd::retry_error(
+            "the hold job is approved, but whether by this service cannot be told yet: the \
+             user of CIRCLECI_TOKEN is not known (GET /me)",
+        )),
+        // CircleCI does not say who approved it: the lost approve is the only explanation
+        // this service can give.
+        (None, _) => Next::End(StepEnd::succeeded(
+            Outcome::Approved,
+            format!(
+                "approved hold job {name:?}; confirmed by re-reading the job after the approve \
+                 call's answer was lost (CircleCI does not say who approved it)"
+            ),
+        )),
     }
 }
 
@@ -202,12 +260,9 @@ pub fn after_call(next: &Next, hold_job_name: &str, result: &Result<(), CircleEr
         ),
         (Next::Approve(_), Err(e)) => {
             let mut end = StepEnd::from_error(e, "approving the hold job");
-            if let StepEnd::Retry {
-                approve_unknown, ..
-            } = &mut end
-            {
+            if let StepEnd::Retry { call_unknown, .. } = &mut end {
                 // A definite 4xx means it did not land; anything else may have.
-                *approve_unknown = !matches!(
+                *call_unknown = !matches!(
                     e,
                     CircleError::Client { .. }
                         | CircleError::NotFound
@@ -221,7 +276,14 @@ pub fn after_call(next: &Next, hold_job_name: &str, result: &Result<(), CircleEr
             Outcome::CancelRefused,
             format!("CircleCI refused to cancel (HTTP {status}): {message}"),
         ),
-        (Next::Cancel, Err(e)) => StepEnd::from_error(e, "canceling the workflow"),
+        (Next::Cancel, Err(e)) => {
+            let mut end = StepEnd::from_error(e, "canceling the workflow");
+            if let StepEnd::Retry { call_unknown, .. } = &mut end {
+                *call_unknown =
+                    !matches!(e, CircleError::NotFound | CircleError::RateLimited { .. });
+            }
+            end
+        }
         (Next::End(end), _) => end.clone(),
     }
 }
@@ -271,7 +333,8 @@ mod tests {
             hold_job_name: NAME,
             view,
             allowed_projects: None,
-            our_approve_may_have_landed: false,
+            our_call_may_have_landed: false,
+            token_user: None,
         }
     }
 
@@ -312,12 +375,50 @@ mod tests {
     }
 
     #[test]
-    fn an_approved_hold_job_is_ours_only_if_our_approve_may_have_landed() {
-        let v = view(Some(HoldJobState::Approved));
+    fn an_approved_hold_job_is_ours_only_if_our_approve_may_have_landed_and_we_approved_it() {
+        let mut v = view(Some(HoldJobState::Approved));
+        v.hold.as_mut().unwrap().approved_by = Some("bot".into());
         let mut f = facts(TaskAction::Approve, &v);
+        f.token_user = Some("bot");
         assert_eq!(outcome(next_step(&f)), Outcome::AlreadyApproved);
-        f.our_approve_may_have_landed = true;
+        f.our_call_may_have_landed = true;
         assert_eq!(outcome(next_step(&f)), Outcome::Approved);
+    }
+
+    #[test]
+    fn a_ui_click_while_our_approve_was_unanswered_is_someone_elses_approval() {
+        let mut v = view(Some(HoldJobState::Approved));
+        v.hold.as_mut().unwrap().approved_by = Some("mallory".into());
+        let mut f = facts(TaskAction::Approve, &v);
+        f.our_call_may_have_landed = true;
+        f.token_user = Some("bot");
+        assert_eq!(outcome(next_step(&f)), Outcome::AlreadyApproved);
+        // Whose token this is not known yet: ask again, do not guess.
+        f.token_user = None;
+        assert!(matches!(
+            next_step(&f),
+            Next::End(StepEnd::Retry {
+                kind: RetryKind::Error,
+                ..
+            })
+        ));
+        // CircleCI names no approver: the lost approve is the only explanation.
+        let mut anonymous = v.clone();
+        anonymous.hold.as_mut().unwrap().approved_by = None;
+        let f = Facts {
+            view: &anonymous,
+            ..f
+        };
+        assert_eq!(outcome(next_step(&f)), Outcome::Approved);
+    }
+
+    #[test]
+    fn a_canceled_hold_job_is_our_cancel_only_if_it_may_have_landed() {
+        let v = view(Some(HoldJobState::Canceled));
+        let mut f = facts(TaskAction::Cancel, &v);
+        assert_eq!(outcome(next_step(&f)), Outcome::AlreadyStopped);
+        f.our_call_may_have_landed = true;
+        assert_eq!(outcome(next_step(&f)), Outcome::Canceled);
     }
 
     #[test]
@@ -411,7 +512,7 @@ mod tests {
             after_call(&approve, NAME, &Err(CircleError::Timeout)),
             StepEnd::Retry {
                 kind: RetryKind::Error,
-                approve_unknown: true,
+                call_unknown: true,
                 ..
             }
         ));
@@ -422,7 +523,7 @@ mod tests {
         assert!(matches!(
             after_call(&approve, NAME, &Err(refused.clone())),
             StepEnd::Retry {
-                approve_unknown: false,
+                call_unknown: false,
                 ..
             }
         ));

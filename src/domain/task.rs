@@ -130,8 +130,16 @@ pub enum DeliveryStatus {
     Ignored,
     /// Seen before (same Sym id or webhook-id).
     Duplicate,
+    /// Another approval of a hold job whose approve task is live: kept, attached to that
+    /// task (it extends the task's deadline, and gets a task of its own if that one fails).
+    Attached,
 }
-text_enum!(DeliveryStatus { Queued => "queued", Ignored => "ignored", Duplicate => "duplicate" });
+text_enum!(DeliveryStatus {
+    Queued => "queued",
+    Ignored => "ignored",
+    Duplicate => "duplicate",
+    Attached => "attached",
+});
 
 /// What a denied or expired Sym request does to its workflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -76,7 +76,7 @@ impl Store {
             let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
             let renewed = sqlx::query(
-                "UPDATE tasks SET lease_expires_at = $3 \
+                "UPDATE tasks SET lease_expires_at = $3, call_in_flight = 1 \
                  WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
                  AND lease_expires_at > $4",
             )
@@ -141,18 +141,22 @@ impl Store {
         .await
     }
 
-    /// Did an earlier approve call for this task possibly take effect? Yes for a 2xx whose
-    /// result was not stored in time, for no answer (in flight when the process died, timed
-    /// out, connection dropped) and for a 5xx (CircleCI may have approved before failing to
-    /// answer). A definite 4xx means it did not.
-    pub async fn approve_may_have_landed(&self, task: TaskId) -> Result<bool, StoreError> {
+    /// Did an earlier `operation` call (approve or cancel) for this task possibly take
+    /// effect? Yes for a 2xx whose result was not stored in time, for no answer (in flight when
+    /// the process died, timed out, connection dropped) and for a 5xx (CircleCI may have acted
+    /// before failing to answer). A definite 4xx means it did not.
+    pub async fn call_may_have_landed(
+        &self,
+        task: TaskId,
+        operation: Operation,
+    ) -> Result<bool, StoreError> {
         self.bounded(async {
             let n: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM attempts WHERE task_id = $1 AND operation = $2 \
                  AND (status_code IS NULL OR status_code < 400 OR status_code >= 500)",
             )
             .bind(task.to_string())
-            .bind(Operation::Approve.as_str())
+            .bind(operation.as_str())
             .fetch_one(&self.pool)
             .await?;
             Ok(n > 0)

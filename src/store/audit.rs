@@ -11,6 +11,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
+use crate::domain::task::DeliveryStatus;
 
 /// Event types that appear in the audit trail.
 const AUDITED_EVENTS: &str = "('approve', 'deny', 'expire')";
@@ -40,8 +41,12 @@ pub struct ApprovalSummary {
     pub received_at: String,
     /// `approve`, `cancel`, or null when the event asked nothing of CircleCI.
     pub action: Option<String>,
-    /// `pending`, `succeeded`, `failed`, or `ignored` (no task).
+    /// `pending`, `succeeded`, `failed`; `attached` (another approval of a hold job whose
+    /// approve task was live: see `attached_to`), or `ignored` (no task).
     pub status: String,
+    /// For an `attached` approval: the delivery whose task it was attached to (the one that
+    /// released the hold job, or is trying to).
+    pub attached_to: Option<String>,
     pub outcome: Option<String>,
     pub detail: Option<String>,
     pub finished_at: Option<String>,
@@ -83,6 +88,8 @@ pub struct ApprovalDetail {
     pub task_id: Option<String>,
     pub action: Option<String>,
     pub status: String,
+    /// For an `attached` approval: the delivery whose task it was attached to.
+    pub attached_to: Option<String>,
     pub outcome: Option<String>,
     pub detail: Option<String>,
     pub created_at: Option<String>,
@@ -144,13 +151,32 @@ pub fn rfc3339(ms: i64) -> String {
 }
 
 const SUMMARY_COLUMNS: &str = "d.id, d.event_type, d.sym_event_id, d.workflow_id, \
-    d.approver_username, d.approver_name, d.received_at, t.action, t.status, t.outcome, \
-    t.detail, t.finished_at";
+    d.approver_username, d.approver_name, d.received_at, d.outcome AS delivery_outcome, \
+    d.duplicate_of, t.action, t.status, t.outcome, t.detail, t.finished_at";
+
+/// A delivery's status in the audit trail: its task's, else `attached` or `ignored`; and the
+/// delivery an attached one is attached to.
+fn status_of(row: &AnyRow) -> Result<(String, Option<String>), sqlx::Error> {
+    let task_status: Option<String> = row.try_get("status")?;
+    let delivery_outcome: String = row.try_get("delivery_outcome")?;
+    let attached = delivery_outcome == DeliveryStatus::Attached.as_str();
+    let status = match task_status {
+        Some(status) => status,
+        None if attached => DeliveryStatus::Attached.as_str().to_owned(),
+        None => DeliveryStatus::Ignored.as_str().to_owned(),
+    };
+    let attached_to = if attached {
+        row.try_get("duplicate_of")?
+    } else {
+        None
+    };
+    Ok((status, attached_to))
+}
 
 fn summary_from_row(row: &AnyRow) -> Result<ApprovalSummary, sqlx::Error> {
     let received_ms: i64 = row.try_get("received_at")?;
     let finished: Option<i64> = row.try_get("finished_at")?;
-    let status: Option<String> = row.try_get("status")?;
+    let (status, attached_to) = status_of(row)?;
     Ok(ApprovalSummary {
         id: row.try_get("id")?,
         event_type: row.try_get("event_type")?,
@@ -162,7 +188,8 @@ fn summary_from_row(row: &AnyRow) -> Result<ApprovalSummary, sqlx::Error> {
         },
         received_at: rfc3339(received_ms),
         action: row.try_get("action")?,
-        status: status.unwrap_or_else(|| "ignored".to_owned()),
+        status,
+        attached_to,
         outcome: row.try_get("outcome")?,
         detail: row.try_get("detail")?,
         finished_at: finished.map(rfc3339),
@@ -221,7 +248,7 @@ impl Store {
         let row = sqlx::query(&format!(
             "SELECT d.id, d.webhook_id, d.sym_event_id, d.event_type, d.workflow_id, d.workflow_url, \
              d.merging_user, d.approver_username, d.approver_name, d.run_srn, d.received_at, \
-             t.id AS task_id, t.action, t.status, t.outcome, t.detail, t.created_at, t.deadline_at, \
+             d.outcome AS delivery_outcome, d.duplicate_of, t.id AS task_id, t.action, t.status, t.outcome, t.detail, t.created_at, t.deadline_at, \
              t.finished_at, t.job_id, t.job_number, t.project_slug, t.origin \
              FROM deliveries d LEFT JOIN tasks t ON t.delivery_id = d.id \
              WHERE d.outcome <> 'duplicate' AND d.event_type IN {AUDITED_EVENTS} \
@@ -237,7 +264,7 @@ impl Store {
         let sym_event_id: String = row.try_get("sym_event_id")?;
         let webhook_id: String = row.try_get("webhook_id")?;
         let task_id: Option<String> = row.try_get("task_id")?;
-        let status: Option<String> = row.try_get("status")?;
+        let (status, attached_to) = status_of(&row)?;
         let created: Option<i64> = row.try_get("created_at")?;
         let deadline: Option<i64> = row.try_get("deadline_at")?;
         let finished: Option<i64> = row.try_get("finished_at")?;
@@ -309,7 +336,8 @@ impl Store {
             },
             task_id,
             action: row.try_get("action")?,
-            status: status.unwrap_or_else(|| "ignored".to_owned()),
+            status,
+            attached_to,
             outcome: row.try_get("outcome")?,
             detail: row.try_get("detail")?,
             created_at: created.map(rfc3339),

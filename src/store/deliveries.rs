@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{placeholders, value_rows, Store, StoreError};
+use super::{value_rows, Store, StoreError};
 use crate::domain::gate::ApprovalPath;
 use crate::domain::ids::{DeliveryId, TaskId};
 use crate::domain::task::{DeliveryStatus, NewTask, TaskAction, TaskStatus};
@@ -148,8 +148,8 @@ const ROWS_PER_STATEMENT: usize = 200;
 /// the statement (`ON CONFLICT DO NOTHING`); the rows it skipped are looked at one by one:
 /// - a delivery seen before (same Sym id or webhook-id) gets no row, a count on the original;
 /// - a task whose hold job already has a live approval (another event, the reconciler, or an
-///   earlier delivery of this batch) gets no row, and neither does its delivery: it is counted
-///   on that approval's delivery.
+///   earlier delivery of this batch) gets no row; its delivery is kept, attached to that
+///   approval's task (see [`attach_in`]).
 async fn record_all(
     tx: &mut Tx<'_>,
     items: &[NewDelivery],
@@ -177,19 +177,6 @@ async fn record_all(
         .zip(task_stored)
         .partition(|(_, stored)| *stored);
 
-    // Deliveries whose task was covered by a live approval keep no row of their own.
-    if !covered.is_empty() {
-        let sql = format!(
-            "DELETE FROM deliveries WHERE id IN ({})",
-            placeholders(mark, 1, covered.len())
-        );
-        let mut delete = sqlx::query(&sql);
-        for (row, _) in &covered {
-            delete = delete.bind(delivery_ids[row.index].to_string());
-        }
-        delete.execute(&mut **tx).await?;
-    }
-
     let released: Vec<&NewTask> = queued
         .iter()
         .map(|(row, _)| row.task)
@@ -215,7 +202,9 @@ async fn record_all(
                 delivery_id: delivery_ids[i],
                 task_id: row.id,
             },
-            Some((row, false)) => covered_in(tx, row.task).await?,
+            Some((row, false)) => {
+                attach_in(tx, delivery_ids[i], row.task, item.received_at).await?
+            }
             None => Recorded::Ignored {
                 delivery_id: delivery_ids[i],
             },
@@ -351,8 +340,8 @@ async fn duplicate_in(
     webhook_id: &str,
     event: &SymEvent,
 ) -> Result<Recorded, StoreError> {
-    let original: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM deliveries WHERE outcome <> $3 \
+    let original = sqlx::query(
+        "SELECT id, outcome, duplicate_of FROM deliveries WHERE outcome <> $3 \
          AND (sym_event_id = $1 OR webhook_id = $2) ORDER BY received_at LIMIT 1",
     )
     .bind(&event.id)
@@ -360,21 +349,39 @@ async fn duplicate_in(
     .bind(DeliveryStatus::Duplicate.as_str())
     .fetch_optional(&mut **tx)
     .await?;
-    let Some(original_id) = original else {
+    let Some(original) = original else {
         return Err(StoreError::Invalid(
             "unique conflict without an original delivery".into(),
         ));
     };
-    let original_id: DeliveryId = parse_id(&original_id)?;
-    count_redelivery(tx, original_id).await?;
-    Ok(Recorded::Duplicate { original_id })
+    let id: String = original.try_get("id")?;
+    let outcome: String = original.try_get("outcome")?;
+    let attached_to: Option<String> = original.try_get("duplicate_of")?;
+    count_redelivery(tx, parse_id(&id)?).await?;
+    // A repeat of an attached approval is answered like the approval was: with the live
+    // task's delivery.
+    let told = match attached_to {
+        Some(live) if outcome == DeliveryStatus::Attached.as_str() => live,
+        _ => id,
+    };
+    Ok(Recorded::Duplicate {
+        original_id: parse_id(&told)?,
+    })
 }
 
-/// A delivery whose hold job already has a live approval: counted on that approval's
-/// delivery.
-async fn covered_in(tx: &mut Tx<'_>, task: &NewTask) -> Result<Recorded, StoreError> {
-    let original: Option<String> = sqlx::query_scalar(
-        "SELECT delivery_id FROM tasks WHERE workflow_id = $1 AND hold_job_name = $2 \
+/// A delivery whose hold job already has a live approval (another Sym event, the reconciler):
+/// kept, attached to that approval's task. A pending task's deadline is extended to this
+/// approval's (a later approval buys the release more time); if that task then fails, the
+/// newest attached approval gets a task of its own (`tasks::promote_attached`). The sender is
+/// told about the live task's delivery, as for a duplicate.
+async fn attach_in(
+    tx: &mut Tx<'_>,
+    delivery: DeliveryId,
+    task: &NewTask,
+    received_at: i64,
+) -> Result<Recorded, StoreError> {
+    let live = sqlx::query(
+        "SELECT id, delivery_id, status FROM tasks WHERE workflow_id = $1 AND hold_job_name = $2 \
          AND action = $3 AND (status = $4 OR outcome = 'approved') LIMIT 1",
     )
     .bind(task.workflow_id.to_string())
@@ -383,13 +390,29 @@ async fn covered_in(tx: &mut Tx<'_>, task: &NewTask) -> Result<Recorded, StoreEr
     .bind(TaskStatus::Pending.as_str())
     .fetch_optional(&mut **tx)
     .await?;
-    let Some(original) = original else {
+    let Some(live) = live else {
         return Err(StoreError::Invalid(
             "live-approval conflict without a live approval".into(),
         ));
     };
-    let original_id: DeliveryId = parse_id(&original)?;
-    count_redelivery(tx, original_id).await?;
+    let live_task: String = live.try_get("id")?;
+    let live_delivery: String = live.try_get("delivery_id")?;
+    let original_id: DeliveryId = parse_id(&live_delivery)?;
+    sqlx::query("UPDATE deliveries SET outcome = $2, duplicate_of = $3 WHERE id = $1")
+        .bind(delivery.to_string())
+        .bind(DeliveryStatus::Attached.as_str())
+        .bind(&live_delivery)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE tasks SET deadline_at = CASE WHEN deadline_at < $2 THEN $2 ELSE deadline_at END \
+         WHERE id = $1 AND status = $3",
+    )
+    .bind(&live_task)
+    .bind(task.deadline_at.max(received_at))
+    .bind(TaskStatus::Pending.as_str())
+    .execute(&mut **tx)
+    .await?;
     Ok(Recorded::Duplicate { original_id })
 }
 

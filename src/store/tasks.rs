@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{Acquire as _, Row};
 
 use super::deliveries::parse_id;
 use super::{Backend, Store, StoreError};
@@ -17,7 +17,7 @@ use crate::clock::duration_ms;
 use crate::domain::gate::ApprovalPath;
 use crate::domain::ids::{DeliveryId, LeaseToken, TaskId, WorkflowId};
 use crate::domain::retry::RetryKind;
-use crate::domain::task::{Outcome, TaskAction, TaskState, TaskStatus};
+use crate::domain::task::{DeliveryStatus, NewTask, Outcome, TaskAction, TaskState, TaskStatus};
 use crate::outbound::circleci::CallRecord;
 
 use super::attempts::{complete_call, insert_calls, AttemptId};
@@ -43,6 +43,9 @@ pub struct ClaimedTask {
     pub errors: i64,
     pub created_at: i64,
     pub deadline_at: i64,
+    /// When this step was due; past `deadline_at` it only confirms an unknown call
+    /// (`domain::settle::is_confirming`).
+    pub next_attempt_at: i64,
 }
 
 /// What a step leaves behind: its CircleCI calls not stored yet, the answer of the call
@@ -50,11 +53,16 @@ pub struct ClaimedTask {
 #[derive(Debug, Clone)]
 pub struct StepResult {
     pub task: TaskId,
+    /// The task's delivery (approvals attached to the task point at it).
+    pub delivery: DeliveryId,
     pub lease: LeaseToken,
     pub calls: Vec<CallRecord>,
     pub completed: Option<(AttemptId, CallRecord)>,
     pub job: JobInfo,
     pub settle: Settle,
+    /// For an approve task that fails: the task the newest approval attached to it gets
+    /// (with its deadline), so an approval that was never tried is not dropped.
+    pub successor: Option<NewTask>,
 }
 
 /// A task's state after a step.
@@ -88,13 +96,15 @@ const PENDING: &str = "pending";
 
 impl Store {
     /// Single-replica backends only: forget leases left by a process that died, so its tasks
-    /// resume at once instead of after the lease runs out.
+    /// resume at once instead of after the lease runs out. Not the lease of a task whose call
+    /// was in flight: that call may still land, so the task waits for the lease to run out
+    /// before anyone reads its hold job again.
     pub async fn release_stale_leases(&self) -> Result<u64, StoreError> {
         self.bounded(async {
             let _turn = self.write_turn().await;
             let done = sqlx::query(
                 "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE status = $1 AND lease_owner IS NOT NULL",
+                 WHERE status = $1 AND lease_owner IS NOT NULL AND call_in_flight = 0",
             )
             .bind(PENDING)
             .execute(&self.pool)
@@ -171,7 +181,7 @@ impl Store {
              WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < {m}3) \
              AND id IN ({}) \
              RETURNING id, delivery_id, action, workflow_id, hold_job_name, origin, attempts, \
-             errors, created_at, deadline_at",
+             errors, created_at, deadline_at, next_attempt_at",
             super::placeholders(m, 4, picked.len())
         );
         let mut claim = sqlx::query(&sql)
@@ -234,13 +244,15 @@ impl Store {
         .await
     }
 
-    /// Gives a lease back without counting a step (shutdown mid-step).
+    /// Gives a lease back without counting a step (shutdown mid-step), unless the step has a
+    /// call in flight: then the lease is kept until it runs out, so no other process reads the
+    /// hold job and calls again while that call may still land.
     pub async fn release_lease(&self, task: TaskId, lease: &LeaseToken) -> Result<(), StoreError> {
         self.bounded(async {
             let _turn = self.write_turn().await;
             sqlx::query(
                 "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id = $1 AND lease_owner = $2",
+                 WHERE id = $1 AND lease_owner = $2 AND call_in_flight = 0",
             )
             .bind(task.to_string())
             .bind(lease.as_str())
@@ -352,6 +364,7 @@ fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTask, StoreError> {
         errors: row.try_get("errors")?,
         created_at: row.try_get("created_at")?,
         deadline_at: row.try_get("deadline_at")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
     })
 }
 
@@ -396,7 +409,7 @@ async fn settle_one(
          project_slug = COALESCE($11, project_slug), \
          pipeline_id = COALESCE($12, pipeline_id), \
          workflow_name = COALESCE($13, workflow_name), \
-         lease_owner = NULL, lease_expires_at = NULL \
+         lease_owner = NULL, lease_expires_at = NULL, call_in_flight = 0 \
          WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
     )
     .bind(result.task.to_string())
@@ -414,5 +427,65 @@ async fn settle_one(
     .bind(job.workflow_name.as_deref())
     .execute(&mut **tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    let kept = done.rows_affected() == 1;
+    if kept && status == TaskStatus::Failed {
+        if let Some(successor) = &result.successor {
+            promote_attached(tx, result.delivery, successor, now).await?;
+        }
+    }
+    Ok(kept)
+}
+
+/// A failed approve task's newest attached approval (one that was never tried) gets a task of
+/// its own, in the failure's transaction; the other attached approvals move to it. Nothing
+/// when none is attached, or when another approve of the hold job is live already.
+async fn promote_attached(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    failed: DeliveryId,
+    successor: &NewTask,
+    now: i64,
+) -> Result<(), StoreError> {
+    let newest: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM deliveries WHERE duplicate_of = $1 AND outcome = $2 \
+         ORDER BY received_at DESC, id DESC LIMIT 1",
+    )
+    .bind(failed.to_string())
+    .bind(DeliveryStatus::Attached.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(newest) = newest else {
+        return Ok(());
+    };
+    let newest: DeliveryId = parse_id(&newest)?;
+    let mut saved = tx.begin().await?;
+    let made = super::deliveries::insert_task(
+        &mut saved,
+        TaskId::new_random(),
+        newest,
+        successor,
+        now,
+        ApprovalPath::Hook,
+    )
+    .await;
+    match made {
+        Ok(()) => saved.commit().await?,
+        // Another approve of this hold job is live (the reconciler's): it will do.
+        Err(e) if super::deliveries::is_unique_violation(&e) => {
+            saved.rollback().await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    sqlx::query("UPDATE deliveries SET outcome = $2, duplicate_of = NULL WHERE id = $1")
+        .bind(newest.to_string())
+        .bind(DeliveryStatus::Queued.as_str())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE deliveries SET duplicate_of = $2 WHERE duplicate_of = $1 AND outcome = $3")
+        .bind(failed.to_string())
+        .bind(newest.to_string())
+        .bind(DeliveryStatus::Attached.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

@@ -23,6 +23,7 @@ use crate::clock::Clock;
 use crate::config::WorkerConfig;
 use crate::domain::ids::{LeaseToken, TaskId};
 use crate::metrics::Metrics;
+use crate::outbound::circleci::token::TokenCheck;
 use crate::outbound::circleci::CircleCiClient;
 use crate::store::{BatchOptions, ClaimedTask, StepResults, Store, StoreError};
 
@@ -57,6 +58,8 @@ pub struct ApprovalWorker {
     in_flight: std::sync::Mutex<HashMap<TaskId, LeaseToken>>,
     /// Where step results are stored: concurrent steps share a commit.
     results: StepResults,
+    /// Whose CircleCI token this is: an approve of ours shows its user as `approved_by`.
+    token: TokenCheck,
 }
 
 impl ApprovalWorker {
@@ -67,6 +70,7 @@ impl ApprovalWorker {
         default_hold_job: String,
         metrics: Metrics,
         wake: Arc<Notify>,
+        token: TokenCheck,
     ) -> Self {
         let observer = metrics.clone();
         let results = StepResults::start(
@@ -85,6 +89,7 @@ impl ApprovalWorker {
             owner: format!("worker-{}", Uuid::new_v4()),
             wake,
             in_flight: std::sync::Mutex::default(),
+            token,
         }
     }
 
@@ -143,7 +148,9 @@ impl ApprovalWorker {
             running.abort_all();
             let cut_off = self.in_flight_leases();
             for (task, lease) in &cut_off {
-                // Best effort: another replica (or the next start) may take it at once.
+                // Best effort: another replica (or the next start) may take it at once. The
+                // store keeps the lease of a task whose call is in flight: that call may still
+                // land, and no one may read the hold job and call again until the lease ends.
                 let _ = self.store.release_lease(*task, lease).await;
             }
             tracing::warn!(

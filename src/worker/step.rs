@@ -7,7 +7,7 @@ use tracing::Instrument as _;
 use super::{ApprovalWorker, Lease};
 use crate::domain::decide::{self, Facts, Next, StepEnd};
 use crate::domain::settle::{self, Progress, Settlement};
-use crate::domain::task::{Outcome, TaskStatus};
+use crate::domain::task::{NewTask, Outcome, TaskAction, TaskStatus};
 use crate::outbound::circleci::{CallRecord, CircleError, HoldJobState, Operation, WorkflowView};
 use crate::store::{AttemptId, ClaimedTask, JobInfo, PlannedCall, Settle, StepResult, StoreError};
 
@@ -52,14 +52,29 @@ enum Interrupted {
     LeaseLost,
 }
 
+/// What the first phase of a step (read, decide, note the call) leaves for the second.
+enum Prepared {
+    /// Nothing to call: the step ends with this.
+    End(StepEnd),
+    /// Make this call, noted as `attempt`, before `deadline` (measured from the lease renewal
+    /// that noted it).
+    Call {
+        next: Next,
+        attempt: AttemptId,
+        deadline: tokio::time::Instant,
+    },
+}
+
+/// Share of the lease a phase of a step may take: a step always ends well inside the lease it
+/// holds, so no other replica takes the task while this one still works on it.
+const LEASE_SHARE: f64 = 0.8;
+
 impl ApprovalWorker {
     /// One step of one task, with its outcome stored.
     pub(super) async fn work(&self, task: &ClaimedTask, lease: &Lease) {
-        // The whole step stays inside the lease (measured from the claim, with a margin), so
-        // no other replica can take the task while this one still works on it.
-        let step_deadline = lease.claimed + self.config.task_lease.mul_f64(0.8);
+        let read_deadline = lease.claimed + self.config.task_lease.mul_f64(LEASE_SHARE);
         let (sym_event_id, approver) = match tokio::time::timeout_at(
-            step_deadline,
+            read_deadline,
             self.store.event_context(task.delivery_id),
         )
         .await
@@ -81,39 +96,37 @@ impl ApprovalWorker {
         async {
             let mut trail = Trail::default();
             let mut job = JobInfo::default();
-            let end = match tokio::time::timeout_at(
-                step_deadline,
-                self.step(task, lease, &mut trail, &mut job),
-            )
-            .await
+            let end = match self
+                .step(task, lease, read_deadline, &mut trail, &mut job)
+                .await
             {
-                Ok(Ok(end)) => end,
-                Ok(Err(Interrupted::LeaseLost)) => {
+                Ok(end) => end,
+                Err(Interrupted::LeaseLost) => {
                     self.count_calls(&trail);
                     tracing::warn!("the task's lease ran out mid-step; its next step is another's");
                     return;
                 }
-                Err(_) => StepEnd::retry_error(
-                    "step timed out; the job will be re-read before any approve",
-                ),
             };
+            let now = self.clock.now_ms();
             let progress = Progress {
                 errors: task.errors,
                 polls: task.attempts - task.errors,
                 created_at: task.created_at,
                 deadline_at: task.deadline_at,
+                call_may_have_landed: self.call_may_have_landed(task, &end, now).await,
             };
             let jitter = rand::random_range(0.8..=1.2);
-            let mut settlement = settle::settle(
-                end,
-                &progress,
-                self.clock.now_ms(),
-                &self.config.retry,
-                jitter,
-            );
+            let mut settlement = settle::settle(end, &progress, now, &self.config.retry, jitter);
             if let Settlement::LastLook { detail } = &settlement {
                 let look = self.last_look(task, &mut trail, &mut job).await;
-                settlement = settle::after_last_look(look, &progress, detail);
+                settlement = settle::after_last_look(
+                    look,
+                    &progress,
+                    self.clock.now_ms(),
+                    detail,
+                    &self.config.retry,
+                    jitter,
+                );
             }
             self.count_calls(&trail);
             self.persist(task, lease, &mut trail, &settlement, &job)
@@ -126,6 +139,24 @@ impl ApprovalWorker {
     fn count_calls(&self, trail: &Trail) {
         for call in &trail.calls {
             self.metrics.circleci_call(call);
+        }
+    }
+
+    /// Whether a call of this task may have landed, as settling a step past its deadline needs
+    /// to know (a store read, only then).
+    async fn call_may_have_landed(&self, task: &ClaimedTask, end: &StepEnd, now: i64) -> bool {
+        match end {
+            StepEnd::Retry { call_unknown, .. } if now >= task.deadline_at => {
+                *call_unknown
+                    || self
+                        .store
+                        .call_may_have_landed(task.id, operation_of(task.action))
+                        .await
+                        // The store cannot tell: assume it may have, so the task is re-read
+                        // rather than failed.
+                        .unwrap_or(true)
+            }
+            _ => false,
         }
     }
 
@@ -149,15 +180,23 @@ impl ApprovalWorker {
         Ok(view)
     }
 
-    /// The pure decision on a fresh read, with the one store lookup it may need.
-    async fn decide(&self, task: &ClaimedTask, view: &WorkflowView) -> Result<Next, StepEnd> {
-        let approved = view
-            .hold
-            .as_ref()
-            .is_some_and(|h| h.state == HoldJobState::Approved);
-        let our_approve_may_have_landed = if approved {
+    /// The pure decision on a fresh read, with the lookups it may need: whether a call of this
+    /// task may have landed (when the hold job shows what that call would have done), and then
+    /// whose token this service holds.
+    async fn decide(
+        &self,
+        task: &ClaimedTask,
+        view: &WorkflowView,
+        trail: &mut Trail,
+    ) -> Result<Next, StepEnd> {
+        let state = view.hold.as_ref().map(|h| &h.state);
+        let shows_our_effect = match task.action {
+            TaskAction::Approve => state == Some(&HoldJobState::Approved),
+            TaskAction::Cancel => state == Some(&HoldJobState::Canceled),
+        };
+        let our_call_may_have_landed = if shows_our_effect {
             self.store
-                .approve_may_have_landed(task.id)
+                .call_may_have_landed(task.id, operation_of(task.action))
                 .await
                 .map_err(|e| {
                     StepEnd::retry_error(format!("cannot read this task's attempts: {e}"))
@@ -165,71 +204,150 @@ impl ApprovalWorker {
         } else {
             false
         };
+        let token_user = if our_call_may_have_landed && task.action == TaskAction::Approve {
+            self.token
+                .user_id_or_ask(&self.circleci, &self.metrics, &mut trail.calls)
+                .await
+        } else {
+            None
+        };
         Ok(decide::next_step(&Facts {
             action: task.action,
             hold_job_name: self.hold_job(task),
             view,
             allowed_projects: self.config.allowed_projects.as_deref(),
-            our_approve_may_have_landed,
+            our_call_may_have_landed,
+            token_user: token_user.as_deref(),
         }))
     }
 
+    /// A step in two phases, each inside its share of the lease: read, decide and note the
+    /// call (from the claim); then the call itself (from the lease renewal that noted it), so
+    /// a slow read never eats the call's time. A call cut off by its time limit is an unknown
+    /// outcome, re-read before anything else.
     async fn step(
+        &self,
+        task: &ClaimedTask,
+        lease: &Lease,
+        read_deadline: tokio::time::Instant,
+        trail: &mut Trail,
+        job: &mut JobInfo,
+    ) -> Result<StepEnd, Interrupted> {
+        let prepared =
+            match tokio::time::timeout_at(read_deadline, self.prepare(task, lease, trail, job))
+                .await
+            {
+                Ok(Ok(prepared)) => prepared,
+                Ok(Err(interrupted)) => return Err(interrupted),
+                Err(_) => return Ok(StepEnd::retry_error(
+                    "the step's reads took longer than its share of TASK_LEASE; the job will be \
+                     re-read before any call",
+                )),
+            };
+        let (next, attempt, deadline) = match prepared {
+            Prepared::End(end) => return Ok(end),
+            Prepared::Call {
+                next,
+                attempt,
+                deadline,
+            } => (next, attempt, deadline),
+        };
+        // The call's record is the next one in the trail; its answer is stored with the
+        // step's result, in the same transaction.
+        trail.noted = Some((attempt, trail.calls.len()));
+        // A process that was paused past its lease (SIGSTOP, a frozen VM) must not send a call
+        // that the task's next holder may be making already.
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(StepEnd::call_unanswered(
+                "the step ran out of its share of TASK_LEASE before the call could be sent; the \
+                 job will be re-read before any other call",
+            ));
+        }
+        let call = async {
+            match &next {
+                Next::Approve(id) => {
+                    self.circleci
+                        .approve_job(task.workflow_id, *id, &mut trail.calls)
+                        .await
+                }
+                _ => {
+                    self.circleci
+                        .cancel_workflow(task.workflow_id, &mut trail.calls)
+                        .await
+                }
+            }
+        };
+        let Ok(result) = tokio::time::timeout_at(deadline, call).await else {
+            return Ok(StepEnd::call_unanswered(format!(
+                "no answer to the {} call within the step's share of TASK_LEASE; it may have \
+                 taken effect, so the job will be re-read",
+                operation_of(task.action).as_str()
+            )));
+        };
+        if let Err(e) = &result {
+            let _ = self.failed_call(e, operation_of(task.action).as_str());
+        }
+        Ok(decide::after_call(&next, self.hold_job(task), &result))
+    }
+
+    /// The first phase: read, decide, and for a call, note it durably under a renewed lease.
+    /// A step due past its task's deadline only confirms what an unknown call did: it reads
+    /// and never calls.
+    async fn prepare(
         &self,
         task: &ClaimedTask,
         lease: &Lease,
         trail: &mut Trail,
         job: &mut JobInfo,
-    ) -> Result<StepEnd, Interrupted> {
+    ) -> Result<Prepared, Interrupted> {
         let view = match self.read(task, trail, job).await {
             Ok(view) => view,
-            Err(end) => return Ok(end),
+            Err(end) => return Ok(Prepared::End(end)),
         };
-        let next = match self.decide(task, &view).await {
+        let next = match self.decide(task, &view, trail).await {
             Ok(next) => next,
-            Err(end) => return Ok(end),
+            Err(end) => return Ok(Prepared::End(end)),
         };
-        if matches!(next, Next::Approve(_)) {
-            self.note_workflow(task, trail, job).await;
-        }
-        let (operation, endpoint) = match &next {
-            Next::End(end) => return Ok(end.clone()),
-            Next::Approve(id) => (
-                Operation::Approve,
-                format!("/workflow/{}/approve/{id}", task.workflow_id),
-            ),
-            Next::Cancel => (
-                Operation::Cancel,
-                format!("/workflow/{}/cancel", task.workflow_id),
-            ),
+        let operation = match &next {
+            Next::End(end) => return Ok(Prepared::End(end.clone())),
+            _ if settle::is_confirming(task.next_attempt_at, task.deadline_at) => {
+                return Ok(Prepared::End(StepEnd::failed(
+                    Outcome::TimedOut,
+                    format!(
+                        "gave up after APPROVAL_TIMEOUT: the hold job {:?} is still {}; the \
+                         call whose answer was lost did not take effect",
+                        self.hold_job(task),
+                        view.hold
+                            .as_ref()
+                            .map_or("missing".to_owned(), |h| h.state.to_string())
+                    ),
+                )))
+            }
+            Next::Approve(_) => {
+                self.note_workflow(task, trail, job).await;
+                Operation::Approve
+            }
+            Next::Cancel => Operation::Cancel,
         };
-        let attempt = match self
+        let endpoint = match &next {
+            Next::Approve(id) => format!("/workflow/{}/approve/{id}", task.workflow_id),
+            _ => format!("/workflow/{}/cancel", task.workflow_id),
+        };
+        // The call's time is measured from before the renewal (the lease runs from a moment
+        // after this, so the call ends inside it).
+        let renewing = tokio::time::Instant::now();
+        match self
             .prepare_call(task, lease, trail, operation, &endpoint)
             .await
         {
-            Ok(attempt) => attempt,
-            Err(Ok(end)) => return Ok(end),
-            Err(Err(interrupted)) => return Err(interrupted),
-        };
-        // The call's record is the next one in the trail; its answer is stored with the
-        // step's result, in the same transaction.
-        trail.noted = Some((attempt, trail.calls.len()));
-        let result = match &next {
-            Next::Approve(id) => {
-                self.circleci
-                    .approve_job(task.workflow_id, *id, &mut trail.calls)
-                    .await
-            }
-            _ => {
-                self.circleci
-                    .cancel_workflow(task.workflow_id, &mut trail.calls)
-                    .await
-            }
-        };
-        if let Err(e) = &result {
-            let _ = self.failed_call(e, operation.as_str());
+            Ok(attempt) => Ok(Prepared::Call {
+                next,
+                attempt,
+                deadline: renewing + self.config.task_lease.mul_f64(LEASE_SHARE),
+            }),
+            Err(Ok(end)) => Ok(Prepared::End(end)),
+            Err(Err(interrupted)) => Err(interrupted),
         }
-        Ok(decide::after_call(&next, self.hold_job(task), &result))
     }
 
     /// The approval job this task releases.
@@ -301,16 +419,23 @@ impl ApprovalWorker {
         }
     }
 
-    /// The deadline passed while an approve's outcome was unknown: one more read, and the
-    /// decision on it, without calling anything.
+    /// The deadline passed while a call's outcome was unknown: one more read, and the decision
+    /// on it, without calling anything.
     async fn last_look(&self, task: &ClaimedTask, trail: &mut Trail, job: &mut JobInfo) -> StepEnd {
         let view = match self.read(task, trail, job).await {
             Ok(view) => view,
             Err(end) => return end,
         };
-        match self.decide(task, &view).await {
+        match self.decide(task, &view, trail).await {
             Ok(Next::End(end)) => end,
-            Ok(_) => StepEnd::retry_error("the hold job is still on hold"),
+            Ok(_) => StepEnd::failed(
+                Outcome::TimedOut,
+                format!(
+                    "gave up after APPROVAL_TIMEOUT: the hold job {:?} is still on hold; the \
+                     call whose answer was lost did not take effect",
+                    self.hold_job(task)
+                ),
+            ),
             Err(end) => end,
         }
     }
@@ -347,15 +472,29 @@ impl ApprovalWorker {
             };
             let result = StepResult {
                 task: task.id,
+                delivery: task.delivery_id,
                 lease: lease.token.clone(),
                 calls: trail.unsaved(),
                 completed: trail.completed().map(|(id, call)| (id, call.clone())),
                 job: job.clone(),
                 settle,
+                successor: self.successor(task),
             };
             match self.results.settle(result).await {
                 Ok(kept) => {
                     self.report(task, settlement, kept);
+                    if kept
+                        && matches!(
+                            settlement,
+                            Settlement::Finish {
+                                status: TaskStatus::Failed,
+                                ..
+                            }
+                        )
+                    {
+                        // An attached approval may have been given a task of its own.
+                        self.wake.notify_one();
+                    }
                     return;
                 }
                 Err(e) if tokio::time::Instant::now() + pause < give_up => {
@@ -369,6 +508,20 @@ impl ApprovalWorker {
                 }
             }
         }
+    }
+
+    /// The task an approval attached to this one gets if this one fails: a fresh
+    /// APPROVAL_TIMEOUT from now, for the same hold job.
+    fn successor(&self, task: &ClaimedTask) -> Option<NewTask> {
+        (task.action == TaskAction::Approve).then(|| NewTask {
+            action: TaskAction::Approve,
+            workflow_id: task.workflow_id,
+            hold_job_name: self.hold_job(task).to_owned(),
+            deadline_at: self
+                .clock
+                .now_ms()
+                .saturating_add(crate::clock::duration_ms(self.config.approval_timeout)),
+        })
     }
 
     /// Metrics and the log line of a stored result.
@@ -400,6 +553,14 @@ impl ApprovalWorker {
             }
             Settlement::LastLook { .. } => {}
         }
+    }
+}
+
+/// The CircleCI operation a task's call is.
+fn operation_of(action: TaskAction) -> Operation {
+    match action {
+        TaskAction::Approve => Operation::Approve,
+        TaskAction::Cancel => Operation::Cancel,
     }
 }
 

@@ -36,7 +36,8 @@ async fn store() -> (TestDatabase, Store) {
 }
 
 #[tokio::test]
-async fn one_batch_stores_new_ones_and_counts_repeats_on_their_originals() {
+async fn one_batch_stores_new_ones_attaches_other_approvals_and_counts_repeats_on_their_originals()
+{
     let (_db, store) = store().await;
     let (w1, w2, w3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     // Stored before the batch: an approval of w3's hold job.
@@ -84,7 +85,15 @@ async fn one_batch_stores_new_ones_and_counts_repeats_on_their_originals() {
     );
     assert!(matches!(results[6], Recorded::Queued { .. }), "{results:?}");
 
-    // Rows: only the originals; the repeats are counted on them.
+    // Rows: the originals, and the other approvals attached to the live ones (kept, so a
+    // failed task can hand its hold job to them); the repeats are counted on their originals.
+    assert_eq!(
+        store
+            .delivery_count(DeliveryStatus::Attached)
+            .await
+            .unwrap(),
+        2
+    );
     assert_eq!(
         store.delivery_count(DeliveryStatus::Queued).await.unwrap(),
         3
@@ -100,8 +109,8 @@ async fn one_batch_stores_new_ones_and_counts_repeats_on_their_originals() {
             .unwrap(),
         0
     );
-    assert_eq!(store.redeliveries(first).await.unwrap(), 3);
-    assert_eq!(store.redeliveries(earlier_id).await.unwrap(), 1);
+    assert_eq!(store.redeliveries(first).await.unwrap(), 2);
+    assert_eq!(store.redeliveries(earlier_id).await.unwrap(), 0);
     for result in &results {
         if let Recorded::Queued {
             delivery_id,

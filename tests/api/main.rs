@@ -6,6 +6,7 @@ mod adversarial;
 mod approval;
 mod audit;
 mod binary;
+mod exactly_once;
 mod gates;
 mod helpers;
 mod intake;

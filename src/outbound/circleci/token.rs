@@ -68,6 +68,36 @@ impl TokenCheck {
         }
     }
 
+    /// The token's user id; when not known yet, asks `GET /me` once (the call is added to
+    /// `calls`). None when CircleCI does not say.
+    pub async fn user_id_or_ask(
+        &self,
+        client: &CircleCiClient,
+        metrics: &Metrics,
+        calls: &mut Vec<super::CallRecord>,
+    ) -> Option<String> {
+        if let Some(id) = self.user_id() {
+            return Some(id);
+        }
+        match client.me(calls).await {
+            Ok(me) => {
+                let id = me.id.clone();
+                self.set(
+                    TokenState::Valid {
+                        user_id: me.id,
+                        login: me.login,
+                    },
+                    metrics,
+                );
+                Some(id)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot ask CircleCI whose CIRCLECI_TOKEN this is");
+                None
+            }
+        }
+    }
+
     fn set(&self, state: TokenState, metrics: &Metrics) {
         metrics.set_token_state(state.label());
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = state;
