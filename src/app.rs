@@ -15,9 +15,12 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::duration_ms;
 use crate::config::Config;
 use crate::http::{self, AppState, BearerToken};
+use crate::inbound::ci_token::OidcVerifier;
 use crate::metrics::Metrics;
+use crate::outbound::circleci::lookups::WorkflowLookups;
 use crate::outbound::circleci::token::TokenCheck;
 use crate::outbound::circleci::CircleCiClient;
+use crate::outbound::oidc_keys::OidcKeys;
 use crate::outbound::sym_api::SymApiClient;
 use crate::store::{Backend, ServingLock, Store};
 use crate::worker::reconciler::Reconciler;
@@ -88,6 +91,48 @@ impl Application {
                 None
             }
         };
+        let oidc = match &config.oidc {
+            Some(oidc) => {
+                let keys = OidcKeys::new(
+                    oidc.issuer.clone(),
+                    oidc.allow_insecure_http,
+                    config.circleci.timeout,
+                )?;
+                // Fetched now, in the background, so the first CI call does not wait for them.
+                tokio::spawn({
+                    let keys = keys.clone();
+                    async move { keys.prefetch().await }
+                });
+                tracing::info!(issuer = %oidc.issuer, audience = %oidc.audience, "CI callers prove themselves with CircleCI OIDC tokens");
+                Some(OidcVerifier::new(
+                    keys,
+                    oidc.issuer.as_str(),
+                    &oidc.audience,
+                ))
+            }
+            None => None,
+        };
+        for (variable, set) in [
+            ("GATE_TOKEN", config.gates.gate_token.is_some()),
+            ("VERDICT_TOKEN", config.verdict_token.is_some()),
+        ] {
+            if set {
+                tracing::warn!(
+                    variable,
+                    oidc = oidc.is_some(),
+                    "a static CI token is accepted: whoever holds it may act for any workflow \
+                     (CircleCI OIDC tokens are scoped to their own pipeline; see docs/security.md)"
+                );
+            }
+        }
+        let ci_auth = crate::http::ci_auth::CiAuth::new(
+            oidc,
+            config.gates.gate_token.as_ref().map(BearerToken::new),
+            config.verdict_token.as_ref().map(BearerToken::new),
+            WorkflowLookups::new(circleci.clone()),
+            config.worker.allowed_projects.clone(),
+            metrics.clone(),
+        );
         let observer = metrics.clone();
         let intake = crate::store::Intake::start(
             store.clone(),
@@ -108,11 +153,8 @@ impl Application {
             )),
             refusal_log: Arc::new(crate::telemetry::RateLimit::per_second(5)),
             admin_token: config.admin_token.as_ref().map(BearerToken::new),
-            verdict_token: config.verdict_token.as_ref().map(BearerToken::new),
-            gate_token: config.gates.gate_token.as_ref().map(BearerToken::new),
+            ci: Arc::new(ci_auth),
             reconciler_wake: Arc::clone(&reconciler_wake),
-            circleci: circleci.clone(),
-            token: token.clone(),
         });
         let router = http::router(state, &config.http);
         let listener = TcpListener::bind(config.http.listen_addr)

@@ -100,9 +100,28 @@ pub struct HttpConfig {
 /// The default `SYM_API_URL`: the Sym orb's own default.
 pub const DEFAULT_SYM_API_URL: &str = "https://api.symops.com/api/v1";
 
+/// CircleCI's OIDC tokens, for callers from CI (gate registration, verdicts).
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// `CIRCLECI_OIDC_ORG_ID`: the organization whose jobs may call.
+    pub org_id: String,
+    /// `CIRCLECI_OIDC_ISSUER`: `https://oidc.circleci.com/org/<org-id>` by default.
+    pub issuer: Url,
+    /// `CIRCLECI_OIDC_AUDIENCE`: the org id by default (CircleCI's default audience).
+    pub audience: String,
+    /// `CIRCLECI_ALLOW_INSECURE_HTTP`: the issuer's `jwks_uri` may be plain http off loopback.
+    pub allow_insecure_http: bool,
+}
+
+/// CircleCI's OIDC issuer for an organization.
+pub fn default_oidc_issuer(org_id: &str) -> String {
+    format!("https://oidc.circleci.com/org/{org_id}")
+}
+
 #[derive(Debug, Clone)]
 pub struct GateConfig {
-    /// The token CircleCI registers gates with; None: `POST /v1/gates` answers 404.
+    /// The static token CircleCI registers gates with (opt-in, weaker than OIDC); None and no
+    /// OIDC: `POST /v1/gates` answers 404.
     pub gate_token: Option<SecretString>,
     /// Sym's API for the reconciler; None: gates are recorded, only the hook approves.
     pub sym_api: Option<SymApiConfig>,
@@ -128,8 +147,10 @@ pub struct Config {
     pub store: StoreOptions,
     /// The audit API's bearer token; None disables the API.
     pub admin_token: Option<SecretString>,
-    /// The verdict API's bearer token; None disables it.
+    /// The verdict API's static bearer token (opt-in, weaker than OIDC).
     pub verdict_token: Option<SecretString>,
+    /// CircleCI OIDC for the gate and verdict APIs; None: only the static tokens, if set.
+    pub oidc: Option<OidcConfig>,
     /// Gates: registration and the reconciler.
     pub gates: GateConfig,
     /// Prune records older than this; None keeps everything.

@@ -81,6 +81,11 @@ pub struct Metrics {
     gates_ended: Family<StateLabels, Counter>,
     open_gates: Gauge,
     oldest_open_gate_age: Gauge<f64, AtomicU64>,
+    gate_problems: Family<ProblemLabels, Gauge>,
+    gates_refused: Counter,
+    reconciler_paused: Gauge,
+    ci_auth_refused: Family<ReasonLabels, Counter>,
+    verdict_lookups_limited: Counter,
     intake_batch_size: Histogram,
     intake_batch_wait: Histogram,
     step_batch_size: Histogram,
@@ -89,6 +94,11 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PathLabels {
     path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProblemLabels {
+    problem: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -265,6 +275,65 @@ impl Metrics {
             "Age of the oldest open gate (0 when none)",
             oldest_open_gate_age.clone(),
         );
+        let gate_problems = Family::<ProblemLabels, Gauge>::default();
+        registry.register(
+            "gate_problems",
+            "Open gates with a problem (read from the store), by problem: unbound (its Sym run is \
+             approved but nothing Sym signed binds it to the gate's workflow and hold job), \
+             sym_forbidden (403 for its run), sym_not_found (404), sym_refused (another 4xx; \
+             polling stopped), run_bound_elsewhere",
+            gate_problems.clone(),
+        );
+        for problem in crate::domain::gate::GateProblem::ALL {
+            gate_problems
+                .get_or_create(&ProblemLabels {
+                    problem: problem.as_str().to_owned(),
+                })
+                .set(0);
+        }
+        let gates_refused = Counter::default();
+        registry.register(
+            "gates_refused",
+            "Gates refused because Sym signed that their run was requested for another workflow \
+             or hold job (at registration, or closed by the reconciler): a CI job naming someone \
+             else's Sym run",
+            gates_refused.clone(),
+        );
+        let reconciler_paused = Gauge::default();
+        registry.register(
+            "reconciler_paused",
+            "1 while the gate reconciler is paused because Sym refused SYM_API_TOKEN (HTTP 401); \
+             it checks the token again with backoff",
+            reconciler_paused.clone(),
+        );
+        let ci_auth_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "ci_auth_refused",
+            "Gate registrations and verdict requests refused by reason: missing_token, \
+             bad_token (signature, issuer, audience, expiry), wrong_pipeline, \
+             project_not_allowed, ssh_rerun",
+            ci_auth_refused.clone(),
+        );
+        for reason in [
+            "missing_token",
+            "bad_token",
+            "wrong_pipeline",
+            "project_not_allowed",
+            "ssh_rerun",
+        ] {
+            ci_auth_refused
+                .get_or_create(&ReasonLabels {
+                    reason: reason.to_owned(),
+                })
+                .inc_by(0);
+        }
+        let verdict_lookups_limited = Counter::default();
+        registry.register(
+            "circleci_lookups_limited",
+            "CircleCI lookups for API callers (verdicts of unseen workflows, OIDC pipeline \
+             checks) refused by their rate limit (5 a second over all workflows)",
+            verdict_lookups_limited.clone(),
+        );
         let intake_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         registry.register(
             "intake_batch_size",
@@ -292,6 +361,11 @@ impl Metrics {
             gates_ended,
             open_gates,
             oldest_open_gate_age,
+            gate_problems,
+            gates_refused,
+            reconciler_paused,
+            ci_auth_refused,
+            verdict_lookups_limited,
             connections_closed,
             open_connections,
             token_state,
@@ -383,6 +457,38 @@ impl Metrics {
     pub fn set_open_gates(&self, count: i64, oldest_age_seconds: f64) {
         self.open_gates.set(count);
         self.oldest_open_gate_age.set(oldest_age_seconds.max(0.0));
+    }
+
+    /// Sets the gate-problem gauges (called at scrape time).
+    pub fn set_gate_problems(&self, counts: &[(crate::domain::gate::GateProblem, i64)]) {
+        for (problem, count) in counts {
+            self.gate_problems
+                .get_or_create(&ProblemLabels {
+                    problem: problem.as_str().to_owned(),
+                })
+                .set(*count);
+        }
+    }
+
+    pub fn gate_refused(&self) {
+        self.gates_refused.inc();
+    }
+
+    pub fn set_reconciler_paused(&self, paused: bool) {
+        self.reconciler_paused.set(i64::from(paused));
+    }
+
+    /// A gate registration or verdict request refused by its caller check.
+    pub fn ci_auth_refused(&self, reason: &str) {
+        self.ci_auth_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn lookup_limited(&self) {
+        self.verdict_lookups_limited.inc();
     }
 
     pub fn step_batch(&self, size: usize, _waited: std::time::Duration) {

@@ -16,10 +16,10 @@ use super::EXIT_CONFIG;
 use crate::app::{cancel_on_signal, Application};
 use crate::clock::Clock;
 use crate::config::{
-    config_error, parse_api_url, parse_duration, positive, read_secret, secure_base_url,
-    CircleCiConfig, Config, ConfigError, GateConfig, HttpConfig, LogFormat, OnDeny, RetryPolicy,
-    StoreOptions, SymApiConfig, WorkerConfig, DEFAULT_CIRCLECI_API_URL, DEFAULT_DATABASE_URL,
-    DEFAULT_HOLD_JOB_NAME, DEFAULT_SYM_API_URL,
+    config_error, default_oidc_issuer, parse_api_url, parse_duration, positive, read_secret,
+    secure_base_url, CircleCiConfig, Config, ConfigError, GateConfig, HttpConfig, LogFormat,
+    OidcConfig, OnDeny, RetryPolicy, StoreOptions, SymApiConfig, WorkerConfig,
+    DEFAULT_CIRCLECI_API_URL, DEFAULT_DATABASE_URL, DEFAULT_HOLD_JOB_NAME, DEFAULT_SYM_API_URL,
 };
 use crate::domain::task::TaskRules;
 use crate::inbound::signature::{Verifier, WebhookSecret};
@@ -162,15 +162,29 @@ pub struct ServeArgs {
     /// File holding the admin token instead.
     #[arg(long, env = "ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
-    /// Bearer token for the deploy job's verdict (`/v1/verdicts/{workflow_id}`) and nothing
-    /// else; unset: that route answers 404. Must differ from ADMIN_TOKEN.
+    /// CircleCI organization id: CI jobs of this organization call the gate and verdict APIs
+    /// with their OIDC token ($CIRCLE_OIDC_TOKEN_V2), scoped to their own pipeline.
+    #[arg(long, env = "CIRCLECI_OIDC_ORG_ID")]
+    pub circleci_oidc_org_id: Option<String>,
+    /// The OIDC issuer [default: https://oidc.circleci.com/org/<CIRCLECI_OIDC_ORG_ID>];
+    /// plain http only for loopback hosts (or with CIRCLECI_ALLOW_INSECURE_HTTP).
+    #[arg(long, env = "CIRCLECI_OIDC_ISSUER")]
+    pub circleci_oidc_issuer: Option<String>,
+    /// The audience tokens must carry [default: CIRCLECI_OIDC_ORG_ID, CircleCI's default
+    /// audience]; set it when jobs mint tokens with `circleci run oidc get --claims`.
+    #[arg(long, env = "CIRCLECI_OIDC_AUDIENCE")]
+    pub circleci_oidc_audience: Option<String>,
+    /// Static bearer token for the deploy job's verdict (`/v1/verdicts/{workflow_id}`), for
+    /// CircleCI server installs without OIDC (weaker: shared by every project that holds it).
+    /// Unset and no OIDC: that route answers 404. Must differ from ADMIN_TOKEN.
     #[arg(long, env = "VERDICT_TOKEN", hide_env_values = true)]
     pub verdict_token: Option<String>,
     /// File holding the verdict token instead.
     #[arg(long, env = "VERDICT_TOKEN_FILE")]
     pub verdict_token_file: Option<PathBuf>,
-    /// Bearer token CircleCI registers gates with (`POST /v1/gates`) and nothing else;
-    /// unset: that route answers 404.
+    /// Static bearer token CircleCI registers gates with (`POST /v1/gates`), for CircleCI
+    /// server installs without OIDC (weaker: shared by every project that holds it). Unset and
+    /// no OIDC: that route answers 404.
     #[arg(long, env = "GATE_TOKEN", hide_env_values = true)]
     pub gate_token: Option<String>,
     /// File holding the gate token instead.
@@ -326,6 +340,7 @@ impl ServeArgs {
             gates: gates_config(args, [&admin_token, &verdict_token])?,
             admin_token: admin_token.clone(),
             verdict_token,
+            oidc: oidc_config(args)?,
             retention: (args.retention_days > 0)
                 .then(|| Duration::from_secs(u64::from(args.retention_days) * 86_400)),
             log_format: LogFormat::resolve(args.log_format.as_deref())?,
@@ -406,6 +421,54 @@ fn gates_config(
         sym_api,
         timeout: parse_duration("GATE_TIMEOUT", &args.gate_timeout)?,
     })
+}
+
+/// `CIRCLECI_OIDC_ORG_ID` and the issuer and audience that follow from it.
+fn oidc_config(args: &ServeArgs) -> Result<Option<OidcConfig>, ConfigError> {
+    let org_id = match args.circleci_oidc_org_id.as_deref().map(str::trim) {
+        None | Some("") => {
+            if args.circleci_oidc_issuer.is_some() || args.circleci_oidc_audience.is_some() {
+                return Err(config_error(
+                    "CIRCLECI_OIDC_ORG_ID",
+                    "is required when CIRCLECI_OIDC_ISSUER or CIRCLECI_OIDC_AUDIENCE is set",
+                ));
+            }
+            return Ok(None);
+        }
+        Some(id) => id,
+    };
+    if uuid::Uuid::try_parse(org_id).is_err() {
+        return Err(config_error(
+            "CIRCLECI_OIDC_ORG_ID",
+            format!(
+                "{org_id:?} is not an organization id (a UUID: Organization Settings → Overview)"
+            ),
+        ));
+    }
+    let issuer_text = args
+        .circleci_oidc_issuer
+        .clone()
+        .filter(|i| !i.trim().is_empty())
+        .unwrap_or_else(|| default_oidc_issuer(org_id));
+    let issuer = secure_base_url(
+        "CIRCLECI_OIDC_ISSUER",
+        "CIRCLECI_ALLOW_INSECURE_HTTP",
+        &issuer_text,
+        args.circleci_allow_insecure_http,
+    )?;
+    let audience = args
+        .circleci_oidc_audience
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .unwrap_or(org_id)
+        .to_owned();
+    Ok(Some(OidcConfig {
+        org_id: org_id.to_owned(),
+        issuer,
+        audience,
+        allow_insecure_http: args.circleci_allow_insecure_http,
+    }))
 }
 
 /// `HOLD_JOB_NAMES`, or `HOLD_JOB_NAME` (one name), or the default; not both forms.

@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+use crate::domain::binding::BindingCheck;
 use crate::outbound::sym_api::{RunStatus, SymApiError};
 
 /// Delay after the first read of a gate's run.
@@ -25,7 +26,7 @@ pub const POLL_MAX: Duration = Duration::from_secs(5 * 60);
 /// Default `GATE_TIMEOUT`: how long after registration a gate is polled.
 pub const DEFAULT_GATE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Where a gate is. Stored as text; `as_str` / `parse` are the one conversion each way.
+/// Where a gate is. Stored as text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GateStatus {
     /// Waiting for the Sym run to be decided.
@@ -33,39 +34,22 @@ pub enum GateStatus {
     /// The run was approved (by the hook or the reconciler): the hold job is being or has
     /// been approved.
     Released,
-    /// The run was denied or expired.
+    /// The run was denied or expired, or it belongs to another workflow.
     Closed,
     /// No decision within `GATE_TIMEOUT`.
     TimedOut,
 }
+text_enum!(GateStatus {
+    Open => "open",
+    Released => "released",
+    Closed => "closed",
+    TimedOut => "timed_out",
+});
 
 impl GateStatus {
-    pub const ALL: &'static [GateStatus] =
-        &[Self::Open, Self::Released, Self::Closed, Self::TimedOut];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Open => "open",
-            Self::Released => "released",
-            Self::Closed => "closed",
-            Self::TimedOut => "timed_out",
-        }
-    }
-
-    /// The stored text back to the value; None for text this version does not know.
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|s| s.as_str() == text)
-    }
-
     /// Is the gate done (never polled again)?
     pub fn is_final(self) -> bool {
         !matches!(self, Self::Open)
-    }
-}
-
-impl std::fmt::Display for GateStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -76,44 +60,58 @@ pub enum CloseReason {
     Denied,
     /// The Sym run expired without a decision.
     Expired,
-    /// `GATE_TIMEOUT` passed with the run still open (or unreadable).
+    /// `GATE_TIMEOUT` passed with the run still open (or unreadable, or approved but never
+    /// bound to this gate).
     TimedOut,
+    /// The run was requested for another workflow or hold job (Sym signed that): this gate
+    /// is never released by it.
+    RunBoundElsewhere,
 }
+text_enum!(CloseReason {
+    Denied => "denied",
+    Expired => "expired",
+    TimedOut => "timed_out",
+    RunBoundElsewhere => "run_bound_elsewhere",
+});
 
 impl CloseReason {
-    pub const ALL: &'static [CloseReason] = &[Self::Denied, Self::Expired, Self::TimedOut];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Denied => "denied",
-            Self::Expired => "expired",
-            Self::TimedOut => "timed_out",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|s| s.as_str() == text)
-    }
-
     /// The gate's status after closing for this reason.
     pub fn gate_status(self) -> GateStatus {
         match self {
-            Self::Denied | Self::Expired => GateStatus::Closed,
+            Self::Denied | Self::Expired | Self::RunBoundElsewhere => GateStatus::Closed,
             Self::TimedOut => GateStatus::TimedOut,
         }
     }
 
-    /// Does the Sym side say no (so `ON_DENY=cancel` applies)? A timeout is not a denial.
+    /// Does the Sym side say no (so `ON_DENY=cancel` applies, to a bound gate)? A timeout or
+    /// a foreign run is not a denial.
     pub fn is_denial(self) -> bool {
         matches!(self, Self::Denied | Self::Expired)
     }
 }
 
-impl std::fmt::Display for CloseReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// What is wrong with an open gate, visibly (the audit record, a metric, an alert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GateProblem {
+    /// Its run is approved, but nothing Sym signed binds the run to this gate's workflow and
+    /// hold job: it is not released.
+    Unbound,
+    /// Its run was requested for another workflow or hold job (the gate is closed).
+    RunBoundElsewhere,
+    /// Sym answers 403 for its run: the token may not read it.
+    SymForbidden,
+    /// Sym answers 404 for its run.
+    SymNotFound,
+    /// Sym refuses the request for its run for good (another 4xx); polling it stopped.
+    SymRefused,
 }
+text_enum!(GateProblem {
+    Unbound => "unbound",
+    RunBoundElsewhere => "run_bound_elsewhere",
+    SymForbidden => "sym_forbidden",
+    SymNotFound => "sym_not_found",
+    SymRefused => "sym_refused",
+});
 
 /// Which path released a gate (the `path` label of `sym_approver_approvals_by_path_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -123,51 +121,52 @@ pub enum ApprovalPath {
     /// The reconciler, from the run's status.
     Reconciler,
 }
-
-impl ApprovalPath {
-    pub const ALL: &'static [ApprovalPath] = &[Self::Hook, Self::Reconciler];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Hook => "hook",
-            Self::Reconciler => "reconciler",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.iter().copied().find(|s| s.as_str() == text)
-    }
-}
-
-impl std::fmt::Display for ApprovalPath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+text_enum!(ApprovalPath {
+    Hook => "hook",
+    Reconciler => "reconciler",
+});
 
 /// What the reconciler does with a gate after one read of its run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateDecision {
-    /// The run is approved or escalated: approve the hold job (through the same task, dedup
-    /// and exactly-once rules as a hook delivery) and mark the gate released.
+    /// The run is approved or escalated and bound to this gate: approve the hold job (through
+    /// the same task, dedup and exactly-once rules as a hook delivery) and mark the gate
+    /// released.
     Release { detail: String },
-    /// The run is denied or expired, or the gate timed out: close it (and, for a denial with
-    /// `ON_DENY=cancel`, cancel the workflow).
-    Close { reason: CloseReason, detail: String },
-    /// Not decided yet, or a failure worth retrying: read again after `after`.
-    PollAgain { after: Duration, detail: String },
-    /// Reading again cannot help (the token was refused, the request was refused): stop
-    /// polling this gate. It stays open, so the hook path can still release it.
-    StopPolling { detail: String },
+    /// The run is denied or expired, belongs to another gate, or the gate timed out: close it.
+    /// `cancel`: a denial of a run bound to this gate, so with `ON_DENY=cancel` the workflow
+    /// is canceled (never a workflow the run was not requested for).
+    Close {
+        reason: CloseReason,
+        detail: String,
+        cancel: bool,
+    },
+    /// Not decided yet, not bound yet, or a failure worth retrying: read again after `after`.
+    PollAgain {
+        after: Duration,
+        detail: String,
+        problem: Option<GateProblem>,
+    },
+    /// Reading again cannot help (the request was refused): stop polling this gate. It stays
+    /// open, so the hook path can still release it.
+    StopPolling {
+        detail: String,
+        problem: GateProblem,
+    },
+    /// Sym refused the API token itself (401): nothing is learnt about this gate; the
+    /// reconciler pauses and checks the token again later.
+    TokenRefused { detail: String },
 }
 
 impl GateDecision {
-    /// The gate's status after this decision (`Open` while polling or stopped).
+    /// The gate's status after this decision (`Open` while polling, stopped or paused).
     pub fn gate_status(&self) -> GateStatus {
         match self {
             Self::Release { .. } => GateStatus::Released,
             Self::Close { reason, .. } => reason.gate_status(),
-            Self::PollAgain { .. } | Self::StopPolling { .. } => GateStatus::Open,
+            Self::PollAgain { .. } | Self::StopPolling { .. } | Self::TokenRefused { .. } => {
+                GateStatus::Open
+            }
         }
     }
 
@@ -177,7 +176,8 @@ impl GateDecision {
             Self::Release { detail }
             | Self::Close { detail, .. }
             | Self::PollAgain { detail, .. }
-            | Self::StopPolling { detail } => detail,
+            | Self::StopPolling { detail, .. }
+            | Self::TokenRefused { detail } => detail,
         }
     }
 }
@@ -196,37 +196,72 @@ fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
 }
 
+/// A gate whose run is bound to another workflow or hold job: closed, never released, never
+/// canceling anything. Decided before Sym is even asked.
+pub fn refuse_run_bound_elsewhere() -> GateDecision {
+    GateDecision::Close {
+        reason: CloseReason::RunBoundElsewhere,
+        detail: "the Sym run was requested for another workflow or hold job (Sym signed that); \
+                 this gate is never released by it"
+            .into(),
+        cancel: false,
+    }
+}
+
 /// Decides what follows one read of a gate's run.
 ///
-/// `result` is the read's outcome, `polls` the number of reads made for this gate including
-/// this one, `age` the time since the gate was registered, `timeout` the `GATE_TIMEOUT`.
+/// `result` is the read's outcome, `binding` how the run stands with this gate, `polls` the
+/// number of reads made for this gate including this one, `age` the time since the gate was
+/// registered, `timeout` the `GATE_TIMEOUT`.
 pub fn decide(
     result: &Result<RunStatus, SymApiError>,
+    binding: BindingCheck,
     polls: u32,
     age: Duration,
     timeout: Duration,
 ) -> GateDecision {
+    if binding == BindingCheck::Elsewhere {
+        return refuse_run_bound_elsewhere();
+    }
+    let bound = binding == BindingCheck::Bound;
     // A definitive answer is acted on whenever it is read.
-    let (retry_after, last) = match result {
-        Ok(status @ (RunStatus::Approved | RunStatus::Escalated)) => {
+    let (retry_after, problem, last) = match result {
+        Ok(status @ (RunStatus::Approved | RunStatus::Escalated)) if bound => {
             return GateDecision::Release {
                 detail: format!("the Sym run is {status}"),
             }
         }
+        Ok(status @ (RunStatus::Approved | RunStatus::Escalated)) => (
+            None,
+            Some(GateProblem::Unbound),
+            format!(
+                "the Sym run is {status}, but nothing Sym signed binds it to this workflow and \
+                 hold job (no request event of the run): not released"
+            ),
+        ),
         Ok(RunStatus::Denied) => {
             return GateDecision::Close {
                 reason: CloseReason::Denied,
                 detail: "the Sym run was denied".into(),
+                cancel: bound,
             }
         }
         Ok(RunStatus::Expired) => {
             return GateDecision::Close {
                 reason: CloseReason::Expired,
                 detail: "the Sym run expired without approval".into(),
+                cancel: bound,
             }
         }
-        Ok(RunStatus::Open(status)) => (None, format!("the Sym run is {status:?}")),
-        Err(e) => (e.retry_after(), e.to_string()),
+        Ok(RunStatus::Open(status)) => (None, None, format!("the Sym run is {status:?}")),
+        Err(e @ SymApiError::Unauthorized) => {
+            return GateDecision::TokenRefused {
+                detail: e.to_string(),
+            }
+        }
+        Err(e @ SymApiError::Forbidden) => (None, Some(GateProblem::SymForbidden), e.to_string()),
+        Err(e @ SymApiError::NotFound) => (None, Some(GateProblem::SymNotFound), e.to_string()),
+        Err(e) => (e.retry_after(), None, e.to_string()),
     };
 
     let remaining = timeout.saturating_sub(age);
@@ -236,6 +271,7 @@ pub fn decide(
             "no decision on the Sym run within GATE_TIMEOUT ({}){why}; last: {last}",
             human(timeout)
         ),
+        cancel: false,
     };
     if remaining.is_zero() {
         return timed_out(String::new());
@@ -246,6 +282,7 @@ pub fn decide(
                 detail: format!(
                     "{e}; polling of this gate stopped (the hook path can still release it)"
                 ),
+                problem: GateProblem::SymRefused,
             };
         }
     }
@@ -263,6 +300,7 @@ pub fn decide(
     GateDecision::PollAgain {
         after,
         detail: last,
+        problem,
     }
 }
 
@@ -301,6 +339,9 @@ mod tests {
             assert_eq!(GateStatus::parse(s.as_str()), Some(*s));
             assert_eq!(s.to_string(), s.as_str());
         }
+        for p in GateProblem::ALL {
+            assert_eq!(GateProblem::parse(p.as_str()), Some(*p));
+        }
         for r in CloseReason::ALL {
             assert_eq!(CloseReason::parse(r.as_str()), Some(*r));
         }
@@ -318,7 +359,7 @@ mod tests {
     #[test]
     fn approved_and_escalated_release_the_gate() {
         for status in [RunStatus::Approved, RunStatus::Escalated] {
-            let d = decide(&Ok(status.clone()), 3, secs(60), DAY);
+            let d = decide(&Ok(status.clone()), BindingCheck::Bound, 3, secs(60), DAY);
             assert!(matches!(d, GateDecision::Release { .. }), "{d:?}");
             assert_eq!(d.gate_status(), GateStatus::Released);
             assert!(d.detail().contains(&status.to_string()));
@@ -327,10 +368,22 @@ mod tests {
 
     #[test]
     fn denied_and_expired_close_the_gate() {
-        let d = decide(&Ok(RunStatus::Denied), 1, secs(10), DAY);
+        let d = decide(
+            &Ok(RunStatus::Denied),
+            BindingCheck::Bound,
+            1,
+            secs(10),
+            DAY,
+        );
         assert_eq!(close_reason(&d), CloseReason::Denied);
         assert_eq!(d.gate_status(), GateStatus::Closed);
-        let d = decide(&Ok(RunStatus::Expired), 1, secs(10), DAY);
+        let d = decide(
+            &Ok(RunStatus::Expired),
+            BindingCheck::Bound,
+            1,
+            secs(10),
+            DAY,
+        );
         assert_eq!(close_reason(&d), CloseReason::Expired);
         assert_eq!(d.gate_status(), GateStatus::Closed);
         assert!(CloseReason::Denied.is_denial() && CloseReason::Expired.is_denial());
@@ -341,27 +394,51 @@ mod tests {
     fn definitive_answers_count_even_after_the_timeout() {
         let late = DAY + secs(3600);
         assert!(matches!(
-            decide(&Ok(RunStatus::Approved), 300, late, DAY),
+            decide(
+                &Ok(RunStatus::Approved),
+                BindingCheck::Bound,
+                300,
+                late,
+                DAY
+            ),
             GateDecision::Release { .. }
         ));
         assert_eq!(
-            close_reason(&decide(&Ok(RunStatus::Denied), 300, late, DAY)),
+            close_reason(&decide(
+                &Ok(RunStatus::Denied),
+                BindingCheck::Bound,
+                300,
+                late,
+                DAY
+            )),
             CloseReason::Denied
         );
     }
 
     #[test]
     fn an_open_run_is_polled_on_the_schedule() {
-        let d = decide(&open("requested"), 1, secs(1), DAY);
+        let d = decide(&open("requested"), BindingCheck::Bound, 1, secs(1), DAY);
         assert_eq!(poll_after(&d), secs(5));
         assert!(d.detail().contains("requested"));
         assert_eq!(d.gate_status(), GateStatus::Open);
         assert_eq!(
-            poll_after(&decide(&open("requested"), 4, secs(80), DAY)),
+            poll_after(&decide(
+                &open("requested"),
+                BindingCheck::Bound,
+                4,
+                secs(80),
+                DAY
+            )),
             secs(40)
         );
         assert_eq!(
-            poll_after(&decide(&open("requested"), 50, secs(3600), DAY)),
+            poll_after(&decide(
+                &open("requested"),
+                BindingCheck::Bound,
+                50,
+                secs(3600),
+                DAY
+            )),
             POLL_MAX
         );
     }
@@ -377,7 +454,6 @@ mod tests {
     #[test]
     fn retryable_errors_are_polled_again() {
         for err in [
-            SymApiError::NotFound,
             SymApiError::Timeout,
             SymApiError::Connect("refused".into()),
             SymApiError::InvalidResponse("html".into()),
@@ -390,7 +466,7 @@ mod tests {
                 message: "slow".into(),
             },
         ] {
-            let d = decide(&Err(err.clone()), 2, secs(30), DAY);
+            let d = decide(&Err(err.clone()), BindingCheck::Bound, 2, secs(30), DAY);
             assert_eq!(poll_after(&d), secs(10), "{err:?}");
             assert_eq!(d.detail(), err.to_string());
         }
@@ -402,7 +478,7 @@ mod tests {
             retry_after: Some(secs(120)),
         };
         assert_eq!(
-            poll_after(&decide(&Err(limited), 1, secs(5), DAY)),
+            poll_after(&decide(&Err(limited), BindingCheck::Bound, 1, secs(5), DAY)),
             secs(120)
         );
         let unavailable = SymApiError::Server {
@@ -410,7 +486,13 @@ mod tests {
             retry_after: Some(secs(30)),
         };
         assert_eq!(
-            poll_after(&decide(&Err(unavailable), 1, secs(5), DAY)),
+            poll_after(&decide(
+                &Err(unavailable),
+                BindingCheck::Bound,
+                1,
+                secs(5),
+                DAY
+            )),
             secs(30)
         );
         // A shorter Retry-After does not shorten the backoff.
@@ -418,23 +500,77 @@ mod tests {
             retry_after: Some(secs(1)),
         };
         assert_eq!(
-            poll_after(&decide(&Err(short), 8, secs(900), DAY)),
+            poll_after(&decide(&Err(short), BindingCheck::Bound, 8, secs(900), DAY)),
             POLL_MAX
         );
         // Rate limited without a Retry-After: the backoff.
         let bare = SymApiError::RateLimited { retry_after: None };
-        assert_eq!(poll_after(&decide(&Err(bare), 3, secs(40), DAY)), secs(20));
+        assert_eq!(
+            poll_after(&decide(&Err(bare), BindingCheck::Bound, 3, secs(40), DAY)),
+            secs(20)
+        );
     }
 
     #[test]
-    fn a_refused_token_stops_polling_naming_the_variable() {
-        for code in [401, 403] {
-            let d = decide(&Err(SymApiError::Unauthorized(code)), 1, secs(5), DAY);
-            let GateDecision::StopPolling { detail } = &d else {
-                panic!("expected StopPolling, got {d:?}");
+    fn a_refused_token_pauses_the_reconciler_and_a_forbidden_run_marks_its_gate() {
+        let d = decide(
+            &Err(SymApiError::Unauthorized),
+            BindingCheck::Bound,
+            1,
+            secs(5),
+            DAY,
+        );
+        let GateDecision::TokenRefused { detail } = &d else {
+            panic!("expected TokenRefused, got {d:?}");
+        };
+        assert!(detail.contains("SYM_API_TOKEN"), "{detail}");
+        assert_eq!(d.gate_status(), GateStatus::Open);
+        for (err, problem) in [
+            (SymApiError::Forbidden, GateProblem::SymForbidden),
+            (SymApiError::NotFound, GateProblem::SymNotFound),
+        ] {
+            let d = decide(&Err(err), BindingCheck::Bound, 1, secs(5), DAY);
+            assert!(
+                matches!(d, GateDecision::PollAgain { problem: Some(p), .. } if p == problem),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_approved_run_releases_only_a_gate_it_is_bound_to() {
+        let approved = Ok(RunStatus::Approved);
+        let d = decide(&approved, BindingCheck::Unbound, 3, secs(60), DAY);
+        assert!(
+            matches!(
+                d,
+                GateDecision::PollAgain {
+                    problem: Some(GateProblem::Unbound),
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        let d = decide(&approved, BindingCheck::Unbound, 300, DAY, DAY);
+        assert_eq!(close_reason(&d), CloseReason::TimedOut);
+        assert!(d.detail().contains("binds"), "{}", d.detail());
+        let d = decide(&approved, BindingCheck::Elsewhere, 3, secs(60), DAY);
+        assert_eq!(close_reason(&d), CloseReason::RunBoundElsewhere);
+        assert_eq!(d.gate_status(), GateStatus::Closed);
+    }
+
+    #[test]
+    fn a_denied_run_cancels_only_a_workflow_it_is_bound_to() {
+        for (binding, cancels) in [
+            (BindingCheck::Bound, true),
+            (BindingCheck::Unbound, false),
+            (BindingCheck::Elsewhere, false),
+        ] {
+            let d = decide(&Ok(RunStatus::Denied), binding, 1, secs(5), DAY);
+            let GateDecision::Close { cancel, .. } = d else {
+                panic!("expected Close, got {d:?}");
             };
-            assert!(detail.contains("SYM_API_TOKEN"), "{detail}");
-            assert_eq!(d.gate_status(), GateStatus::Open);
+            assert_eq!(cancel, cancels, "{binding:?}");
         }
     }
 
@@ -444,11 +580,12 @@ mod tests {
             status: 400,
             message: "Invalid run (RunAPI:INVALID_RUN)".into(),
         };
-        let d = decide(&Err(refused), 1, secs(5), DAY);
+        let d = decide(&Err(refused), BindingCheck::Bound, 1, secs(5), DAY);
         assert!(matches!(d, GateDecision::StopPolling { .. }), "{d:?}");
         assert!(d.detail().contains("INVALID_RUN"));
         let d = decide(
             &Err(SymApiError::InvalidRunId("empty".into())),
+            BindingCheck::Bound,
             1,
             secs(5),
             DAY,
@@ -458,27 +595,40 @@ mod tests {
 
     #[test]
     fn past_the_timeout_an_open_or_failing_gate_times_out() {
-        let d = decide(&open("requested"), 290, DAY, DAY);
+        let d = decide(&open("requested"), BindingCheck::Bound, 290, DAY, DAY);
         assert_eq!(close_reason(&d), CloseReason::TimedOut);
         assert_eq!(d.gate_status(), GateStatus::TimedOut);
         assert!(d.detail().contains("GATE_TIMEOUT"), "{}", d.detail());
         assert!(d.detail().contains("requested"), "{}", d.detail());
-        let d = decide(&Err(SymApiError::Timeout), 290, DAY + secs(1), DAY);
-        assert_eq!(close_reason(&d), CloseReason::TimedOut);
         let d = decide(
-            &Err(SymApiError::Unauthorized(401)),
+            &Err(SymApiError::Timeout),
+            BindingCheck::Bound,
             290,
             DAY + secs(1),
             DAY,
         );
         assert_eq!(close_reason(&d), CloseReason::TimedOut);
-        assert!(d.detail().contains("SYM_API_TOKEN"), "{}", d.detail());
+        let d = decide(
+            &Err(SymApiError::Forbidden),
+            BindingCheck::Bound,
+            290,
+            DAY + secs(1),
+            DAY,
+        );
+        assert_eq!(close_reason(&d), CloseReason::TimedOut);
+        assert!(d.detail().contains("403"), "{}", d.detail());
     }
 
     #[test]
     fn the_last_read_falls_on_the_deadline() {
         let timeout = secs(600);
-        let d = decide(&open("requested"), 20, secs(590), timeout);
+        let d = decide(
+            &open("requested"),
+            BindingCheck::Bound,
+            20,
+            secs(590),
+            timeout,
+        );
         assert_eq!(poll_after(&d), secs(10));
     }
 
@@ -488,12 +638,24 @@ mod tests {
         let limited = SymApiError::RateLimited {
             retry_after: Some(secs(60)),
         };
-        let d = decide(&Err(limited.clone()), 3, secs(570), timeout);
+        let d = decide(
+            &Err(limited.clone()),
+            BindingCheck::Bound,
+            3,
+            secs(570),
+            timeout,
+        );
         assert_eq!(close_reason(&d), CloseReason::TimedOut);
         assert!(d.detail().contains("Retry-After"), "{}", d.detail());
         // Exactly at the deadline is still within it.
         assert_eq!(
-            poll_after(&decide(&Err(limited), 3, secs(540), timeout)),
+            poll_after(&decide(
+                &Err(limited),
+                BindingCheck::Bound,
+                3,
+                secs(540),
+                timeout
+            )),
             secs(60)
         );
     }
@@ -549,7 +711,7 @@ mod tests {
                 _ => Err(SymApiError::Timeout),
             };
             let asked = result.as_ref().err().and_then(SymApiError::retry_after);
-            match decide(&result, polls, age, timeout) {
+            match decide(&result, BindingCheck::Bound, polls, age, timeout) {
                 GateDecision::PollAgain { after, .. } => {
                     assert!(age < timeout);
                     assert!(age + after <= timeout, "{age:?} + {after:?} > {timeout:?}");
@@ -579,7 +741,7 @@ mod tests {
         let mut polls = 0u32;
         loop {
             polls += 1;
-            match decide(&open("requested"), polls, age, DAY) {
+            match decide(&open("requested"), BindingCheck::Bound, polls, age, DAY) {
                 GateDecision::PollAgain { after, .. } => age += after,
                 GateDecision::Close {
                     reason: CloseReason::TimedOut,

@@ -7,37 +7,9 @@
 use std::time::Duration;
 
 use crate::clock::duration_ms;
+use crate::domain::binding::{run_key, BindingSource, RunBinding};
 use crate::domain::ids::WorkflowId;
 use crate::inbound::sym_event::{EventKind, SymEvent};
-
-/// Implements `as_str`, `parse` and `Display` for a unit enum stored as text.
-macro_rules! text_enum {
-    ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text),+
-                }
-            }
-
-            /// The stored text back to the value; None for text this version does not know.
-            pub fn parse(text: &str) -> Option<Self> {
-                match text {
-                    $($text => Some($name::$variant),)+
-                    _ => None,
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
 
 /// What a task does at CircleCI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,12 +105,15 @@ pub enum DeliveryStatus {
     /// Another approval of a hold job whose approve task is live: kept, attached to that
     /// task (it extends the task's deadline, and gets a task of its own if that one fails).
     Attached,
+    /// A `request` event: its run is now bound to its workflow and hold job.
+    Bound,
 }
 text_enum!(DeliveryStatus {
     Queued => "queued",
     Ignored => "ignored",
     Duplicate => "duplicate",
     Attached => "attached",
+    Bound => "bound",
 });
 
 /// What a denied or expired Sym request does to its workflow.
@@ -185,6 +160,46 @@ impl TaskRules {
             .map_or(crate::config::DEFAULT_HOLD_JOB_NAME, String::as_str)
     }
 
+    /// The hold job an event names: its `hold_job_name` if listed, else the default.
+    fn hold_job_of(&self, event: &SymEvent) -> Result<String, HoldJobNotAllowed> {
+        match &event.hold_job_name {
+            Some(name) if self.hold_job_names.iter().any(|n| n == name) => Ok(name.clone()),
+            Some(name) => Err(HoldJobNotAllowed {
+                requested: name.clone(),
+                allowed: self.hold_job_names.join(", "),
+            }),
+            None => Ok(self.default_hold_job().to_owned()),
+        }
+    }
+
+    /// The binding an event signs: its run to its workflow and hold job. Request, approve,
+    /// deny and expire events carry one when they name both a run and a workflow; a request
+    /// event naming an unlisted hold job is refused like an approve event, the others then
+    /// bind nothing.
+    pub fn binding_for(&self, event: &SymEvent) -> Result<Option<RunBinding>, HoldJobNotAllowed> {
+        let source = match event.kind {
+            EventKind::Request => BindingSource::Request,
+            EventKind::Approve => BindingSource::Approve,
+            EventKind::Deny => BindingSource::Deny,
+            EventKind::Expire => BindingSource::Expire,
+            EventKind::Other => return Ok(None),
+        };
+        let (Some(workflow_id), Some(run_id)) = (event.workflow_id, event.run_id.as_deref()) else {
+            return Ok(None);
+        };
+        let hold_job_name = match self.hold_job_of(event) {
+            Ok(name) => name,
+            Err(refused) if source == BindingSource::Request => return Err(refused),
+            Err(_) => return Ok(None),
+        };
+        Ok(Some(RunBinding {
+            run_key: run_key(run_id),
+            workflow_id: WorkflowId(workflow_id),
+            hold_job_name,
+            source,
+        }))
+    }
+
     /// The rule: an approve event approves its workflow's hold job; a deny or expire cancels
     /// the workflow only with `ON_DENY=cancel`; anything else (or no workflow id) is only
     /// recorded. The hold job is the event's `hold_job_name` if it names one, which must be
@@ -202,16 +217,7 @@ impl TaskRules {
         let Some(workflow_id) = event.workflow_id else {
             return Ok(None);
         };
-        let hold_job_name = match &event.hold_job_name {
-            Some(name) if self.hold_job_names.iter().any(|n| n == name) => name.clone(),
-            Some(name) => {
-                return Err(HoldJobNotAllowed {
-                    requested: name.clone(),
-                    allowed: self.hold_job_names.join(", "),
-                })
-            }
-            None => self.default_hold_job().to_owned(),
-        };
+        let hold_job_name = self.hold_job_of(event)?;
         Ok(Some(NewTask {
             action,
             workflow_id: WorkflowId(workflow_id),
@@ -242,6 +248,7 @@ mod tests {
             event_type: kind.into(),
             kind: match kind {
                 "approve" => EventKind::Approve,
+                "request" => EventKind::Request,
                 "deny" => EventKind::Deny,
                 "expire" => EventKind::Expire,
                 _ => EventKind::Other,
@@ -252,6 +259,7 @@ mod tests {
             approver_username: Some("alice@example.com".into()),
             approver_name: None,
             run_srn: None,
+            run_id: Some("run-1".into()),
             hold_job_name: None,
         }
     }
@@ -305,6 +313,29 @@ mod tests {
         assert_eq!(rules(OnDeny::Cancel).task_for(&request, 0), Ok(None));
         let no_workflow = event("deny", None);
         assert_eq!(rules(OnDeny::Cancel).task_for(&no_workflow, 0), Ok(None));
+    }
+
+    #[test]
+    fn events_bind_their_run_to_their_workflow_and_hold_job() {
+        let r = rules(OnDeny::Ignore);
+        let binding = r.binding_for(&event("request", Some(WF))).unwrap().unwrap();
+        assert_eq!(binding.run_key, "run-1");
+        assert_eq!(binding.workflow_id.to_string(), WF);
+        assert_eq!(binding.hold_job_name, "wait_for_sym_approval");
+        assert_eq!(binding.source, BindingSource::Request);
+        let approve = r.binding_for(&event("approve", Some(WF))).unwrap().unwrap();
+        assert_eq!(approve.source, BindingSource::Approve);
+
+        let mut unlisted = event("request", Some(WF));
+        unlisted.hold_job_name = Some("deploy".into());
+        assert!(r.binding_for(&unlisted).is_err());
+        unlisted.kind = EventKind::Deny;
+        assert_eq!(r.binding_for(&unlisted), Ok(None));
+
+        let mut no_run = event("request", Some(WF));
+        no_run.run_id = None;
+        assert_eq!(r.binding_for(&no_run), Ok(None));
+        assert_eq!(r.binding_for(&event("escalate", Some(WF))), Ok(None));
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The provenance verdict the deploy job asks for: did this service release this workflow's
 //! hold job because Sym approved it? Pure functions over what the store and CircleCI say.
 //!
+//! A verdict is always about one hold job (the service's default unless asked for another).
+//!
 //! - approved: a task of this workflow approved the hold job (`via: sym`), or this workflow
 //!   is a "rerun from failed" of one that was (same pipeline and workflow name) and its hold
-//!   job carried over approved by this service (`via: rerun`);
+//!   job is the very job this service approved, carried over with the same job id
+//!   (`via: rerun`);
 //! - pending: a task of this workflow is still being worked on;
 //! - not_approved: anything else, a click in the CircleCI UI included.
 
@@ -130,16 +133,16 @@ pub fn from_own_records(workflow: &str, records: &[ApprovalRecord]) -> Option<Ve
 
 /// A workflow with no approve task of its own: is it a rerun of an approved one?
 ///
-/// `original` is the approved task of the same pipeline and workflow name, if any; `hold`
-/// is this workflow's hold job; `token_user` is the id of the user this service's CircleCI
-/// token belongs to (`GET /me`). The hold job must be approved, and approved by this
-/// service: by its token's user, or it is the very job the original task approved (carried
-/// over unchanged). A rerun from start whose hold job someone approved in the UI fails.
+/// `original` is the approved task of the same pipeline and workflow name, if any; `hold` is
+/// this workflow's hold job. It counts only when the hold job is the very job the original
+/// task approved, carried over with the same job id ("rerun from failed" keeps a succeeded
+/// job). Who CircleCI says approved it never counts on its own: a click in the UI by this
+/// service's CircleCI user, or a call with its token, shows the same `approved_by` as an
+/// approval of ours.
 pub fn for_rerun(
     workflow: &str,
     original: Option<&ApprovalRecord>,
     hold: Option<&HoldJob>,
-    token_user: Option<&str>,
 ) -> Verdict {
     let Some(original) = original else {
         return Verdict::not_approved(format!(
@@ -160,9 +163,7 @@ pub fn for_rerun(
             original.workflow_id, hold.state
         ));
     }
-    let same_job = hold.job_id.is_some() && hold.job_id == original.job_id;
-    let by_us = matches!((hold.approved_by.as_deref(), token_user), (Some(a), Some(u)) if a == u);
-    if same_job || by_us {
+    if hold.job_id.is_some() && hold.job_id == original.job_id {
         return Verdict::approved(
             original,
             Via::Rerun,
@@ -179,8 +180,8 @@ pub fn for_rerun(
         );
     }
     Verdict::not_approved(format!(
-        "workflow {workflow} reruns {} but its hold job was approved by someone else (user {}), \
-         not through Sym",
+        "workflow {workflow} reruns {} but its hold job is not the one this service approved \
+         (it was approved again, by user {}, not through Sym)",
         original.workflow_id,
         hold.approved_by.as_deref().unwrap_or("unknown")
     ))
@@ -245,32 +246,30 @@ mod tests {
     #[test]
     fn a_rerun_passes_only_with_its_hold_job_approved_by_this_service() {
         let original = record(TaskStatus::Succeeded, Some(Outcome::Approved));
-        let carried = hold(HoldJobState::Approved, "job-1", None);
-        let v = for_rerun("wf-2", Some(&original), Some(&carried), None);
+        let carried = hold(HoldJobState::Approved, "job-1", Some("bot"));
+        let v = for_rerun("wf-2", Some(&original), Some(&carried));
         assert_eq!(
             (v.verdict, v.via),
             (VerdictKind::Approved, Some(Via::Rerun))
         );
         assert_eq!(v.approved_workflow_id.as_deref(), Some("wf-1"));
 
+        // Approved by this service's own CircleCI user, but another job: a UI click (or a call
+        // with the token) on a rerun from start. Never counts.
         let by_token_user = hold(HoldJobState::Approved, "job-9", Some("bot"));
-        let v = for_rerun("wf-2", Some(&original), Some(&by_token_user), Some("bot"));
-        assert_eq!(v.verdict, VerdictKind::Approved);
-
-        let clicked = hold(HoldJobState::Approved, "job-9", Some("mallory"));
-        let v = for_rerun("wf-2", Some(&original), Some(&clicked), Some("bot"));
+        let v = for_rerun("wf-2", Some(&original), Some(&by_token_user));
         assert_eq!(v.verdict, VerdictKind::NotApproved);
-        assert!(v.detail.contains("someone else"));
+        assert!(v.detail.contains("not the one"), "{}", v.detail);
 
         let waiting = hold(HoldJobState::OnHold, "job-9", None);
-        let v = for_rerun("wf-2", Some(&original), Some(&waiting), Some("bot"));
+        let v = for_rerun("wf-2", Some(&original), Some(&waiting));
         assert_eq!(v.verdict, VerdictKind::NotApproved);
         assert_eq!(
-            for_rerun("wf-2", Some(&original), None, None).verdict,
+            for_rerun("wf-2", Some(&original), None).verdict,
             VerdictKind::NotApproved
         );
         assert_eq!(
-            for_rerun("wf-2", None, Some(&carried), None).verdict,
+            for_rerun("wf-2", None, Some(&carried)).verdict,
             VerdictKind::NotApproved
         );
     }

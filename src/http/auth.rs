@@ -25,7 +25,7 @@ impl BearerToken {
         ))
     }
 
-    fn matches(&self, presented: &str) -> bool {
+    pub(super) fn matches(&self, presented: &str) -> bool {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         digest.ct_eq(self.0.as_ref()).into()
     }

@@ -15,6 +15,19 @@ pub enum ApiError {
     /// 401: admin API without a valid bearer token.
     #[error("a valid bearer token is required")]
     AdminUnauthorized,
+    /// 401: a CI caller without a valid token (missing, not signed by the issuer, expired,
+    /// another issuer or audience); the detail says which.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: a valid CI token that may not do this (another pipeline's, a project that is not
+    /// allowed, an SSH rerun).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 503: the OIDC issuer's keys cannot be fetched, so no token can be checked now.
+    #[error(
+        "CI callers cannot be checked now (the OIDC issuer's keys are unavailable); retry later"
+    )]
+    IdentityUnavailable,
     /// 400: the body is not JSON or not a Sym log entry; or bad query parameters.
     #[error("{0}")]
     BadRequest(String),
@@ -39,6 +52,9 @@ pub enum ApiError {
     /// 405
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 429: the CircleCI lookups this request needs are over their rate limit; retry shortly.
+    #[error("too many CircleCI lookups at once (5 a second at most); retry shortly")]
+    LookupsLimited,
     /// 429: too many requests in flight; retry shortly.
     #[error("too many requests in flight; retry shortly")]
     Overloaded,
@@ -60,7 +76,11 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::InvalidSignature => (StatusCode::UNAUTHORIZED, "invalid_signature"),
-            Self::AdminUnauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::AdminUnauthorized | Self::Unauthorized(_) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::IdentityUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "oidc_unavailable"),
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::InvalidWorkflowId(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow_id"),
             Self::HoldJobNotAllowed(_) => {
@@ -72,6 +92,7 @@ impl ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "gate_conflict"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "overloaded"),
+            Self::LookupsLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             Self::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
             Self::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_unavailable"),
@@ -115,14 +136,19 @@ impl IntoResponse for ApiError {
             .into_response();
         let headers = response.headers_mut();
         match self {
-            Self::Overloaded | Self::StoreUnavailable | Self::Timeout | Self::Upstream(_) => {
+            Self::Overloaded
+            | Self::LookupsLimited
+            | Self::StoreUnavailable
+            | Self::Timeout
+            | Self::Upstream(_)
+            | Self::IdentityUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             // A client this slow does not get to keep the connection.
             Self::BodyTimeout(_) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            Self::AdminUnauthorized => {
+            Self::AdminUnauthorized | Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}

@@ -1,39 +1,28 @@
-//! `POST /v1/gates`: CircleCI registers a hold job and its Sym run right after `sym/request`,
-//! behind `GATE_TOKEN` (a token that can register gates and do nothing else).
+//! `POST /v1/gates`: a CircleCI job registers a hold job of its own workflow and the Sym run
+//! it waits for, right after `sym/request`. The caller proves itself with its OIDC token
+//! (scoped to its pipeline) or, opted in, the static `GATE_TOKEN` (`super::ci_auth`).
 //!
-//! 201 for a new gate, 200 for the same gate again, 409 when the workflow is registered with
-//! another run or hold job; 400/422 for bad input. The gate is committed before any 2xx.
+//! 201 for a new gate, 200 for the same gate again, 409 when the hold job is registered with
+//! another run, the run with another gate, or Sym signed that the run was requested for
+//! another workflow or hold job (no answer names a run or another workflow); 401/403 for the
+//! caller; 400/422 for bad input. The gate is committed before any 2xx.
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::check_bearer;
+use super::ci_auth::CiRoute;
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::ids::WorkflowId;
 use crate::outbound::sym_api::validate_run_id;
-use crate::store::Registered;
+use crate::store::{GateConflict, NewGate, Registered};
 
 /// Largest registration body: three short strings.
 pub const MAX_GATE_BODY: usize = 16 * 1024;
-
-/// 404 when no `GATE_TOKEN` is configured, 401 without it.
-pub async fn require_gate_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match check_bearer(state.gate_token.as_ref(), &request, "gate API") {
-        Ok(()) => next.run(request).await,
-        Err(refused) => refused.into_response(),
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,8 +35,13 @@ struct Registration {
 
 pub async fn register(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    if !state.ci.serves(CiRoute::Gates) {
+        return Err(ApiError::NotFound("no route for POST /v1/gates".into()));
+    }
+    let caller = state.ci.caller(&headers, CiRoute::Gates).await?;
     let registration: Registration = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "body must be JSON {{\"workflow_id\", \"sym_run_id\", \"hold_job_name\"?}}: {e}"
@@ -76,16 +70,23 @@ pub async fn register(
             )))
         }
     };
+    let proven = state
+        .ci
+        .may_act_for(&caller, workflow, CiRoute::Gates)
+        .await?;
+    let gate = NewGate {
+        workflow_id: workflow,
+        hold_job_name: &hold_job,
+        sym_run_id: &registration.sym_run_id,
+        pipeline_id: proven.as_ref().map(|w| w.pipeline_id.as_str()),
+        project_slug: proven.as_ref().and_then(|w| w.project_slug.as_deref()),
+    };
     let answer = json!({
         "workflow_id": workflow.to_string(),
         "sym_run_id": registration.sym_run_id,
         "hold_job_name": hold_job,
     });
-    match state
-        .store
-        .register_gate(workflow, &registration.sym_run_id, &hold_job)
-        .await?
-    {
+    match state.store.register_gate(&gate).await? {
         Registered::Created => {
             tracing::info!(workflow_id = %workflow, sym_run_id = %registration.sym_run_id, hold_job = %hold_job, "gate registered");
             state.reconciler_wake.notify_one();
@@ -95,10 +96,27 @@ pub async fn register(
             StatusCode::OK,
             Json(with_status(answer, "already_registered")),
         )),
-        Registered::Conflict { sym_run_id } => Err(ApiError::Conflict(format!(
-            "workflow {workflow} is already registered with Sym run {sym_run_id:?} (or another \
-             hold job)"
-        ))),
+        Registered::Conflict(conflict) => {
+            let detail = match conflict {
+                GateConflict::HoldJobHasAnotherRun => format!(
+                    "hold job {hold_job:?} of workflow {workflow} is already registered with \
+                     another Sym run"
+                ),
+                GateConflict::RunHasAnotherGate => {
+                    "this Sym run is already registered for another gate; a run gates one hold \
+                     job of one workflow"
+                        .to_owned()
+                }
+                GateConflict::RunBoundElsewhere => {
+                    state.metrics.gate_refused();
+                    "this Sym run was requested for another workflow or hold job (Sym signed \
+                     that); it cannot gate this one"
+                        .to_owned()
+                }
+            };
+            tracing::warn!(workflow_id = %workflow, hold_job = %hold_job, ?conflict, "gate registration refused");
+            Err(ApiError::Conflict(detail))
+        }
     }
 }
 

@@ -58,6 +58,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         });
         state.metrics.set_open_gates(open, age);
     }
+    if let Ok(Ok(problems)) = tokio::time::timeout(READY_TIMEOUT, state.store.gate_problems()).await
+    {
+        state.metrics.set_gate_problems(&problems);
+    }
     (
         [(
             header::CONTENT_TYPE,

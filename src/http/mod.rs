@@ -8,6 +8,7 @@
 
 mod admin;
 mod auth;
+pub mod ci_auth;
 mod error;
 mod gates;
 mod health;
@@ -37,8 +38,6 @@ pub use error::ApiError;
 use crate::config::{HttpConfig, TaskRules};
 use crate::inbound::signature::Verifier;
 use crate::metrics::Metrics;
-use crate::outbound::circleci::token::TokenCheck;
-use crate::outbound::circleci::CircleCiClient;
 use crate::store::Store;
 
 /// What every handler can reach. axum clones the state for every request (and every layer
@@ -79,16 +78,11 @@ pub struct Shared {
     pub refusal_log: Arc<crate::telemetry::RateLimit>,
     /// The audit API's token; None disables the API (404).
     pub admin_token: Option<BearerToken>,
-    /// The verdict API's token; None disables it (404).
-    pub verdict_token: Option<BearerToken>,
-    /// The gate registration token; None disables it (404).
-    pub gate_token: Option<BearerToken>,
-    /// Wakes the reconciler when a gate is registered.
+    /// Who may register gates and read verdicts (CircleCI OIDC, or opted-in static tokens),
+    /// and the rate-limited CircleCI lookups made for them.
+    pub ci: Arc<ci_auth::CiAuth>,
+    /// Wakes the reconciler when a gate is registered or a run bound.
     pub reconciler_wake: Arc<Notify>,
-    /// For the verdict's lookups of reruns.
-    pub circleci: CircleCiClient,
-    /// Whose CircleCI token this service holds (`GET /me`).
-    pub token: TokenCheck,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -104,28 +98,14 @@ pub fn router(state: AppState, config: &HttpConfig) -> Router {
             admin::require_admin,
         ));
 
-    let verdict_api = Router::new()
-        .route("/v1/verdicts/{workflow_id}", get(verdict::get_verdict))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            verdict::require_verdict_token,
-        ));
-
-    let gate_api = Router::new()
+    Router::new()
+        .route("/webhooks/sym", webhook)
         .route(
             "/v1/gates",
             post(gates::register).layer(DefaultBodyLimit::max(gates::MAX_GATE_BODY)),
         )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            gates::require_gate_token,
-        ));
-
-    Router::new()
-        .route("/webhooks/sym", webhook)
-        .merge(gate_api)
         .merge(audit_api)
-        .merge(verdict_api)
+        .route("/v1/verdicts/{workflow_id}", get(verdict::get_verdict))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

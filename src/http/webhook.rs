@@ -118,13 +118,12 @@ async fn handle(
     })?;
 
     let received_at = state.store.clock().now_ms();
-    let task = state
-        .rules
-        .task_for(&event, received_at)
-        .map_err(|refused| {
-            tracing::warn!(webhook_id = %verified.webhook_id, error = %refused, "signed event refused");
-            ApiError::HoldJobNotAllowed(refused.to_string())
-        })?;
+    let refused = |refused: crate::domain::task::HoldJobNotAllowed| {
+        tracing::warn!(webhook_id = %verified.webhook_id, error = %refused, "signed event refused");
+        ApiError::HoldJobNotAllowed(refused.to_string())
+    };
+    let task = state.rules.task_for(&event, received_at).map_err(refused)?;
+    let binding = state.rules.binding_for(&event).map_err(refused)?;
 
     // Only now, signed and valid, does the delivery take a store-write slot.
     let _slot = match tokio::time::timeout(SLOT_WAIT, state.store_slots.acquire()).await {
@@ -139,6 +138,7 @@ async fn handle(
         event: event.clone(),
         received_at,
         task,
+        binding,
     };
     let storing = {
         let state = state.clone();
@@ -147,6 +147,10 @@ async fn handle(
             state.metrics.delivery(recorded.status().as_str());
             if matches!(recorded, Recorded::Queued { .. }) {
                 state.wake.notify_one();
+            }
+            if !matches!(recorded, Recorded::Duplicate { .. }) {
+                // A run may have been bound: a gate waiting for that is read again now.
+                state.reconciler_wake.notify_one();
             }
             Ok::<_, crate::store::StoreError>(recorded)
         })
@@ -163,6 +167,10 @@ async fn handle(
     let (status, body) = match &recorded {
         Recorded::Queued { .. } => (
             StatusCode::ACCEPTED,
+            json!({ "delivery_id": delivery_id, "status": outcome }),
+        ),
+        Recorded::Bound { .. } => (
+            StatusCode::OK,
             json!({ "delivery_id": delivery_id, "status": outcome }),
         ),
         Recorded::Ignored { .. } => (

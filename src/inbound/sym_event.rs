@@ -54,6 +54,9 @@ struct RawActor {
 pub enum EventKind {
     /// Approve the workflow's hold job.
     Approve,
+    /// The request was made (the flow's `after_request` hook): binds the Sym run to the
+    /// workflow and hold job it was requested for.
+    Request,
     /// The request was denied: optionally cancel the workflow.
     Deny,
     /// The request expired unanswered: optionally cancel the workflow.
@@ -66,6 +69,7 @@ impl EventKind {
     fn from_type(kind: &str) -> Self {
         match kind {
             "approve" => Self::Approve,
+            "request" => Self::Request,
             "deny" => Self::Deny,
             "expire" => Self::Expire,
             _ => Self::Other,
@@ -88,9 +92,59 @@ pub struct SymEvent {
     pub approver_username: Option<String>,
     pub approver_name: Option<String>,
     pub run_srn: Option<String>,
+    /// The Sym run's id: the identifier component of `run.srn` (see [`run_id_from_srn`]).
+    pub run_id: Option<String>,
     /// `fields.hold_job_name`: which approval job to release (the flow's optional field);
     /// None for the service's default.
     pub hold_job_name: Option<String>,
+}
+
+/// The run id in a run's SRN: its identifier component.
+///
+/// Sym's SDK (`sym-sdk` 0.61.0, `sym/sdk/resource.py`, `SRN.parse`) defines an SRN as
+/// `<ORG>:<MODEL>[:<TYPE>]:<SLUG>:<VERSION>[:<IDENTIFIER>]`, where only the models it lists
+/// (`access_strategy`, `access_target`, `user`, `secret`, `secrets`, `integration`,
+/// `log_destination`) have the TYPE component; components are lowercased and match
+/// `[a-zA-Z0-9-_]+`. A run (`acme:run:ci-approval:1.0.0:<uuid>`) has no TYPE, so its
+/// identifier is the fifth component. That this identifier is the `run_id` Sym's API answers
+/// `POST /events/request` with (and serves at `GET /runs/{run_id}`) is an assumption,
+/// written down in `docs/gates.md`. None for an SRN without an identifier or that does not
+/// parse.
+pub fn run_id_from_srn(srn: &str) -> Option<String> {
+    const MODELS_WITH_TYPES: &[&str] = &[
+        "access_strategy",
+        "access_target",
+        "user",
+        "secret",
+        "secrets",
+        "integration",
+        "log_destination",
+    ];
+    let srn = srn.trim().to_ascii_lowercase();
+    if srn.ends_with(':') {
+        return None;
+    }
+    let parts: Vec<&str> = srn.split(':').collect();
+    let slug_like = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 128
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    let model = *parts.get(1)?;
+    let identifier_at = if MODELS_WITH_TYPES.contains(&model) {
+        5
+    } else {
+        4
+    };
+    if parts.len() != identifier_at + 1 {
+        return None;
+    }
+    if !parts[..identifier_at - 1].iter().all(|p| slug_like(p)) {
+        return None;
+    }
+    let identifier = parts[identifier_at];
+    slug_like(identifier).then(|| identifier.to_owned())
 }
 
 /// Why a body was refused, mapped to 400 or 422 by the HTTP layer.
@@ -144,14 +198,14 @@ impl SymEvent {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => match Uuid::try_parse(s) {
                 Ok(id) => Some(id),
-                Err(_) if kind == EventKind::Approve => {
+                Err(_) if matches!(kind, EventKind::Approve | EventKind::Request) => {
                     return Err(EventError::InvalidWorkflowId(
                         "fields.workflow_id is not a UUID".into(),
                     ))
                 }
                 Err(_) => None,
             },
-            Some(_) if kind == EventKind::Approve => {
+            Some(_) if matches!(kind, EventKind::Approve | EventKind::Request) => {
                 return Err(EventError::InvalidWorkflowId(
                     "fields.workflow_id must be a UUID string".into(),
                 ))
@@ -162,6 +216,23 @@ impl SymEvent {
             return Err(EventError::InvalidWorkflowId(
                 "approve event has no fields.workflow_id".into(),
             ));
+        }
+        let run_srn = raw.run.and_then(|r| r.srn);
+        let run_id = run_srn.as_deref().and_then(run_id_from_srn);
+        if kind == EventKind::Request {
+            // A request event exists to bind its run to its workflow: both must be there.
+            if workflow_id.is_none() {
+                return Err(EventError::InvalidWorkflowId(
+                    "request event has no UUID fields.workflow_id".into(),
+                ));
+            }
+            if run_id.is_none() {
+                return Err(EventError::NotLogEntry(
+                    "request event has no run.srn with a run id \
+                     (<org>:run:<slug>:<version>:<run id>)"
+                        .into(),
+                ));
+            }
         }
 
         let hold_job_name = match fields.get("hold_job_name") {
@@ -188,7 +259,8 @@ impl SymEvent {
             merging_user: text_field("merging_user"),
             approver_username: actor.as_ref().and_then(|a| a.username.clone()),
             approver_name: actor.and_then(|a| a.name),
-            run_srn: raw.run.and_then(|r| r.srn),
+            run_srn,
+            run_id,
             hold_job_name,
         })
     }
@@ -265,6 +337,57 @@ mod tests {
     }
 
     #[test]
+    fn the_run_id_is_the_identifier_component_of_the_runs_srn() {
+        let id = "4e41814e-34b2-418c-9582-2d8bc610ea2a";
+        assert_eq!(
+            run_id_from_srn(&format!("acme:run:ci-approval:1.0.0:{id}")).as_deref(),
+            Some(id)
+        );
+        assert_eq!(
+            run_id_from_srn("ACME:run:ci-approval:latest:ABC-1").as_deref(),
+            Some("abc-1"),
+            "lowercased, as the SDK does"
+        );
+        // Models with a TYPE component have the identifier one further.
+        assert_eq!(
+            run_id_from_srn("acme:integration:slack:main:latest:xyz").as_deref(),
+            Some("xyz")
+        );
+        for bad in [
+            "acme:run:ci-approval:1.0.0",
+            "acme:run:ci-approval:1.0.0:",
+            "acme:run:ci-approval:1.0.0:a:b",
+            "acme:run:ci-approval:1.0.0:a/b",
+            "acme:run::1.0.0:x",
+            "nonsense",
+            "",
+        ] {
+            assert_eq!(run_id_from_srn(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_event_needs_its_workflow_and_run() {
+        let ok = br#"{"id":"x","event":{"type":"request"},"run":{"srn":"acme:run:f:1.0.0:r1"},
+            "fields":{"workflow_id":"7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e"}}"#;
+        let event = SymEvent::parse(ok).unwrap();
+        assert_eq!(event.kind, EventKind::Request);
+        assert_eq!(event.run_id.as_deref(), Some("r1"));
+        let no_run = br#"{"id":"x","event":{"type":"request"},
+            "fields":{"workflow_id":"7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e"}}"#;
+        assert!(matches!(
+            SymEvent::parse(no_run),
+            Err(EventError::NotLogEntry(_))
+        ));
+        let no_workflow =
+            br#"{"id":"x","event":{"type":"request"},"run":{"srn":"acme:run:f:1.0.0:r1"}}"#;
+        assert!(matches!(
+            SymEvent::parse(no_workflow),
+            Err(EventError::InvalidWorkflowId(_))
+        ));
+    }
+
+    #[test]
     fn a_path_traversal_workflow_id_is_refused_as_invalid() {
         let body =
             br#"{"id":"x","event":{"type":"approve"},"fields":{"workflow_id":"../../project/x"}}"#;
@@ -276,10 +399,10 @@ mod tests {
 
     #[test]
     fn other_event_types_parse_without_a_workflow_id() {
-        let body = br#"{"id":"x","event":{"type":"request"},"fields":{},"extra":1}"#;
+        let body = br#"{"id":"x","event":{"type":"escalate"},"fields":{},"extra":1}"#;
         let event = SymEvent::parse(body).unwrap();
         assert_eq!(event.kind, EventKind::Other);
-        assert_eq!(event.event_type, "request");
+        assert_eq!(event.event_type, "escalate");
     }
 
     #[test]

@@ -68,14 +68,17 @@ impl RecordedCall {
 #[derive(Default)]
 struct Inner {
     runs: HashMap<String, String>,
+    /// A run's request fields, served in its answer when set (`set_run_fields`).
+    fields: HashMap<String, serde_json::Value>,
     faults: VecDeque<Fault>,
     calls: Vec<RecordedCall>,
+    /// The token requests must carry (it can be rotated: `set_token`).
+    token: String,
 }
 
 struct Shared {
     inner: Mutex<Inner>,
     changed: Notify,
-    token: String,
 }
 
 impl Shared {
@@ -136,9 +139,11 @@ impl FakeSymApi {
     /// Starts on `addr` (a demo may want a fixed port).
     pub async fn start_on(addr: SocketAddr, token: &str) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                token: token.to_owned(),
+                ..Inner::default()
+            }),
             changed: Notify::new(),
-            token: token.to_owned(),
         });
         let app = Router::new()
             .route("/api/v1/runs/{run_id}", get(run_status))
@@ -178,6 +183,16 @@ impl FakeSymApi {
     /// The run's current status, None for an unknown run.
     pub fn run_status(&self, run_id: &str) -> Option<String> {
         self.shared.lock().runs.get(run_id).cloned()
+    }
+
+    /// From now on, requests must carry this token (a rotation at Sym).
+    pub fn set_token(&self, token: &str) {
+        token.clone_into(&mut self.shared.lock().token);
+    }
+
+    /// Serves `fields` (the request's prompt fields) in the run's answer, as a `fields` object.
+    pub fn set_run_fields(&self, run_id: &str, fields: serde_json::Value) {
+        self.shared.lock().fields.insert(run_id.to_owned(), fields);
     }
 
     /// The next request with the right token is answered with `status` (and `Retry-After`
@@ -264,7 +279,7 @@ fn handle(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|v| v == shared.token);
+        .is_some_and(|v| v == shared.lock().token);
     let response = if token_ok {
         let fault = shared.lock().faults.pop_front();
         match fault {
@@ -296,7 +311,13 @@ async fn run_status(
         &uri,
         Some(run_id.clone()),
         |inner| match inner.runs.get(&run_id) {
-            Some(status) => Json(json!({ "id": run_id, "status": status })).into_response(),
+            Some(status) => {
+                let mut run = json!({ "id": run_id, "status": status });
+                if let Some(fields) = inner.fields.get(&run_id) {
+                    run["fields"] = fields.clone();
+                }
+                Json(run).into_response()
+            }
             None => sym_error(
                 StatusCode::NOT_FOUND,
                 "RunAPI:NOT_FOUND",
@@ -427,7 +448,7 @@ mod tests {
         let wrong = client(&fake, "not-the-token");
         assert_eq!(
             wrong.run_status("r1").await.unwrap_err(),
-            SymApiError::Unauthorized(401)
+            SymApiError::Unauthorized
         );
         let response = reqwest::get(format!("{}/runs/r1", fake.base_url()))
             .await
@@ -474,7 +495,7 @@ mod tests {
             }
         );
         let mut calls = Vec::new();
-        let err = sym.run_status_recorded("r1", &mut calls).await.unwrap_err();
+        let err = sym.run_recorded("r1", &mut calls).await.unwrap_err();
         assert_eq!(err.retry_after(), Some(Duration::from_secs(9)));
         assert_eq!(calls.len(), 1);
         assert_eq!(calls[0].endpoint, "/runs/r1");

@@ -3,4 +3,5 @@
 pub mod circleci;
 pub mod fake_circleci;
 pub mod fake_sym;
+pub mod oidc_keys;
 pub mod sym_api;

@@ -87,9 +87,13 @@ impl std::fmt::Display for RunStatus {
 /// How a Sym API call failed, as the reconciler's policy needs to know it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SymApiError {
-    /// 401/403: the token is wrong, expired or lacks access; retrying will not help.
-    #[error("the Sym API refused the token (HTTP {0}); check SYM_API_TOKEN")]
-    Unauthorized(u16),
+    /// 401: the token is wrong or expired; no run can be read with it.
+    #[error("the Sym API refused the token (HTTP 401); check SYM_API_TOKEN")]
+    Unauthorized,
+    /// 403: the token may not read this run (another organisation's, or a permission it
+    /// lacks); other runs may still be readable.
+    #[error("the Sym API refused access to this run (HTTP 403): SYM_API_TOKEN may not read it")]
+    Forbidden,
     /// 404: no such run (or not visible to this token's organization).
     #[error("the Sym API answered 404 Not Found for this run")]
     NotFound,
@@ -125,12 +129,13 @@ impl SymApiError {
     }
 
     /// Can asking again later give another answer? False for a refused token, a refused run
-    /// id and 4xx answers other than 404, 408, 425 and 429.
+    /// id and 4xx answers other than 403, 404, 408, 425 and 429.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Unauthorized(_) | Self::InvalidRunId(_) => false,
+            Self::Unauthorized | Self::InvalidRunId(_) => false,
             Self::Client { status, .. } => matches!(status, 408 | 425),
-            Self::NotFound
+            Self::Forbidden
+            | Self::NotFound
             | Self::RateLimited { .. }
             | Self::Server { .. }
             | Self::Timeout
@@ -247,22 +252,31 @@ impl SymApiClient {
 
     /// `GET {base}/runs/{run_id}`: the run's status.
     pub async fn run_status(&self, run_id: &str) -> Result<RunStatus, SymApiError> {
-        let mut calls = Vec::with_capacity(1);
-        self.run_status_recorded(run_id, &mut calls).await
+        Ok(self.run(run_id).await?.status)
     }
 
-    /// [`Self::run_status`], adding the exchange to `calls` (nothing is added when the run id
-    /// is refused before any call).
-    pub async fn run_status_recorded(
+    /// `GET {base}/runs/{run_id}`: the run's status, and the request's fields when Sym's
+    /// answer carries them.
+    pub async fn run(&self, run_id: &str) -> Result<RunInfo, SymApiError> {
+        let mut calls = Vec::with_capacity(1);
+        self.run_recorded(run_id, &mut calls).await
+    }
+
+    /// [`Self::run`], adding the exchange to `calls` (nothing is added when the run id is
+    /// refused before any call).
+    pub async fn run_recorded(
         &self,
         run_id: &str,
         calls: &mut Vec<CallRecord>,
-    ) -> Result<RunStatus, SymApiError> {
+    ) -> Result<RunInfo, SymApiError> {
         let (url, endpoint) = self.run_url(run_id)?;
         let body = self
             .send(self.http.get(url), "GET", &endpoint, calls)
             .await?;
-        parse_run_status(&body)
+        Ok(RunInfo {
+            status: parse_run_status(&body)?,
+            request: parse_request_fields(&body),
+        })
     }
 
     /// Sends one request, records and logs it, and classifies the outcome.
@@ -341,7 +355,8 @@ fn classify_status(
 ) -> Result<Vec<u8>, SymApiError> {
     match status.as_u16() {
         200..=299 => Ok(body),
-        401 | 403 => Err(SymApiError::Unauthorized(status.as_u16())),
+        401 => Err(SymApiError::Unauthorized),
+        403 => Err(SymApiError::Forbidden),
         404 => Err(SymApiError::NotFound),
         429 => Err(SymApiError::RateLimited { retry_after }),
         500..=599 => Err(SymApiError::Server {
@@ -381,6 +396,47 @@ fn error_message(body: &[u8]) -> String {
         _ => String::from_utf8_lossy(body).into_owned(),
     };
     text.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+/// A run as the reconciler reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunInfo {
+    pub status: RunStatus,
+    /// The request's fields, when Sym's answer carries them (see [`parse_request_fields`]).
+    pub request: Option<RequestFields>,
+}
+
+/// The fields of the request a run was made for, as far as the service binds runs by them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFields {
+    pub workflow_id: uuid::Uuid,
+    /// None: the request named no hold job (the service's default).
+    pub hold_job_name: Option<String>,
+}
+
+/// The request's fields in a run: a `fields` object (the shape of a log entry's `fields`, the
+/// prompt fields of the request), else `flow_inputs` (what the orb sends with
+/// `POST /events/request`). Sym does not document `GET /runs/{id}`'s body beyond `status`
+/// (the orb reads only that), so this is an assumption (`docs/gates.md`): when neither is
+/// there, or its `workflow_id` is not a UUID, None, and only a signed `request` event binds
+/// the run.
+pub fn parse_request_fields(body: &[u8]) -> Option<RequestFields> {
+    let run: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let fields = run
+        .get("fields")
+        .filter(|f| f.is_object())
+        .or_else(|| run.get("flow_inputs").filter(|f| f.is_object()))?;
+    let workflow_id = uuid::Uuid::try_parse(fields.get("workflow_id")?.as_str()?).ok()?;
+    let hold_job_name = fields
+        .get("hold_job_name")
+        .and_then(serde_json::Value::as_str)
+        .map(str::trim)
+        .filter(|h| !h.is_empty() && h.len() <= 256 && !h.chars().any(char::is_control))
+        .map(str::to_owned);
+    Some(RequestFields {
+        workflow_id,
+        hold_job_name,
+    })
 }
 
 /// A run as `GET /runs/{run_id}` returns it: only `status` is read; other fields tolerated.
@@ -493,9 +549,34 @@ mod tests {
     }
 
     #[test]
+    fn the_request_fields_are_read_from_fields_or_flow_inputs_when_there() {
+        let wf = "7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e";
+        let body = format!(
+            r#"{{"status":"approved","fields":{{"workflow_id":"{wf}","hold_job_name":"prod"}}}}"#
+        );
+        let fields = parse_request_fields(body.as_bytes()).unwrap();
+        assert_eq!(fields.workflow_id.to_string(), wf);
+        assert_eq!(fields.hold_job_name.as_deref(), Some("prod"));
+        let body = format!(r#"{{"status":"approved","flow_inputs":{{"workflow_id":"{wf}"}}}}"#);
+        assert_eq!(
+            parse_request_fields(body.as_bytes()).unwrap().hold_job_name,
+            None
+        );
+        for none in [
+            r#"{"status":"approved"}"#,
+            r#"{"status":"approved","fields":{"workflow_id":"nope"}}"#,
+            r#"{"status":"approved","fields":"x"}"#,
+            "[]",
+        ] {
+            assert_eq!(parse_request_fields(none.as_bytes()), None, "{none}");
+        }
+    }
+
+    #[test]
     fn statuses_are_classified_for_the_retry_policy() {
-        use SymApiError::{NotFound, Unauthorized};
+        use SymApiError::NotFound;
         let secs = |s: Option<u64>| s.map(Duration::from_secs);
+        let forbidden = || SymApiError::Forbidden;
         let classify = |code: u16, retry: Option<u64>, body: &str| {
             let status = StatusCode::from_u16(code).unwrap();
             classify_status(status, secs(retry), body.into()).unwrap_err()
@@ -514,8 +595,8 @@ mod tests {
         let sym_error =
             r#"{"error": true, "message": "Bad run", "code": "X:Y", "status_code": 400}"#;
         for (code, retry, body, expected, retryable) in [
-            (401, None, "", Unauthorized(401), false),
-            (403, None, "", Unauthorized(403), false),
+            (401, None, "", SymApiError::Unauthorized, false),
+            (403, None, "", forbidden(), true),
             (404, None, "", NotFound, true),
             (429, Some(7), "", limited(Some(7)), true),
             (503, Some(30), "", server(503, Some(30)), true),
@@ -534,13 +615,14 @@ mod tests {
 
     #[test]
     fn retryability_of_every_error_and_the_token_error_names_the_variable() {
-        assert!(!SymApiError::Unauthorized(401).is_retryable());
+        assert!(!SymApiError::Unauthorized.is_retryable());
+        assert!(SymApiError::Forbidden.is_retryable());
         assert!(!SymApiError::InvalidRunId("x".into()).is_retryable());
         assert!(SymApiError::NotFound.is_retryable());
         assert!(SymApiError::Timeout.is_retryable());
         assert!(SymApiError::Connect("refused".into()).is_retryable());
         assert!(SymApiError::InvalidResponse("html".into()).is_retryable());
-        let text = SymApiError::Unauthorized(401).to_string();
+        let text = SymApiError::Unauthorized.to_string();
         assert!(text.contains("SYM_API_TOKEN"), "{text}");
     }
 

@@ -3,7 +3,8 @@
 //!
 //! An audit record is a delivery that asked something of us (`approve`, `deny`, `expire`),
 //! with the task it created, if any (a deny with `ON_DENY=ignore` has none, and is still
-//! recorded). Duplicates are folded into the original as a count.
+//! recorded), or that bound a Sym run to its workflow (`request`, status `bound`). Duplicates
+//! are folded into the original as a count.
 
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -14,7 +15,7 @@ use super::{Store, StoreError};
 use crate::domain::task::DeliveryStatus;
 
 /// Event types that appear in the audit trail.
-const AUDITED_EVENTS: &str = "('approve', 'deny', 'expire')";
+const AUDITED_EVENTS: &str = "('approve', 'deny', 'expire', 'request')";
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Approver {
@@ -42,7 +43,8 @@ pub struct ApprovalSummary {
     /// `approve`, `cancel`, or null when the event asked nothing of CircleCI.
     pub action: Option<String>,
     /// `pending`, `succeeded`, `failed`; `attached` (another approval of a hold job whose
-    /// approve task was live: see `attached_to`), or `ignored` (no task).
+    /// approve task was live: see `attached_to`), `bound` (a request event that bound its Sym
+    /// run to the workflow), or `ignored` (no task).
     pub status: String,
     /// For an `attached` approval: the delivery whose task it was attached to (the one that
     /// released the hold job, or is trying to).
@@ -163,6 +165,7 @@ fn status_of(row: &AnyRow) -> Result<(String, Option<String>), sqlx::Error> {
     let status = match task_status {
         Some(status) => status,
         None if attached => DeliveryStatus::Attached.as_str().to_owned(),
+        None if delivery_outcome == DeliveryStatus::Bound.as_str() => delivery_outcome.clone(),
         None => DeliveryStatus::Ignored.as_str().to_owned(),
     };
     let attached_to = if attached {
@@ -249,7 +252,7 @@ impl Store {
             "SELECT d.id, d.webhook_id, d.sym_event_id, d.event_type, d.workflow_id, d.workflow_url, \
              d.merging_user, d.approver_username, d.approver_name, d.run_srn, d.received_at, \
              d.outcome AS delivery_outcome, d.duplicate_of, t.id AS task_id, t.action, t.status, t.outcome, t.detail, t.created_at, t.deadline_at, \
-             t.finished_at, t.job_id, t.job_number, t.project_slug, t.origin \
+             t.finished_at, t.job_id, t.job_number, t.project_slug, t.origin, t.hold_job_name \
              FROM deliveries d LEFT JOIN tasks t ON t.delivery_id = d.id \
              WHERE d.outcome <> 'duplicate' AND d.event_type IN {AUDITED_EVENTS} \
              AND (d.id = $1 OR t.id = $1)"
@@ -307,8 +310,18 @@ impl Store {
         let path = task_id
             .as_ref()
             .map(|_| origin.unwrap_or_else(|| "hook".to_owned()));
+        // The gate of this approval's hold job (the workflow's first gate when the delivery
+        // made no task).
+        let hold_job: Option<String> = row.try_get("hold_job_name")?;
         let gate = match &workflow_id {
-            Some(workflow) => self.gate_of_now(workflow).await?,
+            Some(workflow) => {
+                let gates = self.gates_of_now(workflow).await?;
+                let mine = hold_job
+                    .as_deref()
+                    .and_then(|h| gates.iter().position(|g| g.hold_job_name == h));
+                mine.or((!gates.is_empty()).then_some(0))
+                    .and_then(|i| gates.into_iter().nth(i))
+            }
             None => None,
         };
         let hold_job = (job_id.is_some() || project_slug.is_some()).then_some(JobRef {

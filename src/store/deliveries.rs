@@ -6,10 +6,11 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{value_rows, Store, StoreError};
+use crate::domain::binding::RunBinding;
 use crate::domain::gate::ApprovalPath;
 use crate::domain::ids::{DeliveryId, TaskId};
 use crate::domain::task::{DeliveryStatus, NewTask, TaskAction, TaskStatus};
-use crate::inbound::sym_event::SymEvent;
+use crate::inbound::sym_event::{EventKind, SymEvent};
 
 /// What recording a delivery did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub enum Recorded {
     },
     /// A new delivery that asks nothing of us (an event type we do not act on).
     Ignored { delivery_id: DeliveryId },
+    /// A new `request` event: its run is bound to its workflow and hold job.
+    Bound { delivery_id: DeliveryId },
     /// Seen before (same Sym id or same webhook-id), or its hold job already has a live
     /// approval (from another event or the reconciler); `original_id` is that delivery.
     Duplicate { original_id: DeliveryId },
@@ -31,6 +34,7 @@ impl Recorded {
         match self {
             Self::Queued { .. } => DeliveryStatus::Queued,
             Self::Ignored { .. } => DeliveryStatus::Ignored,
+            Self::Bound { .. } => DeliveryStatus::Bound,
             Self::Duplicate { .. } => DeliveryStatus::Duplicate,
         }
     }
@@ -38,7 +42,9 @@ impl Recorded {
     /// The delivery the caller is told about (the original, for a duplicate).
     pub fn delivery_id(&self) -> DeliveryId {
         match self {
-            Self::Queued { delivery_id, .. } | Self::Ignored { delivery_id } => *delivery_id,
+            Self::Queued { delivery_id, .. }
+            | Self::Ignored { delivery_id }
+            | Self::Bound { delivery_id } => *delivery_id,
             Self::Duplicate { original_id } => *original_id,
         }
     }
@@ -51,6 +57,8 @@ pub struct NewDelivery {
     pub event: SymEvent,
     pub received_at: i64,
     pub task: Option<NewTask>,
+    /// The run the event binds to its workflow and hold job, if it names both.
+    pub binding: Option<RunBinding>,
 }
 
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
@@ -66,12 +74,14 @@ impl Store {
         event: &SymEvent,
         received_at: i64,
         task: Option<&NewTask>,
+        binding: Option<&RunBinding>,
     ) -> Result<Recorded, StoreError> {
         let item = NewDelivery {
             webhook_id: webhook_id.to_owned(),
             event: event.clone(),
             received_at,
             task: task.cloned(),
+            binding: binding.cloned(),
         };
         let mut results = self.record_batch(std::slice::from_ref(&item)).await?;
         results
@@ -158,6 +168,22 @@ async fn record_all(
     let delivery_ids: Vec<DeliveryId> = items.iter().map(|_| DeliveryId::new_random()).collect();
     let stored = insert_deliveries(tx, items, &delivery_ids, mark).await?;
 
+    // The runs the stored deliveries bind (a repeat binds nothing new).
+    let bindings: Vec<(&RunBinding, Option<DeliveryId>)> = items
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| stored[*i])
+        .filter_map(|(i, item)| Some((item.binding.as_ref()?, Some(delivery_ids[i]))))
+        .collect();
+    let received_at = items
+        .iter()
+        .map(|i| i.received_at)
+        .max()
+        .unwrap_or_default();
+    if !bindings.is_empty() {
+        super::gates::insert_bindings(tx, &bindings, received_at, mark).await?;
+    }
+
     // The stored deliveries that ask for work, with their new task ids.
     let new_tasks: Vec<NewTaskRow<'_>> = items
         .iter()
@@ -182,11 +208,6 @@ async fn record_all(
         .map(|(row, _)| row.task)
         .filter(|task| task.action == TaskAction::Approve)
         .collect();
-    let received_at = items
-        .iter()
-        .map(|i| i.received_at)
-        .max()
-        .unwrap_or_default();
     super::gates::release_gates_by_hook(tx, &released, received_at, mark).await?;
 
     let task_of: HashMap<usize, (&NewTaskRow<'_>, bool)> = queued
@@ -205,6 +226,9 @@ async fn record_all(
             Some((row, false)) => {
                 attach_in(tx, delivery_ids[i], row.task, item.received_at).await?
             }
+            None if status_of(item) == DeliveryStatus::Bound => Recorded::Bound {
+                delivery_id: delivery_ids[i],
+            },
             None => Recorded::Ignored {
                 delivery_id: delivery_ids[i],
             },
@@ -212,6 +236,18 @@ async fn record_all(
         results.push(result);
     }
     Ok(results)
+}
+
+/// What a new delivery is stored as: queued with a task, bound (a request event binding its
+/// run), else ignored.
+fn status_of(item: &NewDelivery) -> DeliveryStatus {
+    if item.task.is_some() {
+        DeliveryStatus::Queued
+    } else if item.binding.is_some() && item.event.kind == EventKind::Request {
+        DeliveryStatus::Bound
+    } else {
+        DeliveryStatus::Ignored
+    }
 }
 
 /// A task to insert for the delivery at `index` of the batch.
@@ -268,11 +304,7 @@ async fn insert_deliveries(
         let mut insert = sqlx::query(&sql).persistent(cache_statement(items.len()));
         for (item, id) in items.iter().zip(ids) {
             let event = &item.event;
-            let status = if item.task.is_some() {
-                DeliveryStatus::Queued
-            } else {
-                DeliveryStatus::Ignored
-            };
+            let status = status_of(item);
             insert = insert
                 .bind(id.to_string())
                 .bind(item.webhook_id.as_str())

@@ -1,5 +1,6 @@
-//! The `gates` table: hold jobs registered from CircleCI with their Sym run, and the
-//! reconciler's claims and results.
+//! The `gates` table: hold jobs registered from CircleCI with their Sym run, one gate per
+//! workflow and hold job, a run belonging to one gate at most; and the `sym_runs` table: the
+//! workflow and hold job each run was requested for, from data Sym signed.
 //!
 //! A gate is claimed under a lease like a task, so one replica polls it at a time. Releasing a
 //! gate creates its approve task in the same transaction, through the same one-live-approval
@@ -13,19 +14,42 @@ use sqlx::{Acquire as _, Row};
 use super::deliveries::{insert_task, is_unique_violation, parse_id};
 use super::{Store, StoreError};
 use crate::clock::duration_ms;
-use crate::domain::gate::{ApprovalPath, GateStatus};
+use crate::domain::binding::{run_key, RunBinding};
+use crate::domain::gate::{ApprovalPath, GateProblem, GateStatus};
 use crate::domain::ids::{DeliveryId, LeaseToken, TaskId, WorkflowId};
 use crate::domain::task::{DeliveryStatus, NewTask, TaskAction};
 
 /// What registering a gate did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registered {
     /// A new gate.
     Created,
-    /// The same gate (same run and hold job) was already registered.
+    /// The same gate (same workflow, hold job and run) was already registered.
     Same,
-    /// The workflow is registered with another run (or hold job).
-    Conflict { sym_run_id: String },
+    /// Refused; nothing was written. The reason names no run and no other workflow.
+    Conflict(GateConflict),
+}
+
+/// Why a registration was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateConflict {
+    /// This workflow's hold job is registered with another Sym run.
+    HoldJobHasAnotherRun,
+    /// The Sym run is registered for another gate.
+    RunHasAnotherGate,
+    /// Sym signed that the run was requested for another workflow or hold job.
+    RunBoundElsewhere,
+}
+
+/// The gate a registration asks for.
+#[derive(Debug, Clone)]
+pub struct NewGate<'a> {
+    pub workflow_id: WorkflowId,
+    pub hold_job_name: &'a str,
+    pub sym_run_id: &'a str,
+    /// The workflow's pipeline and project, when the caller proved them (OIDC).
+    pub pipeline_id: Option<&'a str>,
+    pub project_slug: Option<&'a str>,
 }
 
 /// What ending a gate did.
@@ -61,116 +85,229 @@ pub struct GateView {
     pub polls: i64,
     pub last_run_status: Option<String>,
     pub detail: Option<String>,
+    /// What is wrong with it: `unbound`, `run_bound_elsewhere`, `sym_forbidden`,
+    /// `sym_not_found`, `sym_refused`; null when nothing is.
+    pub problem: Option<String>,
+    /// Whether Sym signed that the run was requested for this gate's workflow and hold job.
+    pub bound: bool,
     pub created_at: String,
     pub closed_at: Option<String>,
 }
 
 const OPEN: &str = "open";
 
+const GATE_COLUMNS: &str = "g.workflow_id, g.sym_run_id, g.hold_job_name, g.status, \
+    g.released_by, g.polling, g.polls, g.last_run_status, g.detail, g.problem, g.created_at, \
+    g.closed_at, CASE WHEN r.workflow_id = g.workflow_id AND r.hold_job_name = g.hold_job_name \
+    THEN 1 ELSE 0 END AS bound";
+
 impl Store {
-    /// Registers a gate (idempotent for the same workflow, run and hold job).
-    pub async fn register_gate(
-        &self,
-        workflow: WorkflowId,
-        sym_run_id: &str,
-        hold_job_name: &str,
-    ) -> Result<Registered, StoreError> {
+    /// Registers a gate: idempotent for the same workflow, hold job and run; refused when the
+    /// hold job has another run, the run another gate, or Sym bound the run elsewhere.
+    pub async fn register_gate(&self, gate: &NewGate<'_>) -> Result<Registered, StoreError> {
         let now = self.clock.now_ms();
+        let key = run_key(gate.sym_run_id);
         self.bounded(async {
             let _turn = self.write_turn().await;
-            let inserted = sqlx::query(
-                "INSERT INTO gates (workflow_id, sym_run_id, hold_job_name, status, created_at, \
-                 next_poll_at) VALUES ($1, $2, $3, $4, $5, $5)",
+            let mut tx = self.pool.begin().await?;
+            let bound: Option<AnyRow> =
+                sqlx::query("SELECT workflow_id, hold_job_name FROM sym_runs WHERE run_key = $1")
+                    .bind(&key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let bound_here = match bound {
+                Some(bound) => {
+                    let workflow: String = bound.try_get("workflow_id")?;
+                    let hold: String = bound.try_get("hold_job_name")?;
+                    if workflow != gate.workflow_id.to_string() || hold != gate.hold_job_name {
+                        tx.rollback().await?;
+                        return Ok(Registered::Conflict(GateConflict::RunBoundElsewhere));
+                    }
+                    true
+                }
+                None => false,
+            };
+            let same: Option<AnyRow> = sqlx::query(
+                "SELECT run_key FROM gates WHERE workflow_id = $1 AND hold_job_name = $2",
             )
-            .bind(workflow.to_string())
-            .bind(sym_run_id)
-            .bind(hold_job_name)
+            .bind(gate.workflow_id.to_string())
+            .bind(gate.hold_job_name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = same {
+                let outcome = if row.try_get::<String, _>("run_key")? == key {
+                    Registered::Same
+                } else {
+                    Registered::Conflict(GateConflict::HoldJobHasAnotherRun)
+                };
+                tx.rollback().await?;
+                return Ok(outcome);
+            }
+            if bound_here {
+                // Another gate squats this run (registered before Sym's binding arrived): the
+                // run is this gate's, so that one is refused and lets go of it.
+                evict_squatter(&mut tx, &key, now).await?;
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO gates (workflow_id, hold_job_name, sym_run_id, run_key, status, \
+                 created_at, next_poll_at, pipeline_id, project_slug) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)",
+            )
+            .bind(gate.workflow_id.to_string())
+            .bind(gate.hold_job_name)
+            .bind(gate.sym_run_id)
+            .bind(&key)
             .bind(OPEN)
             .bind(now)
-            .execute(&self.pool)
+            .bind(gate.pipeline_id)
+            .bind(gate.project_slug)
+            .execute(&mut *tx)
             .await;
-            match inserted {
-                Ok(_) => Ok(Registered::Created),
+            let outcome = match inserted {
+                Ok(_) => Registered::Created,
+                // The run is another gate's (or a concurrent registration won the race).
                 Err(e) if is_unique_violation(&e) => {
-                    let row = sqlx::query(
-                        "SELECT sym_run_id, hold_job_name FROM gates WHERE workflow_id = $1",
-                    )
-                    .bind(workflow.to_string())
-                    .fetch_one(&self.pool)
-                    .await?;
-                    let run: String = row.try_get("sym_run_id")?;
-                    let hold: String = row.try_get("hold_job_name")?;
-                    if run == sym_run_id && hold == hold_job_name {
-                        Ok(Registered::Same)
-                    } else {
-                        Ok(Registered::Conflict { sym_run_id: run })
-                    }
+                    tx.rollback().await?;
+                    return Ok(Registered::Conflict(GateConflict::RunHasAnotherGate));
                 }
-                Err(e) => Err(e.into()),
-            }
+                Err(e) => return Err(e.into()),
+            };
+            tx.commit().await?;
+            Ok(outcome)
         })
         .await
     }
 
-    /// Claims the most overdue open gate that is being polled and no live lease holds.
+    /// Claims the most overdue open gate that is being polled and no live lease holds, with
+    /// the workflow and hold job Sym bound its run to, if any.
     pub async fn claim_due_gate(
         &self,
         lease: &LeaseToken,
         lease_for: Duration,
-    ) -> Result<Option<ClaimedGate>, StoreError> {
+    ) -> Result<Option<(ClaimedGate, Option<(WorkflowId, String)>)>, StoreError> {
         let now = self.clock.now_ms();
         let lock = match self.backend {
             super::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             super::Backend::Sqlite => "",
         };
         self.bounded(async {
-            let _turn = self.write_turn().await;
-            let row = sqlx::query(&format!(
-                "UPDATE gates SET lease_owner = $1, lease_expires_at = $2 \
-                 WHERE workflow_id = (SELECT g.workflow_id FROM gates g \
-                    WHERE g.status = 'open' AND g.polling = 1 AND g.next_poll_at <= $3 \
-                    AND (g.lease_expires_at IS NULL OR g.lease_expires_at < $3) \
-                    ORDER BY g.next_poll_at LIMIT 1 {lock}) \
-                 AND status = 'open' AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
-                 RETURNING workflow_id, sym_run_id, hold_job_name, polls, created_at"
-            ))
-            .bind(lease.as_str())
-            .bind(now.saturating_add(duration_ms(lease_for)))
-            .bind(now)
+            let claimed = {
+                let _turn = self.write_turn().await;
+                sqlx::query(&format!(
+                    "UPDATE gates SET lease_owner = $1, lease_expires_at = $2 \
+                     WHERE (workflow_id, hold_job_name) = (SELECT g.workflow_id, g.hold_job_name \
+                        FROM gates g WHERE g.status = 'open' AND g.polling = 1 \
+                        AND g.next_poll_at <= $3 \
+                        AND (g.lease_expires_at IS NULL OR g.lease_expires_at < $3) \
+                        ORDER BY g.next_poll_at LIMIT 1 {lock}) \
+                     AND status = 'open' AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
+                     RETURNING workflow_id, sym_run_id, run_key, hold_job_name, polls, created_at"
+                ))
+                .bind(lease.as_str())
+                .bind(now.saturating_add(duration_ms(lease_for)))
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?
+            };
+            let Some(row) = claimed else {
+                return Ok(None);
+            };
+            let gate = gate_from_row(&row)?;
+            let key: String = row.try_get("run_key")?;
+            let binding = self.binding_now(&key).await?;
+            Ok(Some((gate, binding)))
+        })
+        .await
+    }
+
+    /// The workflow and hold job a run is bound to, if any.
+    async fn binding_now(&self, key: &str) -> Result<Option<(WorkflowId, String)>, StoreError> {
+        let row = sqlx::query("SELECT workflow_id, hold_job_name FROM sym_runs WHERE run_key = $1")
+            .bind(key)
             .fetch_optional(&self.pool)
             .await?;
-            row.map(|row| gate_from_row(&row)).transpose()
+        row.map(|row| {
+            let workflow: String = row.try_get("workflow_id")?;
+            Ok((parse_id(&workflow)?, row.try_get("hold_job_name")?))
+        })
+        .transpose()
+    }
+
+    /// Binds a run from Sym's own answer for it (the first binding of a run stands); returns
+    /// the binding in force afterwards.
+    pub async fn bind_run(
+        &self,
+        binding: &RunBinding,
+    ) -> Result<Option<(WorkflowId, String)>, StoreError> {
+        let now = self.clock.now_ms();
+        self.bounded(async {
+            {
+                let _turn = self.write_turn().await;
+                let mut tx = self.pool.begin().await?;
+                insert_bindings(&mut tx, &[(binding, None)], now, self.backend.param_mark())
+                    .await?;
+                tx.commit().await?;
+            }
+            self.binding_now(&binding.run_key).await
         })
         .await
     }
 
     /// Records one read of the gate's run that decided nothing yet: the next read at
-    /// `next_poll_at`, or none (`polling` false: stopped).
+    /// `next_poll_at`, or none (`polling` false: stopped), and what is wrong with it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn gate_polled(
         &self,
-        workflow: WorkflowId,
+        gate: &ClaimedGate,
         lease: &LeaseToken,
         next_poll_at: Option<i64>,
         last_run_status: Option<&str>,
         detail: &str,
+        problem: Option<GateProblem>,
     ) -> Result<bool, StoreError> {
         self.bounded(async {
             let _turn = self.write_turn().await;
             let done = sqlx::query(
-                "UPDATE gates SET polls = polls + 1, next_poll_at = COALESCE($3, next_poll_at), \
-                 polling = $4, last_run_status = COALESCE($5, last_run_status), detail = $6, \
-                 lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE workflow_id = $1 AND lease_owner = $2 AND status = 'open'",
+                "UPDATE gates SET polls = polls + 1, next_poll_at = COALESCE($4, next_poll_at), \
+                 polling = $5, last_run_status = COALESCE($6, last_run_status), detail = $7, \
+                 problem = $8, lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE workflow_id = $1 AND hold_job_name = $2 AND lease_owner = $3 \
+                 AND status = 'open'",
             )
-            .bind(workflow.to_string())
+            .bind(gate.workflow_id.to_string())
+            .bind(&gate.hold_job_name)
             .bind(lease.as_str())
             .bind(next_poll_at)
             .bind(i64::from(next_poll_at.is_some()))
             .bind(last_run_status)
             .bind(detail)
+            .bind(problem.map(GateProblem::as_str))
             .execute(&self.pool)
             .await?;
             Ok(done.rows_affected() == 1)
+        })
+        .await
+    }
+
+    /// Gives a gate's lease back without counting a read (the Sym token was refused: nothing
+    /// was learnt about this gate).
+    pub async fn release_gate(
+        &self,
+        gate: &ClaimedGate,
+        lease: &LeaseToken,
+    ) -> Result<(), StoreError> {
+        self.bounded(async {
+            let _turn = self.write_turn().await;
+            sqlx::query(
+                "UPDATE gates SET lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE workflow_id = $1 AND hold_job_name = $2 AND lease_owner = $3",
+            )
+            .bind(gate.workflow_id.to_string())
+            .bind(&gate.hold_job_name)
+            .bind(lease.as_str())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
         })
         .await
     }
@@ -179,6 +316,7 @@ impl Store {
     /// closed (with a cancel task for a denial under `ON_DENY=cancel`) or timed out. Returns
     /// the path that released it, for a release: `reconciler` when this made the task, `hook`
     /// when a hook delivery's task was there first.
+    #[allow(clippy::too_many_arguments)]
     pub async fn end_gate(
         &self,
         gate: &ClaimedGate,
@@ -186,6 +324,7 @@ impl Store {
         status: GateStatus,
         run_status: &str,
         detail: &str,
+        problem: Option<GateProblem>,
         task: Option<&NewTask>,
     ) -> Result<GateEnd, StoreError> {
         let now = self.clock.now_ms();
@@ -199,7 +338,10 @@ impl Store {
                 let mut saved = tx.begin().await?;
                 // A delivery of the reconciler's own, so the task has one like every task.
                 let delivery_id = DeliveryId::new_random();
-                let marker = format!("reconciler:{}:{}", gate.sym_run_id, gate.workflow_id);
+                let marker = format!(
+                    "reconciler:{}:{}:{}",
+                    gate.sym_run_id, gate.workflow_id, gate.hold_job_name
+                );
                 let made = async {
                     sqlx::query(
                         "INSERT INTO deliveries (id, webhook_id, sym_event_id, event_type, \
@@ -242,19 +384,27 @@ impl Store {
                 }
             }
             // Only the lease holder ends the gate, once.
+            // A gate refused for a foreign run lets go of the run (its key becomes a tombstone),
+            // so the gate the run was requested for can still be registered.
             let ended = sqlx::query(
-                "UPDATE gates SET status = $3, closed_at = $4, last_run_status = $5, detail = $6, \
-                 released_by = $7, polls = polls + 1, lease_owner = NULL, \
-                 lease_expires_at = NULL \
-                 WHERE workflow_id = $1 AND lease_owner = $2 AND status = 'open'",
+                "UPDATE gates SET status = $4, closed_at = $5, last_run_status = $6, detail = $7, \
+                 released_by = $8, problem = $9, polls = polls + 1, lease_owner = NULL, \
+                 lease_expires_at = NULL, \
+                 run_key = CASE WHEN $9 = 'run_bound_elsewhere' \
+                     THEN '!' || run_key || '!' || workflow_id || '!' || hold_job_name \
+                     ELSE run_key END \
+                 WHERE workflow_id = $1 AND hold_job_name = $2 AND lease_owner = $3 \
+                 AND status = 'open'",
             )
             .bind(gate.workflow_id.to_string())
+            .bind(&gate.hold_job_name)
             .bind(lease.as_str())
             .bind(status.as_str())
             .bind(now)
             .bind(run_status)
             .bind(detail)
             .bind(released_by.map(ApprovalPath::as_str))
+            .bind(problem.map(GateProblem::as_str))
             .execute(&mut *tx)
             .await?;
             if ended.rows_affected() != 1 {
@@ -282,43 +432,116 @@ impl Store {
         .await
     }
 
-    /// A workflow's gate, for the audit trail.
-    pub async fn gate_of(&self, workflow: &str) -> Result<Option<GateView>, StoreError> {
-        self.bounded(self.gate_of_now(workflow)).await
-    }
-
-    /// [`Self::gate_of`] inside an operation that is already time-limited.
-    pub(super) async fn gate_of_now(&self, workflow: &str) -> Result<Option<GateView>, StoreError> {
-        async {
-            let row = sqlx::query(
-                "SELECT workflow_id, sym_run_id, hold_job_name, status, released_by, polling, \
-                 polls, last_run_status, detail, created_at, closed_at FROM gates \
-                 WHERE workflow_id = $1",
+    /// Open gates with a problem, by problem, for metrics (every problem present, 0 or more).
+    pub async fn gate_problems(&self) -> Result<Vec<(GateProblem, i64)>, StoreError> {
+        self.bounded(async {
+            let rows = sqlx::query(
+                "SELECT problem, COUNT(*) AS n FROM gates \
+                 WHERE status = $1 AND problem IS NOT NULL GROUP BY problem",
             )
-            .bind(workflow)
-            .fetch_optional(&self.pool)
+            .bind(OPEN)
+            .fetch_all(&self.pool)
             .await?;
-            row.map(|row| {
-                let polling: i64 = row.try_get("polling")?;
-                let closed: Option<i64> = row.try_get("closed_at")?;
-                Ok(GateView {
-                    workflow_id: row.try_get("workflow_id")?,
-                    sym_run_id: row.try_get("sym_run_id")?,
-                    hold_job_name: row.try_get("hold_job_name")?,
-                    status: row.try_get("status")?,
-                    released_by: row.try_get("released_by")?,
-                    polling: polling == 1,
-                    polls: row.try_get("polls")?,
-                    last_run_status: row.try_get("last_run_status")?,
-                    detail: row.try_get("detail")?,
-                    created_at: super::audit::rfc3339(row.try_get("created_at")?),
-                    closed_at: closed.map(super::audit::rfc3339),
-                })
-            })
-            .transpose()
-        }
+            let mut counts: Vec<(GateProblem, i64)> =
+                GateProblem::ALL.iter().map(|p| (*p, 0)).collect();
+            for row in rows {
+                let problem: String = row.try_get("problem")?;
+                if let Some(p) = GateProblem::parse(&problem) {
+                    if let Some(slot) = counts.iter_mut().find(|(q, _)| *q == p) {
+                        slot.1 = row.try_get("n")?;
+                    }
+                }
+            }
+            Ok(counts)
+        })
         .await
     }
+
+    /// A workflow's gates, for the audit trail (oldest first).
+    pub async fn gates_of(&self, workflow: &str) -> Result<Vec<GateView>, StoreError> {
+        self.bounded(self.gates_of_now(workflow)).await
+    }
+
+    /// [`Self::gates_of`] inside an operation that is already time-limited.
+    pub(super) async fn gates_of_now(&self, workflow: &str) -> Result<Vec<GateView>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {GATE_COLUMNS} FROM gates g LEFT JOIN sym_runs r ON r.run_key = g.run_key \
+             WHERE g.workflow_id = $1 ORDER BY g.created_at, g.hold_job_name"
+        ))
+        .bind(workflow)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(view_from_row).collect()
+    }
+
+    /// The pipeline a workflow's registration proved, if one did.
+    pub async fn known_pipeline(&self, workflow: WorkflowId) -> Result<Option<String>, StoreError> {
+        self.bounded(async {
+            let gate: Option<String> = sqlx::query_scalar(
+                "SELECT pipeline_id FROM gates WHERE workflow_id = $1 AND pipeline_id IS NOT NULL \
+                 LIMIT 1",
+            )
+            .bind(workflow.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+            if gate.is_some() {
+                return Ok(gate);
+            }
+            Ok(sqlx::query_scalar(
+                "SELECT pipeline_id FROM tasks WHERE workflow_id = $1 AND pipeline_id IS NOT NULL \
+                 LIMIT 1",
+            )
+            .bind(workflow.to_string())
+            .fetch_optional(&self.pool)
+            .await?)
+        })
+        .await
+    }
+}
+
+/// Refuses the gate that holds run `key` though Sym bound the run to another gate: closed,
+/// `run_bound_elsewhere`, its key a tombstone.
+async fn evict_squatter(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    key: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE gates SET status = CASE WHEN status = 'open' THEN $2 ELSE status END, \
+         closed_at = COALESCE(closed_at, $3), problem = $4, \
+         detail = 'refused: Sym signed that its run was requested for another workflow or hold \
+         job', lease_owner = NULL, lease_expires_at = NULL, \
+         run_key = '!' || run_key || '!' || workflow_id || '!' || hold_job_name \
+         WHERE run_key = $1",
+    )
+    .bind(key)
+    .bind(GateStatus::Closed.as_str())
+    .bind(now)
+    .bind(GateProblem::RunBoundElsewhere.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn view_from_row(row: &AnyRow) -> Result<GateView, StoreError> {
+    let polling: i64 = row.try_get("polling")?;
+    let closed: Option<i64> = row.try_get("closed_at")?;
+    let bound: i64 = row.try_get("bound")?;
+    Ok(GateView {
+        workflow_id: row.try_get("workflow_id")?,
+        sym_run_id: row.try_get("sym_run_id")?,
+        hold_job_name: row.try_get("hold_job_name")?,
+        status: row.try_get("status")?,
+        released_by: row.try_get("released_by")?,
+        polling: polling == 1,
+        polls: row.try_get("polls")?,
+        last_run_status: row.try_get("last_run_status")?,
+        detail: row.try_get("detail")?,
+        problem: row.try_get("problem")?,
+        bound: bound == 1,
+        created_at: super::audit::rfc3339(row.try_get("created_at")?),
+        closed_at: closed.map(super::audit::rfc3339),
+    })
 }
 
 fn gate_from_row(row: &AnyRow) -> Result<ClaimedGate, StoreError> {
@@ -332,6 +555,45 @@ fn gate_from_row(row: &AnyRow) -> Result<ClaimedGate, StoreError> {
     })
 }
 
+/// Binds runs (the first binding of a run stands: `ON CONFLICT DO NOTHING`), and makes the
+/// open gates of newly bound runs due at once, so a gate waiting on its binding is read again
+/// now. `bindings` pairs each with the delivery that signed it.
+pub(super) async fn insert_bindings(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    bindings: &[(&RunBinding, Option<DeliveryId>)],
+    now: i64,
+    mark: char,
+) -> Result<(), sqlx::Error> {
+    for chunk in bindings.chunks(200) {
+        let sql = format!(
+            "INSERT INTO sym_runs (run_key, workflow_id, hold_job_name, source, delivery_id, \
+             bound_at) VALUES {} ON CONFLICT DO NOTHING",
+            super::value_rows(mark, 1, chunk.len(), 6)
+        );
+        let mut insert = sqlx::query(&sql).persistent(chunk.len() == 1);
+        for (binding, delivery) in chunk {
+            insert = insert
+                .bind(binding.run_key.as_str())
+                .bind(binding.workflow_id.to_string())
+                .bind(binding.hold_job_name.as_str())
+                .bind(binding.source.as_str())
+                .bind(delivery.map(|d| d.to_string()))
+                .bind(now);
+        }
+        insert.execute(&mut **tx).await?;
+        let sql = format!(
+            "UPDATE gates SET next_poll_at = {mark}1 WHERE status = 'open' AND run_key IN ({})",
+            super::placeholders(mark, 2, chunk.len())
+        );
+        let mut nudge = sqlx::query(&sql).persistent(chunk.len() == 1).bind(now);
+        for (binding, _) in chunk {
+            nudge = nudge.bind(binding.run_key.as_str());
+        }
+        nudge.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// Marks the open gates of these approve tasks' hold jobs released by the hook (in the hook
 /// deliveries' transaction): one statement for a whole intake batch.
 pub(super) async fn release_gates_by_hook(
@@ -343,7 +605,7 @@ pub(super) async fn release_gates_by_hook(
     for chunk in tasks.chunks(200) {
         let sql = format!(
             "UPDATE gates SET status = {mark}1, released_by = {mark}2, closed_at = {mark}3, \
-             detail = 'released by the Sym hook delivery' \
+             detail = 'released by the Sym hook delivery', problem = NULL \
              WHERE status = 'open' AND (workflow_id, hold_job_name) IN (VALUES {})",
             super::value_rows(mark, 4, chunk.len(), 2)
         );

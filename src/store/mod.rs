@@ -47,7 +47,7 @@ use crate::clock::{duration_ms, Clock};
 
 pub use attempts::{AttemptId, PlannedCall};
 pub use deliveries::{NewDelivery, Recorded};
-pub use gates::{ClaimedGate, GateEnd, GateView, Registered};
+pub use gates::{ClaimedGate, GateConflict, GateEnd, GateView, NewGate, Registered};
 pub use group_commit::{BatchObserver, BatchOptions};
 pub use intake::Intake;
 pub use sqlite_lock::ServingLock;

@@ -1,24 +1,28 @@
 //! The reconciler: the second path to an approval. For every open gate it reads the Sym
 //! run's status (`GET {SYM_API_URL}/runs/{run_id}`, as the orb's `sym/validate` does) and
-//! acts on it: approved or escalated → the hold job's approve task (the same task, dedup and
-//! exactly-once rules as a hook delivery; whichever path comes first makes it); denied or
-//! expired → the gate closes (and the workflow is canceled with `ON_DENY=cancel`). The
+//! acts on it, but only for a run bound to that very gate by data Sym signed
+//! (`domain::binding`): approved or escalated → the hold job's approve task (the same task,
+//! dedup and exactly-once rules as a hook delivery; whichever path comes first makes it);
+//! denied or expired → the gate closes (and its workflow is canceled with `ON_DENY=cancel`).
+//! A run bound to another workflow or hold job closes the gate, never releasing anything. The
 //! decisions are `domain::gate`'s; this module claims gates and does the I/O.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::clock::{duration_ms, Clock};
-use crate::domain::gate::{self, ApprovalPath, GateDecision, GateStatus};
-use crate::domain::ids::LeaseToken;
+use crate::domain::binding::{self, run_key, BindingCheck, BindingSource, RunBinding};
+use crate::domain::gate::{self, ApprovalPath, CloseReason, GateDecision, GateProblem, GateStatus};
+use crate::domain::ids::{LeaseToken, WorkflowId};
 use crate::domain::task::{NewTask, OnDeny, TaskAction, TaskRules};
 use crate::metrics::Metrics;
-use crate::outbound::sym_api::{SymApiClient, SymApiError};
+use crate::outbound::sym_api::SymApiClient;
 use crate::store::{ClaimedGate, GateEnd, Store, StoreError};
 
 /// Longest wait between looks at the store for due gates.
@@ -27,6 +31,10 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 const GATE_LEASE: Duration = Duration::from_secs(30);
 /// Most gates [`Reconciler::run_due`] reads in one call.
 const MAX_PER_RUN: usize = 1_000;
+/// After Sym refuses the token (401): the first pause before trying again, doubling to the
+/// longest.
+const PAUSE_FIRST: Duration = Duration::from_secs(30);
+const PAUSE_LONGEST: Duration = Duration::from_secs(600);
 
 pub struct Reconciler {
     store: Store,
@@ -38,8 +46,10 @@ pub struct Reconciler {
     owner: String,
     /// Wakes the approval worker when a gate's task is made.
     worker_wake: Arc<Notify>,
-    /// Set once Sym refused the token: polling stops until the next start.
-    refused: AtomicBool,
+    /// While Sym refuses the token: polling waits until this time (unix ms; 0 = not paused)...
+    paused_until: AtomicI64,
+    /// ...and the next refusal pauses this long (ms).
+    next_pause: AtomicI64,
 }
 
 impl Reconciler {
@@ -60,7 +70,8 @@ impl Reconciler {
             metrics,
             owner: format!("reconciler-{}", Uuid::new_v4()),
             worker_wake,
-            refused: AtomicBool::new(false),
+            paused_until: AtomicI64::new(0),
+            next_pause: AtomicI64::new(duration_ms(PAUSE_FIRST)),
         }
     }
 
@@ -80,37 +91,116 @@ impl Reconciler {
         tracing::info!("gate reconciler stopped");
     }
 
-    /// Reads every gate due now once; returns how many.
+    /// Reads every gate due now once; returns how many. Nothing while paused.
     pub async fn run_due(&self) -> Result<usize, StoreError> {
         let mut read = 0;
-        while read < MAX_PER_RUN && !self.refused.load(Ordering::SeqCst) {
+        while read < MAX_PER_RUN && !self.paused() {
             let lease = LeaseToken::new(&self.owner);
-            let Some(gate) = self.store.claim_due_gate(&lease, GATE_LEASE).await? else {
+            let Some((gate, bound_to)) = self.store.claim_due_gate(&lease, GATE_LEASE).await?
+            else {
                 break;
             };
-            self.reconcile(&gate, &lease).await?;
+            let span = tracing::info_span!(
+                "gate",
+                workflow_id = %gate.workflow_id,
+                sym_run_id = %gate.sym_run_id,
+                hold_job = %gate.hold_job_name,
+            );
+            self.reconcile(&gate, bound_to, &lease)
+                .instrument(span)
+                .await?;
             read += 1;
         }
         Ok(read)
     }
 
-    async fn reconcile(&self, gate: &ClaimedGate, lease: &LeaseToken) -> Result<(), StoreError> {
-        let result = self.sym.run_status(&gate.sym_run_id).await;
+    fn paused(&self) -> bool {
+        self.clock.now_ms() < self.paused_until.load(Ordering::SeqCst)
+    }
+
+    /// Sym refused the token: pause, for longer each time in a row.
+    fn pause(&self) -> Duration {
+        let pause = self.next_pause.load(Ordering::SeqCst);
+        self.paused_until
+            .store(self.clock.now_ms().saturating_add(pause), Ordering::SeqCst);
+        self.next_pause.store(
+            pause.saturating_mul(2).min(duration_ms(PAUSE_LONGEST)),
+            Ordering::SeqCst,
+        );
+        self.metrics.set_reconciler_paused(true);
+        Duration::from_millis(u64::try_from(pause).unwrap_or(0))
+    }
+
+    /// Sym read a run with the token: any pause is over.
+    fn token_works(&self) {
+        if self.paused_until.swap(0, Ordering::SeqCst) != 0 {
+            tracing::info!("Sym accepts SYM_API_TOKEN again; the gate reconciler resumes");
+        }
+        self.next_pause
+            .store(duration_ms(PAUSE_FIRST), Ordering::SeqCst);
+        self.metrics.set_reconciler_paused(false);
+    }
+
+    async fn reconcile(
+        &self,
+        gate: &ClaimedGate,
+        bound_to: Option<(WorkflowId, String)>,
+        lease: &LeaseToken,
+    ) -> Result<(), StoreError> {
+        let check = |b: &Option<(WorkflowId, String)>| {
+            binding::check(
+                gate.workflow_id,
+                &gate.hold_job_name,
+                b.as_ref().map(|(w, h)| (*w, h.as_str())),
+            )
+        };
+        // A gate naming a run Sym bound elsewhere is refused without asking Sym anything.
+        if check(&bound_to) == BindingCheck::Elsewhere {
+            return self
+                .act(gate, lease, gate::refuse_run_bound_elsewhere(), "unknown")
+                .await;
+        }
+        let result = self.sym.run(&gate.sym_run_id).await;
+        let mut bound_to = bound_to;
+        if let (None, Ok(info)) = (&bound_to, &result) {
+            // Sym's own answer for the run carries the request's fields: that binds it too.
+            if let Some(request) = &info.request {
+                let from_sym = RunBinding {
+                    run_key: run_key(&gate.sym_run_id),
+                    workflow_id: WorkflowId(request.workflow_id),
+                    hold_job_name: request
+                        .hold_job_name
+                        .clone()
+                        .unwrap_or_else(|| self.rules.default_hold_job().to_owned()),
+                    source: BindingSource::SymApi,
+                };
+                bound_to = self.store.bind_run(&from_sym).await?;
+            }
+        }
         let now = self.clock.now_ms();
         let polls = u32::try_from(gate.polls.saturating_add(1)).unwrap_or(u32::MAX);
         let age = Duration::from_millis(u64::try_from(now - gate.created_at).unwrap_or(0));
-        let decision = gate::decide(&result, polls, age, self.gate_timeout);
-        let run_status = match &result {
+        let status = result.map(|info| info.status);
+        let run_status = match &status {
             Ok(status) => status.to_string(),
             Err(_) => "unknown".to_owned(),
         };
-        let span = tracing::info_span!(
-            "gate",
-            workflow_id = %gate.workflow_id,
-            sym_run_id = %gate.sym_run_id,
-            hold_job = %gate.hold_job_name,
-        );
-        let _entered = span.enter();
+        let decision = gate::decide(&status, check(&bound_to), polls, age, self.gate_timeout);
+        self.act(gate, lease, decision, &run_status).await
+    }
+
+    /// Carries a decision out.
+    async fn act(
+        &self,
+        gate: &ClaimedGate,
+        lease: &LeaseToken,
+        decision: GateDecision,
+        run_status: &str,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        if !matches!(decision, GateDecision::TokenRefused { .. }) && run_status != "unknown" {
+            self.token_works();
+        }
         let new_task = |action: TaskAction| NewTask {
             action,
             workflow_id: gate.workflow_id,
@@ -125,8 +215,9 @@ impl Reconciler {
                         gate,
                         lease,
                         GateStatus::Released,
-                        &run_status,
+                        run_status,
                         detail,
+                        None,
                         Some(&new_task(TaskAction::Approve)),
                     )
                     .await?;
@@ -148,55 +239,75 @@ impl Reconciler {
                     _ => {}
                 }
             }
-            GateDecision::Close { reason, detail } => {
-                let cancel = (reason.is_denial() && self.rules.on_deny == OnDeny::Cancel)
+            GateDecision::Close {
+                reason,
+                detail,
+                cancel,
+            } => {
+                let cancel = (*cancel && self.rules.on_deny == OnDeny::Cancel)
                     .then(|| new_task(TaskAction::Cancel));
+                let problem = (*reason == CloseReason::RunBoundElsewhere)
+                    .then_some(GateProblem::RunBoundElsewhere);
                 let ended = self
                     .store
                     .end_gate(
                         gate,
                         lease,
                         reason.gate_status(),
-                        &run_status,
+                        run_status,
                         detail,
+                        problem,
                         cancel.as_ref(),
                     )
                     .await?;
                 if ended != GateEnd::LeaseLost {
                     self.metrics.gate_ended(reason.gate_status());
+                    if problem.is_some() {
+                        self.metrics.gate_refused();
+                    }
                 }
                 if cancel.is_some() {
                     self.worker_wake.notify_one();
                 }
-                tracing::info!(reason = %reason, detail = %detail, "gate closed");
+                if problem.is_some() {
+                    tracing::error!(detail = %detail, "gate refused: its Sym run was requested for another workflow or hold job");
+                } else {
+                    tracing::info!(reason = %reason, detail = %detail, "gate closed");
+                }
             }
-            GateDecision::PollAgain { after, detail } => {
+            GateDecision::PollAgain {
+                after,
+                detail,
+                problem,
+            } => {
                 let next = now.saturating_add(duration_ms(*after));
                 self.store
-                    .gate_polled(
-                        gate.workflow_id,
-                        lease,
-                        Some(next),
-                        Some(&run_status),
-                        detail,
-                    )
+                    .gate_polled(gate, lease, Some(next), Some(run_status), detail, *problem)
                     .await?;
-                tracing::debug!(detail = %detail, retry_in_s = after.as_secs(), "gate still open");
-            }
-            GateDecision::StopPolling { detail } => {
-                self.store
-                    .gate_polled(gate.workflow_id, lease, None, None, detail)
-                    .await?;
-                if let Err(SymApiError::Unauthorized(status)) = &result {
-                    self.refused.store(true, Ordering::SeqCst);
-                    tracing::error!(
-                        status,
-                        "Sym refused SYM_API_TOKEN (HTTP {status}): the reconciler stops polling \
-                         gates until restarted with a valid token; hook deliveries still approve"
-                    );
-                } else {
-                    tracing::error!(detail = %detail, "gate polling stopped");
+                match problem {
+                    Some(problem) => {
+                        tracing::warn!(problem = problem.as_str(), detail = %detail, retry_in_s = after.as_secs(), "gate not released")
+                    }
+                    None => {
+                        tracing::debug!(detail = %detail, retry_in_s = after.as_secs(), "gate still open")
+                    }
                 }
+            }
+            GateDecision::StopPolling { detail, problem } => {
+                self.store
+                    .gate_polled(gate, lease, None, None, detail, Some(*problem))
+                    .await?;
+                tracing::error!(detail = %detail, "gate polling stopped");
+            }
+            GateDecision::TokenRefused { detail } => {
+                self.store.release_gate(gate, lease).await?;
+                let pause = self.pause();
+                tracing::error!(
+                    detail = %detail,
+                    retry_in_s = pause.as_secs(),
+                    "Sym refused SYM_API_TOKEN (HTTP 401): the gate reconciler pauses and checks \
+                     the token again later; hook deliveries still approve"
+                );
             }
         }
         Ok(())

@@ -367,7 +367,7 @@ async fn the_service_prunes_at_startup_with_retention_days() {
     .unwrap();
     let long_ago = sym_circleci_approver::clock::Clock::system().now_ms() - 100 * 86_400_000;
     app.store
-        .record_delivery("msg_old", &old_event, long_ago, None)
+        .record_delivery("msg_old", &old_event, long_ago, None, None)
         .await
         .unwrap();
     let (fake, db, secret) = app.stop().await;

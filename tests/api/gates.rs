@@ -40,11 +40,12 @@ impl TestApp {
         answer(response).await
     }
 
-    /// A gate for a new workflow (hold job on hold) and its Sym run, registered as CircleCI's
-    /// step does.
+    /// A gate for a new workflow (hold job on hold) and its Sym run, bound by the flow's signed
+    /// `request` event and registered as CircleCI's step does.
     async fn gated_workflow(&self, sym: &FakeSymApi, run_status: &str) -> (Uuid, String) {
         let workflow = self.workflow("on_hold");
         let run = format!("run-{}", Uuid::new_v4().simple());
+        self.bind_run(&run, workflow, None).await;
         sym.set_run(&run, run_status);
         let registered = self
             .register(GATE, json!({"workflow_id": workflow, "sym_run_id": run}))
@@ -54,7 +55,8 @@ impl TestApp {
     }
 
     async fn gate(&self, workflow: Uuid) -> Value {
-        serde_json::to_value(self.store.gate_of(&workflow.to_string()).await.unwrap()).unwrap()
+        let gates = self.store.gates_of(&workflow.to_string()).await.unwrap();
+        serde_json::to_value(gates.first()).unwrap()
     }
 }
 
@@ -182,10 +184,16 @@ async fn a_gate_whose_hook_never_arrives_is_approved_by_the_reconciler_exactly_o
     let items = list.body["items"].as_array().unwrap();
     // The late hook delivery is kept, attached to the reconciler's approval, which released
     // the hold job.
-    let (released, attached): (Vec<&Value>, Vec<&Value>) =
-        items.iter().partition(|i| i["status"] == "succeeded");
-    assert_eq!((released.len(), attached.len()), (1, 1), "{}", list.body);
-    assert_eq!(attached[0]["status"], "attached");
+    let with =
+        |status: &str| -> Vec<&Value> { items.iter().filter(|i| i["status"] == status).collect() };
+    let (released, attached, bound) = (with("succeeded"), with("attached"), with("bound"));
+    assert_eq!(
+        (released.len(), attached.len(), bound.len()),
+        (1, 1, 1),
+        "{}",
+        list.body
+    );
+    assert_eq!(bound[0]["event_type"], "request");
     assert_eq!(attached[0]["attached_to"], released[0]["id"]);
     let id = released[0]["id"].as_str().unwrap().to_owned();
     let detail = app.admin_get(&format!("/v1/approvals/{id}")).await;
@@ -280,10 +288,11 @@ async fn a_sym_api_answering_500_then_429_with_retry_after_is_retried() {
 }
 
 #[tokio::test]
-async fn a_wrong_sym_token_stops_polling_with_an_error_naming_the_variable() {
+async fn a_refused_sym_token_pauses_the_reconciler_which_checks_again_with_backoff() {
     let sym = FakeSymApi::start("the-real-token").await.unwrap();
     let owned = [
         format!("--gate-token={GATE}"),
+        format!("--admin-token={ADMIN}"),
         format!("--sym-api-url={}", sym.base_url()),
         "--sym-api-token=a-wrong-token".to_owned(),
     ];
@@ -292,25 +301,66 @@ async fn a_wrong_sym_token_stops_polling_with_an_error_naming_the_variable() {
     let (first, _) = app.gated_workflow(&sym, "approved").await;
     let (second, _) = app.gated_workflow(&sym, "approved").await;
 
-    assert_eq!(app.reconcile().await, 1, "stops at the first refusal");
-    app.advance(Duration::from_secs(600));
-    assert_eq!(app.reconcile().await, 0, "no more polling");
+    assert_eq!(app.reconcile().await, 1, "pauses at the first refusal");
+    assert_eq!(app.reconcile().await, 0, "paused");
+    assert!(app
+        .metrics()
+        .await
+        .contains("sym_approver_reconciler_paused 1"));
+    // Checked again after the pause (30 s), not after a restart; refused again: a longer one.
+    app.advance(Duration::from_secs(31));
+    assert_eq!(app.reconcile().await, 1);
+    app.advance(Duration::from_secs(31));
+    assert_eq!(app.reconcile().await, 0, "the second pause is a minute");
+    assert_eq!(sym.calls().len(), 2);
+    for gate in [app.gate(first).await, app.gate(second).await] {
+        assert_eq!(gate["status"], "open", "{gate}");
+        assert_eq!(gate["polling"], true, "{gate}");
+    }
 
-    assert_eq!(sym.calls().len(), 1);
+    // The token works again (rotated at Sym): the next check resumes and releases both.
+    sym.set_token("a-wrong-token");
+    app.advance(Duration::from_secs(30));
+    assert_eq!(app.reconcile().await, 2);
+    app.step().await;
+    assert_eq!(app.fake.successful_approvals(), 2);
+    assert!(app
+        .metrics()
+        .await
+        .contains("sym_approver_reconciler_paused 0"));
+}
+
+#[tokio::test]
+async fn a_run_sym_forbids_marks_its_gate_and_polling_goes_on_for_the_others() {
+    let (app, sym) = spawn_gated(&[]).await;
+    let (first, _) = app.gated_workflow(&sym, "approved").await;
+    let (second, _) = app.gated_workflow(&sym, "approved").await;
+    sym.push_fault(403, None);
+
+    assert_eq!(app.reconcile().await, 2, "the 403 stops nothing");
+    app.step().await;
     let gates = [app.gate(first).await, app.gate(second).await];
-    let stopped = gates
-        .iter()
-        .find(|g| g["polling"] == false)
-        .expect("one gate read");
-    assert_eq!(stopped["status"], "open", "the hook can still release it");
-    assert!(
-        stopped["detail"]
-            .as_str()
-            .unwrap()
-            .contains("SYM_API_TOKEN"),
-        "{stopped}"
-    );
-    assert!(app.fake.calls_of("approve").is_empty());
+    let forbidden: Vec<&Value> = gates.iter().filter(|g| g["status"] == "open").collect();
+    assert_eq!(forbidden.len(), 1, "{gates:?}");
+    assert_eq!(forbidden[0]["problem"], "sym_forbidden");
+    assert_eq!(forbidden[0]["polling"], true);
+    assert!(app
+        .metrics()
+        .await
+        .contains("sym_approver_gate_problems{problem=\"sym_forbidden\"} 1"));
+
+    // Read again on its schedule: Sym answers now, and it is released too.
+    app.advance(Duration::from_secs(5));
+    assert_eq!(app.reconcile().await, 1);
+    app.step().await;
+    assert_eq!(app.fake.successful_approvals(), 2);
+    for workflow in [first, second] {
+        let gate = app.gate(workflow).await;
+        assert_eq!(
+            (gate["status"].as_str(), &gate["problem"]),
+            (Some("released"), &Value::Null)
+        );
+    }
 }
 
 #[tokio::test]
@@ -356,6 +406,24 @@ async fn the_binary_releases_a_gate_whose_hook_never_arrives_exactly_once() {
     let workflow = workflow_on_hold(&fake);
     let run = format!("run-{}", Uuid::new_v4().simple());
     sym.set_run(&run, "approved");
+    // The flow's signed request event binds the run to the workflow.
+    let secret = sym_circleci_approver::signature::WebhookSecret::parse(&secret_text).unwrap();
+    let body = run_event("request", &run, workflow, None);
+    let webhook_id = new_webhook_id();
+    let bound = reqwest::Client::new()
+        .post(format!("http://{addr}/webhooks/sym"))
+        .header("content-type", "application/json")
+        .header("webhook-id", &webhook_id)
+        .header("webhook-timestamp", now_secs().to_string())
+        .header(
+            "webhook-signature",
+            secret.sign(&webhook_id, now_secs(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bound.status(), 200);
     let registered = reqwest::Client::new()
         .post(format!("http://{addr}/v1/gates"))
         .bearer_auth(GATE)

@@ -199,6 +199,27 @@ pub fn event_of_type(event_id: &str, event_type: &str, workflow_id: &str) -> Vec
     sym_circleci_approver::cli::event_body(event_id, event_type, workflow_id, "alice@example.com")
 }
 
+/// A Sym log entry of `event_type` for the run `run_id` (its SRN names it), requested for
+/// `workflow_id` and, when given, `hold_job_name`.
+pub fn run_event(
+    event_type: &str,
+    run_id: &str,
+    workflow_id: Uuid,
+    hold_job_name: Option<&str>,
+) -> Vec<u8> {
+    let body = event_of_type(
+        &Uuid::new_v4().to_string(),
+        event_type,
+        &workflow_id.to_string(),
+    );
+    let mut entry: Value = serde_json::from_slice(&body).unwrap();
+    entry["run"]["srn"] = format!("acme:run:ci-approval:1.0.0:{run_id}").into();
+    if let Some(hold) = hold_job_name {
+        entry["fields"]["hold_job_name"] = hold.into();
+    }
+    entry.to_string().into_bytes()
+}
+
 pub struct Answer {
     pub status: u16,
     pub body: Value,
@@ -246,6 +267,23 @@ impl TestApp {
             ],
         )
         .await
+    }
+
+    /// Sends the flow's signed `request` event for `run_id` (its `after_request` hook): it binds
+    /// the run to `workflow_id` and the hold job; asserts 200 `bound`.
+    pub async fn bind_run(&self, run_id: &str, workflow_id: Uuid, hold_job_name: Option<&str>) {
+        let answer = self
+            .post_signed(
+                run_event("request", run_id, workflow_id, hold_job_name),
+                &new_webhook_id(),
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.body["status"].as_str()),
+            (200, Some("bound")),
+            "{}",
+            answer.body
+        );
     }
 
     /// A new workflow with the standard jobs (hold job on page 2) in `hold_status`.

@@ -23,6 +23,7 @@ fn delivery(webhook_id: &str, event_id: &str, event_type: &str, workflow: Uuid) 
         event,
         received_at: 1_000,
         task,
+        binding: None,
     }
 }
 

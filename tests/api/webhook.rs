@@ -407,7 +407,7 @@ async fn other_event_types_are_acknowledged_recorded_and_ignored() {
         .post_signed(
             event_of_type(
                 &Uuid::new_v4().to_string(),
-                "request",
+                "escalate",
                 &workflow.to_string(),
             ),
             &new_webhook_id(),
@@ -436,6 +436,48 @@ async fn other_event_types_are_acknowledged_recorded_and_ignored() {
         2
     );
     assert!(app.fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_request_event_binds_its_run_and_is_answered_bound_once() {
+    let app = spawn_app().await;
+    let workflow = app.workflow("on_hold");
+    let body = run_event("request", "run-42", workflow, None);
+    let webhook_id = new_webhook_id();
+
+    let first = app.post_signed(body.clone(), &webhook_id).await;
+    let again = app.post_signed(body, &webhook_id).await;
+    let no_run = app
+        .post_signed(
+            br#"{"id":"r","event":{"type":"request"},"fields":{"workflow_id":"7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e"}}"#.to_vec(),
+            &new_webhook_id(),
+        )
+        .await;
+    let unlisted = app
+        .post_signed(
+            run_event("request", "run-43", workflow, Some("deploy")),
+            &new_webhook_id(),
+        )
+        .await;
+
+    assert_eq!(
+        (first.status, first.body["status"].as_str()),
+        (200, Some("bound"))
+    );
+    assert_eq!(
+        (again.status, again.body["status"].as_str()),
+        (200, Some("duplicate"))
+    );
+    assert_eq!(no_run.status, 400, "{}", no_run.body);
+    assert_eq!(unlisted.status, 422, "{}", unlisted.body);
+    assert_eq!(
+        app.store
+            .delivery_count(DeliveryStatus::Bound)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(app.fake.calls().is_empty(), "a binding calls nothing");
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::config::CircleCiConfig;
 use crate::domain::ids::{ApprovalRequestId, WorkflowId};
 
+pub mod lookups;
 mod model;
 pub mod token;
 use model::Job;

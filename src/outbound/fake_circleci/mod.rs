@@ -301,6 +301,15 @@ impl FakeCircleCi {
         );
     }
 
+    /// The pipeline a workflow belongs to (what `GET /workflow/{id}` answers as `pipeline_id`).
+    pub fn pipeline_of(&self, workflow_id: Uuid) -> Option<Uuid> {
+        self.shared
+            .lock()
+            .workflows
+            .get(&workflow_id)
+            .map(|w| w.pipeline_id)
+    }
+
     /// Someone clicks Approve in the CircleCI UI: the job is approved by `user`, not
     /// through the API.
     pub fn approve_in_ui(&self, workflow_id: Uuid, job_name: &str, user: Uuid) {
