@@ -13,6 +13,7 @@
 #   compose config  deploy/docker-compose*.yml (when docker-compose / docker compose exists)
 #   yamllint        deploy/ (deploy/.yamllint)
 #   CircleCI schema deploy/circleci/config.yml (check-jsonschema's vendored CircleCI schema)
+#   retry contract  .ci/check-retry-contract.sh: no doc or kit file claims a retry by Sym
 #   terraform fmt   deploy/sym (only when terraform is installed)
 #   pytest          deploy/sym/tests (impl.py under RestrictedPython, every handler, retries, the
 #                   Terraform schema check, and end to end against the real service binary) and
@@ -196,6 +197,8 @@ run compose-config compose_config
 run yamllint yamllint --strict -c deploy/.yamllint deploy/
 
 run circleci-schema check-jsonschema --builtin-schema vendor.circle-ci deploy/circleci/config.yml
+
+run retry-contract bash .ci/check-retry-contract.sh
 
 terraform_fmt() {
   if ! command -v terraform >/dev/null 2>&1; then

@@ -26,7 +26,7 @@ dict(), getattr(), min(), max(), ...), no classes, no augmented assignment and n
 tests/test_sandbox.py runs every handler in such a sandbox against the published sym-sdk;
 tests/test_impl.py checks the primitives against the standard library.
 
-Delivery policy (the hook's own retries: nothing documented says Sym retries a failed hook):
+Delivery policy (the hook's own retries: Sym documents no second run of a failed hook):
   * 2xx: done. 4xx other than 429: final, nothing is retried (wrong secret, bad workflow id...).
   * 429 and 503: retried after the server's Retry-After (seconds or HTTP date), else back-off.
   * other 5xx, timeouts, connection errors: retried with doubling back-off (1 s, 2 s, 4 s, 8 s...).
