@@ -12,11 +12,15 @@
 #                   accepted findings carry skip comments, listed in docs/deploy.md
 #   compose config  deploy/docker-compose*.yml (when docker-compose / docker compose exists)
 #   yamllint        deploy/ (deploy/.yamllint)
-#   CircleCI schema deploy/circleci/config.yml (check-jsonschema's vendored CircleCI schema)
+#   CircleCI schema deploy/circleci/config.yml, and every workflow example in docs/deploy.md
+#                   merged into it (check-jsonschema's vendored CircleCI schema)
+#   retry contract  .ci/check-retry-contract.sh: no doc or kit file claims a retry by Sym
 #   terraform fmt   deploy/sym (only when terraform is installed)
-#   pytest          deploy/sym/tests (impl.py under RestrictedPython, every handler, retries, the
-#                   Terraform schema check, and end to end against the real service binary) and
-#                   deploy/circleci/tests (the gate and verdict steps against local servers)
+#   pytest          deploy/sym/tests (impl.py under RestrictedPython on the published sym-sdk,
+#                   every handler, retries, the Terraform schema check, locals.tf evaluated by
+#                   terraform console, and end to end against the real service binary) and
+#                   deploy/circleci/tests (the gate and verdict steps against local servers, the
+#                   job graphs of config.yml and the docs' examples)
 #
 # The end-to-end tests run the service binary APPROVER_BIN (default target/debug/
 # sym-circleci-approver, built with `cargo build --locked` when missing).
@@ -197,6 +201,20 @@ run yamllint yamllint --strict -c deploy/.yamllint deploy/
 
 run circleci-schema check-jsonschema --builtin-schema vendor.circle-ci deploy/circleci/config.yml
 
+# The workflow examples in docs/deploy.md, each merged into config.yml (its jobs, the example's
+# workflows), through the same schema.
+circleci_doc_examples() {
+  local dir rc=0
+  dir="$(mktemp -d)"
+  "${TESTS_PY}" deploy/circleci/tests/doc_examples.py "${dir}" &&
+    check-jsonschema --builtin-schema vendor.circle-ci "${dir}"/*.yml || rc=$?
+  rm -rf "${dir}"
+  return "${rc}"
+}
+run circleci-schema-doc-examples circleci_doc_examples
+
+run retry-contract bash .ci/check-retry-contract.sh
+
 terraform_fmt() {
   if ! command -v terraform >/dev/null 2>&1; then
     echo "terraform not installed: fmt check skipped"
@@ -215,8 +233,12 @@ deploy_tests() {
     echo "building ${APPROVER_BIN} for the end-to-end tests"
     cargo build --locked || return 1
   fi
-  APPROVER_BIN="${APPROVER_BIN}" APPROVER_E2E_REQUIRED=1 \
-    "${TESTS_PY}" -m pytest -q -p no:cacheprovider deploy/sym/tests deploy/circleci/tests
+  # locals.tf is evaluated by terraform console wherever terraform is installed (as terraform fmt
+  # above); without it those tests skip and say so.
+  local terraform_required=0
+  command -v terraform >/dev/null 2>&1 && terraform_required=1
+  APPROVER_BIN="${APPROVER_BIN}" APPROVER_E2E_REQUIRED=1 DEPLOY_TERRAFORM_REQUIRED="${terraform_required}" \
+    "${TESTS_PY}" -m pytest -q -p no:cacheprovider -rs deploy/sym/tests deploy/circleci/tests
 }
 run pytest deploy_tests
 

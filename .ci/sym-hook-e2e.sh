@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The Sym flow's impl.py, compiled and run under RestrictedPython, against the real service and
-# its built-in fake CircleCI: the sandboxed after_approve must get the hold job approved (one
-# approve call at the fake), a repeat must be a duplicate, a deny must be recorded and a wrong
-# secret refused (deploy/sym/tests/test_sandbox.py, tests marked e2e). .ci/deploy-checks.sh runs
-# them too, with everything else; this is the focused run.
+# The Sym flow's impl.py, compiled and run under RestrictedPython on the published sym-sdk,
+# against the real service and its built-in fake CircleCI: the sandboxed after_request must be
+# accepted (200 "bound", or "ignored" from a service without the request binding) and release
+# nothing, after_approve must get the hold job approved (one approve call at the fake), a repeat
+# must be a duplicate, a deny must be recorded and a wrong secret refused
+# (deploy/sym/tests/test_sandbox.py, tests marked e2e). .ci/deploy-checks.sh runs them too, with
+# everything else; this is the focused run.
 #
 # Uses the binary APPROVER_BIN (default: the debug binary `cargo test` built; built here when
 # missing) and the tests' virtualenv that .ci/deploy-checks.sh made (run that first).

@@ -1,36 +1,46 @@
 """Sym flow implementation for sym-circleci-approver.
 
-When an approver approves (or denies) a CircleCI deploy request in Slack, the after_approve
-(after_deny) hook sends the event to the sym-circleci-approver service, which approves the
-workflow's hold job (or cancels the workflow, per its ON_DENY setting).
+Three events of a Sym request reach the sym-circleci-approver service, each as a signed webhook:
 
-The delivery is what Sym's own HTTP strategy would send:
+  * after_request: the request exists (its message is in the approvals channel). The `request`
+    event binds this Sym run to the CircleCI workflow and hold job it was made for, so the
+    service's gate reconciler only ever releases that hold job for this run. A failed delivery
+    does not block the request (approvals still arrive through after_approve); it says in the
+    request's thread that recovery by the reconciler will not work for this request.
+  * after_approve: the `approve` event; the service approves the workflow's hold job.
+  * after_deny: the `deny` event; the service records it (and cancels the workflow with its
+    ON_DENY=cancel setting).
+
+Each delivery is what Sym's own HTTP strategy would send:
   * body: a Sym log entry, schema_version 4, whose `id` is stable for this run and event type
-    (uuid5), so a repeated hook is a duplicate that the service approves only once;
+    (uuid5 of "<run srn>#<event type>"), so a repeated hook is a duplicate the service acts on once;
   * headers: Standard Webhooks v1 (webhook-id, webhook-timestamp,
     webhook-signature = "v1," + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))), the key being
     the base64-decoded part of the "whsec_..." secret.
 
-Sym runs this file in a restricted Python (RestrictedPython): imports are limited to sym.sdk,
-requests, json and datetime, and no name or attribute may start with "_". So SHA-256, SHA-1 (for
-uuid5), HMAC and base64 are written out below in plain Python, using only the builtins of
-RestrictedPython's safe_builtins (no bytes(), list(), dict(), getattr(), min(), max(), ...), no
-classes, no augmented assignment and no tuple unpacking. tests/test_sandbox.py runs every handler
-in such a sandbox; tests/test_impl.py checks the primitives against the standard library.
+Sym runs this file in a RestrictedPython environment and allows imports from sym.sdk, requests,
+json and datetime only (docs.symops.com/docs/python-sdk, "Restrictions Apply"); no name or
+attribute may start with "_". So SHA-256, SHA-1 (for uuid5), HMAC and base64 are written out below
+in plain Python, using only the builtins of RestrictedPython's safe_builtins (no bytes(), list(),
+dict(), getattr(), min(), max(), ...), no classes, no augmented assignment and no tuple unpacking.
+tests/test_sandbox.py runs every handler in such a sandbox against the published sym-sdk;
+tests/test_impl.py checks the primitives against the standard library.
 
-Delivery policy (the hook's own retries; Sym does not retry a failed hook for us):
+Delivery policy (the hook's own retries: Sym documents no second run of a failed hook):
   * 2xx: done. 4xx other than 429: final, nothing is retried (wrong secret, bad workflow id...).
   * 429 and 503: retried after the server's Retry-After (seconds or HTTP date), else back-off.
   * other 5xx, timeouts, connection errors: retried with doubling back-off (1 s, 2 s, 4 s, 8 s...).
-  * everything within DELIVERY_BUDGET_SECONDS (30 s, flow variable delivery_budget_seconds); a
-    wait that would end past the budget is not started.
-  * when the delivery finally fails, the approver is told in Slack that the deploy was NOT
-    released and why, and the hook raises, so Sym's error logger records it too.
+  * everything within DELIVERY_BUDGET_SECONDS (30 s, flow variable delivery_budget_seconds, e.g.
+    "30s"); a wait that would end past the budget is not started.
+  * when an approve or deny delivery finally fails, the approver is told in Slack (DM and the
+    request's thread) that the deploy was NOT released, why, and which path will still release
+    it; the hook then raises, so Sym's error logger records it too.
 
 Configuration (deploy/sym/main.tf):
   * event.flow.vars["approver_url"]: the service's base URL (https://...), no trailing slash;
   * event.flow.vars["approvals_channel"]: Slack channel for requests;
-  * event.flow.vars["delivery_budget_seconds"]: optional, total time for one delivery (1-300);
+  * event.flow.vars["delivery_budget_seconds"]: optional, total time for one delivery (1-300 s,
+    written "30s" so the Terraform provider does not warn about an integer-looking string);
   * the webhook secret: first secret of the environment's "approver" custom integration.
 
 Prompt fields: workflow_id (required, a UUID), workflow_url, merging_user and hold_job_name
@@ -45,6 +55,8 @@ import requests
 
 from sym.sdk.annotations import hook, reducer
 from sym.sdk.integrations import slack
+from sym.sdk.notifications import Notification
+from sym.sdk.request_permission import PermissionLevel, RequestPermission
 from sym.sdk.templates import ApprovalTemplate
 
 SCHEMA_VERSION = 4
@@ -445,7 +457,19 @@ def json_value(value):
     return str(value)
 
 
-def actor(user):
+def user_reference(user, org):
+    """The user as an SRN-like string: the runtime's user SRN when it has one, else built from the
+    user's id (sym-sdk declares User.id, a UUID) in the run's organization."""
+    srn = str(read(lambda: user.srn, ""))
+    if srn:
+        return srn
+    user_id = str(read(lambda: user.id, ""))
+    if user_id and org:
+        return "%s:user:%s:latest" % (org, user_id)
+    return "user:" + str(read(lambda: user.username, "") or "unknown")
+
+
+def actor(user, org=""):
     first = str(read(lambda: user.first_name, ""))
     last = str(read(lambda: user.last_name, ""))
     username = str(read(lambda: user.username, "") or read(lambda: user.email, "") or "unknown")
@@ -468,7 +492,7 @@ def actor(user):
     if identity is None:
         identity = {"service": "sym", "external_id": username}
     return {
-        "user": str(read(lambda: user.srn, "") or "user:" + username),
+        "user": user_reference(user, org),
         "name": name,
         "username": username,
         "identity": identity,
@@ -506,7 +530,7 @@ def build_log_entry(event, event_type):
             "timestamp": iso_timestamp(read(lambda: event.payload.timestamp)),
             "channel": channel_kind(event),
         },
-        "actor": actor(read(lambda: event.user)),
+        "actor": actor(read(lambda: event.user), run_srn.split(":")[0]),
         "fields": forwarded_fields(event),
         "type": "event",
     }
@@ -515,6 +539,7 @@ def build_log_entry(event, event_type):
 # --------------------------------------------------------------------------------------------
 # Delivery
 # --------------------------------------------------------------------------------------------
+
 
 
 def describe_exception(exc):
@@ -536,13 +561,18 @@ def short_body(response):
 
 
 def delivery_budget(event):
-    """Total seconds for one delivery: flow variable delivery_budget_seconds, else the default."""
-    raw = flow_vars(event).get("delivery_budget_seconds")
-    if raw is None or str(raw).strip() == "":
+    """Total seconds for one delivery: flow variable delivery_budget_seconds ("30s", or a plain
+    number as older configurations wrote it), else the default; clamped to 1-300 s."""
+    raw = str(flow_vars(event).get("delivery_budget_seconds") or "").strip().lower()
+    if raw.endswith("s"):
+        raw = raw[:-1].strip()
+    if raw == "":
         return DELIVERY_BUDGET_SECONDS
     try:
-        budget = float(str(raw).strip())
+        budget = float(raw)
     except ValueError:
+        return DELIVERY_BUDGET_SECONDS
+    if budget != budget:  # NaN
         return DELIVERY_BUDGET_SECONDS
     if budget < DELIVERY_BUDGET_MIN_SECONDS:
         return DELIVERY_BUDGET_MIN_SECONDS
@@ -551,12 +581,13 @@ def delivery_budget(event):
     return budget
 
 
-def deliver(url, secret, entry, budget_seconds=None):
+def attempt_delivery(url, secret, entry, budget_seconds=None):
     """POST the signed entry until a 2xx, a final 4xx, or the time budget runs out.
 
-    Returns the 2xx response; raises RuntimeError with the reason otherwise. Every attempt
-    carries the same webhook-id and body (the service deduplicates on them) and a fresh
-    timestamp and signature (so a late attempt is not refused as too old).
+    Returns {"ok": True, "response": <2xx response>} or {"ok": False, "final": <the service
+    refused it>, "problem": <why>}. Every attempt carries the same webhook-id and body (the
+    service deduplicates on them) and a fresh timestamp and signature (so a late attempt is not
+    refused as too old).
     """
     budget = DELIVERY_BUDGET_SECONDS if budget_seconds is None else budget_seconds
     event_type = str(entry["event"]["type"])
@@ -577,7 +608,7 @@ def deliver(url, secret, entry, budget_seconds=None):
         timestamp = now_seconds()
         headers = {
             "content-type": "application/json",
-            "user-agent": "sym-circleci-approver-hook/2",
+            "user-agent": "sym-circleci-approver-hook/3",
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(secret, msg_id, timestamp, body),
@@ -591,7 +622,7 @@ def deliver(url, secret, entry, budget_seconds=None):
         else:
             status = response.status_code
             if status >= 200 and status < 300:
-                return response
+                return {"ok": True, "response": response}
             problem = "HTTP %d" % status
             text = short_body(response)
             if text:
@@ -602,9 +633,12 @@ def deliver(url, secret, entry, budget_seconds=None):
                     wait = hint
                     hinted = True
             elif status < 500:
-                raise RuntimeError(
-                    "the approver service refused the %s event (final, not retried): %s" % (event_type, problem)
-                )
+                return {
+                    "ok": False,
+                    "final": True,
+                    "problem": "the approver service refused the %s event (final, not retried): %s"
+                    % (event_type, problem),
+                }
         if hinted is False:
             backoff = backoff * 2
             if backoff > DELIVERY_BACKOFF_MAX_SECONDS:
@@ -613,11 +647,21 @@ def deliver(url, secret, entry, budget_seconds=None):
         if elapsed + wait >= budget:
             if hinted:
                 problem = problem + "; it asked to retry after %d s" % int(wait)
-            raise RuntimeError(
-                "the approver service did not accept the %s event within the hook's %d s budget "
-                "(%d attempts; last: %s)" % (event_type, int(budget), attempt, problem)
-            )
+            return {
+                "ok": False,
+                "final": False,
+                "problem": "the approver service did not accept the %s event within the hook's %d s budget "
+                "(%d attempts; last: %s)" % (event_type, int(budget), attempt, problem),
+            }
         wait_seconds(wait)
+
+
+def deliver(url, secret, entry, budget_seconds=None):
+    """attempt_delivery, raising RuntimeError with the reason when it fails."""
+    outcome = attempt_delivery(url, secret, entry, budget_seconds)
+    if outcome["ok"]:
+        return outcome["response"]
+    raise RuntimeError(outcome["problem"])
 
 
 def approver_url(event):
@@ -644,9 +688,27 @@ def webhook_secret(event):
     return value
 
 
+def send_outcome(event, event_type):
+    """Build, sign and deliver one event; the outcome as attempt_delivery returns it.
+
+    A configuration problem (no approver_url, no approver integration, an empty secret, no run
+    SRN) is a final failure too: every event of this request meets it until it is fixed.
+    """
+    try:
+        entry = build_log_entry(event, event_type)
+        url = approver_url(event)
+        secret = webhook_secret(event)
+    except Exception as exc:  # noqa: BLE001 - reported to the people involved, then handled per hook
+        return {"ok": False, "final": True, "problem": str(exc)}
+    return attempt_delivery(url, secret, entry, delivery_budget(event))
+
+
 def send_event(event, event_type):
-    entry = build_log_entry(event, event_type)
-    return deliver(approver_url(event), webhook_secret(event), entry, delivery_budget(event))
+    """Deliver one event; the 2xx response, or RuntimeError with the reason."""
+    outcome = send_outcome(event, event_type)
+    if outcome["ok"]:
+        return outcome["response"]
+    raise RuntimeError(outcome["problem"])
 
 
 def is_uuid(value):
@@ -675,9 +737,27 @@ def hold_job_problem(value):
     return None
 
 
+def request_problem(event):
+    """Why this request could never release a hold job (on_request denies it), or None."""
+    fields = event_fields(event)
+    if not is_uuid(fields.get("workflow_id")):
+        return "workflow_id must be a CircleCI workflow UUID"
+    return hold_job_problem(fields.get("hold_job_name"))
+
+
 # --------------------------------------------------------------------------------------------
 # Telling people in Slack
 # --------------------------------------------------------------------------------------------
+
+# What the people involved can do when the hook could not tell the service, per CircleCI's docs
+# (docs/deploy.md cites each): a workflow waiting on a hold job is not terminal, so it cannot be
+# rerun until it is canceled; "Rerun workflow from failed" does not rerun successful jobs (such
+# as sym/request), so only "Rerun workflow from start" opens a new Sym request.
+RERUN_ADVICE = (
+    "in CircleCI cancel the workflow (it cannot be rerun while it waits on the hold job), then choose "
+    '"Rerun workflow from start": its sym/request opens a new Sym request to approve. ("Rerun workflow '
+    'from failed" would not: it does not rerun the successful sym/request.)'
+)
 
 
 def describe_request(event):
@@ -689,28 +769,68 @@ def describe_request(event):
     return "CircleCI workflow %s" % workflow
 
 
-def failure_message(event, event_type, reason):
-    hint = ""
-    if "HTTP 401" in reason:
-        hint = " (HTTP 401: the webhook secret in Sym and the service's SYM_WEBHOOK_SECRET differ)"
-    if event_type == "approve":
+def secret_hint(problem):
+    if "HTTP 401" in problem:
+        return " (HTTP 401: the webhook secret in Sym and the service's SYM_WEBHOOK_SECRET differ)"
+    return ""
+
+
+def approve_failure_message(event, outcome):
+    problem = outcome["problem"]
+    head = ":warning: Deploy NOT released yet. Your approval of %s did not reach sym-circleci-approver: %s%s." % (
+        describe_request(event),
+        problem,
+        secret_hint(problem),
+    )
+    if outcome["final"]:
         return (
-            ":warning: Deploy NOT released. Your approval of %s did not reach sym-circleci-approver: "
-            "%s%s. The hold job is still on hold and nothing was approved in CircleCI. Once the "
-            "service is fixed, re-run the workflow to request approval again."
-            % (describe_request(event), reason, hint)
+            head + " The service refused it, so it will not release the hold job for this request. "
+            "Fix the cause, then " + RERUN_ADVICE
         )
     return (
-        ":warning: The %s of %s did not reach sym-circleci-approver: %s%s. Nothing was released; "
-        "the workflow stays on hold (it was not canceled)." % (event_type, describe_request(event), reason, hint)
+        head + " What still releases the hold job: if this workflow registered its gate (its "
+        "register_sym_gate job passed) and this thread has no warning that the service missed the "
+        "request, nothing to do: the service will release it when it is back (its reconciler reads this "
+        "request's approval from Sym). Otherwise, " + RERUN_ADVICE
     )
 
 
-def tell_in_slack(event, text):
-    """DM the user who acted, and reply in the request's thread. Returns how many went out."""
+def deny_failure_message(event, event_type, outcome):
+    problem = outcome["problem"]
+    return (
+        ":warning: The %s of %s did not reach sym-circleci-approver: %s%s. Nothing was released and "
+        "nothing was canceled: the workflow still waits on its hold job. If its gate is registered, the "
+        "service closes it when it reads the decision from Sym (and cancels the workflow when it runs "
+        "with ON_DENY=cancel); otherwise cancel the workflow in CircleCI if it should not wait."
+        % (event_type, describe_request(event), problem, secret_hint(problem))
+    )
+
+
+def request_failure_message(event, outcome):
+    problem = outcome["problem"]
+    if outcome["final"]:
+        return (
+            ":warning: sym-circleci-approver refused this request for %s: %s%s. It has no record of which "
+            "workflow this request gates, so its reconciler will not release the hold job for it, and an "
+            "approval will meet the same refusal until the cause is fixed. Fix it, then %s"
+            % (describe_request(event), problem, secret_hint(problem), RERUN_ADVICE)
+        )
+    return (
+        ":warning: sym-circleci-approver did not receive this request for %s: %s. Approving still "
+        "works while the service is up (the approval is delivered on its own), but recovery by the "
+        "service's reconciler will not work for this request: if the approval cannot be delivered "
+        "either, the hold job stays on hold; then %s" % (describe_request(event), problem, RERUN_ADVICE)
+    )
+
+
+def tell_in_slack(event, text, direct=True):
+    """Reply in the request's thread, and DM the user who acted (unless direct is False).
+
+    Returns how many messages went out; a Slack failure never hides the delivery problem.
+    """
     sent = 0
     user = read(lambda: event.user)
-    if user is not None:
+    if direct and user is not None:
         try:
             slack.send_message(user, text)
             sent = sent + 1
@@ -724,47 +844,73 @@ def tell_in_slack(event, text):
     return sent
 
 
-def notify_and_send(event, event_type):
-    try:
-        return send_event(event, event_type)
-    except Exception as exc:
-        tell_in_slack(event, failure_message(event, event_type, str(exc)))
-        raise
-
-
 # --------------------------------------------------------------------------------------------
 # Sym handlers
 # --------------------------------------------------------------------------------------------
 
 
 @reducer
-def get_approvers(event):
-    """Route requests to the approvals channel (flow variable approvals_channel)."""
-    channel = flow_vars(event).get("approvals_channel") or DEFAULT_APPROVALS_CHANNEL
-    return slack.channel(channel, allow_self=False)
+def get_permissions(event):
+    """Members and admins may approve or deny; nobody approves their own request.
+
+    Replaces the deprecated get_approvers (docs.symops.com/docs/migrating-from-get_approvers);
+    allow_self_approval is get_approvers' allow_self.
+    """
+    return RequestPermission(
+        webapp_view=PermissionLevel.ADMIN,
+        approve_deny=PermissionLevel.MEMBER,
+        allow_self_approval=False,
+    )
+
+
+@reducer
+def get_request_notifications(event):
+    """Requests go to the approvals channel (flow variable approvals_channel)."""
+    channel = str(flow_vars(event).get("approvals_channel") or DEFAULT_APPROVALS_CHANNEL).strip()
+    return [Notification(destinations=[slack.channel(channel)])]
 
 
 @hook
 def on_request(event):
     """Refuse requests that could never release a hold job."""
-    fields = event_fields(event)
-    if not is_uuid(fields.get("workflow_id")):
-        return ApprovalTemplate.deny(reason="workflow_id must be a CircleCI workflow UUID")
-    problem = hold_job_problem(fields.get("hold_job_name"))
+    problem = request_problem(event)
     if problem is not None:
         return ApprovalTemplate.deny(reason=problem)
     return None
 
 
 @hook
+def after_request(event):
+    """Bind this run to its workflow and hold job at the service (the reconciler's guard).
+
+    A failed delivery never blocks the request: the hook says so in the request's thread and
+    returns normally.
+    """
+    if request_problem(event) is not None:
+        return None  # denied by on_request: there is no workflow to bind
+    outcome = send_outcome(event, "request")
+    if outcome["ok"] is False:
+        tell_in_slack(event, request_failure_message(event, outcome), direct=False)
+    return None
+
+
+@hook
 def after_approve(event):
     """Tell the approver service; it approves the workflow's hold job exactly once."""
-    notify_and_send(event, "approve")
+    outcome = send_outcome(event, "approve")
+    if outcome["ok"] is False:
+        tell_in_slack(event, approve_failure_message(event, outcome))
+        raise RuntimeError(outcome["problem"])
+    return None
 
 
 @hook
 def after_deny(event):
     """Tell the approver service too, so it can cancel the workflow (its ON_DENY setting)."""
-    if not is_uuid(event_fields(event).get("workflow_id")):
-        return  # denied by on_request above: there is no workflow to act on
-    notify_and_send(event, "deny")
+    if request_problem(event) is not None:
+        return None  # denied by on_request above: there is no workflow to act on
+    outcome = send_outcome(event, "deny")
+    if outcome["ok"] is False:
+        tell_in_slack(event, deny_failure_message(event, "deny", outcome))
+        raise RuntimeError(outcome["problem"])
+    return None

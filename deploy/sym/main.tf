@@ -3,8 +3,10 @@
 #
 # Works for a new Sym org (everything created here) and for an org that already runs Sym: the
 # runtime, the environment, the Slack integration and the secrets source can each name an
-# existing one (data sources) instead. docs/deploy.md has the runbook and, for every resource
-# and attribute below, the provider documentation and source it was checked against.
+# existing one (data sources) instead. Every name created here derives from one prefix
+# (locals.tf: name_prefix, the flow's name by default), so nothing collides with Sym's own
+# examples or another deployment. docs/deploy.md has the runbook and, for every resource and
+# attribute below, the provider documentation and source it was checked against.
 #
 # Order of operations:
 #   1. terraform apply (creates the flow and an EMPTY Secrets Manager secret);
@@ -22,14 +24,10 @@ provider "aws" {
 }
 
 locals {
-  create_runtime        = var.existing_runtime_name == null
-  create_environment    = var.existing_environment_name == null
-  create_slack          = local.create_environment && var.existing_slack_integration_name == null
-  create_secrets_source = var.existing_secrets_source_name == null
-
-  # IAM role the Secrets Manager add-on policy is attached to: the new runtime connector's role,
-  # or the existing runtime's role when named (null: the existing role already has the add-on).
-  secrets_addon_role_name = local.create_runtime ? one(module.runtime_connector[*].sym_runtime_connector_role.name) : var.existing_runtime_role_name
+  # IAM role the Secrets Manager add-on policy (and a KMS grant) is attached to: the new runtime
+  # connector's role, or the existing runtime's role when named (null: the existing role already
+  # has an add-on, for var.existing_secrets_addon_environment).
+  runtime_role_name = local.create_runtime ? one(module.runtime_connector[*].sym_runtime_connector_role.name) : var.existing_runtime_role_name
 
   # one(concat(...)): exactly one of the two lists has an element, so no [0] on an empty one.
   runtime_id           = one(concat(module.runtime_connector[*].sym_runtime.id, data.sym_runtime.existing[*].id))
@@ -37,6 +35,10 @@ locals {
   secrets_source_id    = one(concat(sym_secrets.this[*].id, data.sym_secrets.existing[*].id))
   slack_integration_id = one(concat(sym_integration.slack[*].id, data.sym_integration.slack[*].id))
   environment_id       = one(concat(sym_environment.this[*].id, data.sym_environment.existing[*].id))
+
+  # The one input locals.tf takes from a data source: an existing environment's integrations map
+  # (null when the environment is created here).
+  existing_environment_integrations = one(data.sym_environment.existing[*].integrations)
 }
 
 ############ Runtime: the AWS IAM role Sym assumes, and Secrets Manager access for it ############
@@ -51,26 +53,55 @@ module "runtime_connector" {
   source  = "symopsio/runtime-connector/aws"
   version = "~> 2.0"
 
-  environment = var.environment_name
+  # Names the runtime, its permission-context integration and its IAM role and policy
+  # (local.names.runtime, .runtime_context, .runtime_role).
+  environment = local.name_prefix
 }
 
 data "sym_runtime" "existing" {
   count = local.create_runtime ? 0 : 1
 
   name = var.existing_runtime_name
+
+  lifecycle {
+    precondition {
+      condition     = local.existing_runtime_described
+      error_message = "existing_runtime_name needs one of: existing_runtime_role_name (the runtime's IAM role: this configuration attaches its own Secrets Manager add-on there), or existing_secrets_addon_environment (the environment the role's add-on was made for: the secret is tagged SymEnv with it). Without either, the secret would not be readable by the runtime."
+    }
+  }
 }
 
 # The Secrets Manager add-on (v2 form: its own module, attached to the runtime role). It grants
-# secretsmanager:GetSecretValue/DescribeSecret on secrets tagged SymEnv = environment.
+# secretsmanager:GetSecretValue/DescribeSecret on secrets tagged SymEnv = environment, and
+# nothing in KMS (terraform-aws-secretsmgr-addon main.tf).
 module "secrets_manager_access" {
   # checkov:skip=CKV_TF_1:A Terraform Registry module, pinned by version; registry modules have no commit to pin
-  count = local.create_runtime || var.existing_runtime_role_name != null ? 1 : 0
+  count = local.attach_secrets_addon ? 1 : 0
 
   source  = "symopsio/secretsmgr-addon/aws"
   version = "~> 1.1"
 
-  environment   = var.environment_name
-  iam_role_name = local.secrets_addon_role_name
+  # Names its policy (local.names.secrets_addon_policy) and is the SymEnv tag value it grants.
+  environment   = local.name_prefix
+  iam_role_name = local.runtime_role_name
+}
+
+# With a customer-managed KMS key, reading the secret also needs kms:Decrypt on that key, which
+# the add-on does not grant: without this, every retrieve_value() in impl.py is denied. Scoped to
+# Secrets Manager in this region and to this secret (locals.tf, kms_decrypt_policy).
+resource "aws_iam_role_policy" "webhook_secret_kms" {
+  count = var.secrets_kms_key_id == null ? 0 : 1
+
+  name   = local.names.kms_policy
+  role   = local.runtime_role_name
+  policy = local.kms_decrypt_policy
+
+  lifecycle {
+    precondition {
+      condition     = local.kms_grant_has_a_role
+      error_message = "secrets_kms_key_id is set, so the runtime's role needs kms:Decrypt on that key: with existing_runtime_name, also set existing_runtime_role_name (or grant kms:Decrypt to that role yourself and leave secrets_kms_key_id unset here)."
+    }
+  }
 }
 
 ############ Secrets: the Standard Webhooks secret, read by impl.py through Sym ############
@@ -80,7 +111,7 @@ resource "sym_secrets" "this" {
   count = local.create_secrets_source ? 1 : 0
 
   type = "aws_secrets_manager"
-  name = "${var.environment_name}-sym-secrets"
+  name = local.names.secrets_source
 
   settings = {
     context_id = local.runtime_context_id
@@ -99,14 +130,21 @@ data "sym_secrets" "existing" {
 # rotation Lambda is attached.
 resource "aws_secretsmanager_secret" "webhook_secret" {
   # checkov:skip=CKV2_AWS_57:Rotation must be coordinated with the approver service (both secrets configured first), see docs/deploy.md
-  name        = "sym/${var.environment_name}/circleci-approver-webhook-secret"
+  name        = local.names.webhook_secret
   description = "Standard Webhooks secret shared by the Sym CI approval flow and sym-circleci-approver"
   kms_key_id  = var.secrets_kms_key_id
 
   tags = {
     # Required: the Secrets Manager add-on only grants access to secrets whose SymEnv tag equals
     # its environment.
-    SymEnv = var.environment_name
+    SymEnv = local.secrets_tag_value
+  }
+
+  lifecycle {
+    precondition {
+      condition     = local.kms_key_in_region
+      error_message = "secrets_kms_key_id must be a key in aws_region (the secret is created there, and Secrets Manager uses a key of its own region)."
+    }
   }
 }
 
@@ -121,7 +159,7 @@ resource "sym_secret" "webhook_secret" {
 # event.flow.environment.integrations["approver"].settings["secrets"][0].
 resource "sym_integration" "approver" {
   type        = "custom"
-  name        = "circleci-approver-${var.environment_name}"
+  name        = local.names.approver_integration
   external_id = var.approver_url
 
   settings = {
@@ -135,7 +173,7 @@ resource "sym_integration" "slack" {
   count = local.create_slack ? 1 : 0
 
   type        = "slack"
-  name        = "${var.environment_name}-slack"
+  name        = local.names.slack_integration
   external_id = var.slack_workspace_id
 
   lifecycle {
@@ -163,7 +201,7 @@ resource "sym_error_logger" "slack" {
 resource "sym_environment" "this" {
   count = local.create_environment ? 1 : 0
 
-  name            = var.environment_name
+  name            = local.names.environment
   runtime_id      = local.runtime_id
   error_logger_id = one(sym_error_logger.slack[*].id)
 
@@ -176,7 +214,9 @@ resource "sym_environment" "this" {
 
 # An existing environment is managed elsewhere: add
 #   approver_id = "<terraform output approver_integration_id>"
-# to its integrations map there, or the hook cannot read the webhook secret (it says so in Slack).
+# to its integrations map there, or the hook cannot read the webhook secret. The flow's
+# preconditions below stop the plan until it is there (docs/deploy.md: apply
+# -target=sym_integration.approver first, wire the id, then apply).
 data "sym_environment" "existing" {
   count = local.create_environment ? 0 : 1
 
@@ -186,19 +226,15 @@ data "sym_environment" "existing" {
 ############ The flow ############
 
 resource "sym_flow" "ci_approval" {
-  name  = var.flow_name
+  name  = local.names.flow
   label = "CI deploy approval"
 
   # Provider 3.x takes the file's contents (docs/guides/version-3-upgrade).
   implementation = file("${path.module}/impl.py")
   environment_id = local.environment_id
 
-  # Read by impl.py through event.flow.vars (all values are strings).
-  vars = {
-    approver_url            = var.approver_url
-    approvals_channel       = var.approvals_channel
-    delivery_budget_seconds = tostring(var.delivery_budget_seconds)
-  }
+  # Read by impl.py through event.flow.vars (all values are strings; locals.tf).
+  vars = local.flow_vars
 
   params {
     # Only CircleCI (through the Sym API / orb) may open requests; nobody can start one from
@@ -240,6 +276,18 @@ resource "sym_flow" "ci_approval" {
       required = false
     }
   }
+
+  lifecycle {
+    precondition {
+      condition     = local.environment_has_approver
+      error_message = "The existing Sym environment (existing_environment_name) has no approver_id in its integrations, so every approval would fail at the hook (it reads the webhook secret from event.flow.environment.integrations[\"approver\"]). Create the integration first (terraform apply -target=sym_integration.approver), add approver_id = <terraform output approver_integration_id> to that environment's integrations where it is managed, then apply again."
+    }
+    precondition {
+      # Unknown until sym_integration.approver exists: then checked at apply, before the flow is written.
+      condition     = local.create_environment || try(local.existing_environment_integrations["approver_id"], null) == sym_integration.approver.id
+      error_message = "The existing Sym environment's approver_id is not this configuration's approver integration (terraform output approver_integration_id): the hook would read another integration's secret. Set approver_id to that output where the environment is managed."
+    }
+  }
 }
 
 output "flow_srn" {
@@ -260,4 +308,9 @@ output "approver_integration_id" {
 output "environment_id" {
   description = "The Sym environment the flow runs in (created here, or the existing one)."
   value       = local.environment_id
+}
+
+output "created_names" {
+  description = "The name of everything this configuration creates (all derived from name_prefix); pieces named by existing_* variables are not created."
+  value       = local.names
 }

@@ -3,10 +3,15 @@ variable "sym_org" {
   type        = string
 }
 
-variable "environment_name" {
-  description = "Name of the Sym environment created here, and the SymEnv tag value the Secrets Manager add-on grants access to. With an existing runtime, use the environment its Secrets Manager add-on was configured with."
+variable "name_prefix" {
+  description = "Prefix of every name this configuration creates (runtime, its IAM role and policies, secrets source, secret, integrations, environment; `terraform output created_names` lists them). null: the flow's name. An older deployment of this kit keeps its names with name_prefix = its former environment_name (default \"main\") and flow_name = \"ci-approval\"."
   type        = string
-  default     = "main"
+  default     = null
+
+  validation {
+    condition     = var.name_prefix == null || can(regex("^[a-z0-9]([a-z0-9_-]{0,38}[a-z0-9])?$", var.name_prefix))
+    error_message = "name_prefix must be 1-40 lowercase letters, digits, '-' or '_' (it becomes Sym slugs and AWS IAM names), starting and ending with a letter or digit."
+  }
 }
 
 variable "aws_region" {
@@ -24,7 +29,13 @@ variable "existing_runtime_name" {
 }
 
 variable "existing_runtime_role_name" {
-  description = "With existing_runtime_name: the IAM role name of that runtime's connector, to attach the Secrets Manager add-on to. null: the role already has the add-on for environment_name."
+  description = "With existing_runtime_name: the IAM role name of that runtime's connector; this configuration attaches its own Secrets Manager add-on (and, with secrets_kms_key_id, a kms:Decrypt grant) to it. null: the role already has an add-on, named by existing_secrets_addon_environment."
+  type        = string
+  default     = null
+}
+
+variable "existing_secrets_addon_environment" {
+  description = "With existing_runtime_name and no existing_runtime_role_name: the `environment` the role's Secrets Manager add-on was made for; the webhook secret is tagged SymEnv with it so that add-on can read it. Ignored otherwise (the secret is then tagged with the name prefix, which the add-on attached here grants)."
   type        = string
   default     = null
 }
@@ -62,7 +73,7 @@ variable "approvals_channel" {
 }
 
 variable "errors_channel" {
-  description = "Slack channel that receives Sym flow errors (for example a failed delivery to the approver); used by the environment created here."
+  description = "Slack channel that receives Sym flow errors (for example a failed approve delivery, which the hook raises after telling the approver); used by the environment created here."
   type        = string
   default     = "#sym-errors"
 }
@@ -78,7 +89,7 @@ variable "approver_url" {
 }
 
 variable "delivery_budget_seconds" {
-  description = "Total time the after_approve hook keeps retrying one delivery to the service (429/503 with Retry-After, other 5xx, connection errors)."
+  description = "Total time each hook (after_request, after_approve, after_deny) keeps retrying one delivery to the service (429/503 with Retry-After, other 5xx, connection errors). Passed to the flow as \"<n>s\"."
   type        = number
   default     = 30
 
@@ -89,13 +100,23 @@ variable "delivery_budget_seconds" {
 }
 
 variable "flow_name" {
-  description = "Name of the Sym flow; CircleCI refers to it as <sym_org>:flow:<flow_name>:latest."
+  description = "Name of the Sym flow; CircleCI refers to it as <sym_org>:flow:<flow_name>:latest. Also the default name_prefix. (Sym's own CircleCI example is called ci-approval: the default differs so both can live in one org.)"
   type        = string
-  default     = "ci-approval"
+  default     = "circleci-approver"
+
+  validation {
+    condition     = can(regex("^[a-z0-9]([a-z0-9_-]{0,38}[a-z0-9])?$", var.flow_name))
+    error_message = "flow_name must be 1-40 lowercase letters, digits, '-' or '_', starting and ending with a letter or digit."
+  }
 }
 
 variable "secrets_kms_key_id" {
-  description = "Optional customer-managed KMS key (id or ARN) for the webhook secret; null uses the AWS managed key."
+  description = "Optional customer-managed KMS key for the webhook secret, as a key ARN (arn:aws:kms:<region>:<account>:key/<id>) in aws_region; the runtime's role is granted kms:Decrypt on it through Secrets Manager. The key policy must let IAM policies of the account grant it (the default key policy does). null: the AWS managed key aws/secretsmanager."
   type        = string
   default     = null
+
+  validation {
+    condition     = var.secrets_kms_key_id == null || can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$", var.secrets_kms_key_id))
+    error_message = "secrets_kms_key_id must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<key id>): an IAM grant names the key by ARN (an alias or bare key id is not enough)."
+  }
 }

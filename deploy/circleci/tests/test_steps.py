@@ -7,11 +7,18 @@ the job parameters as CircleCI would (the workflow's values, else the job's defa
 it with `bash -eo pipefail` (CircleCI's default shell) and the curl and jq of this machine, as
 cimg/base provides them. APPROVER_URL points at a local server scripted per test. The end-to-end
 verdicts against the real service are tested on the service side.
+
+Authentication: the job's OIDC token (CIRCLE_OIDC_TOKEN_V2) by default; with
+APPROVER_OIDC_AUDIENCE, a token from `circleci run oidc get --claims '{"aud": ...}'` (a fake
+`circleci` on PATH here, recording its arguments); the static tokens only with APPROVER_AUTH=static.
+curl itself is wrapped on PATH to record its arguments and the mode of the header file it reads:
+no token may appear on a command line or in the output, and the header file must be mode 600.
 """
 
 import http.server
 import json
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -27,6 +34,11 @@ GATE_STEP = "Register this workflow's Sym gate with sym-circleci-approver"
 VERDICT_STEP = "Check the approver's verdict for this workflow"
 GATE_TOKEN = "gate-token-" + uuid.uuid4().hex
 VERDICT_TOKEN = "verdict-token-" + uuid.uuid4().hex
+# Stand-ins for CircleCI's OIDC tokens (JWTs; their content is the service's business).
+OIDC_TOKEN = "eyJhbGciOiJSUzI1NiJ9.oidc-v2-" + uuid.uuid4().hex + ".sig"
+AUDIENCE_TOKEN = "eyJhbGciOiJSUzI1NiJ9.custom-aud-" + uuid.uuid4().hex + ".sig"
+ALL_TOKENS = (GATE_TOKEN, VERDICT_TOKEN, OIDC_TOKEN, AUDIENCE_TOKEN)
+REAL_CURL = shutil.which("curl")
 RUN_ID = "2f0a9b2e-6c1d-4d8a-9e4b-7a1c3d5e6f70"
 
 
@@ -116,27 +128,71 @@ def closed_port_url():
         return "http://127.0.0.1:%d" % s.getsockname()[1]
 
 
-def run_step(job, step, url, tmp_path, extra_env=None):
+FAKE_CURL = """#!/bin/bash
+# Records curl's arguments (NUL-separated) and the mode of every @file it is given, then runs curl.
+printf '%%s\\0' "$@" >>"${STEP_LOG_DIR}/curl.argv"
+for arg in "$@"; do
+  case "${arg}" in @*) stat -c '%%a' "${arg#@}" >>"${STEP_LOG_DIR}/curl.modes" ;; esac
+done
+exec %s "$@"
+"""
+
+FAKE_CIRCLECI = """#!/bin/bash
+# The job's `circleci` command, as far as `circleci run oidc get` goes.
+printf '%%s\\0' "$@" >>"${STEP_LOG_DIR}/circleci.argv"
+if [ -n "${FAKE_CIRCLECI_FAIL:-}" ]; then echo "oidc: not available" >&2; exit 1; fi
+printf '%%s\\n' "%s"
+"""
+
+
+def tool_dir(tmp_path, with_circleci):
+    """A PATH directory with the recording curl (and the fake circleci when asked)."""
+    bin_dir = tmp_path / ("bin-cli" if with_circleci else "bin")
+    if not bin_dir.exists():
+        bin_dir.mkdir()
+        (bin_dir / "curl").write_text(FAKE_CURL % REAL_CURL, encoding="utf-8")
+        (bin_dir / "curl").chmod(0o755)
+        if with_circleci:
+            (bin_dir / "circleci").write_text(FAKE_CIRCLECI % AUDIENCE_TOKEN, encoding="utf-8")
+            (bin_dir / "circleci").chmod(0o755)
+    return bin_dir
+
+
+def run_step(job, step, url, tmp_path, extra_env=None, with_circleci=False):
     command, env = load_step(job, step)
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    for name in ("curl.argv", "curl.modes", "circleci.argv"):
+        (logs / name).write_text("", encoding="utf-8")
     env.update(
         {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "PATH": "%s:/usr/local/bin:/usr/bin:/bin" % tool_dir(tmp_path, with_circleci),
             "HOME": str(tmp_path),
             "TMPDIR": str(tmp_path),
+            "STEP_LOG_DIR": str(logs),
             "CIRCLE_WORKFLOW_ID": WORKFLOW_ID,
+            "CIRCLE_OIDC_TOKEN_V2": OIDC_TOKEN,
             "APPROVER_URL": url,
+            # Present in the context but unused unless APPROVER_AUTH=static opts in.
             "APPROVER_GATE_TOKEN": GATE_TOKEN,
             "APPROVER_VERDICT_TOKEN": VERDICT_TOKEN,
         }
     )
     env.update(extra_env or {})
+    env = {k: v for k, v in env.items() if v is not None}
     started = time.monotonic()
     result = subprocess.run(
         ["bash", "-eo", "pipefail", "-c", command], env=env, capture_output=True, text=True, timeout=120
     )
     result.elapsed = time.monotonic() - started
     result.output = result.stdout + result.stderr
-    assert GATE_TOKEN not in result.output and VERDICT_TOKEN not in result.output
+    result.curl_argv = [a for a in (logs / "curl.argv").read_text(encoding="utf-8").split("\0") if a]
+    result.header_modes = (logs / "curl.modes").read_text(encoding="utf-8").split()
+    result.circleci_argv = [a for a in (logs / "circleci.argv").read_text(encoding="utf-8").split("\0") if a]
+    for token in ALL_TOKENS:
+        assert token not in result.output, "a token was printed"
+        assert all(token not in arg for arg in result.curl_argv), "a token was on curl's command line"
+    assert all(mode == "600" for mode in result.header_modes), result.header_modes
     return result
 
 
@@ -169,7 +225,8 @@ def test_gate_201_registers_with_the_run_id_from_the_workspace(approver, tmp_pat
     assert result.returncode == 0, result.output
     (request,) = server.requests
     assert request["method"] == "POST" and request["path"] == "/v1/gates"
-    assert request["headers"]["authorization"] == "Bearer " + GATE_TOKEN
+    assert request["headers"]["authorization"] == "Bearer " + OIDC_TOKEN  # the job's OIDC token by default
+    assert result.header_modes == ["600"]
     assert request["headers"]["content-type"] == "application/json"
     assert json.loads(request["body"]) == {
         "workflow_id": WORKFLOW_ID,
@@ -193,14 +250,15 @@ def test_gate_200_same_registration_again_passes(approver, tmp_path, requests_fi
 
 
 def test_gate_409_fails_the_job_with_the_answer_printed(approver, tmp_path, requests_file):
-    server = approver((409, {"error": "conflict", "detail": "workflow is gated by another Sym run"}))
+    server = approver((409, {"error": "gate_conflict", "detail": "this hold job is gated by another Sym run"}))
     result = register(server.url, tmp_path, requests_file)
     assert result.returncode == 1
-    assert "HTTP 409" in result.output and "workflow is gated by another Sym run" in result.output
+    assert "HTTP 409" in result.output and "this hold job is gated by another Sym run" in result.output
+    assert "already gated by another Sym request" in result.output
     assert len(server.requests) == 1
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+@pytest.mark.parametrize("status", [400, 404, 422])
 def test_gate_other_4xx_fail_at_once(approver, tmp_path, requests_file, status):
     server = approver((status, {"error": "nope", "detail": "refused %d" % status}), (201, {}))
     result = register(server.url, tmp_path, requests_file)
@@ -255,6 +313,104 @@ def test_gate_without_a_run_id_for_the_slug_fails(approver, tmp_path, requests_f
 
 
 # ------------------------------------------------------------------------------------------
+# Authentication, both steps: OIDC by default, a custom audience, the static opt-in, 401/403
+# ------------------------------------------------------------------------------------------
+
+STEPS = {
+    "gate": ("register_sym_gate", GATE_STEP, (201, {"status": "registered"}), GATE_TOKEN),
+    "verdict": ("deploy", VERDICT_STEP, (200, {"verdict": "approved", "detail": "ok", "via": "sym"}), VERDICT_TOKEN),
+}
+
+
+def run_auth(name, approver, tmp_path, requests_file, answer=None, with_circleci=False, **env):
+    job, step, ok, _ = STEPS[name]
+    server = approver(answer or ok)
+    extra = {"SYM_REQUESTS_FILE": str(requests_file), "APPROVER_GATE_BACKOFF": "0", "APPROVER_VERDICT_POLL": "1"}
+    extra.update(env)
+    return server, run_step(job, step, server.url, tmp_path, extra, with_circleci=with_circleci)
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_custom_audience_token_comes_from_circleci_run_oidc_get(approver, tmp_path, requests_file, name):
+    server, result = run_auth(
+        name, approver, tmp_path, requests_file, with_circleci=True, APPROVER_OIDC_AUDIENCE="approver.example.com"
+    )
+    assert result.returncode == 0, result.output
+    assert result.circleci_argv == ["run", "oidc", "get", "--claims", '{"aud":"approver.example.com"}']
+    (request,) = server.requests
+    assert request["headers"]["authorization"] == "Bearer " + AUDIENCE_TOKEN
+    assert result.header_modes == ["600"]
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_custom_audience_without_a_circleci_command_fails_before_calling(approver, tmp_path, requests_file, name):
+    server, result = run_auth(name, approver, tmp_path, requests_file, APPROVER_OIDC_AUDIENCE="approver.example.com")
+    assert result.returncode == 1 and "no circleci command" in result.output
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_a_failing_circleci_run_oidc_get_fails_before_calling(approver, tmp_path, requests_file, name):
+    server, result = run_auth(
+        name, approver, tmp_path, requests_file, with_circleci=True,
+        APPROVER_OIDC_AUDIENCE="approver.example.com", FAKE_CIRCLECI_FAIL="1",
+    )
+    assert result.returncode == 1 and "gave no token for audience approver.example.com" in result.output
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_no_oidc_token_fails_and_points_at_the_static_fallback(approver, tmp_path, requests_file, name):
+    server, result = run_auth(name, approver, tmp_path, requests_file, CIRCLE_OIDC_TOKEN_V2=None)
+    assert result.returncode == 1
+    assert "CIRCLE_OIDC_TOKEN_V2 is empty" in result.output and "APPROVER_AUTH=static" in result.output
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_static_tokens_only_when_opted_in(approver, tmp_path, requests_file, name):
+    _, _, _, static = STEPS[name]
+    server, result = run_auth(name, approver, tmp_path, requests_file, APPROVER_AUTH="static")
+    assert result.returncode == 0, result.output
+    (request,) = server.requests
+    assert request["headers"]["authorization"] == "Bearer " + static
+    assert result.header_modes == ["600"]
+    variable = "APPROVER_GATE_TOKEN" if name == "gate" else "APPROVER_VERDICT_TOKEN"
+    server, result = run_auth(name, approver, tmp_path, requests_file, APPROVER_AUTH="static", **{variable: None})
+    assert result.returncode == 1 and ("needs %s" % variable) in result.output
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_an_unknown_auth_mode_fails(approver, tmp_path, requests_file, name):
+    server, result = run_auth(name, approver, tmp_path, requests_file, APPROVER_AUTH="token")
+    assert result.returncode == 1 and "APPROVER_AUTH must be oidc" in result.output
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_401_is_final_and_says_which_token_was_refused(approver, tmp_path, requests_file, name):
+    answer = (401, {"error": "unauthorized", "detail": "token expired"})
+    server, result = run_auth(name, approver, tmp_path, requests_file, answer=answer)
+    assert result.returncode == 1 and len(server.requests) == 1
+    assert "refused this job's oidc token (HTTP 401" in result.output and "token expired" in result.output
+    assert "CIRCLECI_OIDC_ORG_ID" in result.output
+    server, result = run_auth(name, approver, tmp_path, requests_file, answer=answer, APPROVER_AUTH="static")
+    assert result.returncode == 1 and "refused this job's static token (HTTP 401" in result.output
+    assert ("APPROVER_GATE_TOKEN" if name == "gate" else "APPROVER_VERDICT_TOKEN") in result.output
+
+
+@pytest.mark.parametrize("name", sorted(STEPS))
+def test_403_is_final_and_names_the_three_reasons(approver, tmp_path, requests_file, name):
+    answer = (403, {"error": "forbidden", "detail": "the token is for pipeline 9f8e7d6c"})
+    server, result = run_auth(name, approver, tmp_path, requests_file, answer=answer)
+    assert result.returncode == 1 and len(server.requests) == 1
+    assert "HTTP 403" in result.output and "the token is for pipeline 9f8e7d6c" in result.output
+    for reason in ("another", "pipeline", "not in ALLOWED_PROJECTS", "SSH rerun"):
+        assert reason in result.output
+
+
+# ------------------------------------------------------------------------------------------
 # Verdict (first step of job deploy)
 # ------------------------------------------------------------------------------------------
 
@@ -277,7 +433,8 @@ def test_verdict_approved_passes(approver, tmp_path):
     (request,) = server.requests
     assert request["method"] == "GET"
     assert request["path"] == "/v1/verdicts/%s?hold_job=wait_for_sym_approval" % WORKFLOW_ID
-    assert request["headers"]["authorization"] == "Bearer " + VERDICT_TOKEN
+    assert request["headers"]["authorization"] == "Bearer " + OIDC_TOKEN  # the job's OIDC token by default
+    assert result.header_modes == ["600"]
 
 
 def test_verdict_approved_for_a_rerun_passes(approver, tmp_path):
@@ -311,14 +468,6 @@ def test_verdict_pending_then_approved_passes(approver, tmp_path):
     assert result.returncode == 0, result.output
     assert len(server.requests) == 2
     assert server.requests[1]["at"] - server.requests[0]["at"] >= 1.0  # APPROVER_VERDICT_POLL
-
-
-def test_verdict_401_fails_at_once(approver, tmp_path):
-    server = approver((401, {"error": "unauthorized", "detail": "missing or invalid token"}, {}))
-    result = check_verdict(server.url, tmp_path)
-    assert result.returncode == 1
-    assert "HTTP 401" in result.output and "missing or invalid token" in result.output
-    assert len(server.requests) == 1
 
 
 def test_verdict_404_when_verdicts_are_off_fails_at_once(approver, tmp_path):
@@ -391,5 +540,13 @@ def test_workflow_follows_syms_tutorial_order():
     assert deploy_steps[0]["run"]["name"] == VERDICT_STEP  # before anything else runs
     text = CONFIG.read_text(encoding="utf-8")
     assert "docker run" not in text and "ADMIN_TOKEN" not in text and "setup_remote_docker" not in text
+    # The static tokens are read only in the APPROVER_AUTH=static branch of each script.
+    for job, step in (("register_sym_gate", GATE_STEP), ("deploy", VERDICT_STEP)):
+        command, _ = load_step(job, step)
+        start = re.search(r"^\s*static\)$", command, re.M).start()
+        static_branch = command[start:command.index(";;", start)]
+        outside = command.replace(static_branch, "")
+        assert "APPROVER_GATE_TOKEN:-" not in outside and "APPROVER_VERDICT_TOKEN:-" not in outside
+        assert 'token="${CIRCLE_OIDC_TOKEN_V2:-}"' in command
     for job in ("register_sym_gate", "deploy"):
         assert config["executors"][config["jobs"][job]["executor"]]["docker"][0]["image"].startswith("cimg/base:")

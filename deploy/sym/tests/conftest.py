@@ -1,13 +1,12 @@
-"""Shared helpers for the impl.py tests: import paths, a fake Sym event, a scripted HTTP server."""
+"""Shared helpers for the impl.py tests: import paths, Sym's runtime (sym_runtime.py, on the
+published sym-sdk), a scripted HTTP server."""
 
-import datetime
 import http.server
 import json
 import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -15,10 +14,11 @@ TESTS_DIR = Path(__file__).resolve().parent
 SYM_DIR = TESTS_DIR.parent
 REPO_ROOT = SYM_DIR.parent.parent
 
-# The stand-in sym.sdk first, then deploy/sym for impl.py itself.
-for path in (TESTS_DIR / "stubs", SYM_DIR):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+# deploy/sym for impl.py itself; sym.sdk is the published package (requirements.txt).
+if str(SYM_DIR) not in sys.path:
+    sys.path.insert(0, str(SYM_DIR))
+
+from sym_runtime import Runtime, make_event  # noqa: E402,F401 - re-exported for the tests
 
 
 def pytest_configure(config):
@@ -30,79 +30,10 @@ def shared_reference_dir():
     return REPO_ROOT / "tests" / "fixtures"
 
 
-class FakeSecret:
-    def __init__(self, value):
-        self._value = value
-
-    def retrieve_value(self):
-        return self._value
-
-
-class FakeIdentity:
-    def __init__(self, service, service_id, user_id):
-        self.service = service
-        self.service_id = service_id
-        self.user_id = user_id
-
-
-class FakeUser:
-    def __init__(self):
-        self.first_name = "Alice"
-        self.last_name = "Approver"
-        self.email = "alice@example.com"
-        self.username = "alice@example.com"
-        self.srn = "acme:user:4f36af92-f3a6-4476-b7d4-f7ee82efe088:latest"
-        self.identities = {"slack": [FakeIdentity("slack", "TABC123", "UABC123")]}
-
-    def identity(self, service_type, service_id=None):
-        found = self.identities.get(service_type) or [None]
-        return found[0]
-
-
-def make_event(
-    secret="whsec_a4ayc/80/OGda4BO/1o/V0etpOqiLx1J",
-    approver_url="http://127.0.0.1:9",
-    workflow_id="7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e",
-    run_srn="acme:run:ci-approval:1.0.0:4e41814e-34b2-418c-9582-2d8bc610ea2a",
-    event_type="approve",
-    hold_job_name=None,
-    budget_seconds=None,
-):
-    """An object shaped like sym.sdk.event.Event for the attributes impl.py reads.
-
-    The SDK (sym-sdk 0.61, sym/sdk/event.py) puts the time on event.payload.timestamp and the
-    prompt fields on event.payload.fields; event.user is the user who triggered the event.
-    """
-    fields = {
-        "workflow_id": workflow_id,
-        "workflow_url": "https://app.circleci.com/pipelines/gh/acme/api/42/workflows/" + str(workflow_id),
-        "merging_user": "bob",
-    }
-    if hold_job_name is not None:
-        fields["hold_job_name"] = hold_job_name
-    flow_vars = {"approver_url": approver_url, "approvals_channel": "#ci-approvals"}
-    if budget_seconds is not None:
-        flow_vars["delivery_budget_seconds"] = str(budget_seconds)
-    integration = SimpleNamespace(settings={"secrets": [FakeSecret(secret)]})
-    user = FakeUser()
-    return SimpleNamespace(
-        srn="sym:event-spec:approval:1.0.0:" + event_type,
-        name=event_type,
-        run=SimpleNamespace(srn=run_srn),
-        flow=SimpleNamespace(
-            srn="acme:flow:ci-approval:1.0.0",
-            vars=flow_vars,
-            environment=SimpleNamespace(integrations={"approver": integration}),
-        ),
-        template=SimpleNamespace(srn="sym:template:approval:1.0.0"),
-        channel=SimpleNamespace(type="slack"),
-        payload=SimpleNamespace(
-            fields=fields,
-            timestamp=datetime.datetime(2026, 11, 22, 12, 0, 0, 123456, tzinfo=datetime.timezone.utc),
-            user=user,
-        ),
-        user=user,
-    )
+@pytest.fixture
+def runtime(monkeypatch):
+    """Sym's runtime side of the SDK (Slack, template transitions), recording every call."""
+    return Runtime().install(monkeypatch)
 
 
 class ScriptedServer:

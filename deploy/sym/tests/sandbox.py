@@ -13,8 +13,12 @@ guards and nothing more:
   _write_                  full_write_guard
 
 No __metaclass__, _inplacevar_ or _print_ is provided, so a class statement, an augmented
-assignment or a print() in impl.py fails here as it could in Sym's runtime.
+assignment or a print() in impl.py fails here as it could in Sym's runtime. The sym.sdk it
+imports is the published package (sym-sdk, tests/requirements.txt); Sym's documented import
+allow-list is sym.sdk, requests, json and datetime (docs.symops.com/docs/python-sdk).
 """
+
+import ast
 
 from types import SimpleNamespace
 
@@ -85,11 +89,17 @@ def load():
     })
 
 
-def handlers(module):
-    """{name: kind} of every function the stand-in sym.sdk decorators tagged (hook/reducer)."""
+def handlers():
+    """{name: kind} of every top-level function of impl.py decorated with @hook or @reducer.
+
+    (sym-sdk's decorators return the function unchanged, so the decorators are read from the
+    source.)
+    """
+    tree = ast.parse(IMPL_PATH.read_text(encoding="utf-8"))
     found = {}
-    for name, value in module.globals.items():
-        kind = getattr(value, "__sym_handler__", None)
-        if kind is not None:
-            found[name] = kind
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            for decorator in node.decorator_list:
+                if isinstance(decorator, ast.Name) and decorator.id in ("hook", "reducer"):
+                    found[node.name] = decorator.id
     return found

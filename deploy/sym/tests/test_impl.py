@@ -1,21 +1,29 @@
 """Unit tests for deploy/sym/impl.py (the Sym flow's hooks), imported as plain Python with the
-stand-in sym.sdk in stubs/. The same file run inside RestrictedPython, every handler, the retry
-paths and the end-to-end run against the real service are in test_sandbox.py.
+published sym-sdk, on events built from the SDK's abstract classes (sym_runtime.py). The same
+file run inside RestrictedPython, every handler, the retry paths and the end-to-end run against
+the real service are in test_sandbox.py.
 
     pytest deploy/sym/tests
 """
 
+import ast
 import base64
 import datetime
 import hashlib
 import hmac
+import importlib
+import importlib.metadata
 import json
 import random
+import re
 import uuid
 
 import pytest
+from sym.sdk.event import Payload
+from sym.sdk.user import User
 
-from conftest import make_event, shared_reference_dir
+import sym_runtime
+from conftest import SYM_DIR, TESTS_DIR, make_event, shared_reference_dir
 
 import impl
 
@@ -104,10 +112,13 @@ def test_retry_after_accepts_seconds_and_http_dates():
 
 def test_delivery_budget_comes_from_the_flow_variable_within_bounds():
     assert impl.delivery_budget(make_event()) == impl.DELIVERY_BUDGET_SECONDS == 30.0
-    assert impl.delivery_budget(make_event(budget_seconds=12)) == 12.0
-    assert impl.delivery_budget(make_event(budget_seconds=0)) == 1.0
-    assert impl.delivery_budget(make_event(budget_seconds=100000)) == 300.0
-    assert impl.delivery_budget(make_event(budget_seconds="soon")) == 30.0
+    assert impl.delivery_budget(make_event(budget="12s")) == 12.0  # what main.tf writes
+    assert impl.delivery_budget(make_event(budget=" 2.5S ")) == 2.5
+    assert impl.delivery_budget(make_event(budget="12")) == 12.0  # older configurations
+    assert impl.delivery_budget(make_event(budget="0s")) == 1.0
+    assert impl.delivery_budget(make_event(budget="100000s")) == 300.0
+    for garbage in ("soon", "s", "nan", "-"):
+        assert impl.delivery_budget(make_event(budget=garbage)) == 30.0, garbage
 
 
 # ------------------------------------------------------------------------------------------
@@ -191,16 +202,31 @@ def test_log_entry_id_is_stable_per_run_and_event_type():
     assert a != impl.build_log_entry(other_run, "approve")["id"]
 
 
+class SparseEvent(sym_runtime.FakeEvent):
+    """What a runtime may hand over when data is absent: properties that raise or give None."""
+
+    @property
+    def channel(self):
+        raise AttributeError("no channel")
+
+    @property
+    def template(self):
+        raise AttributeError("no template")
+
+
 def test_missing_sdk_details_fall_back_instead_of_failing():
-    event = make_event()
-    del event.channel, event.srn, event.template
-    event.payload.timestamp = None
-    event.user.identities = {}
-    event.user.identity = lambda service_type, service_id=None: None
+    full = make_event(
+        user=sym_runtime.FakeUser(identities={}, first_name=None, last_name=None), timestamp=None
+    )
+    event = SparseEvent(
+        name="approve", payload=full.payload, flow=full.flow, run=full.run, channel=None, template=None, meta=full.meta
+    )
     entry = impl.build_log_entry(event, "approve")
     assert entry["event"]["channel"] == "internal"
     assert entry["event"]["template"] == impl.DEFAULT_TEMPLATE_SRN
     assert entry["actor"]["identity"] == {"service": "sym", "external_id": "alice@example.com"}
+    assert entry["actor"]["name"] == "alice@example.com"
+    assert entry["actor"]["user"] == "acme:user:%s:latest" % sym_runtime.DEFAULT_USER_ID  # from User.id
     assert datetime.datetime.fromisoformat(entry["event"]["timestamp"]).tzinfo is not None
 
 
@@ -218,3 +244,47 @@ def test_after_approve_posts_the_signed_entry(scripted_server):
     body = json.loads(request["body"])
     assert body["event"]["type"] == "approve"
     assert h["webhook-id"] == "msg_" + body["id"].replace("-", "")
+
+
+# ------------------------------------------------------------------------------------------
+# The SDK impl.py is written against is the published one
+# ------------------------------------------------------------------------------------------
+
+
+def test_every_sym_sdk_name_impl_imports_exists_in_the_published_package():
+    tree = ast.parse((SYM_DIR / "impl.py").read_text(encoding="utf-8"))
+    checked = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module.split(".")[0] == "sym":
+            module = importlib.import_module(node.module)
+            assert module.__file__ and "site-packages" in module.__file__, module.__file__
+            for alias in node.names:
+                assert hasattr(module, alias.name), "%s has no %s" % (node.module, alias.name)
+                checked.append("%s.%s" % (node.module, alias.name))
+    assert "sym.sdk.request_permission.RequestPermission" in checked and len(checked) == 7
+
+
+def test_the_installed_sym_sdk_is_the_pinned_one():
+    pinned = re.search(r"^sym-sdk==(\S+)$", (TESTS_DIR / "requirements.txt").read_text(), re.M).group(1)
+    assert importlib.metadata.version("sym-sdk") == pinned == "0.61.0"
+    assert not (TESTS_DIR / "stubs").exists()  # no stand-in shadows the real package
+
+
+def test_a_runtime_double_missing_an_sdk_property_fails_at_construction():
+    class Incomplete(sym_runtime.Complete, Payload):  # no `user`: Payload declares it
+        @property
+        def timestamp(self):
+            return None
+
+        @property
+        def fields(self):
+            return {}
+
+        @property
+        def srn(self):
+            return None
+
+    with pytest.raises(TypeError, match="user"):
+        Incomplete("sym:event-spec:approval:1.0.0:approve")
+    with pytest.raises(TypeError):  # ABCMeta-based SDK classes refuse as well
+        User()

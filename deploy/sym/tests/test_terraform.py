@@ -1,13 +1,26 @@
-"""deploy/sym/*.tf parsed with python-hcl2 and checked against the provider's documented schema.
+"""deploy/sym/*.tf parsed with python-hcl2 and checked against the provider's documented schema,
+and deploy/sym/locals.tf evaluated by Terraform itself, offline.
 
-`terraform validate` needs the providers and modules from the Terraform registry, which this
-machine cannot reach; so this test (and `terraform fmt -check` where terraform is installed) is
-what checks the configuration here. Every attribute used must be in the schema below, which was
-copied from the provider's own docs and source (docs/deploy.md cites each file), and every
-required one must be set.
+`terraform validate` and `plan` need the providers and modules from the Terraform registry, which
+this machine cannot reach; so this test (and `terraform fmt -check`) is what checks the
+configuration here:
+
+* Every attribute used must be in the schema below, which was copied from the provider's own
+  docs and source (docs/deploy.md cites each file), and every required one must be set.
+* locals.tf holds everything computed from the variables alone (the names of what is created, the
+  flow's variables, the KMS grant, the plan-time checks). `terraform console` evaluates it with
+  variables.tf and no provider, so the checks below run Terraform's own functions on it (title(),
+  format(), jsonencode(), can() ...), with the one data-source input it takes given as a literal.
+  Without a terraform binary these tests skip, unless DEPLOY_TERRAFORM_REQUIRED=1 (CI).
 """
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import hcl2
 import pytest
@@ -48,9 +61,10 @@ SYM_DATA_SOURCES = {
 # Read-only attribute every sym_* resource and data source has.
 SYM_READ_ONLY = {"id"}
 
-# hashicorp/aws: aws_secretsmanager_secret (the attributes used here).
+# hashicorp/aws: aws_secretsmanager_secret and aws_iam_role_policy (the attributes used here).
 AWS_RESOURCES = {
     "aws_secretsmanager_secret": (set(), {"name", "description", "kms_key_id", "tags"}),
+    "aws_iam_role_policy": ({"policy", "role"}, {"name", "name_prefix"}),
 }
 
 # Registry modules: inputs (required, optional) and outputs, from their README/variables.tf/outputs.tf.
@@ -120,7 +134,7 @@ def check_attributes(where, body, schema, nested=None):
 
 
 def test_every_tf_file_parses():
-    assert {p.name for p in SYM_DIR.glob("*.tf")} == {"main.tf", "variables.tf", "versions.tf"}
+    assert {p.name for p in SYM_DIR.glob("*.tf")} == {"locals.tf", "main.tf", "variables.tf", "versions.tf"}
     assert TF["resource"] and TF["variable"]
 
 
@@ -163,7 +177,7 @@ def test_flow_params_and_prompt_fields_follow_the_schema():
 def test_flow_implementation_is_the_file_contents():
     (flow,) = [body for t, _, body in blocks("resource") if t == "sym_flow"]
     assert flow["implementation"] == '${file("${path.module}/impl.py")}'
-    assert set(flow["vars"]) == {"approver_url", "approvals_channel", "delivery_budget_seconds"}
+    assert flow["vars"] == "${local.flow_vars}"
 
 
 def test_modules_use_documented_inputs_and_outputs():
@@ -218,7 +232,252 @@ def test_circleci_flow_inputs_are_the_flows_prompt_fields():
 
 def test_secret_is_tagged_for_the_secrets_manager_addon():
     (secret,) = [body for t, _, body in blocks("resource") if t == "aws_secretsmanager_secret"]
-    assert secret["tags"] == {"SymEnv": "${var.environment_name}"}
+    assert secret["tags"] == {"SymEnv": "${local.secrets_tag_value}"}
     (addon,) = [body for entry in TF["module"] for name, body in entry.items() if name == "secrets_manager_access"]
-    assert addon["environment"] == "${var.environment_name}"
+    assert addon["environment"] == "${local.name_prefix}"
+    assert addon["count"] == "${local.attach_secrets_addon ? 1 : 0}"
+    assert tf_locals(create={"existing_runtime_name": "prod", "existing_secrets_addon_environment": "prod"})[
+        "secrets_tag_value"
+    ] == "prod"
+    assert tf_locals()["secrets_tag_value"] == "circleci-approver"
 
+
+# ------------------------------------------------------------------------------------------
+# locals.tf, evaluated by terraform console (no provider, no network)
+# ------------------------------------------------------------------------------------------
+
+LOCALS_INPUTS = {"existing_environment_integrations"}  # defined in main.tf, given as literals here
+REQUIRED_VARIABLES = {"sym_org": "acme", "approver_url": "https://approver.example.com"}
+
+
+def terraform_binary():
+    path = shutil.which("terraform")
+    if path is None:
+        if os.environ.get("DEPLOY_TERRAFORM_REQUIRED") == "1":
+            pytest.fail("terraform is not installed (DEPLOY_TERRAFORM_REQUIRED=1)")
+        pytest.skip("terraform is not installed: locals.tf not evaluated")
+    return path
+
+
+def tf_console(expression, variables=None, inputs=None):
+    """Evaluate an expression against variables.tf + locals.tf; (ok, value or error text)."""
+    binary = terraform_binary()
+    with tempfile.TemporaryDirectory(prefix="kit-tf-") as tmp:
+        work = Path(tmp)
+        for name in ("variables.tf", "locals.tf"):
+            shutil.copy(SYM_DIR / name, work / name)
+        given = {"existing_environment_integrations": None}
+        given.update(inputs or {})
+        (work / "inputs.tf.json").write_text(json.dumps({"locals": given}), encoding="utf-8")
+        values = dict(REQUIRED_VARIABLES)
+        values.update(variables or {})
+        (work / "test.tfvars.json").write_text(json.dumps(values), encoding="utf-8")
+        (work / "empty.tfrc").write_text("", encoding="utf-8")
+        env = dict(os.environ, TF_CLI_CONFIG_FILE=str(work / "empty.tfrc"), TF_IN_AUTOMATION="1", CHECKPOINT_DISABLE="1")
+        result = subprocess.run(
+            [binary, "console", "-var-file=test.tfvars.json"],
+            input="jsonencode(%s)\n" % expression, cwd=work, env=env, capture_output=True, text=True, timeout=60,
+        )
+    if result.returncode != 0:
+        return False, result.stdout + result.stderr
+    return True, json.loads(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def validation_holds(variable, value):
+    """The variable's validation condition (variables.tf), evaluated by Terraform for value.
+
+    (terraform console does not run variable validations itself, so the condition is evaluated
+    as an expression.)"""
+    (body,) = [b for entry in TF["variable"] for n, b in entry.items() if n == variable]
+    condition = body["validation"][0]["condition"]
+    assert condition.startswith("${") and condition.endswith("}")
+    ok, result = tf_console(condition[2:-1], {variable: value})
+    assert ok, result
+    return result
+
+
+def tf_locals(create=None, inputs=None):
+    """Every local of locals.tf for these variables (create: variable values)."""
+    names = sorted(local_names())
+    ok, value = tf_console("{%s}" % ", ".join("%s = local.%s" % (n, n) for n in names), create, inputs)
+    assert ok, value
+    return value
+
+
+def local_names():
+    parsed = hcl2.load((SYM_DIR / "locals.tf").open(encoding="utf-8"))
+    return {name for entry in parsed["locals"] for name in clean(entry)}
+
+
+def test_locals_tf_reads_only_variables_and_its_declared_inputs():
+    text = "\n".join(re.sub(r"#.*$", "", line) for line in (SYM_DIR / "locals.tf").read_text().splitlines())
+    referenced = set(re.findall(r"\blocal\.(\w+)", text))
+    assert referenced <= local_names() | LOCALS_INPUTS, referenced - local_names() - LOCALS_INPUTS
+    assert not re.search(r"\b(data|module)\.\w|\b(sym|aws)_\w+\.\w+\.", text), "locals.tf must not read providers"
+    defined_in_main = {name for entry in TF["locals"] for name in entry} - local_names()
+    assert LOCALS_INPUTS <= defined_in_main
+
+
+# Sym's CircleCI example (symopsio/examples advanced/approve_circleci_job/main.tf) and the runtime
+# connector it uses with environment "main" (terraform-aws-runtime-connector, secretsmgr-addon).
+SYM_EXAMPLE_NAMES = {
+    "main", "main-runtime-context", "runtime-main", "SymRuntimeMain", "SymSecretsManagerMain",
+    "main-slack", "main-sym-secrets", "circleci", "ci-approval", "sym/main/circleci-api-key",
+}
+
+
+def test_default_names_do_not_collide_with_syms_own_example_setup():
+    names = tf_locals()["names"]
+    assert names == {
+        "runtime": "circleci-approver",
+        "runtime_context": "circleci-approver-runtime-context",
+        "runtime_role": "SymRuntimeCircleci-Approver",
+        "secrets_addon_policy": "SymSecretsManagerCircleci-Approver",
+        "secrets_source": "circleci-approver-sym-secrets",
+        "webhook_secret": "sym/circleci-approver/circleci-approver-webhook-secret",
+        "approver_integration": "circleci-approver-circleci-approver",
+        "slack_integration": "circleci-approver-slack",
+        "environment": "circleci-approver",
+        "kms_policy": "circleci-approver-webhook-secret-kms",
+        "flow": "circleci-approver",
+    }
+    assert not set(names.values()) & SYM_EXAMPLE_NAMES
+    assert all(len(names[k]) <= 64 for k in ("runtime_role", "secrets_addon_policy", "kms_policy"))  # IAM limits
+
+
+def test_names_are_validated():
+    for good in ("circleci-approver", "a", "prod_2", "a" * 40):
+        assert validation_holds("name_prefix", good) and validation_holds("flow_name", good), good
+    for bad in ("", "Main", "-x", "x-", "a b", "a/b", "a" * 41):
+        assert not validation_holds("name_prefix", bad) and not validation_holds("flow_name", bad), bad
+    assert validation_holds("name_prefix", None)
+
+
+def test_every_created_name_follows_the_prefix():
+    first = tf_locals(create={"name_prefix": "alpha"})["names"]
+    second = tf_locals(create={"name_prefix": "beta-2"})["names"]
+    for key in first:
+        if key == "flow":
+            continue
+        assert "alpha" in first[key].lower() and "beta-2" in second[key].lower(), key
+    longest = tf_locals(create={"name_prefix": "a" * 40})["names"]
+    assert len(longest["runtime_role"]) <= 64
+    assert tf_locals(create={"flow_name": "deploys"})["names"]["runtime"] == "deploys"  # the flow's name by default
+
+
+def test_an_older_deployment_keeps_its_names():
+    names = tf_locals(create={"name_prefix": "main", "flow_name": "ci-approval"})["names"]
+    assert names["environment"] == "main" and names["secrets_source"] == "main-sym-secrets"
+    assert names["webhook_secret"] == "sym/main/circleci-approver-webhook-secret"
+    assert names["approver_integration"] == "circleci-approver-main"
+
+
+def test_every_name_in_main_tf_comes_from_the_names_map():
+    named = 0
+    for type_name, name, body in blocks("resource"):
+        if "name" in body:
+            assert re.fullmatch(r"\$\{local\.names\.\w+\}", body["name"]), "%s.%s: %s" % (type_name, name, body["name"])
+            named += 1
+    assert named == 7
+    for entry in TF["module"]:
+        for name, body in entry.items():
+            assert body["environment"] == "${local.name_prefix}", name
+    (flow,) = [body for t, _, body in blocks("resource") if t == "sym_flow"]
+    assert flow["name"] == "${local.names.flow}"
+
+
+def go_atoi_accepts(text):
+    """strconv.Atoi (base 10: optional sign, decimal digits, within int64)."""
+    return re.fullmatch(r"[+-]?[0-9]+", text) is not None and -(2**63) <= int(text) < 2**63
+
+
+def go_parse_bool_accepts(text):
+    """strconv.ParseBool."""
+    return text in {"1", "t", "T", "TRUE", "true", "True", "0", "f", "F", "FALSE", "false", "False"}
+
+
+def test_flow_vars_pass_the_providers_checkFlowVars():
+    """terraform-provider-sym sym/provider/flow_resource.go checkFlowVars warns for every value
+    strconv.Atoi or strconv.ParseBool accepts: none of the kit's may be one."""
+    assert go_atoi_accepts("30") and go_parse_bool_accepts("1")  # what the old form produced
+    for budget in (1, 30, 300):
+        flow_vars = tf_locals(create={"delivery_budget_seconds": budget})["flow_vars"]
+        assert flow_vars["delivery_budget_seconds"] == "%ds" % budget
+        for key, value in flow_vars.items():
+            assert not go_atoi_accepts(value) and not go_parse_bool_accepts(value), (key, value)
+    assert [validation_holds("delivery_budget_seconds", v) for v in (0, 1, 300, 301)] == [False, True, True, False]
+
+
+KEY_ARN = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def test_a_customer_managed_key_grants_the_runtime_role_kms_decrypt_via_secrets_manager_only():
+    values = tf_locals(create={"secrets_kms_key_id": KEY_ARN, "aws_region": "eu-west-1"})
+    policy = json.loads(values["kms_decrypt_policy"])
+    (statement,) = policy["Statement"]
+    assert statement["Effect"] == "Allow" and statement["Action"] == "kms:Decrypt"
+    assert statement["Resource"] == KEY_ARN
+    assert statement["Condition"]["StringEquals"] == {"kms:ViaService": "secretsmanager.eu-west-1.amazonaws.com"}
+    assert statement["Condition"]["StringLike"] == {
+        "kms:EncryptionContext:SecretARN": "arn:aws:secretsmanager:eu-west-1:*:secret:"
+        "sym/circleci-approver/circleci-approver-webhook-secret-*"
+    }
+    assert values["kms_key_in_region"] is True and values["kms_grant_has_a_role"] is True
+    assert tf_locals()["kms_decrypt_policy"] is None
+    # main.tf attaches exactly that document to the runtime's role, only when a key is set.
+    (grant,) = [body for t, _, body in blocks("resource") if t == "aws_iam_role_policy"]
+    assert grant["count"] == "${var.secrets_kms_key_id == null ? 0 : 1}"
+    assert grant["role"] == "${local.runtime_role_name}" and grant["policy"] == "${local.kms_decrypt_policy}"
+    (secret,) = [body for t, _, body in blocks("resource") if t == "aws_secretsmanager_secret"]
+    assert secret["kms_key_id"] == "${var.secrets_kms_key_id}"
+    assert preconditions("aws_iam_role_policy") == ["${local.kms_grant_has_a_role}"]
+    assert preconditions("aws_secretsmanager_secret") == ["${local.kms_key_in_region}"]
+
+
+def test_kms_key_plan_checks():
+    other_region = tf_locals(create={"secrets_kms_key_id": KEY_ARN, "aws_region": "us-east-1"})
+    assert other_region["kms_key_in_region"] is False
+    roleless = tf_locals(create={
+        "secrets_kms_key_id": KEY_ARN, "aws_region": "eu-west-1",
+        "existing_runtime_name": "prod", "existing_secrets_addon_environment": "prod",
+    })
+    assert roleless["kms_grant_has_a_role"] is False
+    assert validation_holds("secrets_kms_key_id", KEY_ARN) and validation_holds("secrets_kms_key_id", None)
+    for not_an_arn in ("alias/approver", "1234abcd-12ab-34cd-56ef-1234567890ab", KEY_ARN.replace(":key/", ":alias/")):
+        assert not validation_holds("secrets_kms_key_id", not_an_arn), not_an_arn
+
+
+def preconditions(type_name, name=None):
+    found = []
+    for t, n, body in blocks("resource") + [("data." + t, n, b) for t, n, b in blocks("data")]:
+        if t == type_name and (name is None or n == name):
+            for lifecycle in body.get("lifecycle", []):
+                found.extend(p["condition"] for p in lifecycle.get("precondition", []))
+    return found
+
+
+def test_an_existing_environment_without_approver_id_fails_the_plan():
+    conditions = preconditions("sym_flow")
+    assert conditions[0] == "${local.environment_has_approver}"
+    assert "sym_integration.approver.id" in conditions[1]
+    missing = tf_locals(
+        create={"existing_environment_name": "prod"},
+        inputs={"existing_environment_integrations": {"slack_id": "5f1c"}},
+    )
+    assert missing["environment_has_approver"] is False
+    empty = tf_locals(create={"existing_environment_name": "prod"}, inputs={"existing_environment_integrations": {}})
+    assert empty["environment_has_approver"] is False
+    wired = tf_locals(
+        create={"existing_environment_name": "prod"},
+        inputs={"existing_environment_integrations": {"slack_id": "5f1c", "approver_id": "9a2b"}},
+    )
+    assert wired["environment_has_approver"] is True
+    assert tf_locals()["environment_has_approver"] is True  # created here, with approver_id
+
+
+def test_an_existing_runtime_must_say_how_its_role_reads_the_secret():
+    assert preconditions("data.sym_runtime") == ["${local.existing_runtime_described}"]
+    assert tf_locals(create={"existing_runtime_name": "prod"})["existing_runtime_described"] is False
+    assert tf_locals(create={"existing_runtime_name": "prod", "existing_runtime_role_name": "SymRuntimeProd"})[
+        "existing_runtime_described"
+    ] is True

@@ -1,1 +1,0 @@
-"""Test stand-in for Sym's top-level package (see ../README.md)."""

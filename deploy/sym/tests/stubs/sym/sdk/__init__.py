@@ -1,1 +1,0 @@
-"""Test stand-in for sym.sdk (see ../../README.md)."""
