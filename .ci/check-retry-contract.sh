@@ -19,7 +19,8 @@ pattern="${pattern}|\\bSym('s)? retry (window|policy|budget)\\b"
 files=()
 while IFS= read -r -d '' file; do
   [ -f "${file}" ] && files+=("${file}")
-done < <(git ls-files -z --cached --others --exclude-standard -- README.md 'docs/*.md' 'deploy/*' '.ci/*' |
+done < <(git ls-files -z --cached --others --exclude-standard -- README.md 'docs/*.md' 'deploy/*' '.ci/*' \
+  'src/*.rs' 'tests/*.rs' |
   grep -z -v -e '^\.ci/check-retry-contract\.sh$' -e '\.json$' -e '\.svg$')
 
 if [ "${#files[@]}" -eq 0 ]; then

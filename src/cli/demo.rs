@@ -121,7 +121,7 @@ async fn demo() -> anyhow::Result<bool> {
 
     let again = post_signed(&client, &url, &secret, &webhook_id, &body).await?;
     step(format!(
-        "Sym retries the same delivery → HTTP {} {} (nothing new done)",
+        "The hook retries the same delivery → HTTP {} {} (nothing new done)",
         again.status, again.body
     ));
     let forged = WebhookSecret::parse(&WebhookSecret::generate())?;

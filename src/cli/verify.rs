@@ -1,9 +1,10 @@
 //! `verify`: the provenance check for the deploy job that follows the hold job, as a
 //! command (the CircleCI kit does the same with curl).
 //!
-//! Asks this service's verdict API (`GET /v1/verdicts/{workflow_id}`, with the verdict token,
-//! which can read nothing else) whether the workflow's hold job was released because Sym
-//! approved it. Exit 0 only for `approved`: a hold job approved by a click in the CircleCI UI
+//! Asks this service's verdict API (`GET /v1/verdicts/{workflow_id}`) whether the workflow's
+//! hold job was released because Sym approved it. It authenticates with the job's CircleCI
+//! OIDC token (`$CIRCLE_OIDC_TOKEN_V2`, read from the environment as CircleCI sets it), or with
+//! a static verdict token when one is given (CircleCI server without OIDC). Exit 0 only for `approved`: a hold job approved by a click in the CircleCI UI
 //! fails the check, so the Sym gate cannot be bypassed. While the verdict is pending it asks
 //! again, up to `--wait`.
 
@@ -26,7 +27,9 @@ pub struct VerifyArgs {
     /// Base URL of this service, e.g. https://approver.example.com.
     #[arg(long, env = "APPROVER_URL")]
     pub url: String,
-    /// The service's VERDICT_TOKEN.
+    /// A bearer token for the verdict API: the service's static VERDICT_TOKEN, or an OIDC
+    /// token (e.g. one from `circleci run oidc get` with a custom audience). Default: the
+    /// job's own OIDC token, CIRCLE_OIDC_TOKEN_V2.
     #[arg(long, env = "APPROVER_VERDICT_TOKEN", hide_env_values = true)]
     pub verdict_token: Option<String>,
     /// File holding the verdict token instead.
@@ -44,16 +47,46 @@ pub struct VerifyArgs {
     /// Allow a plain-http APPROVER_URL on a non-loopback host (the token travels in clear).
     #[arg(long, env = "APPROVER_ALLOW_INSECURE_HTTP", default_value_t = false)]
     pub allow_insecure_http: bool,
+    /// The job's CircleCI OIDC token, used when no verdict token is given.
+    #[arg(long, env = "CIRCLE_OIDC_TOKEN_V2", hide_env_values = true)]
+    pub oidc_token: Option<String>,
 }
 
 impl VerifyArgs {
+    /// The bearer token to send: an explicit verdict token, else the job's OIDC token.
     pub fn verdict_token(&self) -> Result<SecretString, ConfigError> {
-        read_secret(
-            "APPROVER_VERDICT_TOKEN",
-            self.verdict_token.as_deref(),
-            self.verdict_token_file.as_deref(),
-        )
+        let explicit = self.verdict_token.as_deref().is_some_and(|t| !t.is_empty())
+            || self.verdict_token_file.is_some();
+        match self.oidc_token.as_deref().filter(|t| !t.trim().is_empty()) {
+            Some(oidc) if !explicit => Ok(SecretString::from(oidc.trim().to_owned())),
+            _ => read_secret(
+                "APPROVER_VERDICT_TOKEN",
+                self.verdict_token.as_deref(),
+                self.verdict_token_file.as_deref(),
+            )
+            .map_err(|mut e| {
+                e.message = format!(
+                    "{} (or run inside a CircleCI job, where CIRCLE_OIDC_TOKEN_V2 is set)",
+                    e.message
+                );
+                e
+            }),
+        }
     }
+}
+
+/// The `detail` of the service's error body, else the body (short, without control
+/// characters).
+fn error_detail(body: &str) -> String {
+    let detail = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| body.to_owned());
+    detail
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(300)
+        .collect()
 }
 
 /// Exit codes: 0 approved through Sym; 1 not approved; 2 still pending; 3 the check could not
@@ -176,10 +209,22 @@ async fn check_once(args: &VerifyArgs) -> (Verdict, String, bool) {
     };
     match status.as_u16() {
         200 => {}
-        401 => return unknown("the approver service refused APPROVER_VERDICT_TOKEN".into()),
+        401 => {
+            return unknown(format!(
+                "the approver service refused the token: {}",
+                error_detail(&body)
+            ))
+        }
+        403 => {
+            return unknown(format!(
+                "the approver service refused this job: {}",
+                error_detail(&body)
+            ))
+        }
         404 => {
             return unknown(format!(
-                "{base} has no verdict API (is VERDICT_TOKEN set on the service?)"
+                "{base} has no verdict API (is CIRCLECI_OIDC_ORG_ID or VERDICT_TOKEN set on the \
+                 service?)"
             ))
         }
         code @ (429 | 500..=599) => {

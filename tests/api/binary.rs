@@ -252,7 +252,7 @@ impl Drop for Running {
 // Signed deliveries
 // ---------------------------------------------------------------------------------------------
 
-/// A signed Standard Webhooks delivery, kept so it can be sent again unchanged (Sym retrying).
+/// A signed Standard Webhooks delivery, kept so it can be sent again unchanged (the hook retrying).
 #[derive(Clone)]
 pub struct Delivery {
     webhook_id: String,

@@ -208,7 +208,7 @@ async fn a_task_interrupted_by_kill_9_resumes_after_restart_and_approves_exactly
     assert_eq!(fake.calls_of("approve").len(), 1, "{:?}", fake.calls());
     assert_eq!(fake.job_status(workflow, HOLD).as_deref(), Some("success"));
 
-    // The same signed delivery again (Sym retrying) is recognised, not worked again.
+    // The same signed delivery again (the hook retrying) is recognised, not worked again.
     let again = second.deliver(&delivery).await;
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(again.body["status"], "duplicate");

@@ -495,7 +495,7 @@ async fn duplicate_deliveries_split_across_two_replicas_make_one_task_and_one_ap
 
     // Arrange: 40 events, each a workflow on hold; every event is sent four times at once:
     // the same signed delivery to A and to B, and a re-signed copy (new webhook-id, same Sym
-    // id, as Sym retries) to A and to B. A quarter of the workflows also get a second, distinct
+    // id, as a retrying hook does) to A and to B. A quarter of the workflows also get a second, distinct
     // approve event (another Sym id) for the same hold job: it finds the first one's live
     // approval (or the first finds its), so still one task and one approve call.
     const EVENTS: usize = 40;
@@ -711,7 +711,7 @@ async fn kill_9_of_the_replica_holding_a_task_the_other_finishes_it_once_after_t
         },
     )
     .await;
-    // Sym retrying the delivery at the survivor: a duplicate, nothing new.
+    // The hook retrying the delivery at the survivor: a duplicate, nothing new.
     let again = survivor.endpoint().deliver(&delivery).await.unwrap();
     assert_eq!(again.status, 200);
     assert_eq!(again.body["status"], "duplicate");
@@ -858,7 +858,7 @@ async fn postgresql_restarted_under_a_stream_of_deliveries_loses_nothing_it_acce
         }
     }
 
-    // Sym retries the refused ones: each is now taken (or recognised) and approved once.
+    // The hook retries the refused ones: each is now taken (or recognised) and approved once.
     for (workflow, delivery) in &refused_deliveries {
         let reply = endpoints[0].deliver(delivery).await.unwrap();
         assert!(

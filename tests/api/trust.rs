@@ -598,3 +598,41 @@ async fn futures_join_all<F: std::future::Future<Output = u16>>(
     .await;
     out
 }
+
+#[tokio::test]
+async fn the_verify_command_in_a_job_proves_itself_with_the_jobs_oidc_token() {
+    let issuer = FakeIssuer::start().await;
+    let app = spawn_oidc(&issuer, &[]).await;
+    let workflow = app.workflow("on_hold");
+    let delivery = app.approve(workflow).await;
+    app.finished_task(&delivery, Duration::from_secs(30)).await;
+    let verify = |token: String| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_sym-circleci-approver"))
+            .arg("verify")
+            .env_clear()
+            .env("APPROVER_URL", app.url(""))
+            .env("CIRCLE_WORKFLOW_ID", workflow.to_string())
+            .env("CIRCLE_OIDC_TOKEN_V2", token)
+            .output()
+    };
+
+    let own = verify(issuer.token(app.fake.pipeline_of(workflow).unwrap()))
+        .await
+        .unwrap();
+    let foreign = verify(issuer.token(Uuid::new_v4())).await.unwrap();
+
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert_eq!(own.status.code(), Some(0), "{}", text(&own));
+    assert_eq!(foreign.status.code(), Some(3), "{}", text(&foreign));
+    assert!(
+        text(&foreign).contains("refused this job"),
+        "{}",
+        text(&foreign)
+    );
+}

@@ -45,6 +45,7 @@ fn args(app_url: &str, workflow: Uuid, token: &str) -> VerifyArgs {
         wait: "0s".to_owned(),
         timeout: "5s".to_owned(),
         allow_insecure_http: false,
+        oidc_token: None,
     }
 }
 

@@ -395,10 +395,9 @@ def e2e_event(service, **kwargs):
     )
 
 
-# The service answers a new request event 200 {"status": "bound"} (issue 17). A service built
-# before that answers 200 {"status": "ignored"} (an event type it does not act on); both are
-# accepted until the service side is merged.
-REQUEST_EVENT_STATUSES = {"bound", "ignored"}
+# The service answers a new request event 200 {"status": "bound"}: the run is bound to the
+# workflow and hold job it was requested for.
+REQUEST_EVENT_STATUSES = {"bound"}
 
 
 @pytest.mark.e2e
