@@ -98,7 +98,7 @@ TESTS_PY="${TESTS_VENV}/bin/python"
 # ---------------------------------------------------------------------------------------------
 run hadolint hadolint Dockerfile
 
-run shellcheck shellcheck .ci/*.sh
+run shellcheck shellcheck .ci/*.sh deploy/generic/*.sh
 
 # The run steps of the CircleCI config are bash scripts too (CircleCI runs them with
 # /bin/bash -eo pipefail): check each one as such.
@@ -238,7 +238,7 @@ deploy_tests() {
   local terraform_required=0
   command -v terraform >/dev/null 2>&1 && terraform_required=1
   APPROVER_BIN="${APPROVER_BIN}" APPROVER_E2E_REQUIRED=1 DEPLOY_TERRAFORM_REQUIRED="${terraform_required}" \
-    "${TESTS_PY}" -m pytest -q -p no:cacheprovider -rs deploy/sym/tests deploy/circleci/tests
+    "${TESTS_PY}" -m pytest -q -p no:cacheprovider -rs deploy/sym/tests deploy/circleci/tests deploy/generic/tests
 }
 run pytest deploy_tests
 

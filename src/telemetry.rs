@@ -5,11 +5,13 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Where log lines go: the service logs to stdout; helper commands keep stdout for their output.
-#[derive(Debug, Clone, Copy)]
+/// Where log lines go: the service logs to stdout; helper commands keep stdout for their output;
+/// the demo writes them to a file, so they do not interrupt its narrative.
+#[derive(Debug)]
 pub enum LogTarget {
     Stdout,
     Stderr,
+    File(std::fs::File),
 }
 
 /// Installs the global subscriber (once; later calls are no-ops).
@@ -21,11 +23,15 @@ pub fn init(format: LogFormat, default_filter: &str, target: LogTarget) {
         }),
         _ => EnvFilter::new(default_filter),
     };
+    let to_file = matches!(target, LogTarget::File(_));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes belong on a terminal, not in a file.
+        .with_ansi(!to_file && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(match target {
             LogTarget::Stdout => BoxMakeWriter::new(std::io::stdout),
             LogTarget::Stderr => BoxMakeWriter::new(std::io::stderr),
+            LogTarget::File(file) => BoxMakeWriter::new(std::sync::Mutex::new(file)),
         });
     let _ = match format {
         LogFormat::Json => builder

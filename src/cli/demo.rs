@@ -28,8 +28,17 @@ const SYM_TOKEN: &str = "demo-sym-bot-token";
 const GATE_TOKEN: &str = "demo-gate-token-0123456789";
 
 pub async fn run() -> ExitCode {
-    telemetry::init(LogFormat::Text, "warn", LogTarget::Stderr);
-    match demo().await {
+    // The service's own log lines go to a file: the narrative on stdout stays readable.
+    let log = std::env::temp_dir().join(format!("sym-approver-demo-{}.log", Uuid::new_v4()));
+    match std::fs::File::create(&log) {
+        Ok(file) => telemetry::init(LogFormat::Text, "info", LogTarget::File(file)),
+        Err(_) => telemetry::init(LogFormat::Text, "error", LogTarget::Stderr),
+    }
+    let result = demo().await;
+    if log.exists() {
+        println!("the service's log of this run: {}", log.display());
+    }
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -162,7 +171,7 @@ async fn demo() -> anyhow::Result<bool> {
         ));
     }
 
-    let recovered = recovery(&fake, &sym, &client, &url, &step).await?;
+    let recovered = recovery(&fake, &sym, &client, &url, &secret, &step).await?;
 
     shutdown.cancel();
     server.await??;
@@ -194,6 +203,7 @@ async fn recovery(
     sym: &FakeSymApi,
     client: &reqwest::Client,
     webhook_url: &str,
+    secret: &WebhookSecret,
     step: &impl Fn(String),
 ) -> anyhow::Result<bool> {
     let workflow_id = Uuid::new_v4();
@@ -215,7 +225,30 @@ async fn recovery(
     step(format!(
         "CircleCI → Sym: sym/request for workflow {workflow_id} → run {run_id} (pending)"
     ));
-    // What the kit's next step does: register the gate.
+    // What the flow's after_request hook does: a signed `request` event binds the run to the
+    // workflow (the reconciler releases a gate only for a run bound to it).
+    let mut request_event: serde_json::Value = serde_json::from_slice(&event_body(
+        &Uuid::new_v4().to_string(),
+        "request",
+        &workflow_id.to_string(),
+        "ci-bot@example.com",
+    ))?;
+    request_event["run"]["srn"] = format!("acme:run:ci-approval:1.0.0:{run_id}").into();
+    let bound = post_signed(
+        client,
+        webhook_url,
+        secret,
+        &format!("msg_{}", Uuid::new_v4().simple()),
+        request_event.to_string().as_bytes(),
+    )
+    .await?;
+    step(format!(
+        "Sym → service: the flow's after_request hook sends the signed request event (run → \
+         workflow) → HTTP {} {}",
+        bound.status, bound.body
+    ));
+    // What the kit's next step does: register the gate (with the job's OIDC token in CircleCI;
+    // the demo has no CircleCI, so it uses a static gate token).
     let gates_url = webhook_url.replace("/webhooks/sym", "/v1/gates");
     let registered = client
         .post(&gates_url)
@@ -253,5 +286,5 @@ async fn recovery(
         .iter()
         .filter(|c| c.path.contains(&workflow_id.to_string()))
         .count();
-    Ok(released && approves == 1 && registered.status().as_u16() == 201)
+    Ok(released && approves == 1 && registered.status().as_u16() == 201 && bound.status == 200)
 }

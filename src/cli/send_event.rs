@@ -1,5 +1,6 @@
-//! `send-event`: signs a Sym-shaped event as Sym would and posts it (a smoke test); also the
-//! signing client the demo and tests use.
+//! `send-event`: signs a Sym-shaped event as Sym would and posts it (a smoke test), or with
+//! `--generic` a generic approval event (`docs/generic-approvals.md`); also the signing client
+//! the demo and tests use.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,7 +20,8 @@ pub struct SendEventArgs {
     /// The service's webhook URL.
     #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/sym")]
     pub url: String,
-    /// Sym event type: approve, deny, expire, request, …
+    /// Sym event type: approve, deny, expire, request, … (with --generic: the decision,
+    /// approve or deny)
     #[arg(long = "type", default_value = "approve")]
     pub event_type: String,
     /// The CircleCI workflow id (a UUID) the event is about.
@@ -34,6 +36,16 @@ pub struct SendEventArgs {
     /// Approver's username.
     #[arg(long, default_value = "send-event@example.com")]
     pub approver: String,
+    /// Send a generic approval event (another approval system's) instead of a Sym log entry.
+    #[arg(long)]
+    pub generic: bool,
+    /// With --generic: the request's id in the approval system (default: random); the same
+    /// id and decision again is a duplicate.
+    #[arg(long, requires = "generic")]
+    pub request_id: Option<String>,
+    /// The approval job to release (one of the service's HOLD_JOB_NAMES; default: its default).
+    #[arg(long)]
+    pub hold_job_name: Option<String>,
 }
 
 /// The answer to a signed delivery.
@@ -96,12 +108,39 @@ pub async fn run(args: &SendEventArgs) -> ExitCode {
         .webhook_id
         .clone()
         .unwrap_or_else(|| format!("msg_{}", Uuid::new_v4().simple()));
-    let body = event_body(
-        &event_id,
-        &args.event_type,
-        &args.workflow_id,
-        &args.approver,
-    );
+    let body = if args.generic {
+        let decision = match args.event_type.as_str() {
+            "approve" | "deny" => args.event_type.as_str(),
+            other => {
+                eprintln!("--generic: --type must be approve or deny, not {other:?}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let request_id = args.request_id.clone().unwrap_or(event_id);
+        crate::inbound::generic_event::sample_body(
+            &request_id,
+            decision,
+            &args.workflow_id,
+            &args.approver,
+            args.hold_job_name.as_deref(),
+        )
+        .to_string()
+        .into_bytes()
+    } else {
+        let mut body = event_body(
+            &event_id,
+            &args.event_type,
+            &args.workflow_id,
+            &args.approver,
+        );
+        if let Some(hold) = &args.hold_job_name {
+            if let Ok(mut entry) = serde_json::from_slice::<serde_json::Value>(&body) {
+                entry["fields"]["hold_job_name"] = hold.as_str().into();
+                body = entry.to_string().into_bytes();
+            }
+        }
+        body
+    };
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()

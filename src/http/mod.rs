@@ -99,7 +99,9 @@ pub fn router(state: AppState, config: &HttpConfig) -> Router {
         ));
 
     Router::new()
-        .route("/webhooks/sym", webhook)
+        .route("/webhooks/sym", webhook.clone())
+        // The same handler: a generic approval event is told from a Sym log entry by its shape.
+        .route("/webhooks/approval", webhook)
         .route(
             "/v1/gates",
             post(gates::register).layer(DefaultBodyLimit::max(gates::MAX_GATE_BODY)),

@@ -109,7 +109,7 @@ async fn handle(
             ApiError::InvalidSignature
         })?;
 
-    let event = SymEvent::parse(&body).map_err(|e| {
+    let event = SymEvent::parse_any(&body).map_err(|e| {
         tracing::warn!(webhook_id = %verified.webhook_id, error = %e, "signed body refused");
         match e {
             EventError::InvalidWorkflowId(detail) => ApiError::InvalidWorkflowId(detail),

@@ -168,6 +168,22 @@ impl SymEvent {
     pub fn parse(body: &[u8]) -> Result<Self, EventError> {
         let value: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| EventError::NotJson(e.to_string()))?;
+        Self::from_log_entry(value)
+    }
+
+    /// What a signed body asks: a Sym log entry, or a generic approval event
+    /// (`super::generic_event`), told apart by their shape.
+    pub fn parse_any(body: &[u8]) -> Result<Self, EventError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| EventError::NotJson(e.to_string()))?;
+        if super::generic_event::is_generic(&value) {
+            super::generic_event::parse(value)
+        } else {
+            Self::from_log_entry(value)
+        }
+    }
+
+    fn from_log_entry(value: serde_json::Value) -> Result<Self, EventError> {
         let raw: RawLogEntry =
             serde_json::from_value(value).map_err(|e| EventError::NotLogEntry(e.to_string()))?;
 
