@@ -211,7 +211,8 @@ async fn check_once(args: &VerifyArgs) -> (Verdict, String, bool) {
         200 => {}
         401 => {
             return unknown(format!(
-                "the approver service refused the token: {}",
+                "the approver service refused the token (APPROVER_VERDICT_TOKEN, or the job's \
+                 CIRCLE_OIDC_TOKEN_V2): {}",
                 error_detail(&body)
             ))
         }
