@@ -183,13 +183,15 @@ run checkov-terraform checkov_quiet --framework terraform -d deploy/sym
 
 compose_config() {
   local f
+  # The kits require these from the environment of `docker compose`; any value renders.
+  local org_id=00000000-0000-4000-8000-000000000000
   if command -v docker-compose >/dev/null 2>&1; then
     for f in deploy/docker-compose.yml deploy/docker-compose.replicas.yml; do
-      APPROVER_DB_PASSWORD=dummy docker-compose -f "${f}" config --quiet
+      APPROVER_DB_PASSWORD=dummy CIRCLECI_OIDC_ORG_ID="${org_id}" docker-compose -f "${f}" config --quiet
     done
   elif docker compose version >/dev/null 2>&1; then
     for f in deploy/docker-compose.yml deploy/docker-compose.replicas.yml; do
-      APPROVER_DB_PASSWORD=dummy docker compose -f "${f}" config --quiet
+      APPROVER_DB_PASSWORD=dummy CIRCLECI_OIDC_ORG_ID="${org_id}" docker compose -f "${f}" config --quiet
     done
   else
     echo "no docker-compose or docker compose plugin: compose file not validated"
