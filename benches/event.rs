@@ -7,7 +7,6 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use sym_circleci_approver::sym_event::SymEvent;
 
 fn parsing(c: &mut Criterion) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -16,7 +15,7 @@ fn parsing(c: &mut Criterion) {
     let mut group = c.benchmark_group("sym_event");
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("parse_approve_fixture", |b| {
-        b.iter(|| SymEvent::parse(black_box(&body)).unwrap())
+        b.iter(|| sym_circleci_approver::inbound::sym_event::parse(black_box(&body)).unwrap())
     });
     group.finish();
 }

@@ -18,12 +18,12 @@ use crate::http::{self, AppState, BearerToken};
 use crate::inbound::ci_token::OidcVerifier;
 use crate::metrics::Metrics;
 use crate::outbound::circleci::lookups::WorkflowLookups;
-use crate::outbound::circleci::token::TokenCheck;
 use crate::outbound::circleci::CircleCiClient;
 use crate::outbound::oidc_keys::OidcKeys;
 use crate::outbound::sym_api::SymApiClient;
 use crate::store::{Backend, ServingLock, Store};
 use crate::worker::reconciler::Reconciler;
+use crate::worker::token_check::TokenCheck;
 use crate::worker::ApprovalWorker;
 
 pub struct Application {
@@ -66,7 +66,7 @@ impl Application {
                 tracing::info!(released, "resuming tasks left by a previous run");
             }
         }
-        let circleci = CircleCiClient::new(&config.circleci)?;
+        let circleci = CircleCiClient::new(&config.circleci, store.clock().clone())?;
         let metrics = Metrics::new();
         let token = TokenCheck::default();
         let wake = Arc::new(Notify::new());
@@ -75,7 +75,12 @@ impl Application {
         let reconciler = match &config.gates.sym_api {
             Some(sym) => Some(Arc::new(Reconciler::new(
                 store.clone(),
-                SymApiClient::new(sym.url.clone(), sym.token.clone(), sym.timeout)?,
+                SymApiClient::new(
+                    sym.url.clone(),
+                    &sym.token,
+                    sym.timeout,
+                    store.clock().clone(),
+                )?,
                 Arc::clone(&rules),
                 config.gates.timeout,
                 metrics.clone(),

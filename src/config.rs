@@ -5,7 +5,7 @@
 //! in [`SecretString`] or [`crate::inbound::signature::WebhookSecret`] at once, so no `Debug`
 //! or error message can show them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,7 +15,9 @@ use secrecy::SecretString;
 pub use crate::domain::retry::RetryPolicy;
 pub use crate::domain::task::{OnDeny, TaskRules};
 use crate::inbound::signature::Verifier;
-pub use crate::store::StoreOptions;
+use crate::outbound::circleci::CircleCiSettings;
+use crate::outbound::urls::secure_base_url;
+use crate::store::StoreOptions;
 
 pub const DEFAULT_CIRCLECI_API_URL: &str = "https://circleci.com/api/v2";
 pub const DEFAULT_HOLD_JOB_NAME: &str = "wait_for_sym_approval";
@@ -57,13 +59,6 @@ impl LogFormat {
             )),
         }
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct CircleCiConfig {
-    pub api_url: Url,
-    pub token: SecretString,
-    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -141,7 +136,7 @@ pub struct SymApiConfig {
 pub struct Config {
     pub http: HttpConfig,
     pub verifier: Verifier,
-    pub circleci: CircleCiConfig,
+    pub circleci: CircleCiSettings,
     pub worker: WorkerConfig,
     pub database_url: SecretString,
     pub store: StoreOptions,
@@ -224,54 +219,24 @@ pub fn positive(variable: &'static str, value: usize) -> Result<(), ConfigError>
 /// The CircleCI base URL; plain http only for loopback hosts, unless explicitly allowed,
 /// so the token never crosses a network in clear text by accident.
 pub fn parse_api_url(raw: &str, allow_insecure_http: bool) -> Result<Url, ConfigError> {
-    secure_base_url(
-        "CIRCLECI_API_URL",
-        "CIRCLECI_ALLOW_INSECURE_HTTP",
-        raw,
-        allow_insecure_http,
-    )
+    secure_base_url(raw, allow_insecure_http).map_err(|message| ConfigError {
+        variable: "CIRCLECI_API_URL",
+        message: message.replace("{override}", "CIRCLECI_ALLOW_INSECURE_HTTP"),
+    })
 }
 
-/// A base URL that a token will be sent to: https, or http to a loopback host, or http
-/// anywhere when `override_variable` is set.
-pub fn secure_base_url(
+/// [`crate::outbound::urls::secure_base_url`], its refusal naming `variable` and the setting
+/// that overrides the http rule.
+pub fn secure_url_setting(
     variable: &'static str,
-    override_variable: &'static str,
+    override_variable: &str,
     raw: &str,
     allow_insecure_http: bool,
 ) -> Result<Url, ConfigError> {
-    let url = Url::parse(raw.trim().trim_end_matches('/'))
-        .map_err(|e| config_error(variable, format!("{raw:?} is not a URL: {e}")))?;
-    if url.query().is_some() || url.fragment().is_some() || url.cannot_be_a_base() {
-        return Err(config_error(
-            variable,
-            "must be a base URL like https://host/path",
-        ));
-    }
-    match url.scheme() {
-        "https" => Ok(url),
-        "http" if allow_insecure_http || is_loopback_host(&url) => Ok(url),
-        "http" => Err(config_error(
-            variable,
-            format!(
-                "plain http is only allowed for loopback hosts (the token would travel in clear \
-                 text); use https, or set {override_variable}=true for a trusted network"
-            ),
-        )),
-        other => Err(config_error(
-            variable,
-            format!("unsupported scheme {other:?}; use https"),
-        )),
-    }
-}
-
-fn is_loopback_host(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
+    secure_base_url(raw, allow_insecure_http).map_err(|message| ConfigError {
+        variable,
+        message: message.replace("{override}", override_variable),
+    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::domain::task::{Outcome, TaskAction};
-use crate::outbound::circleci::{CallRecord, Operation};
+use crate::domain::upstream::{CallRecord, Operation, TokenState};
 
 /// Every outcome label `sym_approver_deliveries_total` can carry: the stored ones and each
 /// rejection reason. All exist from startup at 0, so `increase()` sees the first one.
@@ -220,7 +220,7 @@ impl Metrics {
              over_capacity (MAX_CONNECTIONS), shutdown_forced (open after SHUTDOWN_GRACE)",
             connections_closed.clone(),
         );
-        for reason in crate::http::server::reason::ALL {
+        for reason in connection_reason::ALL {
             connections_closed
                 .get_or_create(&ReasonLabels {
                     reason: (*reason).to_owned(),
@@ -510,7 +510,7 @@ impl Metrics {
 
     /// One-hot: the token's current state is 1, the others 0.
     pub fn set_token_state(&self, current: &str) {
-        for state in crate::outbound::circleci::token::TokenState::LABELS {
+        for state in TokenState::LABELS {
             self.token_state
                 .get_or_create(&StateLabels {
                     state: (*state).to_owned(),
@@ -532,4 +532,21 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// Why the server closed a connection: the `reason` label of
+/// `sym_approver_connections_closed_total`.
+pub mod connection_reason {
+    pub const HEADER_TIMEOUT: &str = "header_timeout";
+    pub const IDLE: &str = "idle";
+    pub const BODY_TIMEOUT: &str = "body_timeout";
+    pub const OVER_CAPACITY: &str = "over_capacity";
+    pub const SHUTDOWN_FORCED: &str = "shutdown_forced";
+    pub const ALL: &[&str] = &[
+        HEADER_TIMEOUT,
+        IDLE,
+        BODY_TIMEOUT,
+        OVER_CAPACITY,
+        SHUTDOWN_FORCED,
+    ];
 }

@@ -11,11 +11,11 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use proptest::prelude::*;
 use proptest::sample::Index;
+use sym_circleci_approver::domain::event::EventKind;
 use sym_circleci_approver::signature::{
     signature_candidates, SignatureError, Verifier, WebhookSecret, MAX_SIGNATURES,
     MAX_WEBHOOK_ID_LEN, TAG_LEN,
 };
-use sym_circleci_approver::sym_event::{EventKind, SymEvent};
 
 const TOLERANCE: i64 = 300;
 const MAX_BODY: usize = 64 * 1024;
@@ -252,10 +252,10 @@ proptest! {
         prop_assert_eq!(tags, reference_candidates(&header));
     }
 
-    /// `SymEvent::parse` never panics on arbitrary bytes.
+    /// `inbound::sym_event::parse` never panics on arbitrary bytes.
     #[test]
     fn event_parsing_never_panics_on_bytes(bytes in body(2048)) {
-        let _ = SymEvent::parse(&bytes);
+        let _ = sym_circleci_approver::inbound::sym_event::parse(&bytes);
     }
 
     /// Nor on JSON shaped like a log entry with arbitrary values in the fields it reads, and
@@ -290,7 +290,7 @@ proptest! {
             }
         }
         let body = serde_json::to_vec(&entry).unwrap();
-        if let Ok(event) = SymEvent::parse(&body) {
+        if let Ok(event) = sym_circleci_approver::inbound::sym_event::parse(&body) {
             prop_assert!(!event.id.trim().is_empty() && event.id.len() <= 256);
             prop_assert!(event.kind != EventKind::Approve || event.workflow_id.is_some());
         }

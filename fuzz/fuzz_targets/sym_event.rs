@@ -1,11 +1,11 @@
-//! `SymEvent::parse` on arbitrary bytes: never panics, and what it accepts is consistent.
+//! `inbound::sym_event::parse` on arbitrary bytes: never panics, and what it accepts is consistent.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sym_circleci_approver::sym_event::{EventKind, SymEvent};
+use sym_circleci_approver::domain::event::{Event, EventKind};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(event) = SymEvent::parse(data) else {
+    let Ok(event) = sym_circleci_approver::inbound::sym_event::parse(data) else {
         return;
     };
     assert!(!event.id.trim().is_empty() && event.id.len() <= 256);

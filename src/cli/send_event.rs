@@ -11,7 +11,6 @@ use uuid::Uuid;
 use super::{SecretArgs, EXIT_CONFIG};
 use crate::clock::unix_secs;
 use crate::inbound::signature::{WebhookSecret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
-use crate::inbound::sym_event::SymEvent;
 
 #[derive(Args)]
 pub struct SendEventArgs {
@@ -85,7 +84,7 @@ pub fn event_body(event_id: &str, event_type: &str, workflow_id: &str, approver:
     let timestamp = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    SymEvent::sample_body(event_id, event_type, workflow_id, approver, &timestamp)
+    crate::inbound::sym_event::sample_body(event_id, event_type, workflow_id, approver, &timestamp)
         .to_string()
         .into_bytes()
 }

@@ -17,13 +17,14 @@ use crate::app::{cancel_on_signal, Application};
 use crate::clock::Clock;
 use crate::config::{
     config_error, default_oidc_issuer, parse_api_url, parse_duration, positive, read_secret,
-    secure_base_url, CircleCiConfig, Config, ConfigError, GateConfig, HttpConfig, LogFormat,
-    OidcConfig, OnDeny, RetryPolicy, StoreOptions, SymApiConfig, WorkerConfig,
-    DEFAULT_CIRCLECI_API_URL, DEFAULT_DATABASE_URL, DEFAULT_HOLD_JOB_NAME, DEFAULT_SYM_API_URL,
+    secure_url_setting, Config, ConfigError, GateConfig, HttpConfig, LogFormat, OidcConfig, OnDeny,
+    RetryPolicy, SymApiConfig, WorkerConfig, DEFAULT_CIRCLECI_API_URL, DEFAULT_DATABASE_URL,
+    DEFAULT_HOLD_JOB_NAME, DEFAULT_SYM_API_URL,
 };
 use crate::domain::task::TaskRules;
 use crate::inbound::signature::{Verifier, WebhookSecret};
-use crate::store::Backend;
+use crate::outbound::circleci::CircleCiSettings;
+use crate::store::{Backend, StoreOptions};
 use crate::telemetry::{self, LogTarget};
 
 /// Parses `serve` flags alone (as the demo and tests configure an in-process service).
@@ -299,7 +300,7 @@ impl ServeArgs {
                 shutdown_grace: parse_duration("SHUTDOWN_GRACE", &args.shutdown_grace)?,
             },
             verifier: Verifier::new(secrets, tolerance),
-            circleci: CircleCiConfig {
+            circleci: CircleCiSettings {
                 api_url,
                 token,
                 timeout: parse_duration("CIRCLECI_TIMEOUT", &args.circleci_timeout)?,
@@ -406,7 +407,7 @@ fn gates_config(
     let sym_api = match sym_token {
         None => None,
         Some(token) => Some(SymApiConfig {
-            url: secure_base_url(
+            url: secure_url_setting(
                 "SYM_API_URL",
                 "SYM_API_ALLOW_INSECURE_HTTP",
                 &args.sym_api_url,
@@ -450,7 +451,7 @@ fn oidc_config(args: &ServeArgs) -> Result<Option<OidcConfig>, ConfigError> {
         .clone()
         .filter(|i| !i.trim().is_empty())
         .unwrap_or_else(|| default_oidc_issuer(org_id));
-    let issuer = secure_base_url(
+    let issuer = secure_url_setting(
         "CIRCLECI_OIDC_ISSUER",
         "CIRCLECI_ALLOW_INSECURE_HTTP",
         &issuer_text,

@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::config::{parse_duration, read_secret, secure_base_url, ConfigError};
+use crate::config::{parse_duration, read_secret, secure_url_setting, ConfigError};
 
 #[derive(Args)]
 pub struct VerifyArgs {
@@ -162,7 +162,7 @@ async fn check_once(args: &VerifyArgs) -> (Verdict, String, bool) {
         Ok(t) => t,
         Err(e) => return unknown(e.to_string()),
     };
-    let base = match secure_base_url(
+    let base = match secure_url_setting(
         "APPROVER_URL",
         "APPROVER_ALLOW_INSECURE_HTTP",
         &args.url,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use crate::domain::ids::ApprovalRequestId;
 use crate::domain::retry::RetryKind;
 use crate::domain::task::{Outcome, TaskAction, TaskStatus};
-use crate::outbound::circleci::{CircleError, HoldJobState, WorkflowView};
+use crate::domain::upstream::{Failure, UpstreamError};
+use crate::domain::workflow::{HoldJobState, WorkflowView};
 
 /// What the worker learned at the start of a step.
 #[derive(Debug, Clone, Copy)]
@@ -88,18 +89,18 @@ impl StepEnd {
 
     /// A failed CircleCI exchange while `doing` something: a refused token ends the task
     /// (retrying cannot help); anything else is retried after the error backoff.
-    pub fn from_error(err: &CircleError, doing: &str) -> Self {
-        match err {
-            CircleError::Unauthorized(_) => Self::failed(
+    pub fn from_error(err: &UpstreamError, doing: &str) -> Self {
+        if err.token_refused() {
+            return Self::failed(
                 Outcome::CircleciUnauthorized,
                 format!("{err} while {doing}"),
-            ),
-            other => Self::Retry {
-                kind: RetryKind::Error,
-                retry_after: other.retry_after(),
-                detail: format!("{other} while {doing}"),
-                call_unknown: false,
-            },
+            );
+        }
+        Self::Retry {
+            kind: RetryKind::Error,
+            retry_after: err.retry_after(),
+            detail: format!("{err} while {doing}"),
+            call_unknown: false,
         }
     }
 
@@ -252,7 +253,7 @@ fn approved_after_lost_answer(
 }
 
 /// How a step ends after its approve or cancel call answered `result`.
-pub fn after_call(next: &Next, hold_job_name: &str, result: &Result<(), CircleError>) -> StepEnd {
+pub fn after_call(next: &Next, hold_job_name: &str, result: &Result<(), UpstreamError>) -> StepEnd {
     match (next, result) {
         (Next::Approve(id), Ok(())) => StepEnd::succeeded(
             Outcome::Approved,
@@ -263,24 +264,33 @@ pub fn after_call(next: &Next, hold_job_name: &str, result: &Result<(), CircleEr
             if let StepEnd::Retry { call_unknown, .. } = &mut end {
                 // A definite 4xx means it did not land; anything else may have.
                 *call_unknown = !matches!(
-                    e,
-                    CircleError::Client { .. }
-                        | CircleError::NotFound
-                        | CircleError::RateLimited { .. }
+                    e.failure,
+                    Failure::Client { .. }
+                        | Failure::NotFound
+                        | Failure::RateLimited { .. }
+                        | Failure::InvalidRequest(_)
                 );
             }
             end
         }
         (Next::Cancel, Ok(())) => StepEnd::succeeded(Outcome::Canceled, "workflow canceled"),
-        (Next::Cancel, Err(CircleError::Client { status, message })) => StepEnd::failed(
+        (
+            Next::Cancel,
+            Err(UpstreamError {
+                failure: Failure::Client { status, message },
+                ..
+            }),
+        ) => StepEnd::failed(
             Outcome::CancelRefused,
             format!("CircleCI refused to cancel (HTTP {status}): {message}"),
         ),
         (Next::Cancel, Err(e)) => {
             let mut end = StepEnd::from_error(e, "canceling the workflow");
             if let StepEnd::Retry { call_unknown, .. } = &mut end {
-                *call_unknown =
-                    !matches!(e, CircleError::NotFound | CircleError::RateLimited { .. });
+                *call_unknown = !matches!(
+                    e.failure,
+                    Failure::NotFound | Failure::RateLimited { .. } | Failure::InvalidRequest(_)
+                );
             }
             end
         }
@@ -307,7 +317,7 @@ pub fn same_project(a: &str, b: &str) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::outbound::circleci::HoldJob;
+    use crate::domain::workflow::HoldJob;
 
     const NAME: &str = "wait_for_sym_approval";
     const ID: &str = "0f9e8d7c-aaaa-4bbb-8ccc-ddddeeeeffff";
@@ -509,17 +519,21 @@ mod tests {
         ));
         // No answer: may have landed. A 4xx: did not.
         assert!(matches!(
-            after_call(&approve, NAME, &Err(CircleError::Timeout)),
+            after_call(
+                &approve,
+                NAME,
+                &Err(UpstreamError::circleci(Failure::Timeout))
+            ),
             StepEnd::Retry {
                 kind: RetryKind::Error,
                 call_unknown: true,
                 ..
             }
         ));
-        let refused = CircleError::Client {
+        let refused = UpstreamError::circleci(Failure::Client {
             status: 400,
             message: "no".into(),
-        };
+        });
         assert!(matches!(
             after_call(&approve, NAME, &Err(refused.clone())),
             StepEnd::Retry {
@@ -528,7 +542,11 @@ mod tests {
             }
         ));
         assert!(matches!(
-            after_call(&approve, NAME, &Err(CircleError::Unauthorized(401))),
+            after_call(
+                &approve,
+                NAME,
+                &Err(UpstreamError::circleci(Failure::Unauthorized))
+            ),
             StepEnd::Done {
                 outcome: Outcome::CircleciUnauthorized,
                 ..
@@ -549,9 +567,9 @@ mod tests {
                 ..
             }
         ));
-        let limited = CircleError::RateLimited {
+        let limited = UpstreamError::circleci(Failure::RateLimited {
             retry_after: Some(Duration::from_secs(7)),
-        };
+        });
         assert!(matches!(
             after_call(&Next::Cancel, NAME, &Err(limited)),
             StepEnd::Retry { retry_after: Some(d), .. } if d == Duration::from_secs(7)

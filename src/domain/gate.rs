@@ -17,7 +17,8 @@
 use std::time::Duration;
 
 use crate::domain::binding::BindingCheck;
-use crate::outbound::sym_api::{RunStatus, SymApiError};
+use crate::domain::run::RunStatus;
+use crate::domain::upstream::{Failure, UpstreamError};
 
 /// Delay after the first read of a gate's run.
 pub const POLL_INITIAL: Duration = Duration::from_secs(5);
@@ -214,7 +215,7 @@ pub fn refuse_run_bound_elsewhere() -> GateDecision {
 /// number of reads made for this gate including this one, `age` the time since the gate was
 /// registered, `timeout` the `GATE_TIMEOUT`.
 pub fn decide(
-    result: &Result<RunStatus, SymApiError>,
+    result: &Result<RunStatus, UpstreamError>,
     binding: BindingCheck,
     polls: u32,
     age: Duration,
@@ -254,14 +255,16 @@ pub fn decide(
             }
         }
         Ok(RunStatus::Open(status)) => (None, None, format!("the Sym run is {status:?}")),
-        Err(e @ SymApiError::Unauthorized) => {
-            return GateDecision::TokenRefused {
-                detail: e.to_string(),
+        Err(e) => match e.failure {
+            Failure::Unauthorized => {
+                return GateDecision::TokenRefused {
+                    detail: e.to_string(),
+                }
             }
-        }
-        Err(e @ SymApiError::Forbidden) => (None, Some(GateProblem::SymForbidden), e.to_string()),
-        Err(e @ SymApiError::NotFound) => (None, Some(GateProblem::SymNotFound), e.to_string()),
-        Err(e) => (e.retry_after(), None, e.to_string()),
+            Failure::Forbidden => (None, Some(GateProblem::SymForbidden), e.to_string()),
+            Failure::NotFound => (None, Some(GateProblem::SymNotFound), e.to_string()),
+            _ => (e.retry_after(), None, e.to_string()),
+        },
     };
 
     let remaining = timeout.saturating_sub(age);
@@ -315,7 +318,15 @@ mod tests {
         Duration::from_secs(s)
     }
 
-    fn open(status: &str) -> Result<RunStatus, SymApiError> {
+    fn sym(failure: Failure) -> UpstreamError {
+        UpstreamError::sym(failure)
+    }
+
+    fn sym_text(failure: fn(String) -> Failure, text: String) -> UpstreamError {
+        UpstreamError::sym(failure(text))
+    }
+
+    fn open(status: &str) -> Result<RunStatus, UpstreamError> {
         Ok(RunStatus::Open(status.into()))
     }
 
@@ -454,17 +465,17 @@ mod tests {
     #[test]
     fn retryable_errors_are_polled_again() {
         for err in [
-            SymApiError::Timeout,
-            SymApiError::Connect("refused".into()),
-            SymApiError::InvalidResponse("html".into()),
-            SymApiError::Server {
+            sym(Failure::Timeout),
+            sym_text(Failure::Connect, "refused".into()),
+            sym_text(Failure::InvalidResponse, "html".into()),
+            sym(Failure::Server {
                 status: 500,
                 retry_after: None,
-            },
-            SymApiError::Client {
+            }),
+            sym(Failure::Client {
                 status: 408,
                 message: "slow".into(),
-            },
+            }),
         ] {
             let d = decide(&Err(err.clone()), BindingCheck::Bound, 2, secs(30), DAY);
             assert_eq!(poll_after(&d), secs(10), "{err:?}");
@@ -474,17 +485,17 @@ mod tests {
 
     #[test]
     fn retry_after_is_honoured_never_sooner_than_asked() {
-        let limited = SymApiError::RateLimited {
+        let limited = sym(Failure::RateLimited {
             retry_after: Some(secs(120)),
-        };
+        });
         assert_eq!(
             poll_after(&decide(&Err(limited), BindingCheck::Bound, 1, secs(5), DAY)),
             secs(120)
         );
-        let unavailable = SymApiError::Server {
+        let unavailable = sym(Failure::Server {
             status: 503,
             retry_after: Some(secs(30)),
-        };
+        });
         assert_eq!(
             poll_after(&decide(
                 &Err(unavailable),
@@ -496,15 +507,15 @@ mod tests {
             secs(30)
         );
         // A shorter Retry-After does not shorten the backoff.
-        let short = SymApiError::RateLimited {
+        let short = sym(Failure::RateLimited {
             retry_after: Some(secs(1)),
-        };
+        });
         assert_eq!(
             poll_after(&decide(&Err(short), BindingCheck::Bound, 8, secs(900), DAY)),
             POLL_MAX
         );
         // Rate limited without a Retry-After: the backoff.
-        let bare = SymApiError::RateLimited { retry_after: None };
+        let bare = sym(Failure::RateLimited { retry_after: None });
         assert_eq!(
             poll_after(&decide(&Err(bare), BindingCheck::Bound, 3, secs(40), DAY)),
             secs(20)
@@ -514,7 +525,7 @@ mod tests {
     #[test]
     fn a_refused_token_pauses_the_reconciler_and_a_forbidden_run_marks_its_gate() {
         let d = decide(
-            &Err(SymApiError::Unauthorized),
+            &Err(sym(Failure::Unauthorized)),
             BindingCheck::Bound,
             1,
             secs(5),
@@ -526,8 +537,8 @@ mod tests {
         assert!(detail.contains("SYM_API_TOKEN"), "{detail}");
         assert_eq!(d.gate_status(), GateStatus::Open);
         for (err, problem) in [
-            (SymApiError::Forbidden, GateProblem::SymForbidden),
-            (SymApiError::NotFound, GateProblem::SymNotFound),
+            (sym(Failure::Forbidden), GateProblem::SymForbidden),
+            (sym(Failure::NotFound), GateProblem::SymNotFound),
         ] {
             let d = decide(&Err(err), BindingCheck::Bound, 1, secs(5), DAY);
             assert!(
@@ -576,15 +587,15 @@ mod tests {
 
     #[test]
     fn a_refused_request_stops_polling() {
-        let refused = SymApiError::Client {
+        let refused = sym(Failure::Client {
             status: 400,
             message: "Invalid run (RunAPI:INVALID_RUN)".into(),
-        };
+        });
         let d = decide(&Err(refused), BindingCheck::Bound, 1, secs(5), DAY);
         assert!(matches!(d, GateDecision::StopPolling { .. }), "{d:?}");
         assert!(d.detail().contains("INVALID_RUN"));
         let d = decide(
-            &Err(SymApiError::InvalidRunId("empty".into())),
+            &Err(sym_text(Failure::InvalidRequest, "empty".into())),
             BindingCheck::Bound,
             1,
             secs(5),
@@ -601,7 +612,7 @@ mod tests {
         assert!(d.detail().contains("GATE_TIMEOUT"), "{}", d.detail());
         assert!(d.detail().contains("requested"), "{}", d.detail());
         let d = decide(
-            &Err(SymApiError::Timeout),
+            &Err(sym(Failure::Timeout)),
             BindingCheck::Bound,
             290,
             DAY + secs(1),
@@ -609,7 +620,7 @@ mod tests {
         );
         assert_eq!(close_reason(&d), CloseReason::TimedOut);
         let d = decide(
-            &Err(SymApiError::Forbidden),
+            &Err(sym(Failure::Forbidden)),
             BindingCheck::Bound,
             290,
             DAY + secs(1),
@@ -635,9 +646,9 @@ mod tests {
     #[test]
     fn a_retry_after_past_the_deadline_times_the_gate_out_now() {
         let timeout = secs(600);
-        let limited = SymApiError::RateLimited {
+        let limited = sym(Failure::RateLimited {
             retry_after: Some(secs(60)),
-        };
+        });
         let d = decide(
             &Err(limited.clone()),
             BindingCheck::Bound,
@@ -703,14 +714,14 @@ mod tests {
             let retry_after = (rng.below(2) == 0).then(|| secs(rng.below(4000)));
             let result = match rng.below(4) {
                 0 => open("requested"),
-                1 => Err(SymApiError::RateLimited { retry_after }),
-                2 => Err(SymApiError::Server {
+                1 => Err(sym(Failure::RateLimited { retry_after })),
+                2 => Err(sym(Failure::Server {
                     status: 503,
                     retry_after,
-                }),
-                _ => Err(SymApiError::Timeout),
+                })),
+                _ => Err(sym(Failure::Timeout)),
             };
-            let asked = result.as_ref().err().and_then(SymApiError::retry_after);
+            let asked = result.as_ref().err().and_then(UpstreamError::retry_after);
             match decide(&result, BindingCheck::Bound, polls, age, timeout) {
                 GateDecision::PollAgain { after, .. } => {
                     assert!(age < timeout);

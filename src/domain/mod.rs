@@ -32,9 +32,13 @@ macro_rules! text_enum {
 
 pub mod binding;
 pub mod decide;
+pub mod event;
 pub mod gate;
 pub mod ids;
 pub mod retry;
+pub mod run;
 pub mod settle;
 pub mod task;
+pub mod upstream;
 pub mod verdict;
+pub mod workflow;

@@ -202,7 +202,7 @@ mod tests {
     #![allow(clippy::expect_used)]
     use super::*;
     use crate::domain::decide::{after_call, Next};
-    use crate::outbound::circleci::CircleError;
+    use crate::domain::upstream::{Failure, UpstreamError};
 
     const NAME: &str = "wait_for_sym_approval";
     const ID: &str = "0f9e8d7c-aaaa-4bbb-8ccc-ddddeeeeffff";
@@ -256,7 +256,7 @@ mod tests {
         let unknown = after_call(
             &Next::Approve(ID.parse().expect("uuid")),
             NAME,
-            &Err(CircleError::Timeout),
+            &Err(UpstreamError::circleci(Failure::Timeout)),
         );
         let look = settle(unknown, &p, 1_800_000, &policy, 1.0);
         let Settlement::LastLook { detail } = look else {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::clock::duration_ms;
 use crate::domain::binding::{run_key, BindingSource, RunBinding};
+use crate::domain::event::{Event, EventKind};
 use crate::domain::ids::WorkflowId;
-use crate::inbound::sym_event::{EventKind, SymEvent};
 
 /// What a task does at CircleCI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,7 +161,7 @@ impl TaskRules {
     }
 
     /// The hold job an event names: its `hold_job_name` if listed, else the default.
-    fn hold_job_of(&self, event: &SymEvent) -> Result<String, HoldJobNotAllowed> {
+    fn hold_job_of(&self, event: &Event) -> Result<String, HoldJobNotAllowed> {
         match &event.hold_job_name {
             Some(name) if self.hold_job_names.iter().any(|n| n == name) => Ok(name.clone()),
             Some(name) => Err(HoldJobNotAllowed {
@@ -176,7 +176,7 @@ impl TaskRules {
     /// deny and expire events carry one when they name both a run and a workflow; a request
     /// event naming an unlisted hold job is refused like an approve event, the others then
     /// bind nothing.
-    pub fn binding_for(&self, event: &SymEvent) -> Result<Option<RunBinding>, HoldJobNotAllowed> {
+    pub fn binding_for(&self, event: &Event) -> Result<Option<RunBinding>, HoldJobNotAllowed> {
         let source = match event.kind {
             EventKind::Request => BindingSource::Request,
             EventKind::Approve => BindingSource::Approve,
@@ -206,7 +206,7 @@ impl TaskRules {
     /// listed, else the default. The task has until `received_at + approval_timeout`.
     pub fn task_for(
         &self,
-        event: &SymEvent,
+        event: &Event,
         received_at: i64,
     ) -> Result<Option<NewTask>, HoldJobNotAllowed> {
         let action = match (event.kind, self.on_deny) {
@@ -242,8 +242,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn event(kind: &str, workflow: Option<&str>) -> SymEvent {
-        SymEvent {
+    fn event(kind: &str, workflow: Option<&str>) -> Event {
+        Event {
             id: "e1".into(),
             event_type: kind.into(),
             kind: match kind {

@@ -13,7 +13,7 @@
 use serde::Serialize;
 
 use crate::domain::task::{Outcome, TaskStatus};
-use crate::outbound::circleci::{HoldJob, HoldJobState};
+use crate::domain::workflow::{HoldJob, HoldJobState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -16,10 +16,10 @@ use super::auth::BearerToken;
 use super::error::ApiError;
 use crate::domain::decide::same_project;
 use crate::domain::ids::WorkflowId;
+use crate::domain::workflow::WorkflowInfo;
 use crate::inbound::ci_token::{looks_like_jwt, CiIdentity, OidcVerifier, TokenRefusal};
 use crate::metrics::Metrics;
 use crate::outbound::circleci::lookups::{LookupError, WorkflowLookups};
-use crate::outbound::circleci::WorkflowInfo;
 use crate::telemetry::RateLimit;
 
 /// The two route families CI calls.

@@ -35,20 +35,7 @@ use crate::config::HttpConfig;
 use crate::metrics::Metrics;
 
 /// Why a connection was closed by the server (a metrics label).
-pub mod reason {
-    pub const HEADER_TIMEOUT: &str = "header_timeout";
-    pub const IDLE: &str = "idle";
-    pub const BODY_TIMEOUT: &str = "body_timeout";
-    pub const OVER_CAPACITY: &str = "over_capacity";
-    pub const SHUTDOWN_FORCED: &str = "shutdown_forced";
-    pub const ALL: &[&str] = &[
-        HEADER_TIMEOUT,
-        IDLE,
-        BODY_TIMEOUT,
-        OVER_CAPACITY,
-        SHUTDOWN_FORCED,
-    ];
-}
+pub use crate::metrics::connection_reason as reason;
 
 /// Serves `router` on `listener` until `shutdown`, then drains within the grace period.
 pub async fn serve(

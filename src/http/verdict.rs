@@ -19,8 +19,8 @@ use super::error::ApiError;
 use super::AppState;
 use crate::domain::ids::WorkflowId;
 use crate::domain::verdict::{self, Verdict};
+use crate::domain::workflow::WorkflowInfo;
 use crate::outbound::circleci::lookups::LookupError;
-use crate::outbound::circleci::WorkflowInfo;
 
 pub async fn get_verdict(
     State(state): State<AppState>,

@@ -19,7 +19,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::clock::unix_secs;
 use crate::inbound::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
-use crate::inbound::sym_event::{EventError, SymEvent};
+use crate::inbound::sym_event::EventError;
 use crate::store::{NewDelivery, Recorded};
 
 /// How long a signed delivery waits for a store-write slot before 429.
@@ -109,7 +109,7 @@ async fn handle(
             ApiError::InvalidSignature
         })?;
 
-    let event = SymEvent::parse_any(&body).map_err(|e| {
+    let event = crate::inbound::parse_event(&body).map_err(|e| {
         tracing::warn!(webhook_id = %verified.webhook_id, error = %e, "signed body refused");
         match e {
             EventError::InvalidWorkflowId(detail) => ApiError::InvalidWorkflowId(detail),

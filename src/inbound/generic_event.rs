@@ -15,7 +15,8 @@
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::sym_event::{EventError, EventKind, SymEvent};
+use super::sym_event::EventError;
+use crate::domain::event::{Event, EventKind};
 
 /// Longest request id, approver and approver name accepted.
 const MAX_TEXT: usize = 256;
@@ -48,10 +49,10 @@ fn text(value: &serde_json::Value, field: &str) -> Result<String, EventError> {
     }
 }
 
-/// The event, as the service works every approval: a [`SymEvent`] whose id is
+/// The event, as the service works every approval: a [`Event`] whose id is
 /// `generic:<request_id>:<decision>` (so a repeat of the same decision is a duplicate), with
 /// no Sym run.
-pub fn parse(value: serde_json::Value) -> Result<SymEvent, EventError> {
+pub fn parse(value: serde_json::Value) -> Result<Event, EventError> {
     let raw: RawApproval = serde_json::from_value(value).map_err(|e| {
         EventError::NotLogEntry(format!(
             "not an approval event {{\"request_id\", \"decision\", \"workflow_id\", \"approver\"}}: \
@@ -86,7 +87,7 @@ pub fn parse(value: serde_json::Value) -> Result<SymEvent, EventError> {
         Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
         Some(v) => Some(text(&v, "hold_job_name")?),
     };
-    Ok(SymEvent {
+    Ok(Event {
         id: format!("generic:{request_id}:{decision}"),
         event_type: decision.to_owned(),
         kind,

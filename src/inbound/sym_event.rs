@@ -6,6 +6,8 @@
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::domain::event::{Event, EventKind};
+
 /// The schema version this service understands.
 pub const SCHEMA_VERSION: i64 = 4;
 
@@ -49,54 +51,15 @@ struct RawActor {
     username: Option<String>,
 }
 
-/// What the event asks of this service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// Approve the workflow's hold job.
-    Approve,
-    /// The request was made (the flow's `after_request` hook): binds the Sym run to the
-    /// workflow and hold job it was requested for.
-    Request,
-    /// The request was denied: optionally cancel the workflow.
-    Deny,
-    /// The request expired unanswered: optionally cancel the workflow.
-    Expire,
-    /// Anything else: acknowledged, recorded, ignored.
-    Other,
-}
-
-impl EventKind {
-    fn from_type(kind: &str) -> Self {
-        match kind {
-            "approve" => Self::Approve,
-            "request" => Self::Request,
-            "deny" => Self::Deny,
-            "expire" => Self::Expire,
-            _ => Self::Other,
-        }
+/// Sym's `event.type` to what it asks of this service.
+fn kind_of(kind: &str) -> EventKind {
+    match kind {
+        "approve" => EventKind::Approve,
+        "request" => EventKind::Request,
+        "deny" => EventKind::Deny,
+        "expire" => EventKind::Expire,
+        _ => EventKind::Other,
     }
-}
-
-/// A parsed, validated Sym event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SymEvent {
-    /// Sym's id for the log entry, stable across redeliveries.
-    pub id: String,
-    /// `event.type` as sent (e.g. `approve`).
-    pub event_type: String,
-    pub kind: EventKind,
-    /// Present and valid for approve events; best-effort for the others.
-    pub workflow_id: Option<Uuid>,
-    pub workflow_url: Option<String>,
-    pub merging_user: Option<String>,
-    pub approver_username: Option<String>,
-    pub approver_name: Option<String>,
-    pub run_srn: Option<String>,
-    /// The Sym run's id: the identifier component of `run.srn` (see [`run_id_from_srn`]).
-    pub run_id: Option<String>,
-    /// `fields.hold_job_name`: which approval job to release (the flow's optional field);
-    /// None for the service's default.
-    pub hold_job_name: Option<String>,
 }
 
 /// The run id in a run's SRN: its identifier component.
@@ -164,160 +127,148 @@ pub enum EventError {
 /// Longest Sym id we store; Sym ids are UUIDs.
 const MAX_ID_LEN: usize = 256;
 
-impl SymEvent {
-    pub fn parse(body: &[u8]) -> Result<Self, EventError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| EventError::NotJson(e.to_string()))?;
-        Self::from_log_entry(value)
+/// A signed body that is a Sym log entry.
+pub fn parse(body: &[u8]) -> Result<Event, EventError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| EventError::NotJson(e.to_string()))?;
+    from_log_entry(value)
+}
+
+/// A Sym log entry, already read as JSON.
+pub fn from_log_entry(value: serde_json::Value) -> Result<Event, EventError> {
+    let raw: RawLogEntry =
+        serde_json::from_value(value).map_err(|e| EventError::NotLogEntry(e.to_string()))?;
+
+    if raw.id.trim().is_empty() || raw.id.len() > MAX_ID_LEN {
+        return Err(EventError::NotLogEntry(
+            "`id` must be a non-empty string of at most 256 characters".into(),
+        ));
+    }
+    if raw.event.kind.is_empty() {
+        return Err(EventError::NotLogEntry("`event.type` is empty".into()));
+    }
+    if let Some(version) = raw.meta.as_ref().and_then(|m| m.schema_version) {
+        if version != SCHEMA_VERSION {
+            return Err(EventError::UnsupportedSchema(version));
+        }
     }
 
-    /// What a signed body asks: a Sym log entry, or a generic approval event
-    /// (`super::generic_event`), told apart by their shape.
-    pub fn parse_any(body: &[u8]) -> Result<Self, EventError> {
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| EventError::NotJson(e.to_string()))?;
-        if super::generic_event::is_generic(&value) {
-            super::generic_event::parse(value)
-        } else {
-            Self::from_log_entry(value)
-        }
-    }
-
-    fn from_log_entry(value: serde_json::Value) -> Result<Self, EventError> {
-        let raw: RawLogEntry =
-            serde_json::from_value(value).map_err(|e| EventError::NotLogEntry(e.to_string()))?;
-
-        if raw.id.trim().is_empty() || raw.id.len() > MAX_ID_LEN {
-            return Err(EventError::NotLogEntry(
-                "`id` must be a non-empty string of at most 256 characters".into(),
-            ));
-        }
-        if raw.event.kind.is_empty() {
-            return Err(EventError::NotLogEntry("`event.type` is empty".into()));
-        }
-        if let Some(version) = raw.meta.as_ref().and_then(|m| m.schema_version) {
-            if version != SCHEMA_VERSION {
-                return Err(EventError::UnsupportedSchema(version));
-            }
-        }
-
-        let kind = EventKind::from_type(&raw.event.kind);
-        let fields = raw.fields.unwrap_or_default();
-        let text_field = |name: &str| {
-            fields
-                .get(name)
-                .and_then(|v| v.as_str())
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-        };
-        let workflow_id = match fields.get("workflow_id") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => match Uuid::try_parse(s) {
-                Ok(id) => Some(id),
-                Err(_) if matches!(kind, EventKind::Approve | EventKind::Request) => {
-                    return Err(EventError::InvalidWorkflowId(
-                        "fields.workflow_id is not a UUID".into(),
-                    ))
-                }
-                Err(_) => None,
-            },
-            Some(_) if matches!(kind, EventKind::Approve | EventKind::Request) => {
+    let kind = kind_of(&raw.event.kind);
+    let fields = raw.fields.unwrap_or_default();
+    let text_field = |name: &str| {
+        fields
+            .get(name)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let workflow_id = match fields.get("workflow_id") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => match Uuid::try_parse(s) {
+            Ok(id) => Some(id),
+            Err(_) if matches!(kind, EventKind::Approve | EventKind::Request) => {
                 return Err(EventError::InvalidWorkflowId(
-                    "fields.workflow_id must be a UUID string".into(),
+                    "fields.workflow_id is not a UUID".into(),
                 ))
             }
-            Some(_) => None,
-        };
-        if kind == EventKind::Approve && workflow_id.is_none() {
+            Err(_) => None,
+        },
+        Some(_) if matches!(kind, EventKind::Approve | EventKind::Request) => {
             return Err(EventError::InvalidWorkflowId(
-                "approve event has no fields.workflow_id".into(),
+                "fields.workflow_id must be a UUID string".into(),
+            ))
+        }
+        Some(_) => None,
+    };
+    if kind == EventKind::Approve && workflow_id.is_none() {
+        return Err(EventError::InvalidWorkflowId(
+            "approve event has no fields.workflow_id".into(),
+        ));
+    }
+    let run_srn = raw.run.and_then(|r| r.srn);
+    let run_id = run_srn.as_deref().and_then(run_id_from_srn);
+    if kind == EventKind::Request {
+        // A request event exists to bind its run to its workflow: both must be there.
+        if workflow_id.is_none() {
+            return Err(EventError::InvalidWorkflowId(
+                "request event has no UUID fields.workflow_id".into(),
             ));
         }
-        let run_srn = raw.run.and_then(|r| r.srn);
-        let run_id = run_srn.as_deref().and_then(run_id_from_srn);
-        if kind == EventKind::Request {
-            // A request event exists to bind its run to its workflow: both must be there.
-            if workflow_id.is_none() {
-                return Err(EventError::InvalidWorkflowId(
-                    "request event has no UUID fields.workflow_id".into(),
-                ));
-            }
-            if run_id.is_none() {
-                return Err(EventError::NotLogEntry(
-                    "request event has no run.srn with a run id \
-                     (<org>:run:<slug>:<version>:<run id>)"
-                        .into(),
-                ));
-            }
+        if run_id.is_none() {
+            return Err(EventError::NotLogEntry(
+                "request event has no run.srn with a run id \
+                 (<org>:run:<slug>:<version>:<run id>)"
+                    .into(),
+            ));
         }
-
-        let hold_job_name = match fields.get("hold_job_name") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
-            Some(serde_json::Value::String(s))
-                if s.trim().len() <= MAX_ID_LEN && !s.chars().any(char::is_control) =>
-            {
-                Some(s.trim().to_owned())
-            }
-            Some(_) => {
-                return Err(EventError::NotLogEntry(
-                    "fields.hold_job_name must be a job name (text, at most 256 characters)".into(),
-                ))
-            }
-        };
-        let actor = raw.actor;
-        Ok(Self {
-            id: raw.id,
-            event_type: raw.event.kind,
-            kind,
-            workflow_id,
-            workflow_url: text_field("workflow_url"),
-            merging_user: text_field("merging_user"),
-            approver_username: actor.as_ref().and_then(|a| a.username.clone()),
-            approver_name: actor.and_then(|a| a.name),
-            run_srn,
-            run_id,
-            hold_job_name,
-        })
     }
 
-    /// A Sym-shaped log entry for `send-event` and the demo: the same shape Sym sends.
-    pub fn sample_body(
-        id: &str,
-        event_type: &str,
-        workflow_id: &str,
-        approver: &str,
-        timestamp: &str,
-    ) -> serde_json::Value {
-        serde_json::json!({
-            "id": id,
-            "meta": {"schema_version": SCHEMA_VERSION},
-            "state": {"status": "completed", "errors": []},
-            "run": {
-                "srn": format!("acme:run:ci-approval:1.0.0:{}", Uuid::new_v4()),
-                "flow": "acme:flow:ci-approval:1.0.0"
-            },
-            "event": {
-                "srn": format!("sym:event-spec:approval:1.0.0:{event_type}"),
-                "type": event_type,
-                "template": "sym:template:approval:1.0.0",
-                "timestamp": timestamp,
-                "channel": "slack"
-            },
-            "actor": {
-                "user": format!("acme:user:{}:latest", Uuid::new_v4()),
-                "name": approver,
-                "username": approver,
-                "identity": {"service": "slack", "external_id": "T000000", "user_id": "U000000"}
-            },
-            "fields": {
-                "workflow_id": workflow_id,
-                "workflow_url": format!("https://app.circleci.com/pipelines/workflows/{workflow_id}"),
-                "merging_user": "send-event"
-            },
-            "type": "event"
-        })
-    }
+    let hold_job_name = match fields.get("hold_job_name") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) if s.trim().is_empty() => None,
+        Some(serde_json::Value::String(s))
+            if s.trim().len() <= MAX_ID_LEN && !s.chars().any(char::is_control) =>
+        {
+            Some(s.trim().to_owned())
+        }
+        Some(_) => {
+            return Err(EventError::NotLogEntry(
+                "fields.hold_job_name must be a job name (text, at most 256 characters)".into(),
+            ))
+        }
+    };
+    let actor = raw.actor;
+    Ok(Event {
+        id: raw.id,
+        event_type: raw.event.kind,
+        kind,
+        workflow_id,
+        workflow_url: text_field("workflow_url"),
+        merging_user: text_field("merging_user"),
+        approver_username: actor.as_ref().and_then(|a| a.username.clone()),
+        approver_name: actor.and_then(|a| a.name),
+        run_srn,
+        run_id,
+        hold_job_name,
+    })
+}
+
+/// A Sym-shaped log entry for `send-event` and the demo: the same shape Sym sends.
+pub fn sample_body(
+    id: &str,
+    event_type: &str,
+    workflow_id: &str,
+    approver: &str,
+    timestamp: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "meta": {"schema_version": SCHEMA_VERSION},
+        "state": {"status": "completed", "errors": []},
+        "run": {
+            "srn": format!("acme:run:ci-approval:1.0.0:{}", Uuid::new_v4()),
+            "flow": "acme:flow:ci-approval:1.0.0"
+        },
+        "event": {
+            "srn": format!("sym:event-spec:approval:1.0.0:{event_type}"),
+            "type": event_type,
+            "template": "sym:template:approval:1.0.0",
+            "timestamp": timestamp,
+            "channel": "slack"
+        },
+        "actor": {
+            "user": format!("acme:user:{}:latest", Uuid::new_v4()),
+            "name": approver,
+            "username": approver,
+            "identity": {"service": "slack", "external_id": "T000000", "user_id": "U000000"}
+        },
+        "fields": {
+            "workflow_id": workflow_id,
+            "workflow_url": format!("https://app.circleci.com/pipelines/workflows/{workflow_id}"),
+            "merging_user": "send-event"
+        },
+        "type": "event"
+    })
 }
 
 #[cfg(test)]
@@ -332,7 +283,7 @@ mod tests {
 
     #[test]
     fn the_reference_approve_event_parses_with_every_field_we_use() {
-        let event = SymEvent::parse(&sample()).unwrap();
+        let event = parse(&sample()).unwrap();
         assert_eq!(event.id, "0b5f6f7c-3c1e-4d7a-9a3e-6c0f2f8e1a22");
         assert_eq!(event.kind, EventKind::Approve);
         assert_eq!(
@@ -386,19 +337,16 @@ mod tests {
     fn a_request_event_needs_its_workflow_and_run() {
         let ok = br#"{"id":"x","event":{"type":"request"},"run":{"srn":"acme:run:f:1.0.0:r1"},
             "fields":{"workflow_id":"7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e"}}"#;
-        let event = SymEvent::parse(ok).unwrap();
+        let event = parse(ok).unwrap();
         assert_eq!(event.kind, EventKind::Request);
         assert_eq!(event.run_id.as_deref(), Some("r1"));
         let no_run = br#"{"id":"x","event":{"type":"request"},
             "fields":{"workflow_id":"7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e"}}"#;
-        assert!(matches!(
-            SymEvent::parse(no_run),
-            Err(EventError::NotLogEntry(_))
-        ));
+        assert!(matches!(parse(no_run), Err(EventError::NotLogEntry(_))));
         let no_workflow =
             br#"{"id":"x","event":{"type":"request"},"run":{"srn":"acme:run:f:1.0.0:r1"}}"#;
         assert!(matches!(
-            SymEvent::parse(no_workflow),
+            parse(no_workflow),
             Err(EventError::InvalidWorkflowId(_))
         ));
     }
@@ -407,38 +355,27 @@ mod tests {
     fn a_path_traversal_workflow_id_is_refused_as_invalid() {
         let body =
             br#"{"id":"x","event":{"type":"approve"},"fields":{"workflow_id":"../../project/x"}}"#;
-        assert!(matches!(
-            SymEvent::parse(body),
-            Err(EventError::InvalidWorkflowId(_))
-        ));
+        assert!(matches!(parse(body), Err(EventError::InvalidWorkflowId(_))));
     }
 
     #[test]
     fn other_event_types_parse_without_a_workflow_id() {
         let body = br#"{"id":"x","event":{"type":"escalate"},"fields":{},"extra":1}"#;
-        let event = SymEvent::parse(body).unwrap();
+        let event = parse(body).unwrap();
         assert_eq!(event.kind, EventKind::Other);
         assert_eq!(event.event_type, "escalate");
     }
 
     #[test]
     fn non_json_and_non_log_entries_are_told_apart() {
+        assert!(matches!(parse(b"{nope"), Err(EventError::NotJson(_))));
+        assert!(matches!(parse(b"[1,2]"), Err(EventError::NotLogEntry(_))));
         assert!(matches!(
-            SymEvent::parse(b"{nope"),
-            Err(EventError::NotJson(_))
-        ));
-        assert!(matches!(
-            SymEvent::parse(b"[1,2]"),
-            Err(EventError::NotLogEntry(_))
-        ));
-        assert!(matches!(
-            SymEvent::parse(br#"{"id":"x"}"#),
+            parse(br#"{"id":"x"}"#),
             Err(EventError::NotLogEntry(_))
         ));
         assert_eq!(
-            SymEvent::parse(
-                br#"{"id":"x","meta":{"schema_version":3},"event":{"type":"approve"}}"#
-            ),
+            parse(br#"{"id":"x","meta":{"schema_version":3},"event":{"type":"approve"}}"#),
             Err(EventError::UnsupportedSchema(3))
         );
     }

@@ -376,7 +376,9 @@ async fn not_found(State(shared): State<Arc<Shared>>, method: Method, uri: Uri) 
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::outbound::sym_api::{RunStatus, SymApiClient, SymApiError};
+    use crate::domain::run::RunStatus;
+    use crate::domain::upstream::{Failure, UpstreamError};
+    use crate::outbound::sym_api::SymApiClient;
     use secrecy::SecretString;
 
     const TOKEN: &str = "fake-sym-token-0123456789";
@@ -384,8 +386,9 @@ mod tests {
     fn client(fake: &FakeSymApi, token: &str) -> SymApiClient {
         SymApiClient::new(
             fake.base_url().parse().unwrap(),
-            SecretString::from(token.to_owned()),
+            &SecretString::from(token.to_owned()),
             Duration::from_secs(5),
+            crate::clock::Clock::system(),
         )
         .unwrap()
     }
@@ -448,7 +451,7 @@ mod tests {
         let wrong = client(&fake, "not-the-token");
         assert_eq!(
             wrong.run_status("r1").await.unwrap_err(),
-            SymApiError::Unauthorized
+            UpstreamError::sym(Failure::Unauthorized)
         );
         let response = reqwest::get(format!("{}/runs/r1", fake.base_url()))
             .await
@@ -469,7 +472,7 @@ mod tests {
         let sym = client(&fake, TOKEN);
         assert_eq!(
             sym.run_status("nope").await.unwrap_err(),
-            SymApiError::NotFound
+            UpstreamError::sym(Failure::NotFound)
         );
     }
 
@@ -483,16 +486,16 @@ mod tests {
         let sym = client(&fake, TOKEN);
         assert_eq!(
             sym.run_status("r1").await.unwrap_err(),
-            SymApiError::Server {
+            UpstreamError::sym(Failure::Server {
                 status: 500,
                 retry_after: None
-            }
+            })
         );
         assert_eq!(
             sym.run_status("r1").await.unwrap_err(),
-            SymApiError::RateLimited {
+            UpstreamError::sym(Failure::RateLimited {
                 retry_after: Some(Duration::from_secs(3))
-            }
+            })
         );
         let mut calls = Vec::new();
         let err = sym.run_recorded("r1", &mut calls).await.unwrap_err();

@@ -3,5 +3,7 @@
 pub mod circleci;
 pub mod fake_circleci;
 pub mod fake_sym;
+pub mod http_client;
 pub mod oidc_keys;
 pub mod sym_api;
+pub mod urls;

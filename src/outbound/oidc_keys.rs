@@ -228,13 +228,13 @@ impl OidcKeys {
                 self.issuer.as_str()
             ));
         }
-        let jwks_uri = crate::config::secure_base_url(
-            "CIRCLECI_OIDC_ISSUER",
-            "CIRCLECI_ALLOW_INSECURE_HTTP",
-            &discovery.jwks_uri,
-            self.allow_insecure_http,
-        )
-        .map_err(|e| format!("jwks_uri: {}", e.message))?;
+        let jwks_uri = super::urls::secure_base_url(&discovery.jwks_uri, self.allow_insecure_http)
+            .map_err(|e| {
+                format!(
+                    "jwks_uri: {}",
+                    e.replace("{override}", "CIRCLECI_ALLOW_INSECURE_HTTP")
+                )
+            })?;
         let set: JwkSet = serde_json::from_slice(&self.get(jwks_uri.as_str()).await?)
             .map_err(|e| format!("key set: {e}"))?;
         let mut keys = HashMap::new();

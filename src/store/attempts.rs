@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use super::{Store, StoreError};
-use crate::clock::{duration_ms, to_ms};
+use crate::clock::duration_ms;
 use crate::domain::ids::{LeaseToken, TaskId};
-use crate::outbound::circleci::{CallRecord, Operation};
+use crate::domain::upstream::{CallRecord, Operation};
 
 /// A call noted before it was made ([`Store::begin_attempt`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub(super) async fn insert_calls(
              status_code, duration_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(task.to_string())
-        .bind(to_ms(call.started_at))
+        .bind(call.started_at)
         .bind(call.operation.as_str())
         .bind(call.method)
         .bind(&call.endpoint)

@@ -7,10 +7,10 @@ use sqlx::Row;
 
 use super::{value_rows, Store, StoreError};
 use crate::domain::binding::RunBinding;
+use crate::domain::event::{Event, EventKind};
 use crate::domain::gate::ApprovalPath;
 use crate::domain::ids::{DeliveryId, TaskId};
 use crate::domain::task::{DeliveryStatus, NewTask, TaskAction, TaskStatus};
-use crate::inbound::sym_event::{EventKind, SymEvent};
 
 /// What recording a delivery did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +54,7 @@ impl Recorded {
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
     pub webhook_id: String,
-    pub event: SymEvent,
+    pub event: Event,
     pub received_at: i64,
     pub task: Option<NewTask>,
     /// The run the event binds to its workflow and hold job, if it names both.
@@ -71,7 +71,7 @@ impl Store {
     pub async fn record_delivery(
         &self,
         webhook_id: &str,
-        event: &SymEvent,
+        event: &Event,
         received_at: i64,
         task: Option<&NewTask>,
         binding: Option<&RunBinding>,
@@ -370,7 +370,7 @@ async fn insert_tasks(
 async fn duplicate_in(
     tx: &mut Tx<'_>,
     webhook_id: &str,
-    event: &SymEvent,
+    event: &Event,
 ) -> Result<Recorded, StoreError> {
     let original = sqlx::query(
         "SELECT id, outcome, duplicate_of FROM deliveries WHERE outcome <> $3 \

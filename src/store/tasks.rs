@@ -18,7 +18,7 @@ use crate::domain::gate::ApprovalPath;
 use crate::domain::ids::{DeliveryId, LeaseToken, TaskId, WorkflowId};
 use crate::domain::retry::RetryKind;
 use crate::domain::task::{DeliveryStatus, NewTask, Outcome, TaskAction, TaskState, TaskStatus};
-use crate::outbound::circleci::CallRecord;
+use crate::domain::upstream::CallRecord;
 
 use super::attempts::{complete_call, insert_calls, AttemptId};
 

@@ -9,6 +9,7 @@
 
 pub mod reconciler;
 mod step;
+pub mod token_check;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,9 +24,9 @@ use crate::clock::Clock;
 use crate::config::WorkerConfig;
 use crate::domain::ids::{LeaseToken, TaskId};
 use crate::metrics::Metrics;
-use crate::outbound::circleci::token::TokenCheck;
 use crate::outbound::circleci::CircleCiClient;
 use crate::store::{BatchOptions, ClaimedTask, StepResults, Store, StoreError};
+use token_check::TokenCheck;
 
 /// Longest idle wait between looks at the store (covers tasks made by other replicas).
 const IDLE_POLL: Duration = Duration::from_secs(1);

@@ -8,7 +8,8 @@ use super::{ApprovalWorker, Lease};
 use crate::domain::decide::{self, Facts, Next, StepEnd};
 use crate::domain::settle::{self, Progress, Settlement};
 use crate::domain::task::{NewTask, Outcome, TaskAction, TaskStatus};
-use crate::outbound::circleci::{CallRecord, CircleError, HoldJobState, Operation, WorkflowView};
+use crate::domain::upstream::{CallRecord, Operation, UpstreamError};
+use crate::domain::workflow::{HoldJobState, WorkflowView};
 use crate::store::{AttemptId, ClaimedTask, JobInfo, PlannedCall, Settle, StepResult, StoreError};
 
 /// How long a step's result is retried while the store is away.
@@ -441,10 +442,10 @@ impl ApprovalWorker {
     }
 
     /// The step's end for a failed CircleCI exchange; a refused token is logged loudly.
-    fn failed_call(&self, e: &CircleError, doing: &str) -> StepEnd {
-        if let CircleError::Unauthorized(status) = e {
+    fn failed_call(&self, e: &UpstreamError, doing: &str) -> StepEnd {
+        if e.token_refused() {
             tracing::error!(
-                status,
+                error = %e,
                 "CircleCI refused the API token while {doing}: check CIRCLECI_TOKEN (API v2 \
                  needs a personal API token with access to the project); the task is given up"
             );

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use sym_circleci_approver::domain::upstream::Operation;
 use sym_circleci_approver::fake_circleci::Fault;
-use sym_circleci_approver::outbound::circleci::Operation;
 use uuid::Uuid;
 
 use crate::helpers::*;

@@ -359,7 +359,7 @@ async fn the_service_prunes_at_startup_with_retention_days() {
     // A record from 100 days ago, stored through the same path the service uses.
     let app = spawn_app().await;
     let workflow = app.workflow("success");
-    let old_event = sym_circleci_approver::sym_event::SymEvent::parse(&event_of_type(
+    let old_event = sym_circleci_approver::inbound::sym_event::parse(&event_of_type(
         "old-event",
         "approve",
         &workflow.to_string(),

@@ -4,14 +4,13 @@
 use sym_circleci_approver::domain::ids::WorkflowId;
 use sym_circleci_approver::domain::task::{DeliveryStatus, NewTask, TaskAction};
 use sym_circleci_approver::store::{NewDelivery, Recorded, Store, StoreOptions};
-use sym_circleci_approver::sym_event::SymEvent;
 use uuid::Uuid;
 
 use crate::helpers::*;
 
 fn delivery(webhook_id: &str, event_id: &str, event_type: &str, workflow: Uuid) -> NewDelivery {
     let body = event_of_type(event_id, event_type, &workflow.to_string());
-    let event = SymEvent::parse(&body).unwrap();
+    let event = sym_circleci_approver::inbound::sym_event::parse(&body).unwrap();
     let task = (event_type == "approve").then(|| NewTask {
         action: TaskAction::Approve,
         workflow_id: WorkflowId(workflow),

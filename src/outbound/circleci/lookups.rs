@@ -17,8 +17,10 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{CircleCiClient, CircleError, HoldJob, WorkflowInfo};
+use super::CircleCiClient;
 use crate::domain::ids::WorkflowId;
+use crate::domain::upstream::{Failure, UpstreamError};
+use crate::domain::workflow::{HoldJob, WorkflowInfo};
 
 /// Spacing between two lookups: five a second at most in any second, with room for the
 /// requests' own jitter on the way (four a second as scheduled).
@@ -41,10 +43,10 @@ pub enum LookupError {
     #[error("too many CircleCI lookups at once; retry shortly")]
     RateLimited,
     #[error("{0}")]
-    Upstream(CircleError),
+    Upstream(UpstreamError),
 }
 
-type Answer<T> = Result<Option<T>, CircleError>;
+type Answer<T> = Result<Option<T>, UpstreamError>;
 
 struct Kept<T> {
     answer: Answer<T>,
@@ -170,7 +172,7 @@ impl WorkflowLookups {
         let mut calls = Vec::with_capacity(1);
         let answer = match self.client.workflow_info(id, &mut calls).await {
             Ok(info) => Ok(Some(info)),
-            Err(CircleError::NotFound) => Ok(None),
+            Err(e) if e.failure == Failure::NotFound => Ok(None),
             Err(e) => Err(e),
         };
         self.workflows.put(id, answer.clone());
@@ -201,7 +203,7 @@ impl WorkflowLookups {
             .await
         {
             Ok(view) => Ok(view.hold),
-            Err(CircleError::NotFound) => Ok(None),
+            Err(e) if e.failure == Failure::NotFound => Ok(None),
             Err(e) => Err(e),
         };
         self.holds.put(key, answer.clone());

@@ -8,38 +8,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{CircleCiClient, CircleError};
+use crate::domain::upstream::{CallRecord, Failure, TokenState};
 use crate::metrics::Metrics;
-
-/// What is known about the token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenState {
-    Unchecked,
-    /// CircleCI knows it: the user it belongs to.
-    Valid {
-        user_id: String,
-        login: Option<String>,
-    },
-    /// CircleCI refused it (401/403, or 404: what project tokens get on API v2).
-    Refused {
-        status: u16,
-    },
-    /// CircleCI could not be asked yet (network, 5xx); asked again later.
-    Unreachable,
-}
-
-impl TokenState {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Unchecked => "unchecked",
-            Self::Valid { .. } => "valid",
-            Self::Refused { .. } => "refused",
-            Self::Unreachable => "unreachable",
-        }
-    }
-
-    pub const LABELS: &'static [&'static str] = &["unchecked", "valid", "refused", "unreachable"];
-}
+use crate::outbound::circleci::CircleCiClient;
 
 /// The token's state, shared by the check and its readers.
 #[derive(Debug, Clone)]
@@ -74,7 +45,7 @@ impl TokenCheck {
         &self,
         client: &CircleCiClient,
         metrics: &Metrics,
-        calls: &mut Vec<super::CallRecord>,
+        calls: &mut Vec<CallRecord>,
     ) -> Option<String> {
         if let Some(id) = self.user_id() {
             return Some(id);
@@ -130,12 +101,13 @@ impl TokenCheck {
                     );
                     return;
                 }
-                Err(CircleError::Unauthorized(status)) => {
+                Err(e) if e.token_refused() || e.failure == Failure::NotFound => {
+                    let status = match e.failure {
+                        Failure::Unauthorized => 401,
+                        Failure::Forbidden => 403,
+                        _ => 404,
+                    };
                     self.refused(status, &metrics);
-                    return;
-                }
-                Err(CircleError::NotFound) => {
-                    self.refused(404, &metrics);
                     return;
                 }
                 Err(e) => {
