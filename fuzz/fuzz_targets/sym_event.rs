@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sym_circleci_approver::domain::event::{Event, EventKind};
+use sym_circleci_approver::domain::event::EventKind;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(event) = sym_circleci_approver::inbound::sym_event::parse(data) else {
