@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{standard_workflow, Fault, Inner, RecordedCall, Shared, DEFAULT_HOLD, TOKEN_USER_ID};
+use super::{
+    standard_workflow, FakeJob, Fault, Inner, RecordedCall, Shared, DEFAULT_HOLD, TOKEN_USER_ID,
+};
 
 #[derive(Deserialize)]
 pub(super) struct PageQuery {
@@ -24,7 +26,13 @@ fn message(status: StatusCode, text: &str) -> Response {
     (status, Json(json!({ "message": text }))).into_response()
 }
 
-/// Token check, fault injection and recording around one operation.
+/// Marks an approve's answer: the hold job was already approved when it was carried out.
+#[derive(Clone, Copy)]
+struct FoundApproved;
+
+/// Token check, fault injection and recording around one operation. `found_approved`: an
+/// approve whose hold job was already approved when it arrived.
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     shared: &Shared,
     headers: &HeaderMap,
@@ -32,6 +40,7 @@ async fn handle(
     method: &'static str,
     path: String,
     query: Option<String>,
+    found_approved: bool,
     act: impl FnOnce(&mut Inner) -> Response,
 ) -> Response {
     let token_ok = headers
@@ -39,18 +48,25 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == shared.token);
     let fault = if token_ok {
-        shared.take_fault(operation)
+        shared.take_fault(operation, &path)
     } else {
         None
     };
+    let mut found_approved = found_approved;
     let response = match (&fault, token_ok) {
         (_, false) => message(StatusCode::UNAUTHORIZED, "You must log in first."),
-        (Some(f), true) if !f.after_effect => fault_response(f),
-        (Some(f), true) => {
-            act(&mut shared.lock());
-            fault_response(f)
+        (Some(f), true) if !f.after_effect && f.status != 0 => fault_response(f),
+        (fault, true) => {
+            if let Some(delay) = fault.as_ref().and_then(|f| f.effect_delay) {
+                tokio::time::sleep(delay).await;
+            }
+            let done = act(&mut shared.lock());
+            found_approved = done.extensions().get::<FoundApproved>().is_some();
+            match fault {
+                Some(f) if f.status != 0 => fault_response(f),
+                _ => done,
+            }
         }
-        (None, true) => act(&mut shared.lock()),
     };
     let now = SystemTime::now();
     shared.record(RecordedCall {
@@ -65,6 +81,8 @@ async fn handle(
         unix_us: now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        fault: fault.as_ref().and_then(|f| f.label),
+        found_approved,
     });
     // The effect and the record above are done; only the answer is late (a client timeout
     // then leaves the outcome unknown to the caller, as with a real slow API).
@@ -106,6 +124,7 @@ pub(super) async fn list_jobs(
         "GET",
         path,
         raw_query,
+        false,
         |inner| {
             let Ok(workflow_id) = Uuid::try_parse(&id) else {
                 return message(StatusCode::NOT_FOUND, "Workflow not found");
@@ -156,6 +175,7 @@ pub(super) async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) ->
         "GET",
         "/api/v2/me".to_owned(),
         None,
+        false,
         |_| {
             Json(
                 json!({ "id": TOKEN_USER_ID, "login": "sym-approver-bot", "name": "Sym approver" }),
@@ -179,6 +199,7 @@ pub(super) async fn workflow(
         "GET",
         path,
         None,
+        false,
         |inner| {
             let Some((workflow_id, workflow)) = Uuid::try_parse(&id)
                 .ok()
@@ -217,35 +238,70 @@ pub(super) async fn approve(
     Path((id, approval_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let path = format!("/api/v2/workflow/{id}/approve/{approval_id}");
-    handle(&shared, &headers, "approve", "POST", path, None, |inner| {
-        let (Ok(workflow_id), Ok(approval_id)) =
-            (Uuid::try_parse(&id), Uuid::try_parse(&approval_id))
-        else {
-            return message(StatusCode::NOT_FOUND, "Not found");
-        };
-        let Some(job) = inner.workflows.get_mut(&workflow_id).and_then(|w| {
-            w.jobs.iter_mut().find(|j| {
-                j.job_type == "approval"
-                    && (j.approval_request_id == Some(approval_id)
-                        || (j.approval_request_id.is_none() && j.id == approval_id))
-            })
-        }) else {
-            return message(StatusCode::NOT_FOUND, "Not found");
-        };
-        if job.effective_status() != "on_hold" {
-            return message(StatusCode::BAD_REQUEST, "Job is not on hold.");
-        }
-        job.status = "success".to_owned();
-        job.on_hold_at = None;
-        job.approved_by = Some(TOKEN_USER_ID);
-        (
-            StatusCode::ACCEPTED,
-            Json(json!({ "message": "Accepted." })),
+    // Carried out in a task of its own: a caller that hangs up does not stop an approve that
+    // CircleCI has received (as with the real API).
+    let detached = tokio::spawn(async move {
+        let path = format!("/api/v2/workflow/{id}/approve/{approval_id}");
+        let target = Uuid::try_parse(&id)
+            .ok()
+            .zip(Uuid::try_parse(&approval_id).ok());
+        let found_approved = target.is_some_and(|(workflow_id, approval_id)| {
+            hold_job(&mut shared.lock(), workflow_id, approval_id)
+                .is_some_and(|job| job.effective_status() == "success")
+        });
+        handle(
+            &shared,
+            &headers,
+            "approve",
+            "POST",
+            path,
+            None,
+            found_approved,
+            |inner| {
+                let Some(job) = target.and_then(|(workflow_id, approval_id)| {
+                    hold_job(inner, workflow_id, approval_id)
+                }) else {
+                    return message(StatusCode::NOT_FOUND, "Not found");
+                };
+                match job.effective_status() {
+                    "on_hold" => {}
+                    "success" => {
+                        let mut refused = message(StatusCode::BAD_REQUEST, "Job is not on hold.");
+                        refused.extensions_mut().insert(FoundApproved);
+                        return refused;
+                    }
+                    _ => return message(StatusCode::BAD_REQUEST, "Job is not on hold."),
+                }
+                job.status = "success".to_owned();
+                job.on_hold_at = None;
+                job.approved_by = Some(TOKEN_USER_ID);
+                (
+                    StatusCode::ACCEPTED,
+                    Json(json!({ "message": "Accepted." })),
+                )
+                    .into_response()
+            },
         )
-            .into_response()
-    })
-    .await
+        .await
+    });
+    detached
+        .await
+        .unwrap_or_else(|_| message(StatusCode::INTERNAL_SERVER_ERROR, "fake CircleCI failed"))
+}
+
+/// The approval job an approve names (by `approval_request_id`, or by job id for a job
+/// without one).
+fn hold_job(inner: &mut Inner, workflow_id: Uuid, approval_id: Uuid) -> Option<&mut FakeJob> {
+    inner
+        .workflows
+        .get_mut(&workflow_id)?
+        .jobs
+        .iter_mut()
+        .find(|j| {
+            j.job_type == "approval"
+                && (j.approval_request_id == Some(approval_id)
+                    || (j.approval_request_id.is_none() && j.id == approval_id))
+        })
 }
 
 pub(super) async fn cancel(
@@ -254,24 +310,33 @@ pub(super) async fn cancel(
     headers: HeaderMap,
 ) -> Response {
     let path = format!("/api/v2/workflow/{id}/cancel");
-    handle(&shared, &headers, "cancel", "POST", path, None, |inner| {
-        let Some(workflow) = Uuid::try_parse(&id)
-            .ok()
-            .and_then(|id| inner.workflows.get_mut(&id))
-        else {
-            return message(StatusCode::NOT_FOUND, "Workflow not found");
-        };
-        for job in &mut workflow.jobs {
-            if job.status != "success" {
-                job.status = "canceled".to_owned();
-                job.on_hold_at = None;
+    handle(
+        &shared,
+        &headers,
+        "cancel",
+        "POST",
+        path,
+        None,
+        false,
+        |inner| {
+            let Some(workflow) = Uuid::try_parse(&id)
+                .ok()
+                .and_then(|id| inner.workflows.get_mut(&id))
+            else {
+                return message(StatusCode::NOT_FOUND, "Workflow not found");
+            };
+            for job in &mut workflow.jobs {
+                if job.status != "success" {
+                    job.status = "canceled".to_owned();
+                    job.on_hold_at = None;
+                }
             }
-        }
-        (
-            StatusCode::ACCEPTED,
-            Json(json!({ "message": "Accepted." })),
-        )
-            .into_response()
-    })
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "message": "Accepted." })),
+            )
+                .into_response()
+        },
+    )
     .await
 }
