@@ -262,12 +262,12 @@ pub struct Episode<K> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Probes {
     /// `deadline_edge`: the first approval is sent at the start, its hold job goes on hold
-    /// 1.5 s before that approval's `APPROVAL_TIMEOUT`, and the approve is carried out but
+    /// 4 s before that approval's `APPROVAL_TIMEOUT`, and the approve is carried out but
     /// never answered: the step's own limit cuts it off after the deadline.
     pub deadline_edge: bool,
     /// `second_approval`: the first approval is sent at the start while the hold job is not
     /// on hold; a second Sym approval (a new Sym event) comes halfway through the first's
-    /// `APPROVAL_TIMEOUT`; the hold job goes on hold 3 s after the first's deadline.
+    /// `APPROVAL_TIMEOUT`; the hold job goes on hold 5 s after the first's deadline.
     pub second_approval: bool,
     /// `ui_race`: when this workflow's approve gets a 503 (nothing done), someone clicks
     /// Approve in the CircleCI UI before the next step reads the job. Sent at this time.
@@ -332,14 +332,13 @@ impl Plan {
         }
         workflows.sort_by(|a, b| a.send_at.total_cmp(&b.send_at));
 
-        // CircleCI faults, each aimed at one workflow's next call of one operation around
-        // the time it is sent.
+        // CircleCI faults, each aimed at one workflow's next call of one operation, set up
+        // just before the workflow's approval is sent (so its first steps meet them).
         let faults = (count as f64 * CIRCLE_FAULTS_PER_WORKFLOW).round() as usize;
         let mut circleci = Vec::with_capacity(faults);
         for _ in 0..faults {
             let workflow = rng.below(count);
-            let at =
-                (workflows[workflow].send_at + rng.between(-0.5, 2.0)).clamp(0.0, chaos_secs - 0.5);
+            let at = (workflows[workflow].send_at - rng.between(0.1, 0.5)).max(0.0);
             let operation =
                 rng.weighted(&[(50, "list_jobs"), (15, "get_workflow"), (35, "approve")]);
             let kind = if operation == "approve" {

@@ -67,6 +67,8 @@ struct Ctx {
     faults: Mutex<BTreeMap<&'static str, usize>>,
     /// The probes' workflows and which probe each is.
     probes: Mutex<Vec<(Uuid, &'static str)>>,
+    /// True once the drain has begun (every fault of the chaos phase cleared).
+    draining: tokio::sync::watch::Sender<bool>,
     ids: Mutex<Rng>,
 }
 
@@ -231,20 +233,39 @@ async fn first_approval(ctx: &Ctx, workflow: Uuid) -> Option<f64> {
     }
 }
 
-/// The `deadline_edge` probe (see [`crate::plan::Probes`]).
+/// The `deadline_edge` probe (see [`crate::plan::Probes`]). The fake holds the job back by
+/// itself until its moment (no timer of this process to run late).
 async fn deadline_edge(ctx: Arc<Ctx>, workflow: Uuid) {
     let Some(accepted) = first_approval(&ctx, workflow).await else {
         eprintln!("chaos: probe deadline_edge void (its first approval was not accepted)");
         ctx.fake.set_job_status(workflow, HOLD, "on_hold");
         return;
     };
-    let deadline = accepted + ctx.plan.approval_timeout_secs;
-    tokio::time::sleep_until(ctx.at(deadline - 1.5)).await;
+    // `accepted` is when the delivery was sent: the task's deadline is no sooner.
+    let on_hold = accepted + ctx.plan.approval_timeout_secs - DEADLINE_EDGE_LEAD_SECS;
+    ctx.fake.hold_after(
+        workflow,
+        HOLD,
+        ctx.at(on_hold).saturating_duration_since(Instant::now()),
+    );
+    // The approve's fault, once the drain has cleared the chaos phase's (the hold job goes
+    // on hold well after that).
+    let _ = ctx
+        .draining
+        .subscribe()
+        .wait_for(|draining| *draining)
+        .await;
     ctx.fake
         .push_fault(lost_approve(workflow, "probe_deadline_edge"));
-    ctx.fake.set_job_status(workflow, HOLD, "on_hold");
     ctx.count("probe_deadline_edge");
 }
+
+/// How long before the deadline the `deadline_edge` hold job goes on hold: the step that
+/// sees it (polls come every second or so) starts at least 2.8 s before the deadline and is
+/// cut off 6.4 s after it starts, so after the deadline.
+const DEADLINE_EDGE_LEAD_SECS: f64 = 4.0;
+/// How long after the first approval's deadline the `second_approval` hold job goes on hold.
+const SECOND_APPROVAL_LAG_SECS: f64 = 5.0;
 
 /// The `second_approval` probe.
 async fn second_approval(ctx: Arc<Ctx>, workflow: Uuid) {
@@ -254,6 +275,13 @@ async fn second_approval(ctx: Arc<Ctx>, workflow: Uuid) {
         return;
     };
     let timeout = ctx.plan.approval_timeout_secs;
+    // The first approval was sent at `accepted`: its task's deadline comes no later than the
+    // hold job goes on hold, less the lag, measured from when the delivery got its answer.
+    ctx.fake.hold_after(
+        workflow,
+        HOLD,
+        Duration::from_secs_f64(timeout + SECOND_APPROVAL_LAG_SECS),
+    );
     tokio::time::sleep_until(ctx.at(accepted + timeout / 2.0)).await;
     let second = Event::new(&ctx, workflow);
     let replicas = round(ctx.plan.backend.replicas());
@@ -266,8 +294,7 @@ async fn second_approval(ctx: Arc<Ctx>, workflow: Uuid) {
     )
     .await;
     ctx.count("probe_second_approval");
-    tokio::time::sleep_until(ctx.at(accepted + timeout + 3.0)).await;
-    ctx.fake.set_job_status(workflow, HOLD, "on_hold");
+    tokio::time::sleep_until(ctx.at(accepted + timeout + SECOND_APPROVAL_LAG_SECS)).await;
 }
 
 /// The `ui_race` probe: the approve gets a 503 (nothing done), and someone clicks Approve
@@ -649,6 +676,7 @@ pub async fn run(seed: u64, backend: Backend, chaos_secs: f64) -> Outcome {
         deliveries: Mutex::default(),
         faults: Mutex::default(),
         probes: Mutex::default(),
+        draining: tokio::sync::watch::Sender::new(false),
         ids: Mutex::new(Rng::new(seed ^ 0x1d5_1d5)),
         plan: plan.clone(),
     });
@@ -709,6 +737,7 @@ pub async fn run(seed: u64, backend: Backend, chaos_secs: f64) -> Outcome {
 
     // Phase 2: drain, the faults off.
     fake.clear_faults();
+    ctx.draining.send_replace(true);
     supervisor.restore_all().await;
     if let Some(pg) = &pg {
         pg.proxy.restore();
