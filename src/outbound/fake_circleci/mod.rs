@@ -179,8 +179,9 @@ pub struct RecordedCall {
     /// The label of the injected fault this call hit, if any.
     pub fault: Option<&'static str>,
     /// An approve that reached a hold job already approved (when it was carried out, or when
-    /// it arrived if a fault kept it from being carried out).
-    pub found_approved: bool,
+    /// it arrived if a fault kept it from being carried out): who had approved it (the nil id
+    /// when the job does not say).
+    pub found_approved_by: Option<Uuid>,
 }
 
 #[derive(Default)]

@@ -26,12 +26,13 @@ fn message(status: StatusCode, text: &str) -> Response {
     (status, Json(json!({ "message": text }))).into_response()
 }
 
-/// Marks an approve's answer: the hold job was already approved when it was carried out.
+/// Marks an approve's answer: the hold job was already approved (by this user) when it was
+/// carried out.
 #[derive(Clone, Copy)]
-struct FoundApproved;
+struct FoundApproved(Uuid);
 
-/// Token check, fault injection and recording around one operation. `found_approved`: an
-/// approve whose hold job was already approved when it arrived.
+/// Token check, fault injection and recording around one operation. `found_approved_by`: an
+/// approve whose hold job was already approved when it arrived, and by whom.
 #[allow(clippy::too_many_arguments)]
 async fn handle(
     shared: &Shared,
@@ -40,7 +41,7 @@ async fn handle(
     method: &'static str,
     path: String,
     query: Option<String>,
-    found_approved: bool,
+    found_approved_by: Option<Uuid>,
     act: impl FnOnce(&mut Inner) -> Response,
 ) -> Response {
     let token_ok = headers
@@ -52,7 +53,7 @@ async fn handle(
     } else {
         None
     };
-    let mut found_approved = found_approved;
+    let mut found_approved_by = found_approved_by;
     let response = match (&fault, token_ok) {
         (_, false) => message(StatusCode::UNAUTHORIZED, "You must log in first."),
         (Some(f), true) if !f.after_effect && f.status != 0 => fault_response(f),
@@ -61,7 +62,7 @@ async fn handle(
                 tokio::time::sleep(delay).await;
             }
             let done = act(&mut shared.lock());
-            found_approved = done.extensions().get::<FoundApproved>().is_some();
+            found_approved_by = done.extensions().get::<FoundApproved>().map(|f| f.0);
             match fault {
                 Some(f) if f.status != 0 => fault_response(f),
                 _ => done,
@@ -82,7 +83,7 @@ async fn handle(
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
         fault: fault.as_ref().and_then(|f| f.label),
-        found_approved,
+        found_approved_by,
     });
     // The effect and the record above are done; only the answer is late (a client timeout
     // then leaves the outcome unknown to the caller, as with a real slow API).
@@ -124,7 +125,7 @@ pub(super) async fn list_jobs(
         "GET",
         path,
         raw_query,
-        false,
+        None,
         |inner| {
             let Ok(workflow_id) = Uuid::try_parse(&id) else {
                 return message(StatusCode::NOT_FOUND, "Workflow not found");
@@ -175,7 +176,7 @@ pub(super) async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) ->
         "GET",
         "/api/v2/me".to_owned(),
         None,
-        false,
+        None,
         |_| {
             Json(
                 json!({ "id": TOKEN_USER_ID, "login": "sym-approver-bot", "name": "Sym approver" }),
@@ -199,7 +200,7 @@ pub(super) async fn workflow(
         "GET",
         path,
         None,
-        false,
+        None,
         |inner| {
             let Some((workflow_id, workflow)) = Uuid::try_parse(&id)
                 .ok()
@@ -245,9 +246,10 @@ pub(super) async fn approve(
         let target = Uuid::try_parse(&id)
             .ok()
             .zip(Uuid::try_parse(&approval_id).ok());
-        let found_approved = target.is_some_and(|(workflow_id, approval_id)| {
+        let found_approved_by = target.and_then(|(workflow_id, approval_id)| {
             hold_job(&mut shared.lock(), workflow_id, approval_id)
-                .is_some_and(|job| job.effective_status() == "success")
+                .filter(|job| job.effective_status() == "success")
+                .map(|job| job.approved_by.unwrap_or_default())
         });
         handle(
             &shared,
@@ -256,7 +258,7 @@ pub(super) async fn approve(
             "POST",
             path,
             None,
-            found_approved,
+            found_approved_by,
             |inner| {
                 let Some(job) = target.and_then(|(workflow_id, approval_id)| {
                     hold_job(inner, workflow_id, approval_id)
@@ -267,7 +269,8 @@ pub(super) async fn approve(
                     "on_hold" => {}
                     "success" => {
                         let mut refused = message(StatusCode::BAD_REQUEST, "Job is not on hold.");
-                        refused.extensions_mut().insert(FoundApproved);
+                        let by = job.approved_by.unwrap_or_default();
+                        refused.extensions_mut().insert(FoundApproved(by));
                         return refused;
                     }
                     _ => return message(StatusCode::BAD_REQUEST, "Job is not on hold."),
@@ -317,7 +320,7 @@ pub(super) async fn cancel(
         "POST",
         path,
         None,
-        false,
+        None,
         |inner| {
             let Some(workflow) = Uuid::try_parse(&id)
                 .ok()
