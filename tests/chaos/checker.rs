@@ -5,7 +5,10 @@
 //!
 //! 1. every delivery answered 2xx ends with its hold job approved (a *lost approval*
 //!    otherwise, counted per workflow);
-//! 2. no approve call reaches a hold job that is already approved (a *duplicate approve call*);
+//! 2. no approve call reaches a hold job that is already approved (a *duplicate approve call*).
+//!    One that meets a hold job someone approved in the UI between the service's read and its
+//!    approve is a race with a person, not a second approve of the service's: counted apart,
+//!    not a violation;
 //! 3. the verdict agrees with CircleCI: `approved` exactly when the hold job was approved by
 //!    this service's token user (an approval clicked in the UI is not the service's);
 //! 4. no task is left pending.
@@ -74,7 +77,16 @@ pub struct ApproveCall {
     pub at: f64,
     pub status: u16,
     pub fault: Option<&'static str>,
-    pub found_approved: bool,
+    /// The hold job was already approved when this approve reached it, and by whom.
+    pub found_approved: Option<ApprovedBy>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovedBy {
+    /// The service's token user.
+    Service,
+    /// Anyone else (a click in the UI).
+    Other,
 }
 
 /// One task, as the audit API lists it.
@@ -131,6 +143,8 @@ pub struct Figures {
     pub deliveries_other: usize,
     pub lost_approvals: usize,
     pub duplicate_approve_calls: usize,
+    /// Approve calls that met a hold job approved in the UI meanwhile (not a violation).
+    pub approves_after_ui_approval: usize,
     pub verdict_mismatches: usize,
     pub pending_tasks: usize,
 }
@@ -189,7 +203,7 @@ pub fn check(h: &History) -> Report {
     let duplicates: Vec<&ApproveCall> = h
         .approve_calls
         .iter()
-        .filter(|c| c.found_approved)
+        .filter(|c| c.found_approved == Some(ApprovedBy::Service))
         .collect();
     for call in &duplicates {
         violations.push(Violation {
@@ -247,6 +261,11 @@ pub fn check(h: &History) -> Report {
             deliveries_other: h.deliveries.len() - deliveries_2xx,
             lost_approvals: lost,
             duplicate_approve_calls: duplicates.len(),
+            approves_after_ui_approval: h
+                .approve_calls
+                .iter()
+                .filter(|c| c.found_approved == Some(ApprovedBy::Other))
+                .count(),
             verdict_mismatches: mismatches,
             pending_tasks: pending.len(),
         },
@@ -279,10 +298,10 @@ pub fn story(h: &History, workflow: Uuid) -> String {
             c.at,
             c.status,
             c.fault.unwrap_or("-"),
-            if c.found_approved {
-                "FOUND THE HOLD JOB ALREADY APPROVED"
-            } else {
-                ""
+            match c.found_approved {
+                Some(ApprovedBy::Service) => "FOUND THE HOLD JOB ALREADY APPROVED BY THE SERVICE",
+                Some(ApprovedBy::Other) => "found the hold job approved in the UI",
+                None => "",
             }
         );
     }
@@ -310,7 +329,8 @@ impl fmt::Display for Figures {
         write!(
             f,
             "workflows {} | deliveries {} (2xx {}, other {}) | lost approvals {} | duplicate \
-             approve calls {} | verdict mismatches {} | pending tasks left {}",
+             approve calls {} | verdict mismatches {} | pending tasks left {} | approves that met \
+             a UI approval {}",
             self.workflows,
             self.deliveries,
             self.deliveries_2xx,
@@ -318,7 +338,8 @@ impl fmt::Display for Figures {
             self.lost_approvals,
             self.duplicate_approve_calls,
             self.verdict_mismatches,
-            self.pending_tasks
+            self.pending_tasks,
+            self.approves_after_ui_approval
         )
     }
 }
@@ -350,11 +371,11 @@ mod tests {
         }
     }
 
-    fn approve(id: Uuid, found_approved: bool) -> ApproveCall {
+    fn approve(id: Uuid, found_approved: Option<ApprovedBy>) -> ApproveCall {
         ApproveCall {
             workflow: id,
             at: 2.0,
-            status: if found_approved { 400 } else { 202 },
+            status: if found_approved.is_some() { 400 } else { 202 },
             fault: None,
             found_approved,
         }
@@ -375,7 +396,7 @@ mod tests {
         let history = History {
             workflows: vec![workflow(id, "success", true, "approved")],
             deliveries: vec![delivery(id, 503), delivery(id, 202), delivery(id, 200)],
-            approve_calls: vec![approve(id, false)],
+            approve_calls: vec![approve(id, None)],
             tasks: vec![task(id, "succeeded")],
             faults: BTreeMap::from([("kill9", 1)]),
         };
@@ -430,14 +451,29 @@ mod tests {
     }
 
     #[test]
-    fn an_approve_that_finds_the_hold_job_approved_is_a_duplicate_call() {
+    fn an_approve_that_finds_the_hold_job_approved_by_the_service_is_a_duplicate_call() {
         let (id, mut history) = clean();
-        history.approve_calls.push(approve(id, true));
+        history
+            .approve_calls
+            .push(approve(id, Some(ApprovedBy::Service)));
 
         let report = check(&history);
 
         assert_eq!(report.rules_broken(), vec![Rule::DuplicateApprove]);
         assert_eq!(report.figures.duplicate_approve_calls, 1);
+    }
+
+    #[test]
+    fn an_approve_that_meets_a_ui_approval_is_counted_but_no_violation() {
+        // Someone clicked Approve between the service's read and its approve.
+        let (id, mut history) = clean();
+        history.workflows[0] = workflow(id, "success", false, "not_approved");
+        history.approve_calls = vec![approve(id, Some(ApprovedBy::Other))];
+
+        let report = check(&history);
+
+        assert!(report.passed(), "{:?}", report.violations);
+        assert_eq!(report.figures.approves_after_ui_approval, 1);
     }
 
     #[test]
@@ -489,12 +525,14 @@ mod tests {
     #[test]
     fn the_story_of_a_workflow_shows_its_deliveries_calls_task_and_end() {
         let (id, mut history) = clean();
-        history.approve_calls.push(approve(id, true));
+        history
+            .approve_calls
+            .push(approve(id, Some(ApprovedBy::Service)));
 
         let story = story(&history, id);
 
         assert_eq!(story.matches("delivery").count(), 3);
-        assert!(story.contains("FOUND THE HOLD JOB ALREADY APPROVED"));
+        assert!(story.contains("FOUND THE HOLD JOB ALREADY APPROVED BY THE SERVICE"));
         assert!(story.contains("task     succeeded approved"));
         assert!(story.contains("verdict Ok(\"approved\")"));
     }

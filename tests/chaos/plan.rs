@@ -99,8 +99,8 @@ impl Backend {
     /// below checks it), each run short enough for CI.
     pub fn ci_seeds(self) -> &'static [u64] {
         match self {
-            Self::Sqlite => &[4, 5],
-            Self::Postgres => &[5, 8],
+            Self::Sqlite => &[1, 24],
+            Self::Postgres => &[12, 24],
         }
     }
 
@@ -170,6 +170,14 @@ impl CircleFaultKind {
             Self::LostApprove => "cci_lost_approve",
         }
     }
+}
+
+/// Someone clicks Approve in the CircleCI UI (if the hold job is still on hold).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UiClick {
+    pub at: f64,
+    /// Index into [`Plan::workflows`].
+    pub workflow: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -284,6 +292,7 @@ pub struct Plan {
     pub approval_timeout_secs: f64,
     pub workflows: Vec<WorkflowPlan>,
     pub circleci: Vec<CircleFault>,
+    pub ui_clicks: Vec<UiClick>,
     pub processes: Vec<Episode<ProcessFault>>,
     pub database: Vec<Episode<DbFault>>,
     pub probes: Probes,
@@ -293,10 +302,17 @@ pub struct Plan {
 const WORKFLOWS_PER_SEC: f64 = 2.0;
 /// Random CircleCI faults per normal workflow.
 const CIRCLE_FAULTS_PER_WORKFLOW: f64 = 0.8;
+/// Approvals clicked in the UI per normal workflow.
+const UI_CLICKS_PER_WORKFLOW: f64 = 0.1;
 
 impl Plan {
     pub fn new(seed: u64, backend: Backend, chaos_secs: f64) -> Self {
-        let mut rng = Rng::new(seed ^ backend_salt(backend));
+        // Each part draws from a stream of its own: a part added later (or drawing more)
+        // leaves the others' plans of every seed as they were.
+        let stream = |part: u64| {
+            Rng::new(seed ^ backend_salt(backend) ^ part.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        };
+        let mut rng = stream(1);
         let replicas = backend.replicas();
         let picks = |rng: &mut Rng| -> Vec<usize> {
             (0..MAX_ATTEMPTS).map(|_| rng.below(replicas)).collect()
@@ -334,6 +350,7 @@ impl Plan {
 
         // CircleCI faults, each aimed at one workflow's next call of one operation, set up
         // just before the workflow's approval is sent (so its first steps meet them).
+        let mut rng = stream(2);
         let faults = (count as f64 * CIRCLE_FAULTS_PER_WORKFLOW).round() as usize;
         let mut circleci = Vec::with_capacity(faults);
         for _ in 0..faults {
@@ -381,7 +398,22 @@ impl Plan {
         }
         circleci.sort_by(|a, b| a.at.total_cmp(&b.at));
 
+        // A few hold jobs approved in the UI, around when their Sym approval is worked on.
+        let mut rng = stream(3);
+        let clicks = (count as f64 * UI_CLICKS_PER_WORKFLOW).round() as usize;
+        let mut ui_clicks: Vec<UiClick> = (0..clicks)
+            .map(|_| {
+                let workflow = rng.below(count);
+                UiClick {
+                    at: workflows[workflow].send_at + rng.between(0.0, 1.5),
+                    workflow,
+                }
+            })
+            .collect();
+        ui_clicks.sort_by(|a, b| a.at.total_cmp(&b.at));
+
         // The process track: one episode at a time, each inside the chaos phase.
+        let mut rng = stream(4);
         let term_mid_approve = backend == Backend::Postgres;
         let mut processes = Vec::new();
         let mut at = 1.0;
@@ -422,6 +454,7 @@ impl Plan {
         }
 
         // The database track (PostgreSQL), after the term_mid_approve probe's window.
+        let mut rng = stream(5);
         let mut database = Vec::new();
         if backend == Backend::Postgres {
             let mut at = 1.0 + ProcessFault::TermMidApprove.budget() + 0.5;
@@ -452,6 +485,7 @@ impl Plan {
             }
         }
 
+        let mut rng = stream(6);
         let probes = Probes {
             deadline_edge: true,
             second_approval: true,
@@ -465,6 +499,7 @@ impl Plan {
             approval_timeout_secs: chaos_secs + SETTLE_SECS,
             workflows,
             circleci,
+            ui_clicks,
             processes,
             database,
             probes,
@@ -500,8 +535,9 @@ impl fmt::Display for Plan {
         }
         write!(
             f,
-            "  {} CircleCI faults aimed at workflows; ui_race sent at {:.2} s",
+            "  {} CircleCI faults aimed at workflows, {} UI clicks; ui_race sent at {:.2} s",
             self.circleci.len(),
+            self.ui_clicks.len(),
             self.probes.ui_race_at
         )
     }
@@ -561,6 +597,7 @@ mod tests {
                 assert!(plan.processes.len() <= 8 && plan.database.len() <= 10);
                 assert!(plan.circleci.len() <= plan.workflows.len());
                 assert!(plan.circleci.iter().all(|f| f.at < chaos));
+                assert!(plan.ui_clicks.iter().all(|c| c.at < chaos));
                 for w in &plan.workflows {
                     assert!(w.send_at < chaos - 1.9 && w.replicas.len() == MAX_ATTEMPTS);
                     assert!(w.replicas.iter().all(|r| *r < backend.replicas()));

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::checker::{self, Answer, ApproveCall, DeliveryRecord, History, HoldRecord};
+use crate::checker::{self, Answer, ApproveCall, ApprovedBy, DeliveryRecord, History, HoldRecord};
 use crate::checker::{Report, TaskRecord, WorkflowRecord};
 use crate::plan::{
     Backend, CircleFaultKind, DbFault, Plan, ProcessFault, RepeatKind, Rng, CIRCLECI_TIMEOUT_SECS,
@@ -39,7 +39,7 @@ const HOLD: &str = sym_circleci_approver::config::DEFAULT_HOLD_JOB_NAME;
 const PROJECT: &str = "gh/acme/api";
 const ADMIN_TOKEN: &str = "chaos-admin-token-7d3a9c51";
 const VERDICT_TOKEN: &str = "chaos-verdict-token-52b8e0f4";
-/// Who clicks Approve in the CircleCI UI in the `ui_race` probe.
+/// Who clicks Approve in the CircleCI UI.
 const UI_USER: Uuid = Uuid::from_u128(0x0b5e_55ed_0000_4000_8000_0000_0000_0042);
 /// One delivery attempt's time limit (a paused process never answers).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(4);
@@ -323,7 +323,7 @@ async fn ui_race(ctx: Arc<Ctx>, workflow: Uuid, until: Instant) {
         })
         .await;
     if hit && ctx.fake.approve_in_ui_if_on_hold(workflow, HOLD, UI_USER) {
-        ctx.count("ui_click");
+        ctx.count("probe_ui_race");
     }
     let _ = sending.await;
 }
@@ -370,6 +370,19 @@ struct Postgres {
     ctl: Option<PgCtl>,
     /// The run's database, straight (not through the proxy): the probe reads leases here.
     pool: sqlx::PgPool,
+    admin: String,
+    database: String,
+}
+
+impl Postgres {
+    /// Drops the run's database (best effort: a soak against a long-lived server).
+    async fn drop_database(&self) {
+        self.pool.close().await;
+        if let Ok(mut conn) = <sqlx::PgConnection as sqlx::Connection>::connect(&self.admin).await {
+            let drop = format!("DROP DATABASE IF EXISTS {}", self.database);
+            let _ = sqlx::Executor::execute(&mut conn, drop.as_str()).await;
+        }
+    }
 }
 
 /// The process track: one episode at a time.
@@ -568,7 +581,14 @@ async fn postgres(admin: &str, seed: u64) -> (Postgres, String) {
         .ok()
         .filter(|c| !c.trim().is_empty())
         .map(PgCtl);
-    (Postgres { proxy, ctl, pool }, through.to_string())
+    let pg = Postgres {
+        proxy,
+        ctl,
+        pool,
+        admin: admin.to_owned(),
+        database: name,
+    };
+    (pg, through.to_string())
 }
 
 /// The tasks, as the audit API lists them (every page).
@@ -720,6 +740,21 @@ pub async fn run(seed: u64, backend: Backend, chaos_secs: f64) -> Outcome {
             }
         });
     }
+    {
+        let ctx = Arc::clone(&ctx);
+        let normal = normal.clone();
+        tracks.spawn(async move {
+            for click in ctx.plan.ui_clicks.clone() {
+                tokio::time::sleep_until(ctx.at(click.at)).await;
+                if ctx
+                    .fake
+                    .approve_in_ui_if_on_hold(normal[click.workflow], HOLD, UI_USER)
+                {
+                    ctx.count("ui_click");
+                }
+            }
+        });
+    }
     tracks.spawn(process_track(
         Arc::clone(&ctx),
         Arc::clone(&supervisor),
@@ -792,7 +827,13 @@ pub async fn run(seed: u64, backend: Backend, chaos_secs: f64) -> Outcome {
                 at: (c.unix_ms - ctx.start_unix_ms) as f64 / 1000.0,
                 status: c.status,
                 fault: c.fault,
-                found_approved: c.found_approved,
+                found_approved: c.found_approved_by.map(|by| {
+                    if by == TOKEN_USER_ID {
+                        ApprovedBy::Service
+                    } else {
+                        ApprovedBy::Other
+                    }
+                }),
             })
         })
         .collect();
@@ -836,7 +877,7 @@ pub async fn run(seed: u64, backend: Backend, chaos_secs: f64) -> Outcome {
     );
     let _ = std::fs::write(dir.join("report.txt"), &text);
     if let Some(pg) = pg {
-        pg.pool.close().await;
+        pg.drop_database().await;
     }
     Outcome { report, text }
 }
