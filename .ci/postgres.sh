@@ -4,7 +4,8 @@
 #   .ci/postgres.sh                 install PostgreSQL if missing (Debian packages), start a
 #                                   throwaway cluster on 127.0.0.1, run `cargo test --test api`
 #                                   against it (a database per test), then the replica tests
-#                                   (two service processes on one database, PostgreSQL restarts)
+#                                   (two service processes on one database, PostgreSQL restarts),
+#                                   then the chaos suite's PostgreSQL seeds (three replicas)
 #   .ci/postgres.sh -- CMD ARGS…    the same throwaway cluster, but run CMD instead (with
 #                                   APPROVER_TEST_POSTGRES_URL and APPROVER_TEST_PG_CTL set)
 #
@@ -136,4 +137,8 @@ log "integration suite on PostgreSQL: cargo test --locked --test api"
 env -u APPROVER_TEST_PG_CTL cargo test --locked --test api -- --skip replicas::
 log "multi-replica tests (two processes, one database; PostgreSQL restarts)"
 cargo test --locked --test api replicas:: -- --test-threads=1
+# Three replicas under faults (pauses, kills, SIGTERMs, PostgreSQL restarts, network cuts
+# through the test's proxy, CircleCI faults), CI's fixed seeds; it restarts this server too.
+log "chaos suite on PostgreSQL: cargo test --locked --test chaos chaos_postgres"
+cargo test --locked --test chaos chaos_postgres -- --exact
 log "PostgreSQL run passed"

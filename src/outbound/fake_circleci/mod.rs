@@ -4,8 +4,10 @@
 //! It serves the endpoints this service calls (`/me`, a workflow, its jobs, approve,
 //! cancel), models reruns of a workflow, paginates job lists (two jobs a page by
 //! default, so a hold job is usually on a later page), checks the `Circle-Token` header,
-//! records every request, and can inject faults (status, `Retry-After`, delay, or "do it but
-//! answer an error", which models a lost response) and hold jobs that go on hold later.
+//! records every request, and can inject faults (status, `Retry-After`, delay, "do it but
+//! answer an error", which models a lost response, a slow right answer, or a request carried
+//! out late), each aimed at any request or one workflow's, and hold jobs that go on hold
+//! later. An approve that reaches a hold job already approved is recorded as such.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
@@ -92,14 +94,23 @@ pub const WORKFLOW_NAME: &str = "build-and-deploy";
 /// A fault to inject into the next matching request.
 #[derive(Debug, Clone, Default)]
 pub struct Fault {
+    /// The status answered; 0 answers what the request would get without a fault (a slow but
+    /// correct answer, with `delay`).
     pub status: u16,
     pub retry_after: Option<u64>,
     pub delay: Option<Duration>,
     /// Only for this operation (`list_jobs`, `approve`, `cancel`); any when None.
     pub operation: Option<&'static str>,
+    /// Only for requests about this workflow; any when None.
+    pub workflow: Option<Uuid>,
     /// Carry out the request, then answer with the fault (a lost response). A `delay` always
     /// comes after the request is carried out and recorded: only the answer is late.
     pub after_effect: bool,
+    /// Carry the request out only this long after it arrived (CircleCI processing slowly).
+    /// Approves are carried out even if the caller hangs up meanwhile.
+    pub effect_delay: Option<Duration>,
+    /// Recorded with the call this fault hit ([`RecordedCall::fault`]).
+    pub label: Option<&'static str>,
 }
 
 impl Fault {
@@ -129,6 +140,26 @@ impl Fault {
         self.after_effect = true;
         self
     }
+
+    /// The answer the request would get anyway, `delay` late.
+    pub fn slow(delay: Duration) -> Self {
+        Self::status(0).delayed(delay)
+    }
+
+    pub fn for_workflow(mut self, workflow: Uuid) -> Self {
+        self.workflow = Some(workflow);
+        self
+    }
+
+    pub fn effect_after(mut self, delay: Duration) -> Self {
+        self.effect_delay = Some(delay);
+        self
+    }
+
+    pub fn labelled(mut self, label: &'static str) -> Self {
+        self.label = Some(label);
+        self
+    }
 }
 
 /// One request the fake received.
@@ -145,6 +176,12 @@ pub struct RecordedCall {
     pub unix_ms: i64,
     /// The same moment in microseconds (latency measurements need better than a millisecond).
     pub unix_us: i64,
+    /// The label of the injected fault this call hit, if any.
+    pub fault: Option<&'static str>,
+    /// An approve that reached a hold job already approved (when it was carried out, or when
+    /// it arrived if a fault kept it from being carried out): who had approved it (the nil id
+    /// when the job does not say).
+    pub found_approved_by: Option<Uuid>,
 }
 
 #[derive(Default)]
@@ -191,12 +228,13 @@ impl Shared {
         self.changed.notify_waiters();
     }
 
-    fn take_fault(&self, operation: &str) -> Option<Fault> {
+    fn take_fault(&self, operation: &str, path: &str) -> Option<Fault> {
         let mut inner = self.lock();
-        let index = inner
-            .faults
-            .iter()
-            .position(|f| f.operation.is_none_or(|op| op == operation))?;
+        let index = inner.faults.iter().position(|f| {
+            f.operation.is_none_or(|op| op == operation)
+                && f.workflow
+                    .is_none_or(|w| path.contains(&format!("/workflow/{w}")))
+        })?;
         inner.faults.remove(index)
     }
 }
@@ -380,6 +418,45 @@ impl FakeCircleCi {
 
     pub fn push_fault(&self, fault: Fault) {
         self.shared.lock().faults.push_back(fault);
+    }
+
+    /// Drops every fault not injected yet.
+    pub fn clear_faults(&self) {
+        self.shared.lock().faults.clear();
+    }
+
+    /// A job of a workflow as it stands (its `approved_by`, say).
+    pub fn job(&self, workflow_id: Uuid, job_name: &str) -> Option<FakeJob> {
+        let inner = self.shared.lock();
+        let job = inner
+            .workflows
+            .get(&workflow_id)?
+            .jobs
+            .iter()
+            .find(|j| j.name == job_name)?;
+        Some(FakeJob {
+            status: job.effective_status().to_owned(),
+            ..job.clone()
+        })
+    }
+
+    /// [`Self::approve_in_ui`], only if the job is on hold now; true if it was.
+    pub fn approve_in_ui_if_on_hold(&self, workflow_id: Uuid, job_name: &str, user: Uuid) -> bool {
+        let mut inner = self.shared.lock();
+        let Some(job) = inner
+            .workflows
+            .get_mut(&workflow_id)
+            .and_then(|w| w.jobs.iter_mut().find(|j| j.name == job_name))
+        else {
+            return false;
+        };
+        if job.effective_status() != "on_hold" {
+            return false;
+        }
+        job.status = "success".to_owned();
+        job.on_hold_at = None;
+        job.approved_by = Some(user);
+        true
     }
 
     /// Makes a job report `blocked` for `delay` more, then `on_hold`.

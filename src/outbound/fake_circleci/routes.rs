@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{standard_workflow, Fault, Inner, RecordedCall, Shared, DEFAULT_HOLD, TOKEN_USER_ID};
+use super::{
+    standard_workflow, FakeJob, Fault, Inner, RecordedCall, Shared, DEFAULT_HOLD, TOKEN_USER_ID,
+};
 
 #[derive(Deserialize)]
 pub(super) struct PageQuery {
@@ -24,7 +26,14 @@ fn message(status: StatusCode, text: &str) -> Response {
     (status, Json(json!({ "message": text }))).into_response()
 }
 
-/// Token check, fault injection and recording around one operation.
+/// Marks an approve's answer: the hold job was already approved (by this user) when it was
+/// carried out.
+#[derive(Clone, Copy)]
+struct FoundApproved(Uuid);
+
+/// Token check, fault injection and recording around one operation. `found_approved_by`: an
+/// approve whose hold job was already approved when it arrived, and by whom.
+#[allow(clippy::too_many_arguments)]
 async fn handle(
     shared: &Shared,
     headers: &HeaderMap,
@@ -32,6 +41,7 @@ async fn handle(
     method: &'static str,
     path: String,
     query: Option<String>,
+    found_approved_by: Option<Uuid>,
     act: impl FnOnce(&mut Inner) -> Response,
 ) -> Response {
     let token_ok = headers
@@ -39,18 +49,25 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == shared.token);
     let fault = if token_ok {
-        shared.take_fault(operation)
+        shared.take_fault(operation, &path)
     } else {
         None
     };
+    let mut found_approved_by = found_approved_by;
     let response = match (&fault, token_ok) {
         (_, false) => message(StatusCode::UNAUTHORIZED, "You must log in first."),
-        (Some(f), true) if !f.after_effect => fault_response(f),
-        (Some(f), true) => {
-            act(&mut shared.lock());
-            fault_response(f)
+        (Some(f), true) if !f.after_effect && f.status != 0 => fault_response(f),
+        (fault, true) => {
+            if let Some(delay) = fault.as_ref().and_then(|f| f.effect_delay) {
+                tokio::time::sleep(delay).await;
+            }
+            let done = act(&mut shared.lock());
+            found_approved_by = done.extensions().get::<FoundApproved>().map(|f| f.0);
+            match fault {
+                Some(f) if f.status != 0 => fault_response(f),
+                _ => done,
+            }
         }
-        (None, true) => act(&mut shared.lock()),
     };
     let now = SystemTime::now();
     shared.record(RecordedCall {
@@ -65,6 +82,8 @@ async fn handle(
         unix_us: now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        fault: fault.as_ref().and_then(|f| f.label),
+        found_approved_by,
     });
     // The effect and the record above are done; only the answer is late (a client timeout
     // then leaves the outcome unknown to the caller, as with a real slow API).
@@ -106,6 +125,7 @@ pub(super) async fn list_jobs(
         "GET",
         path,
         raw_query,
+        None,
         |inner| {
             let Ok(workflow_id) = Uuid::try_parse(&id) else {
                 return message(StatusCode::NOT_FOUND, "Workflow not found");
@@ -156,6 +176,7 @@ pub(super) async fn me(State(shared): State<Arc<Shared>>, headers: HeaderMap) ->
         "GET",
         "/api/v2/me".to_owned(),
         None,
+        None,
         |_| {
             Json(
                 json!({ "id": TOKEN_USER_ID, "login": "sym-approver-bot", "name": "Sym approver" }),
@@ -178,6 +199,7 @@ pub(super) async fn workflow(
         "get_workflow",
         "GET",
         path,
+        None,
         None,
         |inner| {
             let Some((workflow_id, workflow)) = Uuid::try_parse(&id)
@@ -217,35 +239,72 @@ pub(super) async fn approve(
     Path((id, approval_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let path = format!("/api/v2/workflow/{id}/approve/{approval_id}");
-    handle(&shared, &headers, "approve", "POST", path, None, |inner| {
-        let (Ok(workflow_id), Ok(approval_id)) =
-            (Uuid::try_parse(&id), Uuid::try_parse(&approval_id))
-        else {
-            return message(StatusCode::NOT_FOUND, "Not found");
-        };
-        let Some(job) = inner.workflows.get_mut(&workflow_id).and_then(|w| {
-            w.jobs.iter_mut().find(|j| {
-                j.job_type == "approval"
-                    && (j.approval_request_id == Some(approval_id)
-                        || (j.approval_request_id.is_none() && j.id == approval_id))
-            })
-        }) else {
-            return message(StatusCode::NOT_FOUND, "Not found");
-        };
-        if job.effective_status() != "on_hold" {
-            return message(StatusCode::BAD_REQUEST, "Job is not on hold.");
-        }
-        job.status = "success".to_owned();
-        job.on_hold_at = None;
-        job.approved_by = Some(TOKEN_USER_ID);
-        (
-            StatusCode::ACCEPTED,
-            Json(json!({ "message": "Accepted." })),
+    // Carried out in a task of its own: a caller that hangs up does not stop an approve that
+    // CircleCI has received (as with the real API).
+    let detached = tokio::spawn(async move {
+        let path = format!("/api/v2/workflow/{id}/approve/{approval_id}");
+        let target = Uuid::try_parse(&id)
+            .ok()
+            .zip(Uuid::try_parse(&approval_id).ok());
+        let found_approved_by = target.and_then(|(workflow_id, approval_id)| {
+            hold_job(&mut shared.lock(), workflow_id, approval_id)
+                .filter(|job| job.effective_status() == "success")
+                .map(|job| job.approved_by.unwrap_or_default())
+        });
+        handle(
+            &shared,
+            &headers,
+            "approve",
+            "POST",
+            path,
+            None,
+            found_approved_by,
+            |inner| {
+                let Some(job) = target.and_then(|(workflow_id, approval_id)| {
+                    hold_job(inner, workflow_id, approval_id)
+                }) else {
+                    return message(StatusCode::NOT_FOUND, "Not found");
+                };
+                match job.effective_status() {
+                    "on_hold" => {}
+                    "success" => {
+                        let mut refused = message(StatusCode::BAD_REQUEST, "Job is not on hold.");
+                        let by = job.approved_by.unwrap_or_default();
+                        refused.extensions_mut().insert(FoundApproved(by));
+                        return refused;
+                    }
+                    _ => return message(StatusCode::BAD_REQUEST, "Job is not on hold."),
+                }
+                job.status = "success".to_owned();
+                job.on_hold_at = None;
+                job.approved_by = Some(TOKEN_USER_ID);
+                (
+                    StatusCode::ACCEPTED,
+                    Json(json!({ "message": "Accepted." })),
+                )
+                    .into_response()
+            },
         )
-            .into_response()
-    })
-    .await
+        .await
+    });
+    detached
+        .await
+        .unwrap_or_else(|_| message(StatusCode::INTERNAL_SERVER_ERROR, "fake CircleCI failed"))
+}
+
+/// The approval job an approve names (by `approval_request_id`, or by job id for a job
+/// without one).
+fn hold_job(inner: &mut Inner, workflow_id: Uuid, approval_id: Uuid) -> Option<&mut FakeJob> {
+    inner
+        .workflows
+        .get_mut(&workflow_id)?
+        .jobs
+        .iter_mut()
+        .find(|j| {
+            j.job_type == "approval"
+                && (j.approval_request_id == Some(approval_id)
+                    || (j.approval_request_id.is_none() && j.id == approval_id))
+        })
 }
 
 pub(super) async fn cancel(
@@ -254,24 +313,33 @@ pub(super) async fn cancel(
     headers: HeaderMap,
 ) -> Response {
     let path = format!("/api/v2/workflow/{id}/cancel");
-    handle(&shared, &headers, "cancel", "POST", path, None, |inner| {
-        let Some(workflow) = Uuid::try_parse(&id)
-            .ok()
-            .and_then(|id| inner.workflows.get_mut(&id))
-        else {
-            return message(StatusCode::NOT_FOUND, "Workflow not found");
-        };
-        for job in &mut workflow.jobs {
-            if job.status != "success" {
-                job.status = "canceled".to_owned();
-                job.on_hold_at = None;
+    handle(
+        &shared,
+        &headers,
+        "cancel",
+        "POST",
+        path,
+        None,
+        None,
+        |inner| {
+            let Some(workflow) = Uuid::try_parse(&id)
+                .ok()
+                .and_then(|id| inner.workflows.get_mut(&id))
+            else {
+                return message(StatusCode::NOT_FOUND, "Workflow not found");
+            };
+            for job in &mut workflow.jobs {
+                if job.status != "success" {
+                    job.status = "canceled".to_owned();
+                    job.on_hold_at = None;
+                }
             }
-        }
-        (
-            StatusCode::ACCEPTED,
-            Json(json!({ "message": "Accepted." })),
-        )
-            .into_response()
-    })
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "message": "Accepted." })),
+            )
+                .into_response()
+        },
+    )
     .await
 }
