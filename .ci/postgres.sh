@@ -140,5 +140,5 @@ cargo test --locked --test api replicas:: -- --test-threads=1
 # Three replicas under faults (pauses, kills, SIGTERMs, PostgreSQL restarts, network cuts
 # through the test's proxy, CircleCI faults), CI's fixed seeds; it restarts this server too.
 log "chaos suite on PostgreSQL: cargo test --locked --test chaos chaos_postgres"
-cargo test --locked --test chaos chaos_postgres -- --exact
+cargo test --locked --test chaos chaos_postgres -- --exact --ignored
 log "PostgreSQL run passed"

@@ -113,12 +113,16 @@ async fn run_seeds(backend: Backend) {
     );
 }
 
+// The runs take minutes: CI runs them on their own (`.ci/run`, `.ci/postgres.sh`), so the
+// README's `cargo test` keeps its pace; the checker, plan and proxy tests above run in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a chaos run: cargo test --test chaos chaos_sqlite -- --ignored (CI runs it)"]
 async fn chaos_sqlite() {
     run_seeds(Backend::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a chaos run: .ci/postgres.sh -- cargo test --test chaos chaos_postgres -- --ignored"]
 async fn chaos_postgres() {
     match std::env::var("APPROVER_TEST_POSTGRES_URL") {
         Ok(url) if !url.is_empty() => run_seeds(Backend::Postgres).await,
