@@ -134,7 +134,10 @@ impl Application {
             oidc,
             config.gates.gate_token.as_ref().map(BearerToken::new),
             config.verdict_token.as_ref().map(BearerToken::new),
-            WorkflowLookups::new(circleci.clone()),
+            WorkflowLookups::new(circleci.clone(), {
+                let metrics = metrics.clone();
+                Arc::new(move |call| metrics.circleci_call(call))
+            }),
             config.worker.allowed_projects.clone(),
             metrics.clone(),
         );

@@ -23,6 +23,7 @@ pub const DELIVERY_OUTCOMES: &[&str] = &[
     "queued",
     "duplicate",
     "ignored",
+    "bound",
     "rejected_signature",
     "rejected_invalid_body",
     "rejected_invalid_workflow_id",

@@ -87,7 +87,11 @@ pub async fn register(
         "hold_job_name": hold_job,
     });
     match state.store.register_gate(&gate).await? {
-        Registered::Created => {
+        Registered::Created { evicted } => {
+            if evicted {
+                state.metrics.gate_refused();
+                tracing::warn!(workflow_id = %workflow, hold_job = %hold_job, "an earlier gate named this gate's Sym run, which Sym bound here: that gate is closed (run_bound_elsewhere)");
+            }
             tracing::info!(workflow_id = %workflow, sym_run_id = %registration.sym_run_id, hold_job = %hold_job, "gate registered");
             state.reconciler_wake.notify_one();
             Ok((StatusCode::CREATED, Json(with_status(answer, "registered"))))

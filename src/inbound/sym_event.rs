@@ -326,6 +326,8 @@ mod tests {
             "acme:run:ci-approval:1.0.0:a:b",
             "acme:run:ci-approval:1.0.0:a/b",
             "acme:run::1.0.0:x",
+            "acme:run:flow:1.0:x",
+            "acme:run:flow:newest:x",
             "nonsense",
             "",
         ] {

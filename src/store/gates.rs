@@ -22,8 +22,9 @@ use crate::domain::task::{DeliveryStatus, NewTask, TaskAction};
 /// What registering a gate did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registered {
-    /// A new gate.
-    Created,
+    /// A new gate; `evicted`: it took its run from a gate registered for it earlier, which
+    /// Sym's binding says is not the run's (that gate is closed, `run_bound_elsewhere`).
+    Created { evicted: bool },
     /// The same gate (same workflow, hold job and run) was already registered.
     Same,
     /// Refused; nothing was written. The reason names no run and no other workflow.
@@ -143,11 +144,9 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(outcome);
             }
-            if bound_here {
-                // Another gate squats this run (registered before Sym's binding arrived): the
-                // run is this gate's, so that one is refused and lets go of it.
-                evict_squatter(&mut tx, &key, now).await?;
-            }
+            // Another gate may squat this run (registered before Sym's binding arrived): the
+            // run is this gate's, so that one is refused and lets go of it.
+            let evicted = bound_here && evict_squatter(&mut tx, &key, now).await?;
             let inserted = sqlx::query(
                 "INSERT INTO gates (workflow_id, hold_job_name, sym_run_id, run_key, status, \
                  created_at, next_poll_at, pipeline_id, project_slug) \
@@ -164,7 +163,7 @@ impl Store {
             .execute(&mut *tx)
             .await;
             let outcome = match inserted {
-                Ok(_) => Registered::Created,
+                Ok(_) => Registered::Created { evicted },
                 // The run is another gate's (or a concurrent registration won the race).
                 Err(e) if is_unique_violation(&e) => {
                     tx.rollback().await?;
@@ -473,30 +472,6 @@ impl Store {
         .await?;
         rows.iter().map(view_from_row).collect()
     }
-
-    /// The pipeline a workflow's registration proved, if one did.
-    pub async fn known_pipeline(&self, workflow: WorkflowId) -> Result<Option<String>, StoreError> {
-        self.bounded(async {
-            let gate: Option<String> = sqlx::query_scalar(
-                "SELECT pipeline_id FROM gates WHERE workflow_id = $1 AND pipeline_id IS NOT NULL \
-                 LIMIT 1",
-            )
-            .bind(workflow.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-            if gate.is_some() {
-                return Ok(gate);
-            }
-            Ok(sqlx::query_scalar(
-                "SELECT pipeline_id FROM tasks WHERE workflow_id = $1 AND pipeline_id IS NOT NULL \
-                 LIMIT 1",
-            )
-            .bind(workflow.to_string())
-            .fetch_optional(&self.pool)
-            .await?)
-        })
-        .await
-    }
 }
 
 /// Refuses the gate that holds run `key` though Sym bound the run to another gate: closed,
@@ -505,8 +480,8 @@ async fn evict_squatter(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     key: &str,
     now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
         "UPDATE gates SET status = CASE WHEN status = 'open' THEN $2 ELSE status END, \
          closed_at = COALESCE(closed_at, $3), problem = $4, \
          detail = 'refused: Sym signed that its run was requested for another workflow or hold \
@@ -520,7 +495,7 @@ async fn evict_squatter(
     .bind(GateProblem::RunBoundElsewhere.as_str())
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() > 0)
 }
 
 fn view_from_row(row: &AnyRow) -> Result<GateView, StoreError> {

@@ -21,6 +21,7 @@ use crate::domain::binding::{self, run_key, BindingCheck, BindingSource, RunBind
 use crate::domain::gate::{self, ApprovalPath, CloseReason, GateDecision, GateProblem, GateStatus};
 use crate::domain::ids::{LeaseToken, WorkflowId};
 use crate::domain::task::{NewTask, OnDeny, TaskAction, TaskRules};
+use crate::domain::upstream::Failure;
 use crate::metrics::Metrics;
 use crate::outbound::sym_api::SymApiClient;
 use crate::store::{ClaimedGate, GateEnd, Store, StoreError};
@@ -161,6 +162,10 @@ impl Reconciler {
                 .await;
         }
         let result = self.sym.run(&gate.sym_run_id).await;
+        // Any answer but a refused token ends a pause (a 5xx says nothing against the token).
+        if !matches!(&result, Err(e) if e.failure == Failure::Unauthorized) {
+            self.token_works();
+        }
         let mut bound_to = bound_to;
         if let (None, Ok(info)) = (&bound_to, &result) {
             // Sym's own answer for the run carries the request's fields: that binds it too.
@@ -198,9 +203,6 @@ impl Reconciler {
         run_status: &str,
     ) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
-        if !matches!(decision, GateDecision::TokenRefused { .. }) && run_status != "unknown" {
-            self.token_works();
-        }
         let new_task = |action: TaskAction| NewTask {
             action,
             workflow_id: gate.workflow_id,

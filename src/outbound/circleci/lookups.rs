@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::CircleCiClient;
 use crate::domain::ids::WorkflowId;
-use crate::domain::upstream::{Failure, UpstreamError};
+use crate::domain::upstream::{CallRecord, Failure, UpstreamError};
 use crate::domain::workflow::{HoldJob, WorkflowInfo};
 
 /// Spacing between two lookups: five a second at most in any second, with room for the
@@ -117,10 +117,14 @@ impl<K: std::hash::Hash + Eq + Clone, T: Clone> Memo<K, T> {
     }
 }
 
+/// Told of every CircleCI call a lookup makes (the metrics count them with the others).
+pub type CallObserver = Arc<dyn Fn(&CallRecord) + Send + Sync>;
+
 /// The rate-limited, remembering lookups. Cheap to clone.
 #[derive(Clone)]
 pub struct WorkflowLookups {
     client: CircleCiClient,
+    observe: CallObserver,
     next_slot: Arc<std::sync::Mutex<Instant>>,
     workflows: Arc<Memo<WorkflowId, WorkflowInfo>>,
     holds: Arc<Memo<(WorkflowId, String), HoldJob>>,
@@ -133,9 +137,10 @@ impl std::fmt::Debug for WorkflowLookups {
 }
 
 impl WorkflowLookups {
-    pub fn new(client: CircleCiClient) -> Self {
+    pub fn new(client: CircleCiClient, observe: CallObserver) -> Self {
         Self {
             client,
+            observe,
             next_slot: Arc::new(std::sync::Mutex::new(Instant::now())),
             workflows: Arc::new(Memo::new()),
             holds: Arc::new(Memo::new()),
@@ -170,7 +175,9 @@ impl WorkflowLookups {
         }
         self.turn().await?;
         let mut calls = Vec::with_capacity(1);
-        let answer = match self.client.workflow_info(id, &mut calls).await {
+        let result = self.client.workflow_info(id, &mut calls).await;
+        calls.iter().for_each(|c| (self.observe)(c));
+        let answer = match result {
             Ok(info) => Ok(Some(info)),
             Err(e) if e.failure == Failure::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -197,11 +204,12 @@ impl WorkflowLookups {
         }
         self.turn().await?;
         let mut calls = Vec::new();
-        let answer = match self
+        let result = self
             .client
             .workflow_view(id, hold_job_name, &mut calls)
-            .await
-        {
+            .await;
+        calls.iter().for_each(|c| (self.observe)(c));
+        let answer = match result {
             Ok(view) => Ok(view.hold),
             Err(e) if e.failure == Failure::NotFound => Ok(None),
             Err(e) => Err(e),
