@@ -103,7 +103,16 @@ pub fn run_id_from_srn(srn: &str) -> Option<String> {
     if parts.len() != identifier_at + 1 {
         return None;
     }
-    if !parts[..identifier_at - 1].iter().all(|p| slug_like(p)) {
+    // VERSION: "latest" or a semver of at most three digits a part (the SDK's pattern).
+    let version_like = |p: &str| {
+        p == "latest"
+            || (p.split('.').count() == 3
+                && p.split('.')
+                    .all(|n| (1..=3).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit())))
+    };
+    if !parts[..identifier_at - 1].iter().all(|p| slug_like(p))
+        || !version_like(parts[identifier_at - 1])
+    {
         return None;
     }
     let identifier = parts[identifier_at];
