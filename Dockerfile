@@ -73,10 +73,12 @@ ENV RUSTFLAGS="-C target-feature=+crt-static" \
 # 1) Dependencies only, against placeholder sources: this layer is reused until Cargo.toml or
 #    Cargo.lock change, so editing src/ does not recompile the dependency tree.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY crates ./crates
+RUN mkdir -p src/bin/approver-dev \
  && echo 'fn main() {}' > src/main.rs \
+ && echo 'fn main() {}' > src/bin/approver-dev/main.rs \
  && touch src/lib.rs \
- && cargo build --release --locked --target "${CARGO_TARGET}" \
+ && cargo build --release --locked --target "${CARGO_TARGET}" --bin sym-circleci-approver \
  && rm -rf src
 
 # 2) The real sources. sqlx::migrate! embeds migrations/ at compile time. COPY keeps the files'
@@ -86,7 +88,7 @@ COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 RUN find src migrations build.rs -type f -exec touch {} + \
- && cargo build --release --locked --target "${CARGO_TARGET}" \
+ && cargo build --release --locked --target "${CARGO_TARGET}" --bin sym-circleci-approver \
  && mkdir -p /out/data \
  && cp "target/${CARGO_TARGET}/release/sym-circleci-approver" /out/ \
  && chown 10001:10001 /out/data

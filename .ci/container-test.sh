@@ -8,7 +8,7 @@
 #   - builds the binary statically on the host (or takes APPROVER_BIN) and checks it is static;
 #   - builds the image through the Dockerfile's `prebuilt` stage (nothing is pulled) and checks
 #     its size (<= 25 MB) and its configured user;
-#   - starts a fake CircleCI on the host (the binary's hidden `fake-circleci` subcommand);
+#   - starts a fake CircleCI on the host (`approver-dev fake-circleci`, built beside the binary);
 #   - runs the container --read-only, non-root, with a named data volume, the webhook secret as an
 #     environment variable and the CircleCI token as a mounted secret file (CIRCLECI_TOKEN_FILE);
 #   - waits for Docker to report it healthy (<= 30 s);
@@ -22,11 +22,12 @@
 #
 # Environment:
 #   APPROVER_BIN   use this static binary instead of running cargo (e.g. a binary CI built already)
+#   APPROVER_DEV_BIN  the developer binary for the fake CircleCI (default: approver-dev beside it)
 #   IMAGE          tag for the test image (default sym-circleci-approver:container-test)
 #   KEEP_IMAGE=1   keep the image afterwards (default: removed)
 #   STOP_GRACE     seconds `docker stop` waits before SIGKILL (default 10, Docker's default)
 #
-# Assumed CLI of the binary (the service's contract):
+# Assumed CLI of the binaries (the service's contract; fake-circleci is approver-dev's):
 #   gen-secret                      prints whsec_<base64>
 #   send-event --url U --type approve --workflow-id W --event-id E --webhook-id M
 #                                   signs with SYM_WEBHOOK_SECRET, posts, prints the HTTP status
@@ -125,6 +126,10 @@ else
   BIN="${CARGO_TARGET_DIR:-${REPO}/target}/${TARGET_TRIPLE}/release/sym-circleci-approver"
 fi
 [ -x "${BIN}" ] || abort "no executable binary at ${BIN}"
+# The fake CircleCI runs on the host from the developer binary built beside it (the service
+# binary in the image carries no test double).
+DEV_BIN="${APPROVER_DEV_BIN:-$(dirname "${BIN}")/approver-dev}"
+[ -x "${DEV_BIN}" ] || abort "no executable developer binary at ${DEV_BIN} (cargo build --release builds it)"
 
 file_out="$(file -b "${BIN}")"
 ldd_out="$(ldd "${BIN}" 2>&1 || true)"
@@ -190,8 +195,8 @@ fi
 listen_ip="${gateway:-0.0.0.0}"
 FAKE_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')"
 
-# HIDDEN SUBCOMMAND of the service binary (`fake-circleci`): see the contract in the header.
-"${BIN}" fake-circleci --listen "${listen_ip}:${FAKE_PORT}" --workflow-id "${WORKFLOW_ID}" \
+# The developer binary's `fake-circleci`: see the contract in the header.
+"${DEV_BIN}" fake-circleci --listen "${listen_ip}:${FAKE_PORT}" --workflow-id "${WORKFLOW_ID}" \
   --token "${CIRCLE_TOKEN}" --calls-file "${CALLS}" >"${WORK}/fake-circleci.log" 2>&1 &
 FAKE_PID=$!
 probe_ip="${listen_ip/0.0.0.0/127.0.0.1}"

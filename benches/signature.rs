@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sym_circleci_approver::signature::{Verifier, WebhookSecret};
+use sym_circleci_approver::inbound::signature::{Verifier, WebhookSecret};
 
 const NOW: i64 = 1_700_000_000;
 const TIMESTAMP: &str = "1700000000";

@@ -20,7 +20,6 @@ use crate::outbound::urls::secure_base_url;
 use crate::store::StoreOptions;
 
 pub const DEFAULT_CIRCLECI_API_URL: &str = "https://circleci.com/api/v2";
-pub const DEFAULT_HOLD_JOB_NAME: &str = "wait_for_sym_approval";
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/approver.db";
 
 /// A configuration error; the message names the variable and never holds a secret value.

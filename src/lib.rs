@@ -26,6 +26,3 @@ pub mod outbound;
 pub mod store;
 pub mod telemetry;
 pub mod worker;
-
-pub use inbound::{signature, sym_event};
-pub use outbound::fake_circleci;

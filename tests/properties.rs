@@ -12,7 +12,7 @@ use base64::Engine as _;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use sym_circleci_approver::domain::event::EventKind;
-use sym_circleci_approver::signature::{
+use sym_circleci_approver::inbound::signature::{
     signature_candidates, SignatureError, Verifier, WebhookSecret, MAX_SIGNATURES,
     MAX_WEBHOOK_ID_LEN, TAG_LEN,
 };

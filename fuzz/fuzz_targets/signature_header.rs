@@ -8,7 +8,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use libfuzzer_sys::fuzz_target;
-use sym_circleci_approver::signature::{signature_candidates, MAX_SIGNATURES, TAG_LEN};
+use sym_circleci_approver::inbound::signature::{signature_candidates, MAX_SIGNATURES, TAG_LEN};
 
 /// The straightforward, allocating reading the parser replaced.
 fn reference(header: &str) -> Vec<Vec<u8>> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use sym_circleci_approver::signature::{
+use sym_circleci_approver::inbound::signature::{
     SignatureError, Verifier, WebhookSecret, MAX_SIGNATURES, MAX_WEBHOOK_ID_LEN,
 };
 

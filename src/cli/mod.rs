@@ -1,8 +1,6 @@
 //! The command line: each subcommand's arguments and body in its own file, each returning
 //! the process exit code. `main` parses [`Cli`] and calls [`run`].
 
-mod demo;
-mod fake_circleci;
 mod healthcheck;
 pub mod send_event;
 pub mod serve;
@@ -24,7 +22,8 @@ use crate::inbound::signature::WebhookSecret;
     about = "Approves CircleCI hold jobs when the matching Sym request is approved.",
     long_about = "Receives Sym's signed after_approve events (Standard Webhooks), stores them \
 durably, and approves the workflow's hold job through the CircleCI API v2.\n\n\
-Start with `sym-circleci-approver demo` to see the whole flow against a built-in fake CircleCI."
+To see the whole flow against a built-in fake CircleCI, run `cargo run --release -- demo` in a \
+checkout (the developer binary, approver-dev)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -39,15 +38,10 @@ pub enum Command {
     GenSecret,
     /// Sign a Sym-shaped event and post it to a running service (smoke test).
     SendEvent(send_event::SendEventArgs),
-    /// Run the whole approval flow locally against a built-in fake CircleCI.
-    Demo,
     /// In the deploy job: succeed only if this service approved the workflow's hold job.
     Verify(verify::VerifyArgs),
     /// Check the running service's /healthz (exit 0 healthy, 1 not); for container HEALTHCHECKs.
     Healthcheck(healthcheck::HealthcheckArgs),
-    /// Run the built-in fake CircleCI API (for container tests).
-    #[command(hide = true)]
-    FakeCircleci(fake_circleci::FakeCircleciArgs),
 }
 
 /// Exit code for configuration errors (as sysexits' EX_CONFIG).
@@ -61,9 +55,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::SendEvent(args) => send_event::run(&args).await,
-        Command::Demo => demo::run().await,
         Command::Healthcheck(args) => healthcheck::run(&args).await,
         Command::Verify(args) => verify::run(&args).await,
-        Command::FakeCircleci(args) => fake_circleci::run(args).await,
     }
 }

@@ -19,9 +19,9 @@ use crate::config::{
     config_error, default_oidc_issuer, parse_api_url, parse_duration, positive, read_secret,
     secure_url_setting, Config, ConfigError, GateConfig, HttpConfig, LogFormat, OidcConfig, OnDeny,
     RetryPolicy, SymApiConfig, WorkerConfig, DEFAULT_CIRCLECI_API_URL, DEFAULT_DATABASE_URL,
-    DEFAULT_HOLD_JOB_NAME, DEFAULT_SYM_API_URL,
+    DEFAULT_SYM_API_URL,
 };
-use crate::domain::task::TaskRules;
+use crate::domain::task::{TaskRules, DEFAULT_HOLD_JOB_NAME};
 use crate::inbound::signature::{Verifier, WebhookSecret};
 use crate::outbound::circleci::CircleCiSettings;
 use crate::store::{Backend, StoreOptions};

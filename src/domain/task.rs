@@ -11,6 +11,9 @@ use crate::domain::binding::{run_key, BindingSource, RunBinding};
 use crate::domain::event::{Event, EventKind};
 use crate::domain::ids::WorkflowId;
 
+/// The approval job this service releases unless told another (`HOLD_JOB_NAMES`' default).
+pub const DEFAULT_HOLD_JOB_NAME: &str = "wait_for_sym_approval";
+
 /// What a task does at CircleCI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TaskAction {
@@ -157,7 +160,7 @@ impl TaskRules {
     pub fn default_hold_job(&self) -> &str {
         self.hold_job_names
             .first()
-            .map_or(crate::config::DEFAULT_HOLD_JOB_NAME, String::as_str)
+            .map_or(DEFAULT_HOLD_JOB_NAME, String::as_str)
     }
 
     /// The hold job an event names: its `hold_job_name` if listed, else the default.

@@ -1,8 +1,6 @@
-//! What this service calls: CircleCI API v2, and the fake CircleCI that `demo` and the tests
-//! run against.
+//! What this service calls: CircleCI API v2, Sym's API and CircleCI's OIDC issuer, through
+//! one HTTP client core; the wire formats are read here and nowhere else.
 pub mod circleci;
-pub mod fake_circleci;
-pub mod fake_sym;
 pub mod http_client;
 pub mod oidc_keys;
 pub mod sym_api;

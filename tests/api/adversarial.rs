@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use sym_circleci_approver::fake_circleci::{FakeCircleCi, Fault};
+use approver_test_support::fake_circleci::{FakeCircleCi, Fault};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -21,7 +21,7 @@ struct Target {
     process: Running,
     addr: std::net::SocketAddr,
     fake: FakeCircleCi,
-    secret: sym_circleci_approver::signature::WebhookSecret,
+    secret: sym_circleci_approver::inbound::signature::WebhookSecret,
     _db: TestDatabase,
 }
 

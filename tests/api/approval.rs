@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use approver_test_support::fake_circleci::Fault;
 use sym_circleci_approver::domain::upstream::Operation;
-use sym_circleci_approver::fake_circleci::Fault;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -354,8 +354,8 @@ async fn an_event_naming_a_listed_hold_job_releases_that_one_and_leaves_the_othe
         workflow,
         PROJECT,
         vec![
-            sym_circleci_approver::fake_circleci::FakeJob::approval(HOLD, "on_hold"),
-            sym_circleci_approver::fake_circleci::FakeJob::approval("prod_gate", "on_hold"),
+            approver_test_support::fake_circleci::FakeJob::approval(HOLD, "on_hold"),
+            approver_test_support::fake_circleci::FakeJob::approval("prod_gate", "on_hold"),
         ],
     );
 

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use approver_test_support::fake_circleci::Fault;
 use serde_json::Value;
-use sym_circleci_approver::fake_circleci::Fault;
 use uuid::Uuid;
 
 use crate::helpers::*;

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use approver_test_support::fake_circleci::FakeCircleCi;
 use serde_json::Value;
-use sym_circleci_approver::fake_circleci::FakeCircleCi;
-use sym_circleci_approver::signature::WebhookSecret;
+use sym_circleci_approver::inbound::signature::WebhookSecret;
 use tokio::time::Instant;
 use uuid::Uuid;
 

@@ -1,8 +1,9 @@
-//! The README's first command: `demo` runs the whole flow and tells it as a clean narrative.
+//! The README's first command: `demo` (the developer binary's, `cargo run` runs it) runs the
+//! whole flow and tells it as a clean narrative; the service binary has no demo and no fakes.
 
 #[tokio::test]
 async fn the_demo_succeeds_and_its_narrative_holds_no_log_lines_or_colour_codes() {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sym-circleci-approver"))
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_approver-dev"))
         .arg("demo")
         .env_remove("RUST_LOG")
         .output()
@@ -31,4 +32,29 @@ async fn the_demo_succeeds_and_its_narrative_holds_no_log_lines_or_colour_codes(
     let log = std::fs::read_to_string(last.trim_start_matches("the service's log of this run: "))
         .unwrap();
     assert!(log.contains("listening") && !log.contains('\u{1b}'));
+}
+
+#[test]
+fn the_service_binary_carries_no_test_double_and_no_demo() {
+    let service = env!("CARGO_BIN_EXE_sym-circleci-approver");
+    let dev = env!("CARGO_BIN_EXE_approver-dev");
+    // grep reads a debug binary's hundreds of megabytes in a blink; a loop here would not.
+    let holds = |binary: &str, what: &str| {
+        std::process::Command::new("grep")
+            .args(["-a", "-q", "-F", what, binary])
+            .status()
+            .expect("grep runs")
+            .success()
+    };
+    // The fakes' source paths and the demo's narrative are in the developer binary only.
+    for marker in ["fake_circleci", "fake_sym", "the hook's delivery is lost"] {
+        assert!(
+            holds(dev, marker),
+            "the check is blind: {marker:?} not in approver-dev"
+        );
+        assert!(
+            !holds(service, marker),
+            "{marker:?} is in the service binary"
+        );
+    }
 }

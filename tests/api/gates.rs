@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use approver_test_support::fake_sym::FakeSymApi;
 use serde_json::{json, Value};
-use sym_circleci_approver::outbound::fake_sym::FakeSymApi;
 use uuid::Uuid;
 
 use crate::audit::ADMIN;
@@ -390,7 +390,7 @@ async fn without_a_sym_token_gates_are_recorded_and_the_hook_releases_them() {
 async fn the_binary_releases_a_gate_whose_hook_never_arrives_exactly_once() {
     use crate::binary::{binary, serve_env, Running};
 
-    let fake = sym_circleci_approver::fake_circleci::FakeCircleCi::start(TOKEN)
+    let fake = approver_test_support::fake_circleci::FakeCircleCi::start(TOKEN)
         .await
         .unwrap();
     let sym = FakeSymApi::start(SYM_TOKEN).await.unwrap();
@@ -407,7 +407,8 @@ async fn the_binary_releases_a_gate_whose_hook_never_arrives_exactly_once() {
     let run = format!("run-{}", Uuid::new_v4().simple());
     sym.set_run(&run, "approved");
     // The flow's signed request event binds the run to the workflow.
-    let secret = sym_circleci_approver::signature::WebhookSecret::parse(&secret_text).unwrap();
+    let secret =
+        sym_circleci_approver::inbound::signature::WebhookSecret::parse(&secret_text).unwrap();
     let body = run_event("request", &run, workflow, None);
     let webhook_id = new_webhook_id();
     let bound = reqwest::Client::new()

@@ -4,14 +4,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use approver_test_support::fake_circleci::FakeCircleCi;
 use serde_json::Value;
 use sym_circleci_approver::app::Application;
 use sym_circleci_approver::cli::ServeArgs;
 use sym_circleci_approver::clock::Clock;
-use sym_circleci_approver::config::DEFAULT_HOLD_JOB_NAME;
+use sym_circleci_approver::domain::task::DEFAULT_HOLD_JOB_NAME;
 use sym_circleci_approver::domain::task::{TaskState, TaskStatus};
-use sym_circleci_approver::fake_circleci::FakeCircleCi;
-use sym_circleci_approver::signature::WebhookSecret;
+use sym_circleci_approver::inbound::signature::WebhookSecret;
 use sym_circleci_approver::store::Store;
 use sym_circleci_approver::worker::reconciler::Reconciler;
 use sym_circleci_approver::worker::ApprovalWorker;

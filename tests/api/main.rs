@@ -15,6 +15,7 @@ mod intake;
 mod oidc_issuer;
 mod process;
 mod replicas;
+mod sym_api;
 mod trust;
 mod verify;
 mod webhook;

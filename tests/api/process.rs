@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
+use approver_test_support::fake_circleci::{FakeCircleCi, Fault, RecordedCall};
 use secrecy::SecretString;
-use sym_circleci_approver::fake_circleci::{FakeCircleCi, Fault, RecordedCall};
-use sym_circleci_approver::signature::WebhookSecret;
+use sym_circleci_approver::inbound::signature::WebhookSecret;
 use sym_circleci_approver::store::{Store, StoreOptions};
 
 use serde_json::Value;

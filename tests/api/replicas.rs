@@ -17,12 +17,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use approver_test_support::fake_circleci::{FakeCircleCi, Fault, RecordedCall};
 use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use sym_circleci_approver::domain::task::DeliveryStatus;
-use sym_circleci_approver::fake_circleci::{FakeCircleCi, Fault, RecordedCall};
 use sym_circleci_approver::store::{Store, StoreOptions};
 use tokio::task::JoinSet;
 use tokio::time::Instant;

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use approver_test_support::fake_circleci::FakeJob;
+use approver_test_support::fake_sym::FakeSymApi;
 use serde_json::{json, Value};
-use sym_circleci_approver::fake_circleci::FakeJob;
-use sym_circleci_approver::outbound::fake_sym::FakeSymApi;
 use uuid::Uuid;
 
 use crate::audit::ADMIN;

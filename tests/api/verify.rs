@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use approver_test_support::fake_circleci::{Fault, TOKEN_USER_ID};
 use sym_circleci_approver::cli::verify::{check, Verdict, VerifyArgs};
-use sym_circleci_approver::fake_circleci::{Fault, TOKEN_USER_ID};
 use uuid::Uuid;
 
 use crate::audit::ADMIN;
@@ -290,7 +290,7 @@ async fn the_same_token_for_admin_and_verdicts_is_refused_at_startup() {
     let args = sym_circleci_approver::cli::ServeArgs::from_flags([
         format!(
             "--sym-webhook-secret={}",
-            sym_circleci_approver::signature::WebhookSecret::generate()
+            sym_circleci_approver::inbound::signature::WebhookSecret::generate()
         ),
         "--circleci-token=t".to_owned(),
         format!("--admin-token={same}"),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use sym_circleci_approver::domain::task::DeliveryStatus;
-use sym_circleci_approver::signature::WebhookSecret;
+use sym_circleci_approver::inbound::signature::WebhookSecret;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
@@ -74,7 +74,7 @@ async fn the_approve_call_uses_the_approval_request_id_not_the_job_id() {
 
 #[tokio::test]
 async fn the_job_id_is_used_when_the_hold_job_has_no_approval_request_id() {
-    use sym_circleci_approver::fake_circleci::FakeJob;
+    use approver_test_support::fake_circleci::FakeJob;
     let app = spawn_app().await;
     let workflow = Uuid::new_v4();
     let mut hold = FakeJob::approval(HOLD, "on_hold");

@@ -18,9 +18,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use approver_test_support::fake_circleci::{FakeCircleCi, Fault, TOKEN_USER_ID};
 use serde_json::Value;
-use sym_circleci_approver::fake_circleci::{FakeCircleCi, Fault, TOKEN_USER_ID};
-use sym_circleci_approver::signature::WebhookSecret;
+use sym_circleci_approver::inbound::signature::WebhookSecret;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -35,7 +35,7 @@ use crate::proxy::Proxy;
 use crate::supervisor::Supervisor;
 
 const TOKEN: &str = "chaos-circleci-token-4e1f";
-const HOLD: &str = sym_circleci_approver::config::DEFAULT_HOLD_JOB_NAME;
+const HOLD: &str = sym_circleci_approver::domain::task::DEFAULT_HOLD_JOB_NAME;
 const PROJECT: &str = "gh/acme/api";
 const ADMIN_TOKEN: &str = "chaos-admin-token-7d3a9c51";
 const VERDICT_TOKEN: &str = "chaos-verdict-token-52b8e0f4";

@@ -27,6 +27,12 @@ def binary_path():
     return Path(os.environ.get("APPROVER_BIN") or REPO_ROOT / "target" / "debug" / "sym-circleci-approver")
 
 
+def dev_binary_path(service_binary):
+    """The developer binary (it has the fake CircleCI; the service binary has no test double):
+    APPROVER_DEV_BIN, else `approver-dev` beside the service binary."""
+    return Path(os.environ.get("APPROVER_DEV_BIN") or Path(service_binary).parent / "approver-dev")
+
+
 def require_binary():
     path = binary_path()
     if path.is_file() and os.access(path, os.X_OK):
@@ -92,7 +98,8 @@ class ApproverService:
         self.spawn(
             "fake-circleci",
             [
-                str(self.binary), "fake-circleci", "--listen", "127.0.0.1:%d" % self.fake_port,
+                str(dev_binary_path(self.binary)), "fake-circleci", "--listen",
+                "127.0.0.1:%d" % self.fake_port,
                 "--any-workflow", "--token", self.circleci_token, "--calls-file", str(self.calls_file),
             ],
             base_env,

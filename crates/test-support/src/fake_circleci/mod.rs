@@ -1,5 +1,5 @@
 //! A small fake of the CircleCI API v2, over real HTTP, shared by `demo`, the container test
-//! (`fake-circleci` subcommand) and the integration tests.
+//! (`approver-dev fake-circleci`) and the integration tests.
 //!
 //! It serves the endpoints this service calls (`/me`, a workflow, its jobs, approve,
 //! cancel), models reruns of a workflow, paginates job lists (two jobs a page by
@@ -557,7 +557,7 @@ impl FakeCircleCi {
     }
 }
 
-const DEFAULT_HOLD: &str = crate::config::DEFAULT_HOLD_JOB_NAME;
+const DEFAULT_HOLD: &str = crate::DEFAULT_HOLD_JOB_NAME;
 
 /// Three build jobs, then the hold job (on hold), then the deploy job.
 fn standard_workflow(project_slug: &str, hold_name: &str) -> (FakeJob, FakeWorkflow) {

@@ -13,15 +13,16 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::send_event::{event_body, post_signed};
-use super::serve::ServeArgs;
-use crate::app::Application;
-use crate::config::{LogFormat, DEFAULT_HOLD_JOB_NAME};
-use crate::domain::task::TaskStatus;
-use crate::inbound::signature::WebhookSecret;
-use crate::outbound::fake_circleci::FakeCircleCi;
-use crate::outbound::fake_sym::FakeSymApi;
-use crate::telemetry::{self, LogTarget};
+use approver_test_support::fake_circleci::FakeCircleCi;
+use approver_test_support::fake_sym::FakeSymApi;
+use sym_circleci_approver::app::Application;
+use sym_circleci_approver::cli::send_event::{event_body, post_signed};
+use sym_circleci_approver::cli::serve::ServeArgs;
+use sym_circleci_approver::config::LogFormat;
+use sym_circleci_approver::domain::task::TaskStatus;
+use sym_circleci_approver::domain::task::DEFAULT_HOLD_JOB_NAME;
+use sym_circleci_approver::inbound::signature::WebhookSecret;
+use sym_circleci_approver::telemetry::{self, LogTarget};
 
 const TOKEN: &str = "demo-circleci-token";
 const SYM_TOKEN: &str = "demo-sym-bot-token";

@@ -78,7 +78,7 @@ async fn handle(
         token_ok,
         status: response.status().as_u16(),
         at: Some(Instant::now()),
-        unix_ms: crate::clock::to_ms(now),
+        unix_ms: crate::unix_ms(now),
         unix_us: now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::cancel_on_signal;
-use crate::config::LogFormat;
-use crate::telemetry::{self, LogTarget};
+use sym_circleci_approver::app::cancel_on_signal;
+use sym_circleci_approver::config::LogFormat;
+use sym_circleci_approver::telemetry::{self, LogTarget};
 
 #[derive(Args)]
 pub struct FakeCircleciArgs {
@@ -36,16 +36,16 @@ pub struct FakeCircleciArgs {
 
 pub async fn run(args: FakeCircleciArgs) -> ExitCode {
     telemetry::init(LogFormat::Text, "warn", LogTarget::Stderr);
-    let options = crate::outbound::fake_circleci::FakeOptions {
+    let options = approver_test_support::fake_circleci::FakeOptions {
         listen: args.listen,
         calls_file: args.calls_file,
         page_size: args.page_size,
         any_workflow: args.any_workflow.then(|| args.project_slug.clone()),
         // A long-running fake keeps no history in memory (the calls file has it).
         keep_calls: false,
-        ..crate::outbound::fake_circleci::FakeOptions::new(&args.token)
+        ..approver_test_support::fake_circleci::FakeOptions::new(&args.token)
     };
-    let fake = match crate::outbound::fake_circleci::FakeCircleCi::start_with(options).await {
+    let fake = match approver_test_support::fake_circleci::FakeCircleCi::start_with(options).await {
         Ok(fake) => fake,
         Err(e) => {
             eprintln!("cannot start the fake CircleCI: {e}");
@@ -56,7 +56,7 @@ pub async fn run(args: FakeCircleciArgs) -> ExitCode {
         fake.add_standard_workflow(
             workflow_id,
             &args.project_slug,
-            crate::config::DEFAULT_HOLD_JOB_NAME,
+            sym_circleci_approver::domain::task::DEFAULT_HOLD_JOB_NAME,
             "on_hold",
         );
     }

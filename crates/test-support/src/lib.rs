@@ -1,0 +1,20 @@
+//! Test doubles of the systems sym-circleci-approver calls, each a real HTTP server on
+//! loopback that tests (and the demo, and load runs) drive and read back: [`fake_circleci`]
+//! (the CircleCI API v2 calls the service makes, with faults, pages, reruns and UI clicks) and
+//! [`fake_sym`] (Sym's `GET /runs/{id}` and `POST /events/request`).
+//!
+//! This crate knows nothing of the service: it serves the upstreams' wire formats only. The
+//! service's release binary never links it (only the `approver-dev` binary and the tests do).
+#![forbid(unsafe_code)]
+
+pub mod fake_circleci;
+pub mod fake_sym;
+
+/// The approval job the service releases by default (its `HOLD_JOB_NAMES` default).
+pub const DEFAULT_HOLD_JOB_NAME: &str = "wait_for_sym_approval";
+
+/// Unix milliseconds of a system time (0 before the epoch).
+pub(crate) fn unix_ms(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
