@@ -30,7 +30,8 @@ pub struct Progress {
     pub call_may_have_landed: bool,
 }
 
-/// What to store for a step.
+/// What is stored for a step: the task's new state (the one settlement type, from the
+/// decision to the store).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
     Finish {
@@ -44,8 +45,15 @@ pub enum Settlement {
         kind: RetryKind,
         detail: String,
     },
+}
+
+/// What settling a step decides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Store this.
+    Now(Settlement),
     /// The deadline passed while a call's outcome is unknown: read the job once more before
-    /// settling, so an approve that landed is not recorded as a failure.
+    /// settling ([`after_last_look`]), so an approve that landed is not recorded as a failure.
     LastLook { detail: String },
 }
 
@@ -57,8 +65,8 @@ pub fn settle(
     now: i64,
     policy: &RetryPolicy,
     jitter: f64,
-) -> Settlement {
-    match end {
+) -> Settled {
+    Settled::Now(match end {
         StepEnd::Done {
             status,
             outcome,
@@ -72,7 +80,7 @@ pub fn settle(
             detail,
             call_unknown: true,
             ..
-        } if now >= progress.deadline_at => Settlement::LastLook { detail },
+        } if now >= progress.deadline_at => return Settled::LastLook { detail },
         StepEnd::Retry {
             retry_after,
             detail,
@@ -102,10 +110,10 @@ pub fn settle(
                 .min(progress.deadline_at);
             Settlement::Reschedule { at, kind, detail }
         }
-    }
+    })
 }
 
-/// The result of the [`Settlement::LastLook`]: the re-read's own end if it settled the task
+/// The result of the [`Settled::LastLook`]: the re-read's own end if it settled the task
 /// (approved, or anything final); if it could not tell, confirmation later.
 pub fn after_last_look(
     look: StepEnd,
@@ -207,6 +215,14 @@ mod tests {
     const NAME: &str = "wait_for_sym_approval";
     const ID: &str = "0f9e8d7c-aaaa-4bbb-8ccc-ddddeeeeffff";
 
+    /// What a settle() that decides at once stores.
+    fn now(settled: Settled) -> Settlement {
+        match settled {
+            Settled::Now(s) => s,
+            other => panic!("expected a settlement, got {other:?}"),
+        }
+    }
+
     fn progress() -> Progress {
         Progress {
             errors: 0,
@@ -223,17 +239,35 @@ mod tests {
         let mut p = progress();
         p.polls = 6;
         // Six polls do not make the first error wait the 60 s cap.
-        let first_error = settle(StepEnd::retry_error("boom"), &p, 1_000, &policy, 1.0);
+        let first_error = now(settle(
+            StepEnd::retry_error("boom"),
+            &p,
+            1_000,
+            &policy,
+            1.0,
+        ));
         assert!(matches!(
             first_error,
             Settlement::Reschedule { at: 2_000, .. }
         ));
-        let poll = settle(StepEnd::poll("not yet"), &p, 1_000, &policy, 1.0);
+        let poll = now(settle(StepEnd::poll("not yet"), &p, 1_000, &policy, 1.0));
         assert!(matches!(poll, Settlement::Reschedule { at: 6_000, .. }));
         p.errors = 10;
-        let capped = settle(StepEnd::retry_error("boom"), &p, 1_000, &policy, 1.0);
+        let capped = now(settle(
+            StepEnd::retry_error("boom"),
+            &p,
+            1_000,
+            &policy,
+            1.0,
+        ));
         assert!(matches!(capped, Settlement::Reschedule { at: 61_000, .. }));
-        let near_deadline = settle(StepEnd::retry_error("boom"), &p, 1_799_000, &policy, 1.0);
+        let near_deadline = now(settle(
+            StepEnd::retry_error("boom"),
+            &p,
+            1_799_000,
+            &policy,
+            1.0,
+        ));
         assert!(matches!(
             near_deadline,
             Settlement::Reschedule { at: 1_800_000, .. }
@@ -244,7 +278,13 @@ mod tests {
     fn past_the_deadline_a_retry_times_out_unless_a_call_is_unknown() {
         let policy = RetryPolicy::default();
         let p = progress();
-        let late = settle(StepEnd::poll("not yet"), &p, 1_800_000, &policy, 1.0);
+        let late = now(settle(
+            StepEnd::poll("not yet"),
+            &p,
+            1_800_000,
+            &policy,
+            1.0,
+        ));
         assert!(matches!(
             late,
             Settlement::Finish {
@@ -259,7 +299,7 @@ mod tests {
             &Err(UpstreamError::circleci(Failure::Timeout)),
         );
         let look = settle(unknown, &p, 1_800_000, &policy, 1.0);
-        let Settlement::LastLook { detail } = look else {
+        let Settled::LastLook { detail } = look else {
             panic!("expected a last look, got {look:?}")
         };
         let confirmed = after_last_look(
@@ -284,7 +324,7 @@ mod tests {
         let p = progress();
         let cut = StepEnd::call_unanswered("no answer within the step's time");
         let s = settle(cut, &p, 1_800_001, &RetryPolicy::default(), 1.0);
-        assert!(matches!(s, Settlement::LastLook { .. }), "{s:?}");
+        assert!(matches!(s, Settled::LastLook { .. }), "{s:?}");
     }
 
     #[test]
@@ -307,15 +347,21 @@ mod tests {
         // A confirming step whose read fails again keeps confirming, up to the grace.
         let mut landed = p;
         landed.call_may_have_landed = true;
-        let again = settle(StepEnd::retry_error("503"), &landed, at, &policy, 1.0);
+        let again = now(settle(
+            StepEnd::retry_error("503"),
+            &landed,
+            at,
+            &policy,
+            1.0,
+        ));
         assert!(matches!(again, Settlement::Reschedule { .. }), "{again:?}");
-        let over = settle(
+        let over = now(settle(
             StepEnd::retry_error("503"),
             &landed,
             p.deadline_at + CONFIRM_GRACE_MS,
             &policy,
             1.0,
-        );
+        ));
         let Settlement::Finish {
             outcome: Outcome::TimedOut,
             detail,
@@ -332,7 +378,7 @@ mod tests {
     #[test]
     fn final_steps_finish_with_their_outcome() {
         let end = StepEnd::failed(Outcome::HoldJobFailed, "failed");
-        let s = settle(end, &progress(), 0, &RetryPolicy::default(), 1.0);
+        let s = now(settle(end, &progress(), 0, &RetryPolicy::default(), 1.0));
         assert!(matches!(
             s,
             Settlement::Finish {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{value_rows, Store, StoreError};
+use super::{parse_id, value_rows, Store, StoreError};
 use crate::domain::binding::RunBinding;
 use crate::domain::event::{Event, EventKind};
 use crate::domain::gate::ApprovalPath;
@@ -454,42 +454,4 @@ async fn count_redelivery(tx: &mut Tx<'_>, original: DeliveryId) -> Result<(), S
         .execute(&mut **tx)
         .await?;
     Ok(())
-}
-
-pub(super) fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
-    text.parse()
-        .map_err(|_| StoreError::Invalid(format!("stored id {text:?} is not a UUID")))
-}
-
-/// Inserts a task (pending, due now) in `tx`.
-pub(super) async fn insert_task(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    task_id: TaskId,
-    delivery_id: DeliveryId,
-    task: &NewTask,
-    now: i64,
-    origin: ApprovalPath,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO tasks (id, delivery_id, action, workflow_id, status, attempts, \
-         created_at, deadline_at, next_attempt_at, hold_job_name, origin) \
-         VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $6, $8, $9)",
-    )
-    .bind(task_id.to_string())
-    .bind(delivery_id.to_string())
-    .bind(task.action.as_str())
-    .bind(task.workflow_id.to_string())
-    .bind(TaskStatus::Pending.as_str())
-    .bind(now)
-    .bind(task.deadline_at)
-    .bind(&task.hold_job_name)
-    .bind(origin.as_str())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|db| db.is_unique_violation())
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use sqlx::any::AnyRow;
 use sqlx::{Acquire as _, Row};
 
-use super::deliveries::{insert_task, is_unique_violation, parse_id};
+use super::tasks::insert_task;
+use super::{is_unique_violation, parse_id};
 use super::{Store, StoreError};
 use crate::clock::duration_ms;
 use crate::domain::binding::{run_key, RunBinding};

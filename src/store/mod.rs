@@ -52,7 +52,7 @@ pub use group_commit::{BatchObserver, BatchOptions};
 pub use intake::Intake;
 pub use sqlite_lock::ServingLock;
 pub use step_results::StepResults;
-pub use tasks::{ClaimedTask, JobInfo, Settle, StepResult};
+pub use tasks::{ClaimedTask, JobInfo, StepResult};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -452,6 +452,18 @@ impl Store {
         }
         self.pool.close().await;
     }
+}
+
+/// A stored id back to its type.
+pub(super) fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::Invalid(format!("stored id {text:?} is not a UUID")))
+}
+
+/// Did a statement hit a unique index (a duplicate the schema refuses)?
+pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|db| db.is_unique_violation())
 }
 
 /// `$first, $first+1, …` for `n` values, in SQL built at run time (`mark`:

@@ -11,12 +11,13 @@ use std::time::Duration;
 use sqlx::any::AnyRow;
 use sqlx::{Acquire as _, Row};
 
-use super::deliveries::parse_id;
+use super::{is_unique_violation, parse_id};
 use super::{Backend, Store, StoreError};
 use crate::clock::duration_ms;
 use crate::domain::gate::ApprovalPath;
 use crate::domain::ids::{DeliveryId, LeaseToken, TaskId, WorkflowId};
 use crate::domain::retry::RetryKind;
+use crate::domain::settle::Settlement;
 use crate::domain::task::{DeliveryStatus, NewTask, Outcome, TaskAction, TaskState, TaskStatus};
 use crate::domain::upstream::CallRecord;
 
@@ -59,27 +60,10 @@ pub struct StepResult {
     pub calls: Vec<CallRecord>,
     pub completed: Option<(AttemptId, CallRecord)>,
     pub job: JobInfo,
-    pub settle: Settle,
+    pub settle: Settlement,
     /// For an approve task that fails: the task the newest approval attached to it gets
     /// (with its deadline), so an approval that was never tried is not dropped.
     pub successor: Option<NewTask>,
-}
-
-/// A task's state after a step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settle {
-    /// Another step at `next_attempt_at`.
-    Reschedule {
-        next_attempt_at: i64,
-        kind: RetryKind,
-        detail: String,
-    },
-    /// Done.
-    Finish {
-        status: TaskStatus,
-        outcome: Outcome,
-        detail: String,
-    },
 }
 
 /// The hold job a task found and its workflow, kept for the audit trail and the verdict.
@@ -381,8 +365,8 @@ async fn settle_one(
     // One statement for both kinds of result: what a kind leaves alone is bound as NULL and
     // kept by COALESCE.
     let (status, outcome, detail, next_attempt_at, finished_at, error_step) = match &result.settle {
-        Settle::Reschedule {
-            next_attempt_at,
+        Settlement::Reschedule {
+            at: next_attempt_at,
             kind,
             detail,
         } => (
@@ -393,7 +377,7 @@ async fn settle_one(
             None,
             *kind == RetryKind::Error,
         ),
-        Settle::Finish {
+        Settlement::Finish {
             status,
             outcome,
             detail,
@@ -458,7 +442,7 @@ async fn promote_attached(
     };
     let newest: DeliveryId = parse_id(&newest)?;
     let mut saved = tx.begin().await?;
-    let made = super::deliveries::insert_task(
+    let made = insert_task(
         &mut saved,
         TaskId::new_random(),
         newest,
@@ -470,7 +454,7 @@ async fn promote_attached(
     match made {
         Ok(()) => saved.commit().await?,
         // Another approve of this hold job is live (the reconciler's): it will do.
-        Err(e) if super::deliveries::is_unique_violation(&e) => {
+        Err(e) if is_unique_violation(&e) => {
             saved.rollback().await?;
             return Ok(());
         }
@@ -487,5 +471,33 @@ async fn promote_attached(
         .bind(DeliveryStatus::Attached.as_str())
         .execute(&mut **tx)
         .await?;
+    Ok(())
+}
+
+/// Inserts a task (pending, due now) in `tx`.
+pub(super) async fn insert_task(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    task_id: TaskId,
+    delivery_id: DeliveryId,
+    task: &NewTask,
+    now: i64,
+    origin: ApprovalPath,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO tasks (id, delivery_id, action, workflow_id, status, attempts, \
+         created_at, deadline_at, next_attempt_at, hold_job_name, origin) \
+         VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $6, $8, $9)",
+    )
+    .bind(task_id.to_string())
+    .bind(delivery_id.to_string())
+    .bind(task.action.as_str())
+    .bind(task.workflow_id.to_string())
+    .bind(TaskStatus::Pending.as_str())
+    .bind(now)
+    .bind(task.deadline_at)
+    .bind(&task.hold_job_name)
+    .bind(origin.as_str())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

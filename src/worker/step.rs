@@ -6,11 +6,12 @@ use tracing::Instrument as _;
 
 use super::{ApprovalWorker, Lease};
 use crate::domain::decide::{self, Facts, Next, StepEnd};
-use crate::domain::settle::{self, Progress, Settlement};
+use crate::domain::settle::{self, Progress, Settled, Settlement};
 use crate::domain::task::{NewTask, Outcome, TaskAction, TaskStatus};
 use crate::domain::upstream::{CallRecord, Operation, UpstreamError};
 use crate::domain::workflow::{HoldJobState, WorkflowView};
-use crate::store::{AttemptId, ClaimedTask, JobInfo, PlannedCall, Settle, StepResult, StoreError};
+use crate::outbound::circleci::CircleCiClient;
+use crate::store::{AttemptId, ClaimedTask, JobInfo, PlannedCall, StepResult, StoreError};
 
 /// How long a step's result is retried while the store is away.
 const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
@@ -117,18 +118,20 @@ impl ApprovalWorker {
                 call_may_have_landed: self.call_may_have_landed(task, &end, now).await,
             };
             let jitter = rand::random_range(0.8..=1.2);
-            let mut settlement = settle::settle(end, &progress, now, &self.config.retry, jitter);
-            if let Settlement::LastLook { detail } = &settlement {
-                let look = self.last_look(task, &mut trail, &mut job).await;
-                settlement = settle::after_last_look(
-                    look,
-                    &progress,
-                    self.clock.now_ms(),
-                    detail,
-                    &self.config.retry,
-                    jitter,
-                );
-            }
+            let settlement = match settle::settle(end, &progress, now, &self.config.retry, jitter) {
+                Settled::Now(settlement) => settlement,
+                Settled::LastLook { detail } => {
+                    let look = self.last_look(task, &mut trail, &mut job).await;
+                    settle::after_last_look(
+                        look,
+                        &progress,
+                        self.clock.now_ms(),
+                        &detail,
+                        &self.config.retry,
+                        jitter,
+                    )
+                }
+            };
             self.count_calls(&trail);
             self.persist(task, lease, &mut trail, &settlement, &job)
                 .await;
@@ -331,8 +334,8 @@ impl ApprovalWorker {
             Next::Cancel => Operation::Cancel,
         };
         let endpoint = match &next {
-            Next::Approve(id) => format!("/workflow/{}/approve/{id}", task.workflow_id),
-            _ => format!("/workflow/{}/cancel", task.workflow_id),
+            Next::Approve(id) => CircleCiClient::approve_path(task.workflow_id, *id),
+            _ => CircleCiClient::cancel_path(task.workflow_id),
         };
         // The call's time is measured from before the renewal (the lease runs from a moment
         // after this, so the call ends inside it).
@@ -468,9 +471,6 @@ impl ApprovalWorker {
         let give_up = tokio::time::Instant::now() + PERSIST_PATIENCE;
         let mut pause = Duration::from_millis(200);
         loop {
-            let Some(settle) = to_store(settlement) else {
-                return;
-            };
             let result = StepResult {
                 task: task.id,
                 delivery: task.delivery_id,
@@ -478,7 +478,7 @@ impl ApprovalWorker {
                 calls: trail.unsaved(),
                 completed: trail.completed().map(|(id, call)| (id, call.clone())),
                 job: job.clone(),
-                settle,
+                settle: settlement.clone(),
                 successor: self.successor(task),
             };
             match self.results.settle(result).await {
@@ -552,7 +552,6 @@ impl ApprovalWorker {
                 }
                 log_finish(*status, *outcome, detail, seconds, kept);
             }
-            Settlement::LastLook { .. } => {}
         }
     }
 }
@@ -562,27 +561,6 @@ fn operation_of(action: TaskAction) -> Operation {
     match action {
         TaskAction::Approve => Operation::Approve,
         TaskAction::Cancel => Operation::Cancel,
-    }
-}
-
-/// The task's new state as stored; None for a last look (resolved into a finish before).
-fn to_store(settlement: &Settlement) -> Option<Settle> {
-    match settlement {
-        Settlement::Reschedule { at, kind, detail } => Some(Settle::Reschedule {
-            next_attempt_at: *at,
-            kind: *kind,
-            detail: detail.clone(),
-        }),
-        Settlement::Finish {
-            status,
-            outcome,
-            detail,
-        } => Some(Settle::Finish {
-            status: *status,
-            outcome: *outcome,
-            detail: detail.clone(),
-        }),
-        Settlement::LastLook { .. } => None,
     }
 }
 

@@ -146,6 +146,16 @@ impl CircleCiClient {
             .map_err(|e| self.core.fail(Failure::InvalidResponse(format!("me: {e}"))))
     }
 
+    /// The path of the approve call (also what the audit trail notes before making it).
+    pub fn approve_path(workflow_id: WorkflowId, approval_request_id: ApprovalRequestId) -> String {
+        format!("/workflow/{workflow_id}/approve/{approval_request_id}")
+    }
+
+    /// The path of the cancel call.
+    pub fn cancel_path(workflow_id: WorkflowId) -> String {
+        format!("/workflow/{workflow_id}/cancel")
+    }
+
     /// `POST /workflow/{id}/approve/{approval_request_id}`; Ok on 2xx (CircleCI answers 202).
     pub async fn approve_job(
         &self,
@@ -153,7 +163,7 @@ impl CircleCiClient {
         approval_request_id: ApprovalRequestId,
         calls: &mut Vec<CallRecord>,
     ) -> Result<(), UpstreamError> {
-        let path = format!("/workflow/{workflow_id}/approve/{approval_request_id}");
+        let path = Self::approve_path(workflow_id, approval_request_id);
         let url = self.core.url(&path)?;
         self.core
             .send(
@@ -173,7 +183,7 @@ impl CircleCiClient {
         workflow_id: WorkflowId,
         calls: &mut Vec<CallRecord>,
     ) -> Result<(), UpstreamError> {
-        let path = format!("/workflow/{workflow_id}/cancel");
+        let path = Self::cancel_path(workflow_id);
         let url = self.core.url(&path)?;
         self.core
             .send(self.core.post(url), Operation::Cancel, "POST", &path, calls)
