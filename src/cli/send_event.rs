@@ -9,7 +9,7 @@ use clap::Args;
 use uuid::Uuid;
 
 use super::{SecretArgs, EXIT_CONFIG};
-use crate::clock::unix_secs;
+use crate::clock::Clock;
 use crate::inbound::signature::{WebhookSecret, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 
 #[derive(Args)]
@@ -62,7 +62,7 @@ pub async fn post_signed(
     webhook_id: &str,
     body: &[u8],
 ) -> anyhow::Result<Delivered> {
-    let timestamp = unix_secs();
+    let timestamp = Clock::system().unix_secs();
     let signature = secret.sign(webhook_id, timestamp, body);
     let response = client
         .post(url)

@@ -17,7 +17,6 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::clock::unix_secs;
 use crate::inbound::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use crate::inbound::sym_event::EventError;
 use crate::store::{NewDelivery, Recorded};
@@ -90,7 +89,7 @@ async fn handle(
     let body = read_body(state, body).await?;
 
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let now = unix_secs();
+    let now = state.store.clock().unix_secs();
     let verified = state
         .verifier
         .verify(

@@ -40,7 +40,8 @@ const MAX_STEPS_PER_RUN: usize = 10_000;
 /// it was taken (the step must end well before the lease runs out).
 struct Lease {
     token: LeaseToken,
-    claimed: tokio::time::Instant,
+    /// When it was taken, on the service's clock (unix ms).
+    claimed_ms: i64,
 }
 
 pub struct ApprovalWorker {
@@ -61,6 +62,9 @@ pub struct ApprovalWorker {
     results: StepResults,
     /// Whose CircleCI token this is: an approve of ours shows its user as `approved_by`.
     token: TokenCheck,
+    /// Told (all waiters) each time a step's result is stored: lets a caller await a task's
+    /// end instead of polling the store.
+    settled: Arc<Notify>,
 }
 
 impl ApprovalWorker {
@@ -91,6 +95,7 @@ impl ApprovalWorker {
             wake,
             in_flight: std::sync::Mutex::default(),
             token,
+            settled: Arc::default(),
         }
     }
 
@@ -181,7 +186,7 @@ impl ApprovalWorker {
     /// whose lease ran out (even in this same process) are refused, and so is its approve.
     async fn claim(&self, max: usize) -> Result<Vec<(ClaimedTask, Lease)>, StoreError> {
         let token = LeaseToken::new(&self.owner);
-        let claimed = tokio::time::Instant::now();
+        let claimed_ms = self.clock.now_ms();
         Ok(self
             .store
             .claim_due_tasks(&token, self.config.task_lease, max)
@@ -190,11 +195,16 @@ impl ApprovalWorker {
             .map(|task| {
                 let lease = Lease {
                     token: token.clone(),
-                    claimed,
+                    claimed_ms,
                 };
                 (task, lease)
             })
             .collect())
+    }
+
+    /// Notified each time a step's result is stored (tests await a task's end with it).
+    pub fn settled(&self) -> Arc<Notify> {
+        Arc::clone(&self.settled)
     }
 
     fn track(&self, task: TaskId, lease: Option<&LeaseToken>) {

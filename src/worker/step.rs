@@ -58,12 +58,12 @@ enum Interrupted {
 enum Prepared {
     /// Nothing to call: the step ends with this.
     End(StepEnd),
-    /// Make this call, noted as `attempt`, before `deadline` (measured from the lease renewal
-    /// that noted it).
+    /// Make this call, noted as `attempt`, before `deadline_ms` (measured from the lease
+    /// renewal that noted it, on the service's clock).
     Call {
         next: Next,
         attempt: AttemptId,
-        deadline: tokio::time::Instant,
+        deadline_ms: i64,
     },
 }
 
@@ -74,12 +74,11 @@ const LEASE_SHARE: f64 = 0.8;
 impl ApprovalWorker {
     /// One step of one task, with its outcome stored.
     pub(super) async fn work(&self, task: &ClaimedTask, lease: &Lease) {
-        let read_deadline = lease.claimed + self.config.task_lease.mul_f64(LEASE_SHARE);
-        let (sym_event_id, approver) = match tokio::time::timeout_at(
-            read_deadline,
-            self.store.event_context(task.delivery_id),
-        )
-        .await
+        let read_deadline = lease.claimed_ms.saturating_add(self.lease_share());
+        let (sym_event_id, approver) = match self
+            .clock
+            .timeout_at(read_deadline, self.store.event_context(task.delivery_id))
+            .await
         {
             Ok(Ok((id, approver))) => (id, approver.unwrap_or_default()),
             _ => (String::new(), String::new()),
@@ -233,12 +232,14 @@ impl ApprovalWorker {
         &self,
         task: &ClaimedTask,
         lease: &Lease,
-        read_deadline: tokio::time::Instant,
+        read_deadline: i64,
         trail: &mut Trail,
         job: &mut JobInfo,
     ) -> Result<StepEnd, Interrupted> {
         let prepared =
-            match tokio::time::timeout_at(read_deadline, self.prepare(task, lease, trail, job))
+            match self
+                .clock
+                .timeout_at(read_deadline, self.prepare(task, lease, trail, job))
                 .await
             {
                 Ok(Ok(prepared)) => prepared,
@@ -253,15 +254,15 @@ impl ApprovalWorker {
             Prepared::Call {
                 next,
                 attempt,
-                deadline,
-            } => (next, attempt, deadline),
+                deadline_ms,
+            } => (next, attempt, deadline_ms),
         };
         // The call's record is the next one in the trail; its answer is stored with the
         // step's result, in the same transaction.
         trail.noted = Some((attempt, trail.calls.len()));
         // A process that was paused past its lease (SIGSTOP, a frozen VM) must not send a call
         // that the task's next holder may be making already.
-        if tokio::time::Instant::now() >= deadline {
+        if self.clock.now_ms() >= deadline {
             return Ok(StepEnd::call_unanswered(
                 "the step ran out of its share of TASK_LEASE before the call could be sent; the \
                  job will be re-read before any other call",
@@ -281,7 +282,7 @@ impl ApprovalWorker {
                 }
             }
         };
-        let Ok(result) = tokio::time::timeout_at(deadline, call).await else {
+        let Ok(result) = self.clock.timeout_at(deadline, call).await else {
             return Ok(StepEnd::call_unanswered(format!(
                 "no answer to the {} call within the step's share of TASK_LEASE; it may have \
                  taken effect, so the job will be re-read",
@@ -339,7 +340,7 @@ impl ApprovalWorker {
         };
         // The call's time is measured from before the renewal (the lease runs from a moment
         // after this, so the call ends inside it).
-        let renewing = tokio::time::Instant::now();
+        let renewing = self.clock.now_ms();
         match self
             .prepare_call(task, lease, trail, operation, &endpoint)
             .await
@@ -347,7 +348,7 @@ impl ApprovalWorker {
             Ok(attempt) => Ok(Prepared::Call {
                 next,
                 attempt,
-                deadline: renewing + self.config.task_lease.mul_f64(LEASE_SHARE),
+                deadline_ms: renewing.saturating_add(self.lease_share()),
             }),
             Err(Ok(end)) => Ok(Prepared::End(end)),
             Err(Err(interrupted)) => Err(interrupted),
@@ -468,7 +469,10 @@ impl ApprovalWorker {
         settlement: &Settlement,
         job: &JobInfo,
     ) {
-        let give_up = tokio::time::Instant::now() + PERSIST_PATIENCE;
+        let give_up = self
+            .clock
+            .now_ms()
+            .saturating_add(crate::clock::duration_ms(PERSIST_PATIENCE));
         let mut pause = Duration::from_millis(200);
         loop {
             let result = StepResult {
@@ -483,6 +487,7 @@ impl ApprovalWorker {
             };
             match self.results.settle(result).await {
                 Ok(kept) => {
+                    self.settled.notify_waiters();
                     self.report(task, settlement, kept);
                     if kept
                         && matches!(
@@ -498,9 +503,15 @@ impl ApprovalWorker {
                     }
                     return;
                 }
-                Err(e) if tokio::time::Instant::now() + pause < give_up => {
+                Err(e)
+                    if self
+                        .clock
+                        .now_ms()
+                        .saturating_add(crate::clock::duration_ms(pause))
+                        < give_up =>
+                {
                     tracing::warn!(error = %e, "could not store the step result; retrying");
-                    tokio::time::sleep(pause).await;
+                    self.clock.sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
@@ -509,6 +520,11 @@ impl ApprovalWorker {
                 }
             }
         }
+    }
+
+    /// A phase's share of the lease, in ms.
+    fn lease_share(&self) -> i64 {
+        crate::clock::duration_ms(self.config.task_lease.mul_f64(LEASE_SHARE))
     }
 
     /// The task an approval attached to this one gets if this one fails: a fresh

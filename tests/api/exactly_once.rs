@@ -37,20 +37,38 @@ impl TestApp {
 
 #[tokio::test]
 async fn an_approve_cut_off_by_the_steps_own_time_limit_ends_approved_confirmed_by_rereading() {
-    // CircleCI applies the approve and never answers; the default CIRCLECI_TIMEOUT (10 s) is
-    // longer than the step's share of the lease, and the task's deadline passes meanwhile.
-    let app = spawn_app_with(&["--task-lease=5s", "--approval-timeout=3s"]).await;
+    // CircleCI applies the approve and never answers; CIRCLECI_TIMEOUT is longer than the
+    // step's share of the lease, so the step's own time limit cuts the call off, after the
+    // task's deadline has passed. The clock is the test's: no waiting.
+    let app = spawn_stepped_app(&[
+        "--task-lease=30s",
+        "--approval-timeout=20s",
+        "--circleci-timeout=10m",
+    ])
+    .await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(
         Fault::status(500)
             .on("approve")
             .after_effect()
-            .delayed(Duration::from_secs(60)),
+            .delayed(Duration::from_secs(600)),
     );
-
     let delivery = app.approve(workflow).await;
-    let task = app.finished_task(&delivery, Duration::from_secs(30)).await;
 
+    let stepping = app.step_in_background();
+    assert!(
+        app.fake
+            .wait_for_calls(Duration::from_secs(10), |calls| calls
+                .iter()
+                .any(|c| c.operation == "approve"))
+            .await,
+        "the worker never called approve"
+    );
+    // Past the call's share of the lease (24 s) and the task's deadline (20 s).
+    app.advance(Duration::from_secs(25));
+    stepping.await.unwrap();
+
+    let task = app.task_of(&delivery).await;
     assert_eq!(task.outcome, Some(Outcome::Approved), "{task:?}");
     assert_eq!(task.status, TaskStatus::Succeeded);
     let detail = task.detail.unwrap_or_default();

@@ -75,6 +75,8 @@ pub struct TestApp {
     worker: Option<Arc<ApprovalWorker>>,
     /// Set for a stepped app with SYM_API_TOKEN: the test runs the reconciler itself.
     reconciler: Option<Arc<Reconciler>>,
+    /// Notified each time the worker stores a step's result.
+    settled: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
     /// Stops the service when the test ends, however it ends.
     _stop_on_drop: tokio_util::sync::DropGuard,
@@ -155,6 +157,7 @@ async fn start(
         config.store.clock = clock;
     }
     let mut app = Application::build(config).await.expect("service starts");
+    let settled = app.worker().settled();
     let worker = stepped.then(|| app.worker());
     let reconciler = app.reconciler().filter(|_| stepped);
     if stepped {
@@ -177,6 +180,7 @@ async fn start(
         clock,
         worker,
         reconciler,
+        settled,
         _stop_on_drop: shutdown.clone().drop_guard(),
         shutdown,
         server: Some(server),
@@ -246,7 +250,8 @@ impl TestApp {
 
     /// Posts `body` signed with the configured secret, now, under `webhook_id`.
     pub async fn post_signed(&self, body: Vec<u8>, webhook_id: &str) -> Answer {
-        self.post_signed_with(&self.secret, body, webhook_id, now_secs())
+        // Signed at the service's time: a stepped app's clock is the one its check reads.
+        self.post_signed_with(&self.secret, body, webhook_id, self.clock.unix_secs())
             .await
     }
 
@@ -316,6 +321,18 @@ impl TestApp {
         worker.run_due().await.expect("the store answers")
     }
 
+    /// Stepped app: takes the due steps in a task of its own, so the test can move the clock
+    /// while a step is waiting on CircleCI.
+    #[allow(dead_code)]
+    pub fn step_in_background(&self) -> tokio::task::JoinHandle<usize> {
+        let worker = Arc::clone(
+            self.worker
+                .as_ref()
+                .expect("a stepped app (spawn_stepped_app)"),
+        );
+        tokio::spawn(async move { worker.run_due().await.expect("the store answers") })
+    }
+
     /// Stepped app: reads every gate due now once; returns how many.
     #[allow(dead_code)]
     pub async fn reconcile(&self) -> usize {
@@ -333,9 +350,27 @@ impl TestApp {
         self.clock.advance(by);
     }
 
-    /// Waits until the delivery's task is no longer pending and returns it.
+    /// Waits until the delivery's task is no longer pending and returns it: woken by the
+    /// worker each time it stores a step's result, no polling.
     pub async fn finished_task(&self, delivery_id: &str, timeout: Duration) -> TaskState {
-        finished_task(&self.store, delivery_id, timeout).await
+        let deadline = tokio::time::Instant::now() + timeout;
+        let delivery = delivery_id.parse().expect("a delivery id");
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if let Some(task) = self.store.task_for_delivery(delivery).await.unwrap() {
+                let state = self.store.task_state(task).await.unwrap().unwrap();
+                if state.status != TaskStatus::Pending {
+                    return state;
+                }
+                if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                    panic!("task still pending after {timeout:?}: {state:?}");
+                }
+            } else if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                panic!("no task for delivery {delivery_id} after {timeout:?}");
+            }
+        }
     }
 
     #[allow(dead_code)]
