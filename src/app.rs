@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::duration_ms;
 use crate::config::Config;
-use crate::http::{self, AppState, BearerToken};
+use crate::http::{self, BearerToken};
 use crate::inbound::ci_token::OidcVerifier;
 use crate::metrics::Metrics;
 use crate::outbound::circleci::lookups::WorkflowLookups;
@@ -130,14 +130,15 @@ impl Application {
                 );
             }
         }
+        let lookups = WorkflowLookups::new(circleci.clone(), {
+            let metrics = metrics.clone();
+            Arc::new(move |call| metrics.circleci_call(call))
+        });
         let ci_auth = crate::http::ci_auth::CiAuth::new(
             oidc,
             config.gates.gate_token.as_ref().map(BearerToken::new),
             config.verdict_token.as_ref().map(BearerToken::new),
-            WorkflowLookups::new(circleci.clone(), {
-                let metrics = metrics.clone();
-                Arc::new(move |call| metrics.circleci_call(call))
-            }),
+            lookups.clone(),
             config.worker.allowed_projects.clone(),
             metrics.clone(),
         );
@@ -147,24 +148,42 @@ impl Application {
             crate::store::BatchOptions::default(),
             Arc::new(move |size, waited| observer.intake_batch(size, waited)),
         );
-        let state = AppState::new(crate::http::Shared {
-            intake,
-            store: store.clone(),
-            verifier: Arc::new(config.verifier.clone()),
-            metrics: metrics.clone(),
-            wake: Arc::clone(&wake),
-            rules,
-            max_body_bytes: config.http.max_body_bytes,
-            body_read_timeout: config.http.body_read_timeout,
-            store_slots: Arc::new(tokio::sync::Semaphore::new(
-                config.http.max_concurrent_requests,
-            )),
-            refusal_log: Arc::new(crate::telemetry::RateLimit::per_second(5)),
-            admin_token: config.admin_token.as_ref().map(BearerToken::new),
-            ci: Arc::new(ci_auth),
-            reconciler_wake: Arc::clone(&reconciler_wake),
-        });
-        let router = http::router(state, &config.http);
+        let areas = http::Areas {
+            webhook: http::WebhookState {
+                verifier: config.verifier.clone(),
+                clock: store.clock().clone(),
+                metrics: metrics.clone(),
+                rules: Arc::clone(&rules),
+                max_body_bytes: config.http.max_body_bytes,
+                body_read_timeout: config.http.body_read_timeout,
+                store_slots: tokio::sync::Semaphore::new(config.http.max_concurrent_requests),
+                intake,
+                refusal_log: crate::telemetry::RateLimit::per_second(5),
+                wake: Arc::clone(&wake),
+                reconciler_wake: Arc::clone(&reconciler_wake),
+            },
+            admin: http::AdminState {
+                store: store.clone(),
+                admin_token: config.admin_token.as_ref().map(BearerToken::new),
+            },
+            ci: http::CiState {
+                auth: ci_auth,
+                store: store.clone(),
+                verdicts: crate::verdicts::Verdicts::new(
+                    store.clone(),
+                    lookups,
+                    Arc::clone(&rules),
+                ),
+                rules,
+                metrics: metrics.clone(),
+                reconciler_wake: Arc::clone(&reconciler_wake),
+            },
+            health: http::HealthState {
+                store: store.clone(),
+                metrics: metrics.clone(),
+            },
+        };
+        let router = http::router(areas, &config.http);
         let listener = TcpListener::bind(config.http.listen_addr)
             .await
             .with_context(|| {

@@ -25,4 +25,5 @@ pub mod metrics;
 pub mod outbound;
 pub mod store;
 pub mod telemetry;
+pub mod verdicts;
 pub mod worker;

@@ -9,17 +9,38 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use uuid::Uuid;
 
-use super::auth::check_bearer;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::{middleware, Router};
+
+use super::auth::{check_bearer, BearerToken};
 use super::error::ApiError;
-use super::AppState;
 use crate::store::audit::{ApprovalDetail, Cursor, Page};
+use crate::store::Store;
+
+/// What the audit API needs.
+pub struct AdminState {
+    pub store: Store,
+    /// The audit API's token; None disables the API (404).
+    pub admin_token: Option<BearerToken>,
+}
+
+pub fn routes(state: AdminState) -> Router {
+    let state = Arc::new(state);
+    Router::new()
+        .route("/v1/approvals", get(list_approvals))
+        .route("/v1/approvals/{id}", get(get_approval))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .with_state(state)
+}
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
 
 /// 404 when the API is disabled, 401 without the right bearer token.
-pub async fn require_admin(
-    State(state): State<AppState>,
+async fn require_admin(
+    State(state): State<Arc<AdminState>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -29,8 +50,8 @@ pub async fn require_admin(
     }
 }
 
-pub async fn list_approvals(
-    State(state): State<AppState>,
+async fn list_approvals(
+    State(state): State<Arc<AdminState>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Page>, ApiError> {
     let mut workflow_id = None;
@@ -75,8 +96,8 @@ pub async fn list_approvals(
     Ok(Json(page))
 }
 
-pub async fn get_approval(
-    State(state): State<AppState>,
+async fn get_approval(
+    State(state): State<Arc<AdminState>>,
     Path(id): Path<String>,
 ) -> Result<Json<ApprovalDetail>, ApiError> {
     let unknown = || ApiError::NotFound(format!("no approval with id {id:?}"));

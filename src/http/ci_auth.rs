@@ -79,10 +79,6 @@ impl CiAuth {
         }
     }
 
-    pub fn lookups(&self) -> &WorkflowLookups {
-        &self.lookups
-    }
-
     fn static_token(&self, route: CiRoute) -> Option<&BearerToken> {
         match route {
             CiRoute::Gates => self.gate_token.as_ref(),

@@ -14,9 +14,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::ci::CiShared;
 use super::ci_auth::CiRoute;
 use super::error::ApiError;
-use super::AppState;
 use crate::domain::ids::WorkflowId;
 use crate::outbound::sym_api::validate_run_id;
 use crate::store::{GateConflict, NewGate, Registered};
@@ -34,14 +34,14 @@ struct Registration {
 }
 
 pub async fn register(
-    State(state): State<AppState>,
+    State(state): State<CiShared>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    if !state.ci.serves(CiRoute::Gates) {
+    if !state.auth.serves(CiRoute::Gates) {
         return Err(ApiError::NotFound("no route for POST /v1/gates".into()));
     }
-    let caller = state.ci.caller(&headers, CiRoute::Gates).await?;
+    let caller = state.auth.caller(&headers, CiRoute::Gates).await?;
     let registration: Registration = serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "body must be JSON {{\"workflow_id\", \"sym_run_id\", \"hold_job_name\"?}}: {e}"
@@ -71,7 +71,7 @@ pub async fn register(
         }
     };
     let proven = state
-        .ci
+        .auth
         .may_act_for(&caller, workflow, CiRoute::Gates)
         .await?;
     let gate = NewGate {

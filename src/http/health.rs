@@ -9,15 +9,35 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::AppState;
+use std::sync::Arc;
+
+use axum::routing::get;
+use axum::Router;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What the probes and `/metrics` need.
+pub struct HealthState {
+    pub store: Store,
+    pub metrics: Metrics,
+}
+
+pub fn routes(state: HealthState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Arc::new(state))
+}
 
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn healthz() -> Json<serde_json::Value> {
+async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-pub async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Arc<HealthState>>) -> Response {
     let backend = state.store.backend().name();
     match tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => Json(json!({ "status": "ready", "store": backend })).into_response(),
@@ -41,7 +61,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Arc<HealthState>>) -> Response {
     if let Ok(Ok((pending, oldest))) =
         tokio::time::timeout(READY_TIMEOUT, state.store.pending_summary()).await
     {

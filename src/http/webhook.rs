@@ -15,17 +15,56 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
+use axum::routing::post;
+use axum::Router;
+use tokio::sync::{Notify, Semaphore};
+
 use super::error::ApiError;
-use super::AppState;
-use crate::inbound::signature::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::clock::Clock;
+use crate::domain::task::TaskRules;
+use crate::inbound::signature::{Verifier, HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use crate::inbound::sym_event::EventError;
-use crate::store::{NewDelivery, Recorded};
+use crate::metrics::Metrics;
+use crate::store::{Intake, NewDelivery, Recorded};
+use crate::telemetry::RateLimit;
 
 /// How long a signed delivery waits for a store-write slot before 429.
 const SLOT_WAIT: Duration = Duration::from_millis(250);
 
-pub async fn receive(
-    State(state): State<AppState>,
+/// What the webhook routes need.
+pub struct WebhookState {
+    pub verifier: Verifier,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    /// ON_DENY, APPROVAL_TIMEOUT, HOLD_JOB_NAMES.
+    pub rules: Arc<TaskRules>,
+    pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+    /// Slots for writing signed deliveries to the store (MAX_CONCURRENT_REQUESTS).
+    pub store_slots: Semaphore,
+    /// Records deliveries, many to a commit.
+    pub intake: Intake,
+    /// Keeps a flood of refused requests from flooding the log.
+    pub refusal_log: RateLimit,
+    /// Wakes the worker when a task is stored.
+    pub wake: Arc<Notify>,
+    /// Wakes the reconciler when a run is bound.
+    pub reconciler_wake: Arc<Notify>,
+}
+
+/// `POST /webhooks/sym` and `POST /webhooks/approval`: one handler, since a generic approval
+/// event is told from a Sym log entry by its shape.
+pub fn routes(state: WebhookState) -> Router {
+    Router::new()
+        .route("/webhooks/sym", post(receive))
+        .route("/webhooks/approval", post(receive))
+        .with_state(Arc::new(state))
+}
+
+async fn receive(
+    State(state): State<Arc<WebhookState>>,
     request: axum::extract::Request,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let started = Instant::now();
@@ -63,7 +102,7 @@ pub async fn receive(
 type Handled = ((StatusCode, Json<Value>), &'static str);
 
 /// The whole body, within the size and time limits.
-async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
+async fn read_body(state: &Arc<WebhookState>, body: Body) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(body, state.max_body_bytes);
     match tokio::time::timeout(
         state.body_read_timeout,
@@ -81,7 +120,7 @@ async fn read_body(state: &AppState, body: Body) -> Result<Bytes, ApiError> {
 }
 
 async fn handle(
-    state: &AppState,
+    state: &Arc<WebhookState>,
     headers: &HeaderMap,
     body: Body,
     started: Instant,
@@ -89,7 +128,7 @@ async fn handle(
     let body = read_body(state, body).await?;
 
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let now = state.store.clock().unix_secs();
+    let now = state.clock.unix_secs();
     let verified = state
         .verifier
         .verify(
@@ -116,7 +155,7 @@ async fn handle(
         }
     })?;
 
-    let received_at = state.store.clock().now_ms();
+    let received_at = state.clock.now_ms();
     let refused = |refused: crate::domain::task::HoldJobNotAllowed| {
         tracing::warn!(webhook_id = %verified.webhook_id, error = %refused, "signed event refused");
         ApiError::HoldJobNotAllowed(refused.to_string())
