@@ -298,34 +298,58 @@ impl Application {
     }
 }
 
-/// Deletes records older than `retention` now and every [`PRUNE_EVERY`]; pending tasks stay.
-/// Re-reads the database's clock now and then (system clocks drift, NTP steps them).
-async fn sync_clock_periodically(store: Store, shutdown: CancellationToken) {
+/// Runs `work` every `period` on the store's clock until `shutdown` (first at once when
+/// `now`, else after one period). One helper for the housekeeping loops below.
+async fn every<F, Fut>(
+    store: &Store,
+    period: Duration,
+    now: bool,
+    shutdown: CancellationToken,
+    mut work: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    if now {
+        work().await;
+    }
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(CLOCK_SYNC_EVERY) => {}
+            () = store.clock().sleep(period) => {}
         }
+        work().await;
+    }
+}
+
+/// Re-reads the database's clock now and then (system clocks drift, NTP steps them).
+async fn sync_clock_periodically(store: Store, shutdown: CancellationToken) {
+    every(&store, CLOCK_SYNC_EVERY, false, shutdown, || async {
         if let Err(e) = store.sync_clock().await {
             tracing::warn!(error = %e, "cannot read the database's clock; keeping the last offset");
         }
-    }
+    })
+    .await;
 }
 
 async fn checkpoint_periodically(store: Store, shutdown: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(crate::store::CHECKPOINT_EVERY) => {}
-        }
-        if let Err(e) = store.checkpoint().await {
-            tracing::debug!(error = %e, "WAL checkpoint failed; will try again");
-        }
-    }
+    every(
+        &store,
+        crate::store::CHECKPOINT_EVERY,
+        false,
+        shutdown,
+        || async {
+            if let Err(e) = store.checkpoint().await {
+                tracing::debug!(error = %e, "WAL checkpoint failed; will try again");
+            }
+        },
+    )
+    .await;
 }
 
+/// Deletes records older than `retention` now and every [`PRUNE_EVERY`]; pending tasks stay.
 async fn prune_periodically(store: Store, retention: Duration, shutdown: CancellationToken) {
-    loop {
+    every(&store, PRUNE_EVERY, true, shutdown, || async {
         let cutoff = store
             .clock()
             .now_ms()
@@ -335,11 +359,8 @@ async fn prune_periodically(store: Store, retention: Duration, shutdown: Cancell
             Ok(n) => tracing::info!(deliveries = n, "pruned records past RETENTION_DAYS"),
             Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(PRUNE_EVERY) => {}
-        }
-    }
+    })
+    .await;
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C.

@@ -27,12 +27,14 @@
 mod attempts;
 pub mod audit;
 mod deliveries;
+mod gate_views;
 mod gates;
 mod group_commit;
 mod intake;
 mod sqlite_lock;
 mod step_results;
 mod tasks;
+mod urls;
 mod verdicts;
 
 use std::path::Path;
@@ -47,12 +49,15 @@ use crate::clock::{duration_ms, Clock};
 
 pub use attempts::{AttemptId, PlannedCall};
 pub use deliveries::{NewDelivery, Recorded};
-pub use gates::{ClaimedGate, GateConflict, GateEnd, GateView, NewGate, Registered};
+pub use gate_views::GateView;
+pub use gates::{ClaimedGate, GateConflict, GateEnd, NewGate, Registered};
 pub use group_commit::{BatchObserver, BatchOptions};
 pub use intake::Intake;
 pub use sqlite_lock::ServingLock;
 pub use step_results::StepResults;
 pub use tasks::{ClaimedTask, JobInfo, StepResult};
+use urls::prepare_sqlite_url;
+pub use urls::redact_url;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -531,129 +536,5 @@ async fn open_pool(
         .await?)
 }
 
-/// Creates the SQLite file's folder and asks sqlx to create the file (`mode=rwc`).
-fn prepare_sqlite_url(url: &str) -> Result<(String, std::path::PathBuf), StoreError> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    let (path, query) = match rest.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (rest, None),
-    };
-    if path.is_empty() || path.contains(":memory:") || query.is_some_and(|q| q.contains("memory")) {
-        return Err(StoreError::Invalid(
-            "DATABASE_URL: an in-memory SQLite store would lose accepted events; give a file path"
-                .into(),
-        ));
-    }
-    if let Some(parent) = Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            StoreError::Invalid(format!(
-                "DATABASE_URL: cannot create folder {}: {e}",
-                parent.display()
-            ))
-        })?;
-    }
-    let url = match query {
-        Some(q) if q.contains("mode=") => format!("sqlite://{path}?{q}"),
-        Some(q) => format!("sqlite://{path}?{q}&mode=rwc"),
-        None => format!("sqlite://{path}?mode=rwc"),
-    };
-    Ok((url, std::path::PathBuf::from(path)))
-}
-
-/// `DATABASE_URL` fit for logs and errors: the password replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() && parsed.set_password(Some("***")).is_err() {
-                return "<DATABASE_URL with a password>".to_owned();
-            }
-            // Query parameters may carry a password too (`?password=…`).
-            if parsed
-                .query_pairs()
-                .any(|(k, _)| k.eq_ignore_ascii_case("password"))
-            {
-                let kept: Vec<(String, String)> = parsed
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        if k.eq_ignore_ascii_case("password") {
-                            (k.into_owned(), "***".to_owned())
-                        } else {
-                            (k.into_owned(), v.into_owned())
-                        }
-                    })
-                    .collect();
-                parsed.query_pairs_mut().clear().extend_pairs(kept);
-            }
-            parsed.to_string()
-        }
-        Err(_) => "<DATABASE_URL (not a valid URL)>".to_owned(),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn run_time_sql_numbers_its_parameters_in_order() {
-        assert_eq!(placeholders('$', 4, 3), "$4, $5, $6");
-        assert_eq!(placeholders('?', 1, 1), "?1");
-        assert_eq!(value_rows('?', 4, 2, 2), "(?4, ?5), (?6, ?7)");
-        assert_eq!(value_rows('$', 1, 1, 3), "($1, $2, $3)");
-    }
-
-    #[test]
-    fn redacted_urls_never_show_a_password() {
-        assert_eq!(
-            redact_url("postgres://approver:s3cret@db.internal:5432/approver?sslmode=require"),
-            "postgres://approver:***@db.internal:5432/approver?sslmode=require"
-        );
-        let query = redact_url("postgres://db/approver?user=a&password=s3cret");
-        assert!(!query.contains("s3cret"), "{query}");
-        assert!(query.contains("password=***"), "{query}");
-        assert_eq!(
-            redact_url("postgres://approver@db/approver"),
-            "postgres://approver@db/approver"
-        );
-        assert_eq!(
-            redact_url("sqlite://data/approver.db"),
-            "sqlite://data/approver.db"
-        );
-        assert!(!redact_url("postgres://a:s3cret@[bad").contains("s3cret"));
-    }
-
-    #[test]
-    fn only_outages_are_worth_waiting_for() {
-        let refused = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert!(StoreError::from(refused).is_transient());
-        assert!(StoreError::from(sqlx::Error::PoolTimedOut).is_transient());
-        assert!(StoreError::TimedOut(Duration::from_secs(1)).is_transient());
-        assert!(!StoreError::Invalid("bad".into()).is_transient());
-        assert!(!StoreError::from(sqlx::Error::Configuration("bad url".into())).is_transient());
-    }
-
-    #[test]
-    fn the_backend_comes_from_the_url_scheme() {
-        assert_eq!(
-            Backend::for_url("sqlite://data/a.db").unwrap(),
-            Backend::Sqlite
-        );
-        assert_eq!(Backend::for_url("sqlite:a.db").unwrap(), Backend::Sqlite);
-        assert_eq!(
-            Backend::for_url("postgres://db/a").unwrap(),
-            Backend::Postgres
-        );
-        assert_eq!(
-            Backend::for_url("postgresql://db/a").unwrap(),
-            Backend::Postgres
-        );
-        assert!(Backend::for_url("mysql://db/a").is_err());
-    }
-}
+mod tests;
