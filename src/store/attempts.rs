@@ -29,7 +29,7 @@ pub(super) async fn insert_calls(
             "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
              status_code, duration_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
-        .bind(task.to_string())
+        .bind(task)
         .bind(call.started_at)
         .bind(call.operation.as_str())
         .bind(call.method)
@@ -80,7 +80,7 @@ impl Store {
                  WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
                  AND lease_expires_at > $4",
             )
-            .bind(task.to_string())
+            .bind(task)
             .bind(lease.as_str())
             .bind(now.saturating_add(duration_ms(lease_for)))
             .bind(now)
@@ -97,7 +97,7 @@ impl Store {
                  status_code, duration_ms, error) \
                  VALUES ($1, $2, $3, $4, $5, NULL, 0, $6) RETURNING id",
             )
-            .bind(task.to_string())
+            .bind(task)
             .bind(now)
             .bind(call.operation.as_str())
             .bind(call.method)
@@ -128,7 +128,7 @@ impl Store {
                  status_code, duration_ms, error) \
                  VALUES ($1, $2, $3, $4, $5, NULL, 0, $6) RETURNING id",
             )
-            .bind(task.to_string())
+            .bind(task)
             .bind(started_at)
             .bind(operation.as_str())
             .bind(method)
@@ -155,7 +155,7 @@ impl Store {
                 "SELECT COUNT(*) FROM attempts WHERE task_id = $1 AND operation = $2 \
                  AND (status_code IS NULL OR status_code < 400 OR status_code >= 500)",
             )
-            .bind(task.to_string())
+            .bind(task)
             .bind(operation.as_str())
             .fetch_one(&self.pool)
             .await?;

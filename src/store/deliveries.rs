@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{parse_id, value_rows, Store, StoreError};
+use super::{value_rows, Store, StoreError};
 use crate::domain::binding::RunBinding;
 use crate::domain::event::{Event, EventKind};
 use crate::domain::gate::ApprovalPath;
@@ -108,7 +108,7 @@ impl Store {
         self.bounded(async {
             Ok(
                 sqlx::query_scalar("SELECT redeliveries FROM deliveries WHERE id = $1")
-                    .bind(delivery.to_string())
+                    .bind(delivery)
                     .fetch_one(&self.pool)
                     .await?,
             )
@@ -139,7 +139,7 @@ impl Store {
                 "SELECT sym_event_id, COALESCE(approver_username, approver_name) AS approver \
                  FROM deliveries WHERE id = $1",
             )
-            .bind(delivery_id.to_string())
+            .bind(delivery_id)
             .fetch_one(&self.pool)
             .await?;
             Ok((row.try_get("sym_event_id")?, row.try_get("approver")?))
@@ -306,7 +306,7 @@ async fn insert_deliveries(
             let event = &item.event;
             let status = status_of(item);
             insert = insert
-                .bind(id.to_string())
+                .bind(id)
                 .bind(item.webhook_id.as_str())
                 .bind(event.id.as_str())
                 .bind(event.event_type.as_str())
@@ -350,10 +350,10 @@ async fn insert_tasks(
         for row in chunk {
             let received_at = items[row.index].received_at;
             insert = insert
-                .bind(row.id.to_string())
-                .bind(delivery_ids[row.index].to_string())
+                .bind(row.id)
+                .bind(delivery_ids[row.index])
                 .bind(row.task.action.as_str())
-                .bind(row.task.workflow_id.to_string())
+                .bind(row.task.workflow_id)
                 .bind(TaskStatus::Pending.as_str())
                 .bind(received_at)
                 .bind(row.task.deadline_at)
@@ -386,19 +386,17 @@ async fn duplicate_in(
             "unique conflict without an original delivery".into(),
         ));
     };
-    let id: String = original.try_get("id")?;
+    let id: DeliveryId = original.try_get("id")?;
     let outcome: String = original.try_get("outcome")?;
-    let attached_to: Option<String> = original.try_get("duplicate_of")?;
-    count_redelivery(tx, parse_id(&id)?).await?;
+    let attached_to: Option<DeliveryId> = original.try_get("duplicate_of")?;
+    count_redelivery(tx, id).await?;
     // A repeat of an attached approval is answered like the approval was: with the live
     // task's delivery.
     let told = match attached_to {
         Some(live) if outcome == DeliveryStatus::Attached.as_str() => live,
         _ => id,
     };
-    Ok(Recorded::Duplicate {
-        original_id: parse_id(&told)?,
-    })
+    Ok(Recorded::Duplicate { original_id: told })
 }
 
 /// A delivery whose hold job already has a live approval (another Sym event, the reconciler):
@@ -416,7 +414,7 @@ async fn attach_in(
         "SELECT id, delivery_id, status FROM tasks WHERE workflow_id = $1 AND hold_job_name = $2 \
          AND action = $3 AND (status = $4 OR outcome = 'approved') LIMIT 1",
     )
-    .bind(task.workflow_id.to_string())
+    .bind(task.workflow_id)
     .bind(&task.hold_job_name)
     .bind(TaskAction::Approve.as_str())
     .bind(TaskStatus::Pending.as_str())
@@ -428,12 +426,11 @@ async fn attach_in(
         ));
     };
     let live_task: String = live.try_get("id")?;
-    let live_delivery: String = live.try_get("delivery_id")?;
-    let original_id: DeliveryId = parse_id(&live_delivery)?;
+    let original_id: DeliveryId = live.try_get("delivery_id")?;
     sqlx::query("UPDATE deliveries SET outcome = $2, duplicate_of = $3 WHERE id = $1")
-        .bind(delivery.to_string())
+        .bind(delivery)
         .bind(DeliveryStatus::Attached.as_str())
-        .bind(&live_delivery)
+        .bind(original_id)
         .execute(&mut **tx)
         .await?;
     sqlx::query(
@@ -450,7 +447,7 @@ async fn attach_in(
 
 async fn count_redelivery(tx: &mut Tx<'_>, original: DeliveryId) -> Result<(), StoreError> {
     sqlx::query("UPDATE deliveries SET redeliveries = redeliveries + 1 WHERE id = $1")
-        .bind(original.to_string())
+        .bind(original)
         .execute(&mut **tx)
         .await?;
     Ok(())

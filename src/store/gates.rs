@@ -11,8 +11,8 @@ use std::time::Duration;
 use sqlx::any::AnyRow;
 use sqlx::{Acquire as _, Row};
 
+use super::is_unique_violation;
 use super::tasks::insert_task;
-use super::{is_unique_violation, parse_id};
 use super::{Store, StoreError};
 use crate::clock::duration_ms;
 use crate::domain::binding::{run_key, RunBinding};
@@ -105,7 +105,7 @@ impl Store {
             let same: Option<AnyRow> = sqlx::query(
                 "SELECT run_key FROM gates WHERE workflow_id = $1 AND hold_job_name = $2",
             )
-            .bind(gate.workflow_id.to_string())
+            .bind(gate.workflow_id)
             .bind(gate.hold_job_name)
             .fetch_optional(&mut *tx)
             .await?;
@@ -126,7 +126,7 @@ impl Store {
                  created_at, next_poll_at, pipeline_id, project_slug) \
                  VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)",
             )
-            .bind(gate.workflow_id.to_string())
+            .bind(gate.workflow_id)
             .bind(gate.hold_job_name)
             .bind(gate.sym_run_id)
             .bind(&key)
@@ -199,11 +199,8 @@ impl Store {
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| {
-            let workflow: String = row.try_get("workflow_id")?;
-            Ok((parse_id(&workflow)?, row.try_get("hold_job_name")?))
-        })
-        .transpose()
+        row.map(|row| Ok((row.try_get("workflow_id")?, row.try_get("hold_job_name")?)))
+            .transpose()
     }
 
     /// Binds a run from Sym's own answer for it (the first binding of a run stands); returns
@@ -247,7 +244,7 @@ impl Store {
                  WHERE workflow_id = $1 AND hold_job_name = $2 AND lease_owner = $3 \
                  AND status = 'open'",
             )
-            .bind(gate.workflow_id.to_string())
+            .bind(gate.workflow_id)
             .bind(&gate.hold_job_name)
             .bind(lease.as_str())
             .bind(next_poll_at)
@@ -275,7 +272,7 @@ impl Store {
                 "UPDATE gates SET lease_owner = NULL, lease_expires_at = NULL \
                  WHERE workflow_id = $1 AND hold_job_name = $2 AND lease_owner = $3",
             )
-            .bind(gate.workflow_id.to_string())
+            .bind(gate.workflow_id)
             .bind(&gate.hold_job_name)
             .bind(lease.as_str())
             .execute(&self.pool)
@@ -321,10 +318,10 @@ impl Store {
                          workflow_id, run_srn, received_at, outcome) \
                          VALUES ($1, $2, $2, $3, $4, $5, $6, $7)",
                     )
-                    .bind(delivery_id.to_string())
+                    .bind(delivery_id)
                     .bind(&marker)
                     .bind(task.action.as_str())
-                    .bind(gate.workflow_id.to_string())
+                    .bind(gate.workflow_id)
                     .bind(&gate.sym_run_id)
                     .bind(now)
                     .bind(DeliveryStatus::Queued.as_str())
@@ -369,7 +366,7 @@ impl Store {
                  WHERE workflow_id = $1 AND hold_job_name = $2 AND lease_owner = $3 \
                  AND status = 'open'",
             )
-            .bind(gate.workflow_id.to_string())
+            .bind(gate.workflow_id)
             .bind(&gate.hold_job_name)
             .bind(lease.as_str())
             .bind(status.as_str())
@@ -417,9 +414,8 @@ async fn evict_squatter(
 }
 
 fn gate_from_row(row: &AnyRow) -> Result<ClaimedGate, StoreError> {
-    let workflow: String = row.try_get("workflow_id")?;
     Ok(ClaimedGate {
-        workflow_id: parse_id(&workflow)?,
+        workflow_id: row.try_get("workflow_id")?,
         sym_run_id: row.try_get("sym_run_id")?,
         hold_job_name: row.try_get("hold_job_name")?,
         polls: row.try_get("polls")?,
@@ -446,10 +442,10 @@ pub(super) async fn insert_bindings(
         for (binding, delivery) in chunk {
             insert = insert
                 .bind(binding.run_key.as_str())
-                .bind(binding.workflow_id.to_string())
+                .bind(binding.workflow_id)
                 .bind(binding.hold_job_name.as_str())
                 .bind(binding.source.as_str())
-                .bind(delivery.map(|d| d.to_string()))
+                .bind(delivery)
                 .bind(now);
         }
         insert.execute(&mut **tx).await?;
@@ -488,7 +484,7 @@ pub(super) async fn release_gates_by_hook(
             .bind(now);
         for task in chunk {
             update = update
-                .bind(task.workflow_id.to_string())
+                .bind(task.workflow_id)
                 .bind(task.hold_job_name.as_str());
         }
         update.execute(&mut **tx).await?;

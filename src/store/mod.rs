@@ -30,6 +30,7 @@ mod deliveries;
 mod gate_views;
 mod gates;
 mod group_commit;
+mod ids;
 mod intake;
 mod sqlite_lock;
 mod step_results;
@@ -457,12 +458,6 @@ impl Store {
         }
         self.pool.close().await;
     }
-}
-
-/// A stored id back to its type.
-pub(super) fn parse_id<T: std::str::FromStr>(text: &str) -> Result<T, StoreError> {
-    text.parse()
-        .map_err(|_| StoreError::Invalid(format!("stored id {text:?} is not a UUID")))
 }
 
 /// Did a statement hit a unique index (a duplicate the schema refuses)?

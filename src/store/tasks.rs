@@ -11,7 +11,7 @@ use std::time::Duration;
 use sqlx::any::AnyRow;
 use sqlx::{Acquire as _, Row};
 
-use super::{is_unique_violation, parse_id};
+use super::is_unique_violation;
 use super::{Backend, Store, StoreError};
 use crate::clock::duration_ms;
 use crate::domain::gate::ApprovalPath;
@@ -238,7 +238,7 @@ impl Store {
                 "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
                  WHERE id = $1 AND lease_owner = $2 AND call_in_flight = 0",
             )
-            .bind(task.to_string())
+            .bind(task)
             .bind(lease.as_str())
             .execute(&self.pool)
             .await?;
@@ -252,7 +252,7 @@ impl Store {
         self.bounded(async {
             let row =
                 sqlx::query("SELECT status, outcome, detail, attempts FROM tasks WHERE id = $1")
-                    .bind(task.to_string())
+                    .bind(task)
                     .fetch_optional(&self.pool)
                     .await?;
             row.map(|row| {
@@ -276,12 +276,12 @@ impl Store {
         delivery: DeliveryId,
     ) -> Result<Option<TaskId>, StoreError> {
         self.bounded(async {
-            let id: Option<String> =
+            Ok(
                 sqlx::query_scalar("SELECT id FROM tasks WHERE delivery_id = $1")
-                    .bind(delivery.to_string())
+                    .bind(delivery)
                     .fetch_optional(&self.pool)
-                    .await?;
-            id.as_deref().map(parse_id).transpose()
+                    .await?,
+            )
         })
         .await
     }
@@ -328,17 +328,14 @@ pub(super) fn parse_outcome(text: &str) -> Result<Outcome, StoreError> {
 }
 
 fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTask, StoreError> {
-    let id: String = row.try_get("id")?;
-    let delivery_id: String = row.try_get("delivery_id")?;
-    let workflow_id: String = row.try_get("workflow_id")?;
     let action: String = row.try_get("action")?;
     let origin: Option<String> = row.try_get("origin")?;
     Ok(ClaimedTask {
-        id: parse_id(&id)?,
-        delivery_id: parse_id(&delivery_id)?,
+        id: row.try_get("id")?,
+        delivery_id: row.try_get("delivery_id")?,
         action: TaskAction::parse(&action)
             .ok_or_else(|| StoreError::Invalid(format!("unknown task action {action:?}")))?,
-        workflow_id: parse_id(&workflow_id)?,
+        workflow_id: row.try_get("workflow_id")?,
         hold_job_name: row.try_get("hold_job_name")?,
         origin: origin
             .as_deref()
@@ -396,7 +393,7 @@ async fn settle_one(
          lease_owner = NULL, lease_expires_at = NULL, call_in_flight = 0 \
          WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
     )
-    .bind(result.task.to_string())
+    .bind(result.task)
     .bind(result.lease.as_str())
     .bind(status.as_str())
     .bind(outcome.map(Outcome::as_str))
@@ -429,18 +426,17 @@ async fn promote_attached(
     successor: &NewTask,
     now: i64,
 ) -> Result<(), StoreError> {
-    let newest: Option<String> = sqlx::query_scalar(
+    let newest: Option<DeliveryId> = sqlx::query_scalar(
         "SELECT id FROM deliveries WHERE duplicate_of = $1 AND outcome = $2 \
          ORDER BY received_at DESC, id DESC LIMIT 1",
     )
-    .bind(failed.to_string())
+    .bind(failed)
     .bind(DeliveryStatus::Attached.as_str())
     .fetch_optional(&mut **tx)
     .await?;
     let Some(newest) = newest else {
         return Ok(());
     };
-    let newest: DeliveryId = parse_id(&newest)?;
     let mut saved = tx.begin().await?;
     let made = insert_task(
         &mut saved,
@@ -461,13 +457,13 @@ async fn promote_attached(
         Err(e) => return Err(e.into()),
     }
     sqlx::query("UPDATE deliveries SET outcome = $2, duplicate_of = NULL WHERE id = $1")
-        .bind(newest.to_string())
+        .bind(newest)
         .bind(DeliveryStatus::Queued.as_str())
         .execute(&mut **tx)
         .await?;
     sqlx::query("UPDATE deliveries SET duplicate_of = $2 WHERE duplicate_of = $1 AND outcome = $3")
-        .bind(failed.to_string())
-        .bind(newest.to_string())
+        .bind(failed)
+        .bind(newest)
         .bind(DeliveryStatus::Attached.as_str())
         .execute(&mut **tx)
         .await?;
@@ -488,10 +484,10 @@ pub(super) async fn insert_task(
          created_at, deadline_at, next_attempt_at, hold_job_name, origin) \
          VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $6, $8, $9)",
     )
-    .bind(task_id.to_string())
-    .bind(delivery_id.to_string())
+    .bind(task_id)
+    .bind(delivery_id)
     .bind(task.action.as_str())
-    .bind(task.workflow_id.to_string())
+    .bind(task.workflow_id)
     .bind(TaskStatus::Pending.as_str())
     .bind(now)
     .bind(task.deadline_at)

@@ -32,7 +32,7 @@ impl Store {
                  WHERE t.workflow_id = $1 AND {HOLD_FILTER} AND t.action = $4 \
                  ORDER BY d.received_at DESC, t.id DESC LIMIT 100"
             ))
-            .bind(workflow.to_string())
+            .bind(workflow)
             .bind(hold_job)
             .bind(default_hold_job)
             .bind(TaskAction::Approve.as_str())
