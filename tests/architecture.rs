@@ -202,3 +202,128 @@ fn the_domain_is_pure() {
         }
     }
 }
+
+/// `src/store/gates.rs` → `store::gates`; `src/store/mod.rs` → `store`.
+fn module_path(src: &Path, file: &Path) -> Option<String> {
+    let relative = file.strip_prefix(src).ok()?.with_extension("");
+    let mut parts: Vec<String> = relative
+        .components()
+        .filter_map(|c| c.as_os_str().to_str().map(str::to_owned))
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    Some(parts.join("::"))
+}
+
+/// The module a path names: the longest known module it starts with.
+fn resolve(path: &[&str], modules: &BTreeMap<String, Vec<String>>) -> Option<String> {
+    (1..=path.len())
+        .rev()
+        .map(|n| path[..n].join("::"))
+        .find(|candidate| modules.contains_key(candidate))
+}
+
+fn related(a: &str, b: &str) -> bool {
+    a == b || a.starts_with(&format!("{b}::")) || b.starts_with(&format!("{a}::"))
+}
+
+#[test]
+fn no_module_cycles() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let files: Vec<(String, PathBuf)> = files
+        .into_iter()
+        .filter(|f| !f.starts_with(src.join("bin")))
+        // Test modules (`#[path]` siblings) use their parent; they are not part of the graph.
+        .filter(|f| !f.to_string_lossy().ends_with("tests.rs"))
+        .filter_map(|f| Some((module_path(&src, &f)?, f)))
+        .filter(|(m, _)| !matches!(m.as_str(), "lib" | "main"))
+        .collect();
+    let mut edges: BTreeMap<String, Vec<String>> =
+        files.iter().map(|(m, _)| (m.clone(), Vec::new())).collect();
+    let known = edges.clone();
+    for (module, file) in &files {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let is_dir_module = file.ends_with("mod.rs");
+        let parent: Vec<&str> = if is_dir_module {
+            module.split("::").collect()
+        } else {
+            let mut p: Vec<&str> = module.split("::").collect();
+            p.pop();
+            p
+        };
+        for line in text.lines().map(str::trim_start) {
+            if line.starts_with("//") {
+                continue;
+            }
+            for (prefix, base) in [("crate::", Vec::new()), ("super::", parent.clone())] {
+                for (at, _) in line.match_indices(prefix) {
+                    // `super::` inside `crate::a::super::` cannot happen; skip `self::super`.
+                    let rest = &line[at + prefix.len()..];
+                    let mut path = base.clone();
+                    path.extend(
+                        rest.split("::")
+                            .map(|p| {
+                                p.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                                    .next()
+                                    .unwrap_or("")
+                            })
+                            .take_while(|p| !p.is_empty()),
+                    );
+                    if let Some(target) = resolve(&path, &known) {
+                        if !related(module, &target) {
+                            edges.entry(module.clone()).or_default().push(target);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Depth-first search; a grey node reached again closes a cycle.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        White,
+        Grey,
+        Black,
+    }
+    fn visit(
+        node: &str,
+        edges: &BTreeMap<String, Vec<String>>,
+        marks: &mut BTreeMap<String, Mark>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        marks.insert(node.to_owned(), Mark::Grey);
+        stack.push(node.to_owned());
+        for next in edges.get(node).into_iter().flatten() {
+            match marks.get(next).copied().unwrap_or(Mark::White) {
+                Mark::Grey => {
+                    let from = stack.iter().position(|n| n == next).unwrap_or(0);
+                    let mut cycle = stack[from..].to_vec();
+                    cycle.push(next.clone());
+                    return Some(cycle);
+                }
+                Mark::White => {
+                    if let Some(cycle) = visit(next, edges, marks, stack) {
+                        return Some(cycle);
+                    }
+                }
+                Mark::Black => {}
+            }
+        }
+        stack.pop();
+        marks.insert(node.to_owned(), Mark::Black);
+        None
+    }
+    let mut marks = BTreeMap::new();
+    for node in edges.keys() {
+        if marks.get(node).copied().unwrap_or(Mark::White) == Mark::White {
+            let mut stack = Vec::new();
+            if let Some(cycle) = visit(node, &edges, &mut marks, &mut stack) {
+                panic!("module cycle: {}", cycle.join(" -> "));
+            }
+        }
+    }
+    assert!(edges.len() > 20, "too few modules found: {}", edges.len());
+}
