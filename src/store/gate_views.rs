@@ -6,8 +6,6 @@ use sqlx::Row;
 use super::{Store, StoreError};
 use crate::domain::gate::GateProblem;
 
-const OPEN: &str = "open";
-
 /// A gate as the audit trail shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GateView {
@@ -40,9 +38,8 @@ impl Store {
     pub async fn open_gates_summary(&self) -> Result<(i64, Option<i64>), StoreError> {
         self.bounded(async {
             let row = sqlx::query(
-                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM gates WHERE status = $1",
+                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM gates WHERE status = 'open'",
             )
-            .bind(OPEN)
             .fetch_one(&self.pool)
             .await?;
             Ok((row.try_get("n")?, row.try_get("oldest")?))
@@ -55,9 +52,8 @@ impl Store {
         self.bounded(async {
             let rows = sqlx::query(
                 "SELECT problem, COUNT(*) AS n FROM gates \
-                 WHERE status = $1 AND problem IS NOT NULL GROUP BY problem",
+                 WHERE status = 'open' AND problem IS NOT NULL GROUP BY problem",
             )
-            .bind(OPEN)
             .fetch_all(&self.pool)
             .await?;
             let mut counts: Vec<(GateProblem, i64)> =

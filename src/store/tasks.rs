@@ -199,9 +199,8 @@ impl Store {
                 "SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL \
                  AND lease_expires_at > next_attempt_at \
                  THEN lease_expires_at ELSE next_attempt_at END) \
-                 FROM tasks WHERE status = $1",
+                 FROM tasks WHERE status = 'pending'",
             )
-            .bind(PENDING)
             .fetch_one(&self.pool)
             .await?;
             Ok(due)
@@ -290,9 +289,9 @@ impl Store {
     pub async fn pending_summary(&self) -> Result<(i64, Option<i64>), StoreError> {
         self.bounded(async {
             let row = sqlx::query(
-                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM tasks WHERE status = $1",
+                "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM tasks \
+                 WHERE status = 'pending'",
             )
-            .bind(PENDING)
             .fetch_one(&self.pool)
             .await?;
             Ok((row.try_get("n")?, row.try_get("oldest")?))

@@ -1,0 +1,154 @@
+//! The query plans docs/writes.md ("Indexes") promises: every query on `tasks` by workflow,
+//! and every pending-task query, searches an index; none scans the table. On SQLite always; on
+//! PostgreSQL too when `APPROVER_TEST_POSTGRES_URL` names a server (with sequential scans
+//! disabled, so the check is whether an index *can* serve the query, whatever the table size).
+//!
+//! The statements are the store's (`src/store/tasks.rs`, `deliveries.rs`, `verdicts.rs`), with
+//! literals for their parameters.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sqlx::Row;
+
+const QUERIES: &[(&str, &str)] = &[
+    (
+        "claim (due first, one lease per workflow)",
+        "SELECT t.id, t.workflow_id FROM tasks t \
+         WHERE t.status = 'pending' AND t.next_attempt_at <= 5 \
+         AND (t.lease_expires_at IS NULL OR t.lease_expires_at < 5) \
+         AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.workflow_id = t.workflow_id \
+             AND o.id <> t.id AND o.status = 'pending' AND o.lease_expires_at >= 5) \
+         ORDER BY t.next_attempt_at, t.created_at LIMIT 10",
+    ),
+    (
+        "next wake-up",
+        "SELECT MIN(CASE WHEN lease_expires_at IS NOT NULL \
+         AND lease_expires_at > next_attempt_at \
+         THEN lease_expires_at ELSE next_attempt_at END) \
+         FROM tasks WHERE status = 'pending'",
+    ),
+    (
+        "pending count for /metrics",
+        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM tasks WHERE status = 'pending'",
+    ),
+    (
+        "attach to the live task",
+        "SELECT id, delivery_id, status FROM tasks WHERE workflow_id = 'w' \
+         AND hold_job_name = 'h' AND action = 'approve' \
+         AND (status = 'pending' OR outcome = 'approved') LIMIT 1",
+    ),
+    (
+        "a verdict's approvals of a workflow",
+        "SELECT t.id FROM tasks t JOIN deliveries d ON d.id = t.delivery_id \
+         WHERE t.workflow_id = 'w' AND t.action = 'approve' \
+         ORDER BY d.received_at DESC, t.id DESC LIMIT 100",
+    ),
+    (
+        "a rerun's verdict",
+        "SELECT t.id FROM tasks t WHERE t.pipeline_id = 'p' AND t.workflow_name = 'n' \
+         AND t.status = 'succeeded' AND t.outcome = 'approved' \
+         ORDER BY t.finished_at DESC LIMIT 1",
+    ),
+];
+
+const TASK_INDEXES: &[&str] = &["tasks_by_workflow", "tasks_pending_due", "tasks_pipeline"];
+
+#[tokio::test]
+async fn sqlite_searches_an_index_for_every_task_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("plans.db").display());
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    sqlx::migrate!("migrations/sqlite").run(&pool).await.unwrap();
+
+    let mut indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks' \
+         AND sql IS NOT NULL ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    indexes.sort();
+    let mut expected: Vec<String> = TASK_INDEXES.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(indexes, expected, "the tasks table's secondary indexes");
+
+    for (what, sql) in QUERIES {
+        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+        let text = plan.join("\n");
+        for step in &plan {
+            let on_tasks = step.contains(" t ") || step.contains(" o ") || step.contains("tasks");
+            if on_tasks && step.starts_with("SCAN") {
+                assert!(
+                    step.contains("USING INDEX") || step.contains("USING COVERING INDEX"),
+                    "{what}: scans tasks without an index:\n{text}"
+                );
+            }
+        }
+        assert!(
+            TASK_INDEXES.iter().any(|i| text.contains(i)),
+            "{what}: uses none of the task indexes:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn postgres_can_serve_every_task_query_from_an_index() {
+    let Ok(admin) = std::env::var("APPROVER_TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED: the PostgreSQL plans need APPROVER_TEST_POSTGRES_URL");
+        assert!(
+            std::env::var("APPROVER_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "APPROVER_REQUIRE_POSTGRES=1 but APPROVER_TEST_POSTGRES_URL is not set"
+        );
+        return;
+    };
+    let admin_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin)
+        .await
+        .unwrap();
+    let name = format!("plans_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin_pool)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&name);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url.as_str())
+        .await
+        .unwrap();
+    sqlx::migrate!("migrations/postgres").run(&pool).await.unwrap();
+    sqlx::query("SET enable_seqscan = off")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for (what, sql) in QUERIES {
+        let rows = sqlx::query(&format!("EXPLAIN {sql}"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let text: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
+        let text = text.join("\n");
+        assert!(
+            !text.contains("Seq Scan on tasks"),
+            "{what}: no index serves it:\n{text}"
+        );
+        assert!(
+            TASK_INDEXES.iter().any(|i| text.contains(i)),
+            "{what}: uses none of the task indexes:\n{text}"
+        );
+    }
+    pool.close().await;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&admin_pool)
+        .await
+        .unwrap();
+}
