@@ -1,7 +1,11 @@
 //! Logging: JSON lines for machines, text for people; `RUST_LOG` filters, default `info`.
 
+use std::str::FromStr;
+
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
@@ -15,17 +19,24 @@ pub enum LogTarget {
 }
 
 /// Installs the global subscriber (once; later calls are no-ops).
+///
+/// `RUST_LOG` takes a level and `target=level` pairs (`info`, `warn,sym_circleci_approver=debug`),
+/// tracing's `Targets` syntax: what operators set in practice. (Span and field filters would
+/// need a regex engine in the binary for a feature nobody here uses.)
 pub fn init(format: LogFormat, default_filter: &str, target: LogTarget) {
+    let fallback = || {
+        Targets::from_str(default_filter)
+            .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO))
+    };
     let filter = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        Ok(spec) if !spec.trim().is_empty() => Targets::from_str(spec.trim()).unwrap_or_else(|e| {
             eprintln!("RUST_LOG {spec:?} is not a valid filter ({e}); using {default_filter:?}");
-            EnvFilter::new(default_filter)
+            fallback()
         }),
-        _ => EnvFilter::new(default_filter),
+        _ => fallback(),
     };
     let to_file = matches!(target, LogTarget::File(_));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         // Colour codes belong on a terminal, not in a file.
         .with_ansi(!to_file && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(match target {
@@ -33,14 +44,18 @@ pub fn init(format: LogFormat, default_filter: &str, target: LogTarget) {
             LogTarget::Stderr => BoxMakeWriter::new(std::io::stderr),
             LogTarget::File(file) => BoxMakeWriter::new(std::sync::Mutex::new(file)),
         });
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+        LogFormat::Json => registry
+            .with(
+                layer
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => registry.with(layer).try_init(),
     };
 }
 
