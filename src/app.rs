@@ -142,11 +142,23 @@ impl Application {
             config.worker.allowed_projects.clone(),
             metrics.clone(),
         );
+        let worker = Arc::new(ApprovalWorker::new(
+            store.clone(),
+            circleci.clone(),
+            config.worker.clone(),
+            config.rules.default_hold_job().to_owned(),
+            metrics.clone(),
+            Arc::clone(&wake),
+            token.clone(),
+        ));
         let observer = metrics.clone();
+        // New tasks go straight to the worker's free slots (when it runs); the rest wake it.
         let intake = crate::store::Intake::start(
             store.clone(),
             crate::store::BatchOptions::default(),
             Arc::new(move |size, waited| observer.intake_batch(size, waited)),
+            Arc::clone(&wake),
+            Some(worker.handoff()),
         );
         let areas = http::Areas {
             webhook: http::WebhookState {
@@ -159,7 +171,6 @@ impl Application {
                 store_slots: tokio::sync::Semaphore::new(config.http.max_concurrent_requests),
                 intake,
                 refusal_log: crate::telemetry::RateLimit::per_second(5),
-                wake: Arc::clone(&wake),
                 reconciler_wake: Arc::clone(&reconciler_wake),
             },
             admin: http::AdminState {
@@ -189,15 +200,6 @@ impl Application {
             .with_context(|| {
                 format!("LISTEN_ADDR: cannot listen on {}", config.http.listen_addr)
             })?;
-        let worker = Arc::new(ApprovalWorker::new(
-            store.clone(),
-            circleci.clone(),
-            config.worker.clone(),
-            config.rules.default_hold_job().to_owned(),
-            metrics.clone(),
-            wake,
-            token.clone(),
-        ));
         Ok(Self {
             http: config.http.clone(),
             metrics: metrics.clone(),

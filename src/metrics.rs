@@ -90,6 +90,12 @@ pub struct Metrics {
     intake_batch_size: Histogram,
     intake_batch_wait: Histogram,
     step_batch_size: Histogram,
+    steps_started: Family<ViaLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ViaLabels {
+    via: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -353,7 +359,18 @@ impl Metrics {
             "Worker step results stored together in one transaction (group commit)",
             step_batch_size.clone(),
         );
+        let steps_started = Family::<ViaLabels, Counter>::default();
+        registry.register(
+            "worker_steps_started",
+            "Worker steps started, by how the task reached the worker: handoff (leased by the \
+             intake in the delivery's own transaction) or claim (taken from the store)",
+            steps_started.clone(),
+        );
+        for via in ["handoff", "claim"] {
+            let _ = steps_started.get_or_create(&ViaLabels { via });
+        }
         let metrics = Self {
+            steps_started,
             delivery_counters: Arc::new(delivery_counters),
             intake_batch_size,
             intake_batch_wait,
@@ -490,6 +507,11 @@ impl Metrics {
 
     pub fn lookup_limited(&self) {
         self.verdict_lookups_limited.inc();
+    }
+
+    /// A worker step started for a task that came `via` "handoff" or "claim".
+    pub fn step_started(&self, via: &'static str) {
+        self.steps_started.get_or_create(&ViaLabels { via }).inc();
     }
 
     pub fn step_batch(&self, size: usize, _waited: std::time::Duration) {

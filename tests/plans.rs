@@ -55,13 +55,19 @@ const TASK_INDEXES: &[&str] = &["tasks_by_workflow", "tasks_pending_due", "tasks
 #[tokio::test]
 async fn sqlite_searches_an_index_for_every_task_query() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("plans.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("plans.db").display()
+    );
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
         .max_connections(1)
         .connect(&url)
         .await
         .unwrap();
-    sqlx::migrate!("migrations/sqlite").run(&pool).await.unwrap();
+    sqlx::migrate!("migrations/sqlite")
+        .run(&pool)
+        .await
+        .unwrap();
 
     let mut indexes: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks' \
@@ -125,7 +131,10 @@ async fn postgres_can_serve_every_task_query_from_an_index() {
         .connect(url.as_str())
         .await
         .unwrap();
-    sqlx::migrate!("migrations/postgres").run(&pool).await.unwrap();
+    sqlx::migrate!("migrations/postgres")
+        .run(&pool)
+        .await
+        .unwrap();
     sqlx::query("SET enable_seqscan = off")
         .execute(&pool)
         .await

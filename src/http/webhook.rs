@@ -48,8 +48,6 @@ pub struct WebhookState {
     pub intake: Intake,
     /// Keeps a flood of refused requests from flooding the log.
     pub refusal_log: RateLimit,
-    /// Wakes the worker when a task is stored.
-    pub wake: Arc<Notify>,
     /// Wakes the reconciler when a run is bound.
     pub reconciler_wake: Arc<Notify>,
 }
@@ -168,7 +166,7 @@ async fn handle(
         Ok(Ok(slot)) => slot,
         _ => return Err(ApiError::Overloaded),
     };
-    // Stored, counted and the worker woken in a task of its own: a sender that hangs up
+    // Stored and counted in a task of its own (the intake wakes the worker or hands it the task): a sender that hangs up
     // while its delivery is being committed cancels this handler, and the delivery, stored
     // all the same, must still be counted and worked on at once.
     let delivery = NewDelivery {
@@ -183,9 +181,6 @@ async fn handle(
         tokio::spawn(async move {
             let recorded = state.intake.record(delivery).await?;
             state.metrics.delivery(recorded.status().as_str());
-            if matches!(recorded, Recorded::Queued { .. }) {
-                state.wake.notify_one();
-            }
             if !matches!(recorded, Recorded::Duplicate { .. }) {
                 // A run may have been bound: a gate waiting for that is read again now.
                 state.reconciler_wake.notify_one();

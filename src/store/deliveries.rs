@@ -5,11 +5,15 @@ use std::collections::HashMap;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use std::time::Duration;
+
+use super::tasks::ClaimedTask;
 use super::{value_rows, Store, StoreError};
+use crate::clock::duration_ms;
 use crate::domain::binding::RunBinding;
 use crate::domain::event::{Event, EventKind};
 use crate::domain::gate::ApprovalPath;
-use crate::domain::ids::{DeliveryId, TaskId};
+use crate::domain::ids::{DeliveryId, LeaseToken, TaskId, WorkflowId};
 use crate::domain::task::{DeliveryStatus, NewTask, TaskAction, TaskStatus};
 
 /// What recording a delivery did.
@@ -93,12 +97,42 @@ impl Store {
     /// the whole batch whatever its size (see [`record_all`]). Results come back in order, and
     /// only after the commit: none is answered before it is durable.
     pub async fn record_batch(&self, items: &[NewDelivery]) -> Result<Vec<Recorded>, StoreError> {
+        Ok(self.record_batch_handing_off(items, None).await?.0)
+    }
+
+    /// [`Self::record_batch`], and with `hand_off` (a lease token, how long, how many at most)
+    /// the same transaction leases up to that many of the new tasks for the local worker
+    /// (`tasks::hand_off_in`); returns them and when they were leased.
+    pub(super) async fn record_batch_handing_off(
+        &self,
+        items: &[NewDelivery],
+        hand_off: Option<(&LeaseToken, Duration, usize)>,
+    ) -> Result<(Vec<Recorded>, Vec<ClaimedTask>, i64), StoreError> {
         self.bounded(async {
             let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
             let results = record_all(&mut tx, items, self.backend.param_mark()).await?;
+            let now = self.clock.now_ms();
+            let handed = match hand_off {
+                Some((lease, lease_for, max)) => {
+                    let new: Vec<(TaskId, WorkflowId)> = results
+                        .iter()
+                        .zip(items)
+                        .filter_map(|(result, item)| match (result, &item.task) {
+                            (Recorded::Queued { task_id, .. }, Some(task)) => {
+                                Some((*task_id, task.workflow_id))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    let until = now.saturating_add(duration_ms(lease_for));
+                    super::tasks::hand_off_in(&mut tx, self.backend, &new, max, lease, until, now)
+                        .await?
+                }
+                None => Vec::new(),
+            };
             tx.commit().await?;
-            Ok(results)
+            Ok((results, handed, now))
         })
         .await
     }

@@ -50,6 +50,7 @@ pub(super) trait Batch: Send + Sync + 'static {
 
     /// Writes `items` in one transaction; one output per item, in order.
     fn write(
+        &self,
         store: &Store,
         items: &[Self::Item],
     ) -> impl Future<Output = Result<Vec<Self::Output>, StoreError>> + Send;
@@ -82,9 +83,14 @@ impl<B: Batch> Clone for GroupCommit<B> {
 
 impl<B: Batch> GroupCommit<B> {
     /// Starts the writer task; it ends when every handle is dropped.
-    pub(super) fn start(store: Store, options: BatchOptions, observe: BatchObserver) -> Self {
+    pub(super) fn start(
+        store: Store,
+        batch: B,
+        options: BatchOptions,
+        observe: BatchObserver,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel(options.queue.max(1));
-        tokio::spawn(write_batches::<B>(store, options, receiver, observe));
+        tokio::spawn(write_batches::<B>(store, batch, options, receiver, observe));
         Self { queue }
     }
 
@@ -107,11 +113,15 @@ impl<B: Batch> GroupCommit<B> {
 
 /// One item in its own transaction, tried again after a deadlock or a serialisation failure
 /// (another writer won; the second try sees its row).
-async fn write_alone<B: Batch>(store: &Store, item: &B::Item) -> Result<B::Output, StoreError> {
+async fn write_alone<B: Batch>(
+    batch: &B,
+    store: &Store,
+    item: &B::Item,
+) -> Result<B::Output, StoreError> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match B::write(store, std::slice::from_ref(item)).await {
+        match batch.write(store, std::slice::from_ref(item)).await {
             Ok(mut one) => {
                 return one
                     .pop()
@@ -128,6 +138,7 @@ async fn write_alone<B: Batch>(store: &Store, item: &B::Item) -> Result<B::Outpu
 
 async fn write_batches<B: Batch>(
     store: Store,
+    writer: B,
     options: BatchOptions,
     mut receiver: mpsc::Receiver<Pending<B>>,
     observe: BatchObserver,
@@ -159,7 +170,7 @@ async fn write_batches<B: Batch>(
         batch.sort_by(|a, b| B::order(&a.item, &b.item));
         let (items, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|p| (p.item, p.reply)).unzip();
-        match B::write(&store, &items).await {
+        match writer.write(&store, &items).await {
             Ok(results) => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));
@@ -168,11 +179,11 @@ async fn write_batches<B: Batch>(
             Err(e) if items.len() > 1 => {
                 tracing::debug!(error = %e, writes = items.len(), "batch failed; writing one by one");
                 for (item, reply) in items.iter().zip(replies) {
-                    let _ = reply.send(write_alone::<B>(&store, item).await);
+                    let _ = reply.send(write_alone(&writer, &store, item).await);
                 }
             }
             Err(_) => {
-                let result = write_alone::<B>(&store, &items[0]).await;
+                let result = write_alone(&writer, &store, &items[0]).await;
                 if let Some(reply) = replies.into_iter().next() {
                     let _ = reply.send(result);
                 }

@@ -4,20 +4,109 @@
 //! [`Store::record_batch`]), so a batch of 200 costs about the statements and round trips of
 //! one delivery, which is what lets a single writer keep up on PostgreSQL too, where each
 //! statement is a network round trip.
+//!
+//! The hand-off: when the local worker has free slots, the same transaction leases the new
+//! tasks to it ([`super::tasks::hand_off_in`], the claim's rules) and, once committed, they
+//! go straight to the worker: no claim of their own. Tasks it has no room for are left
+//! unleased, and the worker (or another replica) claims them as before.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::deliveries::NewDelivery;
 use super::group_commit::{Batch, BatchObserver, BatchOptions, GroupCommit};
+use super::tasks::ClaimedTask;
 use super::{Recorded, Store, StoreError};
+use crate::domain::ids::LeaseToken;
+
+/// A task leased to the local worker by the intake, with the worker slot it was given.
+#[derive(Debug)]
+pub struct Handed {
+    pub task: ClaimedTask,
+    pub lease: LeaseToken,
+    /// When the lease was taken, on the store's clock (unix ms).
+    pub claimed_ms: i64,
+    /// The worker slot this task holds until its step ends.
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// Where the intake hands new tasks: the worker's free slots and its inbox.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    /// The worker's free slots. It adds them when it starts and closes them when it stops,
+    /// so nothing is handed to a worker that is not running.
+    pub slots: Arc<Semaphore>,
+    pub inbox: mpsc::UnboundedSender<Handed>,
+    /// Names this process's leases.
+    pub owner: String,
+    pub lease_for: Duration,
+}
 
 /// Deliveries as a kind of batched write.
-struct Deliveries;
+struct Deliveries {
+    /// Wakes the worker when tasks are stored that it was not handed.
+    wake: Arc<Notify>,
+    handoff: Option<Handoff>,
+}
 
 impl Batch for Deliveries {
     type Item = NewDelivery;
     type Output = Recorded;
 
-    async fn write(store: &Store, items: &[NewDelivery]) -> Result<Vec<Recorded>, StoreError> {
-        store.record_batch(items).await
+    async fn write(
+        &self,
+        store: &Store,
+        items: &[NewDelivery],
+    ) -> Result<Vec<Recorded>, StoreError> {
+        let queued_at_most = items.iter().filter(|i| i.task.is_some()).count();
+        // Slots first (never waited for): as many as there may be new tasks, at most.
+        let mut slots: Vec<OwnedSemaphorePermit> = Vec::new();
+        if let Some(handoff) = &self.handoff {
+            while slots.len() < queued_at_most {
+                match Arc::clone(&handoff.slots).try_acquire_owned() {
+                    Ok(slot) => slots.push(slot),
+                    Err(_) => break,
+                }
+            }
+        }
+        let lease = self
+            .handoff
+            .as_ref()
+            .filter(|_| !slots.is_empty())
+            .map(|h| (LeaseToken::new(&h.owner), h.lease_for));
+        let (results, handed, claimed_ms) = store
+            .record_batch_handing_off(
+                items,
+                lease
+                    .as_ref()
+                    .map(|(token, lease_for)| (token, *lease_for, slots.len())),
+            )
+            .await?;
+        let queued = results
+            .iter()
+            .filter(|r| matches!(r, Recorded::Queued { .. }))
+            .count();
+        if queued > handed.len() {
+            self.wake.notify_one();
+        }
+        if let (Some(handoff), Some((token, _))) = (&self.handoff, lease) {
+            for (task, slot) in handed.into_iter().zip(slots) {
+                let handed = Handed {
+                    task,
+                    lease: token.clone(),
+                    claimed_ms,
+                    slot,
+                };
+                if let Err(mpsc::error::SendError(lost)) = handoff.inbox.send(handed) {
+                    // The worker stopped between the slot and the send: give the lease back
+                    // so the task is claimed at once (here after a restart, or elsewhere).
+                    let _ = store.release_lease(lost.task.id, &lost.lease).await;
+                }
+            }
+        }
+        Ok(results)
     }
 
     /// By Sym event id: rows of the same event are locked in the same order by every writer.
@@ -37,9 +126,21 @@ impl std::fmt::Debug for Intake {
 }
 
 impl Intake {
-    /// Starts the writer task for `store`; it ends when every handle is dropped.
-    pub fn start(store: Store, options: BatchOptions, observe: BatchObserver) -> Self {
-        Self(GroupCommit::start(store, options, observe))
+    /// Starts the writer task for `store`; it ends when every handle is dropped. `wake` is
+    /// told when tasks are stored that were not handed to the worker through `handoff`.
+    pub fn start(
+        store: Store,
+        options: BatchOptions,
+        observe: BatchObserver,
+        wake: Arc<Notify>,
+        handoff: Option<Handoff>,
+    ) -> Self {
+        Self(GroupCommit::start(
+            store,
+            Deliveries { wake, handoff },
+            options,
+            observe,
+        ))
     }
 
     /// Records one delivery; returns once its batch has committed.

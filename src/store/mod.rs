@@ -53,7 +53,7 @@ pub use deliveries::{NewDelivery, Recorded};
 pub use gate_views::GateView;
 pub use gates::{ClaimedGate, GateConflict, GateEnd, NewGate, Registered};
 pub use group_commit::{BatchObserver, BatchOptions};
-pub use intake::Intake;
+pub use intake::{Handed, Handoff, Intake};
 pub use sqlite_lock::ServingLock;
 pub use step_results::StepResults;
 pub use tasks::{ClaimedTask, JobInfo, StepResult};

@@ -15,7 +15,7 @@ impl Batch for Steps {
     type Item = StepResult;
     type Output = bool;
 
-    async fn write(store: &Store, items: &[StepResult]) -> Result<Vec<bool>, StoreError> {
+    async fn write(&self, store: &Store, items: &[StepResult]) -> Result<Vec<bool>, StoreError> {
         store.settle_steps(items).await
     }
 
@@ -47,9 +47,9 @@ impl StepResults {
     /// Starts the writer task for `store`; it ends when every handle is dropped.
     pub fn start(store: Store, options: BatchOptions, observe: BatchObserver) -> Self {
         match store.backend() {
-            super::Backend::Sqlite => {
-                Self(Mode::Batched(GroupCommit::start(store, options, observe)))
-            }
+            super::Backend::Sqlite => Self(Mode::Batched(GroupCommit::start(
+                store, Steps, options, observe,
+            ))),
             super::Backend::Postgres => Self(Mode::Direct(store)),
         }
     }

@@ -159,36 +159,17 @@ impl Store {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        let m = self.backend.param_mark();
-        let sql = format!(
-            "UPDATE tasks SET lease_owner = {m}1, lease_expires_at = {m}2 \
-             WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < {m}3) \
-             AND id IN ({}) \
-             RETURNING id, delivery_id, action, workflow_id, hold_job_name, origin, attempts, \
-             errors, created_at, deadline_at, next_attempt_at",
-            super::placeholders(m, 4, picked.len())
-        );
-        let mut claim = sqlx::query(&sql)
-            .persistent(picked.len() == 1)
-            .bind(lease.as_str())
-            .bind(now.saturating_add(duration_ms(lease_for)))
-            .bind(now);
-        for id in &picked {
-            claim = claim.bind(id);
-        }
-        let rows = claim.fetch_all(&mut *tx).await?;
+        let claimed = lease_in(
+            &mut tx,
+            &picked,
+            lease,
+            now.saturating_add(duration_ms(lease_for)),
+            now,
+            self.backend.param_mark(),
+            false,
+        )
+        .await?;
         tx.commit().await?;
-        let mut claimed = rows
-            .iter()
-            .map(claimed_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        // Most overdue first, as picked.
-        claimed.sort_by_key(|t| {
-            picked
-                .iter()
-                .position(|id| *id == t.id.to_string())
-                .unwrap_or(usize::MAX)
-        });
         Ok(claimed)
     }
 
@@ -315,6 +296,92 @@ fn pick_one_per_workflow(candidates: &[AnyRow], max: usize) -> Result<Vec<String
         }
     }
     Ok(picked)
+}
+
+/// Leases the tasks `ids` (most overdue first, as given) under `lease` until `until`, those
+/// still pending and unleased (or whose lease ran out); with `only_free_workflows`, only those
+/// of a workflow no other task is leased for. The rows are returned in the order of `ids`.
+async fn lease_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ids: &[String],
+    lease: &LeaseToken,
+    until: i64,
+    now: i64,
+    m: char,
+    only_free_workflows: bool,
+) -> Result<Vec<ClaimedTask>, StoreError> {
+    let free_workflow = if only_free_workflows {
+        format!(
+            " AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.workflow_id = tasks.workflow_id \
+             AND o.id <> tasks.id AND o.status = 'pending' AND o.lease_expires_at >= {m}3)"
+        )
+    } else {
+        String::new()
+    };
+    let sql = format!(
+        "UPDATE tasks SET lease_owner = {m}1, lease_expires_at = {m}2 \
+         WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < {m}3) \
+         AND id IN ({}){free_workflow} \
+         RETURNING id, delivery_id, action, workflow_id, hold_job_name, origin, attempts, \
+         errors, created_at, deadline_at, next_attempt_at",
+        super::placeholders(m, 4, ids.len())
+    );
+    let mut claim = sqlx::query(&sql)
+        .persistent(ids.len() == 1)
+        .bind(lease.as_str())
+        .bind(until)
+        .bind(now);
+    for id in ids {
+        claim = claim.bind(id);
+    }
+    let rows = claim.fetch_all(&mut **tx).await?;
+    let mut claimed = rows
+        .iter()
+        .map(claimed_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    claimed.sort_by_key(|t| {
+        ids.iter()
+            .position(|id| *id == t.id.to_string())
+            .unwrap_or(usize::MAX)
+    });
+    Ok(claimed)
+}
+
+/// The hand-off: leases up to `max` of the tasks this transaction just stored (`new`, with
+/// their workflows), for the local worker, in the intake's own transaction, so they need no
+/// claim of their own. The same rules as a claim: at most one per workflow, none of a workflow
+/// another task is leased for. On PostgreSQL only when the claim lock is free at once
+/// (`pg_try_advisory_xact_lock`): a replica claiming now is never waited for, and the tasks
+/// are then claimed as usual.
+pub(super) async fn hand_off_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: super::Backend,
+    new: &[(TaskId, WorkflowId)],
+    max: usize,
+    lease: &LeaseToken,
+    until: i64,
+    now: i64,
+) -> Result<Vec<ClaimedTask>, StoreError> {
+    if new.is_empty() || max == 0 {
+        return Ok(Vec::new());
+    }
+    if backend == super::Backend::Postgres {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(CLAIM_LOCK_KEY)
+            .fetch_one(&mut **tx)
+            .await?;
+        if !locked {
+            return Ok(Vec::new());
+        }
+    }
+    let mut workflows = std::collections::HashSet::new();
+    let picked: Vec<String> = new
+        .iter()
+        .filter(|(_, workflow)| workflows.insert(*workflow))
+        .take(max)
+        .map(|(id, _)| id.to_string())
+        .collect();
+    lease_in(tx, &picked, lease, until, now, backend.param_mark(), true).await
 }
 
 pub(super) fn parse_status(text: &str) -> Result<TaskStatus, StoreError> {

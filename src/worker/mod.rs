@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -25,7 +25,7 @@ use crate::config::WorkerConfig;
 use crate::domain::ids::{LeaseToken, TaskId};
 use crate::metrics::Metrics;
 use crate::outbound::circleci::CircleCiClient;
-use crate::store::{BatchOptions, ClaimedTask, StepResults, Store, StoreError};
+use crate::store::{BatchOptions, ClaimedTask, Handed, Handoff, StepResults, Store, StoreError};
 use token_check::TokenCheck;
 
 /// Longest idle wait between looks at the store (covers tasks made by other replicas).
@@ -65,6 +65,14 @@ pub struct ApprovalWorker {
     /// Told (all waiters) each time a step's result is stored: lets a caller await a task's
     /// end instead of polling the store.
     settled: Arc<Notify>,
+    /// Free step slots (WORKER_CONCURRENCY while running, none otherwise), shared with the
+    /// intake, which hands new tasks straight to free slots.
+    slots: Arc<Semaphore>,
+    /// Tasks the intake handed over (leased in its own transaction).
+    handed: (
+        mpsc::UnboundedSender<Handed>,
+        tokio::sync::Mutex<mpsc::UnboundedReceiver<Handed>>,
+    ),
 }
 
 impl ApprovalWorker {
@@ -96,55 +104,102 @@ impl ApprovalWorker {
             in_flight: std::sync::Mutex::default(),
             token,
             settled: Arc::default(),
+            slots: Arc::new(Semaphore::new(0)),
+            handed: {
+                let (send, receive) = mpsc::unbounded_channel();
+                (send, tokio::sync::Mutex::new(receive))
+            },
+        }
+    }
+
+    /// Where the intake hands new tasks to this worker. Nothing is handed until [`Self::run`]
+    /// opens its slots, nor after it stops, so a worker driven step by step gets none.
+    pub fn handoff(&self) -> Handoff {
+        Handoff {
+            slots: Arc::clone(&self.slots),
+            inbox: self.handed.0.clone(),
+            owner: self.owner.clone(),
+            lease_for: self.config.task_lease,
         }
     }
 
     /// Runs until `shutdown`; pending tasks stay in the store for the next start.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!(owner = %self.owner, "approval worker started");
+        let mut inbox = self.handed.1.lock().await;
+        self.slots.add_permits(self.config.concurrency);
         let mut running = JoinSet::new();
+        // Whether to look at the store: not after a hand-off alone (those tasks came leased;
+        // anything else stored with them was signalled by a wake).
+        let mut look = true;
+        let mut next_look = tokio::time::Instant::now();
         loop {
-            let mut store_ok = true;
-            let mut claimed_all_due = false;
-            while running.len() < self.config.concurrency && !shutdown.is_cancelled() {
-                // Every free slot is filled by one claim (one commit), not one claim each.
-                let free = self.config.concurrency - running.len();
-                match self.claim(free).await {
-                    Ok(batch) => {
-                        claimed_all_due = batch.len() < free;
-                        for (task, lease) in batch {
-                            self.track(task.id, Some(&lease.token));
-                            let worker = Arc::clone(&self);
-                            running.spawn(async move {
-                                worker.work(&task, &lease).await;
-                                worker.track(task.id, None);
-                            });
+            if look {
+                let mut store_ok = true;
+                let mut claimed_all_due = false;
+                while self.slots.available_permits() > 0 && !shutdown.is_cancelled() {
+                    // Every free slot is filled by one claim (one commit), not one claim each.
+                    let mut free: Vec<OwnedSemaphorePermit> = Vec::new();
+                    while let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+                        free.push(slot);
+                    }
+                    match self.claim(free.len()).await {
+                        Ok(batch) => {
+                            claimed_all_due = batch.len() < free.len();
+                            for ((task, lease), slot) in batch.into_iter().zip(free) {
+                                self.metrics.step_started("claim");
+                                self.start_step(&mut running, task, lease, slot);
+                            }
+                            if claimed_all_due {
+                                break;
+                            }
                         }
-                        if claimed_all_due {
+                        Err(e) => {
+                            tracing::warn!(error = %e, "store unavailable; worker will retry");
+                            store_ok = false;
                             break;
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "store unavailable; worker will retry");
-                        store_ok = false;
-                        break;
-                    }
                 }
+                // Slots full: a finishing step wakes us. Nothing claimable: sleep until the
+                // next task is due (tasks due but not claimable, e.g. waiting behind another
+                // task of their workflow, are looked at again after IDLE_POLL, not in a busy
+                // loop).
+                let wait = if store_ok && claimed_all_due {
+                    self.idle_wait().await
+                } else {
+                    IDLE_POLL
+                };
+                next_look = tokio::time::Instant::now() + wait;
             }
-            // Slots full: a finishing step wakes us. Nothing claimable: sleep until the next
-            // task is due (tasks due but not claimable, e.g. waiting behind another task of
-            // their workflow, are looked at again after IDLE_POLL, not in a busy loop).
-            let wait = if store_ok && claimed_all_due {
-                self.idle_wait().await
-            } else {
-                IDLE_POLL
-            };
+            look = true;
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some(handed) = inbox.recv() => {
+                    // Handed over by the intake: already leased, no claim needed. Whatever
+                    // else arrived with it starts too.
+                    let mut handed = Some(handed);
+                    while let Some(Handed { task, lease, claimed_ms, slot }) = handed {
+                        let lease = Lease { token: lease, claimed_ms };
+                        self.metrics.step_started("handoff");
+                        self.start_step(&mut running, task, lease, slot);
+                        handed = inbox.try_recv().ok();
+                    }
+                    look = false;
+                }
                 () = self.wake.notified() => {}
                 Some(_) = running.join_next(), if !running.is_empty() => {}
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep_until(next_look) => {}
             }
+        }
+        // No more hand-offs; tasks handed but not started get their leases back.
+        self.slots.close();
+        inbox.close();
+        while let Ok(handed) = inbox.try_recv() {
+            let _ = self
+                .store
+                .release_lease(handed.task.id, &handed.lease)
+                .await;
         }
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while running.join_next().await.is_some() {}
@@ -165,6 +220,23 @@ impl ApprovalWorker {
             );
         }
         tracing::info!("approval worker stopped");
+    }
+
+    /// One step of `task` in the background, holding `slot` until it ends.
+    fn start_step(
+        self: &Arc<Self>,
+        running: &mut JoinSet<()>,
+        task: ClaimedTask,
+        lease: Lease,
+        slot: OwnedSemaphorePermit,
+    ) {
+        self.track(task.id, Some(&lease.token));
+        let worker = Arc::clone(self);
+        running.spawn(async move {
+            worker.work(&task, &lease).await;
+            worker.track(task.id, None);
+            drop(slot);
+        });
     }
 
     /// Claims every task that is due now and takes one step of each, one after the other;
