@@ -19,26 +19,33 @@ pub struct PlannedCall<'a> {
     pub endpoint: &'a str,
 }
 
+/// Records `calls` of `task`: one statement for all of them (each statement on SQLite is a
+/// round trip to the connection's thread).
 pub(super) async fn insert_calls(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     task: TaskId,
     calls: &[CallRecord],
+    mark: char,
 ) -> Result<(), sqlx::Error> {
-    for call in calls {
-        sqlx::query(
+    for chunk in calls.chunks(100) {
+        let sql = format!(
             "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
-             status_code, duration_ms, error) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(task)
-        .bind(call.started_at)
-        .bind(call.operation.as_str())
-        .bind(call.method)
-        .bind(&call.endpoint)
-        .bind(call.status.map(i64::from))
-        .bind(duration_ms(call.duration))
-        .bind(call.error.as_deref())
-        .execute(&mut **tx)
-        .await?;
+             status_code, duration_ms, error) VALUES {}",
+            super::value_rows(mark, 1, chunk.len(), 8)
+        );
+        let mut insert = sqlx::query(&sql).persistent(chunk.len() <= 2);
+        for call in chunk {
+            insert = insert
+                .bind(task)
+                .bind(call.started_at)
+                .bind(call.operation.as_str())
+                .bind(call.method)
+                .bind(&call.endpoint)
+                .bind(call.status.map(i64::from))
+                .bind(duration_ms(call.duration))
+                .bind(call.error.as_deref());
+        }
+        insert.execute(&mut **tx).await?;
     }
     Ok(())
 }
@@ -91,7 +98,7 @@ impl Store {
                 return Ok(None);
             }
             // The reads first, so the audit trail stays in the order things happened.
-            insert_calls(&mut tx, task, reads).await?;
+            insert_calls(&mut tx, task, reads, self.backend.param_mark()).await?;
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
                  status_code, duration_ms, error) \

@@ -476,7 +476,7 @@ fn placeholders(mark: char, first: usize, n: usize) -> String {
 }
 
 /// `($first, …), (…), …`: `rows` rows of `width` values, numbered from `first`.
-fn value_rows(mark: char, first: usize, rows: usize, width: usize) -> String {
+pub(super) fn value_rows(mark: char, first: usize, rows: usize, width: usize) -> String {
     (0..rows)
         .map(|r| format!("({})", placeholders(mark, first + r * width, width)))
         .collect::<Vec<_>>()

@@ -200,7 +200,7 @@ impl Store {
             let mut tx = self.pool.begin().await?;
             let mut kept = Vec::with_capacity(results.len());
             for result in results {
-                kept.push(settle_one(&mut tx, result, now).await?);
+                kept.push(settle_one(&mut tx, result, now, self.backend.param_mark()).await?);
             }
             tx.commit().await?;
             Ok(kept)
@@ -420,11 +420,12 @@ async fn settle_one(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     result: &StepResult,
     now: i64,
+    mark: char,
 ) -> Result<bool, StoreError> {
     if let Some((attempt, call)) = &result.completed {
         complete_call(tx, *attempt, call).await?;
     }
-    insert_calls(tx, result.task, &result.calls).await?;
+    insert_calls(tx, result.task, &result.calls, mark).await?;
     // One statement for both kinds of result: what a kind leaves alone is bound as NULL and
     // kept by COALESCE.
     let (status, outcome, detail, next_attempt_at, finished_at, error_step) = match &result.settle {
