@@ -9,6 +9,10 @@
 #   .ci/postgres.sh -- CMD ARGS…    the same throwaway cluster, but run CMD instead (with
 #                                   APPROVER_TEST_POSTGRES_URL and APPROVER_TEST_PG_CTL set)
 #
+# The suite runs with APPROVER_REQUIRE_POSTGRES=1: a test that needs PostgreSQL and finds no
+# APPROVER_TEST_POSTGRES_URL (or, to restart it, APPROVER_TEST_PG_CTL) fails rather than
+# skipping (without the variable, such a test prints a SKIPPED line and passes).
+#
 # The cluster (trust auth, loopback only, a free port, fsync off: it is thrown away) lives in a
 # temporary folder and is stopped and deleted on exit, whatever happens. Nothing else on the
 # machine is touched: an already running PostgreSQL is left alone (and so is the `main` cluster
@@ -129,6 +133,10 @@ if [ "${1:-}" = "--" ]; then
   "$@"
   exit $?
 fi
+
+# From here on a test that needs PostgreSQL (the suite's backend, the replica tests, the chaos
+# suite's PostgreSQL seeds) fails when it cannot have it, instead of being skipped.
+export APPROVER_REQUIRE_POSTGRES=1
 
 # The whole integration suite, one database per test. The replica tests restart this server,
 # so they run on their own afterwards (APPROVER_TEST_PG_CTL is withheld from this first run, so

@@ -1,6 +1,7 @@
 //! The chaos suite (issue 18): the real binary under faults, then a checker over the whole
 //! history. SQLite with one process (`chaos_sqlite`), PostgreSQL with three replicas
-//! (`chaos_postgres`, skipped with a printed line when `APPROVER_TEST_POSTGRES_URL` is unset).
+//! (`chaos_postgres`, skipped with a printed line when `APPROVER_TEST_POSTGRES_URL` is unset, and
+//! failed instead with `APPROVER_REQUIRE_POSTGRES=1`).
 //!
 //! - `plan`: the faults, deliveries and probes of a run, a pure function of the seed;
 //! - `proxy`: the TCP proxy between the replicas and PostgreSQL (refuse, blackhole, reset);
@@ -124,11 +125,9 @@ async fn chaos_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a chaos run: .ci/postgres.sh -- cargo test --test chaos chaos_postgres -- --ignored"]
 async fn chaos_postgres() {
-    match std::env::var("APPROVER_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => run_seeds(Backend::Postgres).await,
-        _ => loud(
-            "=== chaos_postgres: SKIPPED: APPROVER_TEST_POSTGRES_URL is not set; run it with \
-             `bash .ci/postgres.sh -- cargo test --locked --test chaos chaos_postgres`",
-        ),
+    // Without a server: a loud SKIPPED line (a failure with APPROVER_REQUIRE_POSTGRES=1); run it
+    // with `bash .ci/postgres.sh -- cargo test --locked --test chaos chaos_postgres -- --ignored`.
+    if approver_test_support::postgres::admin_url_or_skip().is_some() {
+        run_seeds(Backend::Postgres).await;
     }
 }

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use approver_test_support::fake_circleci::{FakeCircleCi, Fault, TOKEN_USER_ID};
+use approver_test_support::postgres::PgCtl;
 use serde_json::Value;
 use sym_circleci_approver::inbound::signature::WebhookSecret;
 use tokio::task::JoinSet;
@@ -348,22 +349,6 @@ fn circle_fault(workflow: Uuid, operation: &'static str, kind: CircleFaultKind) 
     fault.on(operation).for_workflow(workflow).labelled(label)
 }
 
-/// Stops and starts the test's PostgreSQL server (`APPROVER_TEST_PG_CTL`).
-struct PgCtl(String);
-
-impl PgCtl {
-    async fn run(&self, args: &str) -> bool {
-        tokio::process::Command::new("bash")
-            .arg("-c")
-            .arg(format!("{} {args}", self.0))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .await
-            .is_ok_and(|s| s.success())
-    }
-}
-
 /// PostgreSQL pieces of a run.
 struct Postgres {
     proxy: Proxy,
@@ -499,11 +484,13 @@ async fn database_track(ctx: Arc<Ctx>, pg: Arc<Postgres>) {
                     );
                     continue;
                 };
-                if ctl.run("stop -m fast").await {
+                if ctl.run("stop -m fast").await.is_ok() {
                     ctx.count(label);
                     tokio::time::sleep(Duration::from_secs_f64(down_secs)).await;
                 }
-                assert!(ctl.run("start").await, "pg_ctl start failed");
+                if let Err(failed) = ctl.run("start").await {
+                    panic!("{failed}");
+                }
             }
             DbFault::Cut { mode, secs } => {
                 pg.proxy.cut(mode);
@@ -577,10 +564,7 @@ async fn postgres(admin: &str, seed: u64) -> (Postgres, String) {
         .connect(direct.as_str())
         .await
         .expect("the test reaches the run's database");
-    let ctl = std::env::var("APPROVER_TEST_PG_CTL")
-        .ok()
-        .filter(|c| !c.trim().is_empty())
-        .map(PgCtl);
+    let ctl = PgCtl::or_skip("the chaos suite's PostgreSQL restarts");
     let pg = Postgres {
         proxy,
         ctl,
@@ -778,8 +762,10 @@ pub async fn run(seed: u64, backend: Backend, chaos_secs: f64) -> Outcome {
         pg.proxy.restore();
         if let Some(ctl) = &pg.ctl {
             // Up already, unless a track failed halfway.
-            if !ctl.run("status").await {
-                assert!(ctl.run("start").await, "pg_ctl start failed");
+            if ctl.run("status").await.is_err() {
+                if let Err(failed) = ctl.run("start").await {
+                    panic!("{failed}");
+                }
             }
         }
     }

@@ -1,14 +1,17 @@
 //! Test doubles of the systems sym-circleci-approver calls, each a real HTTP server on
 //! loopback that tests (and the demo, and load runs) drive and read back: [`fake_circleci`]
 //! (the CircleCI API v2 calls the service makes, with faults, pages, reruns and UI clicks) and
-//! [`fake_sym`] (Sym's `GET /runs/{id}` and `POST /events/request`).
+//! [`fake_sym`] (Sym's `GET /runs/{id}` and `POST /events/request`); and [`postgres`], the
+//! PostgreSQL server a test run may have and the rule for the tests that need it.
 //!
-//! This crate knows nothing of the service: it serves the upstreams' wire formats only. The
-//! service's release binary never links it (only the `approver-dev` binary and the tests do).
+//! This crate knows nothing of the service: it serves the upstreams' wire formats and reads the
+//! test run's environment. The service's release binary never links it (only the
+//! `approver-dev` binary and the tests do).
 #![forbid(unsafe_code)]
 
 pub mod fake_circleci;
 pub mod fake_sym;
+pub mod postgres;
 
 /// The approval job the service releases by default (its `HOLD_JOB_NAMES` default).
 pub const DEFAULT_HOLD_JOB_NAME: &str = "wait_for_sym_approval";
