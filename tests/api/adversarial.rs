@@ -6,94 +6,46 @@
 
 use std::time::Duration;
 
-use approver_test_support::fake_circleci::{FakeCircleCi, Fault};
+use approver_test_support::fake_circleci::Fault;
+use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::binary::{binary, serve_env, Delivery, Env, Running};
-use crate::helpers::*;
+use crate::harness::*;
 
-const STARTUP: Duration = Duration::from_secs(30);
+const LABEL: &str = "the binary";
 
-struct Target {
-    process: Running,
-    addr: std::net::SocketAddr,
-    fake: FakeCircleCi,
-    secret: sym_circleci_approver::inbound::signature::WebhookSecret,
-    _db: TestDatabase,
+/// The value of `series` at `service` now.
+async fn metric(service: &ServiceProcess, series: &str) -> f64 {
+    sample(&service.endpoint().metrics().await, series)
 }
 
-impl Target {
-    /// The binary with `extra` settings on top of the defaults.
-    async fn start(extra: &[(&'static str, &str)]) -> Self {
-        let fake = FakeCircleCi::start(TOKEN).await.unwrap();
-        let db = TestDatabase::new().await;
-        let (secret_text, secret) = new_secret();
-        let mut env: Env = serve_env(&fake, &db, &secret_text);
-        for (name, value) in extra {
-            env = env.set(name, *value);
-        }
-        let mut process = Running::start(binary(&["serve"], &env), "the binary");
-        let addr = process.wait_listening(STARTUP).await;
-        Self {
-            process,
-            addr,
-            fake,
-            secret,
-            _db: db,
-        }
-    }
+/// Waits until `series` at `service` reaches `at_least`; returns its value then.
+async fn metric_reaches(service: &ServiceProcess, series: &str, at_least: f64) -> f64 {
+    eventually(
+        &format!("{series} to reach {at_least}"),
+        Duration::from_secs(10),
+        || async {
+            let value = metric(service, series).await;
+            (value >= at_least).then_some(value)
+        },
+    )
+    .await
+}
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn deliver(&self, client: &reqwest::Client, delivery: &Delivery) -> reqwest::Response {
-        delivery
-            .post(client, &self.url("/webhooks/sym"))
-            .send()
-            .await
-            .expect("the service answers")
-    }
-
-    async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    /// Waits until `series` reaches `at_least`.
-    async fn metric_reaches(&self, series: &str, at_least: f64, timeout: Duration) -> f64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let value = self.metric(series).await;
-            if value >= at_least || Instant::now() > deadline {
-                return value;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits for `n` accepted approve calls at the fake.
-    async fn approved(&self, n: usize) -> bool {
-        self.fake
-            .wait_for_calls(Duration::from_secs(60), |calls| {
-                calls
-                    .iter()
-                    .filter(|c| c.operation == "approve" && c.status == 202)
-                    .count()
-                    >= n
-            })
-            .await
-    }
+/// Waits for `n` accepted approve calls at the fake.
+async fn approved(up: &Upstreams, n: usize) -> bool {
+    up.fake
+        .wait_for_calls(Duration::from_secs(60), |calls| {
+            calls
+                .iter()
+                .filter(|c| c.operation == "approve" && c.status == 202)
+                .count()
+                >= n
+        })
+        .await
 }
 
 /// Opens a connection and sends `head` (then nothing more).
@@ -125,35 +77,34 @@ const HALF_HEADERS: &[u8] = b"POST /webhooks/sym HTTP/1.1\r\nHost: x\r\n";
 
 #[tokio::test]
 async fn three_hundred_slow_bodies_do_not_stop_a_signed_delivery_and_are_cut_off() {
-    let target = Target::start(&[("BODY_READ_TIMEOUT", "2s")]).await;
+    let up = Upstreams::new().await;
+    let service = ServiceProcess::start(LABEL, &up.env().set("BODY_READ_TIMEOUT", "2s")).await;
     let mut slow = Vec::new();
     for _ in 0..300 {
-        slow.push(stalled(target.addr, SLOW_BODY).await);
+        slow.push(stalled(service.addr(), SLOW_BODY).await);
     }
 
-    let workflow = workflow_on_hold(&target.fake);
-    let client = reqwest::Client::new();
-    let answer = target
-        .deliver(&client, &Delivery::new_approve(&target.secret, workflow))
+    let workflow = workflow_on_hold(&up.fake);
+    let answer = service
+        .endpoint()
+        .deliver(&Delivery::new_approve(&up.secret, workflow))
         .await;
 
     assert_eq!(
-        answer.status(),
-        202,
+        answer.status, 202,
         "a signed delivery gets through the slow bodies"
     );
-    assert!(target.approved(1).await);
+    assert!(approved(&up, 1).await);
     // Every slow body is answered 408 and its connection closed.
     let closes = futures_close_all(slow, Duration::from_secs(20)).await;
     assert_eq!(closes.iter().filter(|c| c.is_some()).count(), 300);
     assert_eq!(
-        target
-            .metric_reaches(
-                "sym_approver_connections_closed_total{reason=\"body_timeout\"}",
-                300.0,
-                Duration::from_secs(10)
-            )
-            .await,
+        metric_reaches(
+            &service,
+            "sym_approver_connections_closed_total{reason=\"body_timeout\"}",
+            300.0
+        )
+        .await,
         300.0
     );
 }
@@ -173,10 +124,11 @@ async fn futures_close_all(streams: Vec<TcpStream>, timeout: Duration) -> Vec<Op
 
 #[tokio::test]
 async fn unfinished_headers_are_closed_after_the_header_read_timeout() {
-    let target = Target::start(&[("HEADER_READ_TIMEOUT", "2s")]).await;
+    let up = Upstreams::new().await;
+    let service = ServiceProcess::start(LABEL, &up.env().set("HEADER_READ_TIMEOUT", "2s")).await;
     let mut half = Vec::new();
     for _ in 0..50 {
-        half.push(stalled(target.addr, HALF_HEADERS).await);
+        half.push(stalled(service.addr(), HALF_HEADERS).await);
     }
 
     let closes = futures_close_all(half, Duration::from_secs(20)).await;
@@ -191,13 +143,12 @@ async fn unfinished_headers_are_closed_after_the_header_read_timeout() {
         "closed after {slowest:?}"
     );
     assert_eq!(
-        target
-            .metric_reaches(
-                "sym_approver_connections_closed_total{reason=\"header_timeout\"}",
-                50.0,
-                Duration::from_secs(10)
-            )
-            .await,
+        metric_reaches(
+            &service,
+            "sym_approver_connections_closed_total{reason=\"header_timeout\"}",
+            50.0
+        )
+        .await,
         50.0
     );
 }
@@ -205,11 +156,12 @@ async fn unfinished_headers_are_closed_after_the_header_read_timeout() {
 #[tokio::test]
 async fn sigterm_with_idle_keep_alive_and_half_open_connections_exits_0_promptly() {
     // Defaults, but for a short grace so a stuck drain would show.
-    let mut target = Target::start(&[("SHUTDOWN_GRACE", "3s")]).await;
+    let up = Upstreams::new().await;
+    let mut service = ServiceProcess::start(LABEL, &up.env().set("SHUTDOWN_GRACE", "3s")).await;
     // Idle keep-alive connections: one request answered each, then silence.
     let mut idle = Vec::new();
     for _ in 0..20 {
-        let mut stream = TcpStream::connect(target.addr).await.unwrap();
+        let mut stream = TcpStream::connect(service.addr()).await.unwrap();
         stream
             .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
@@ -221,20 +173,17 @@ async fn sigterm_with_idle_keep_alive_and_half_open_connections_exits_0_promptly
     }
     let mut half = Vec::new();
     for _ in 0..20 {
-        half.push(stalled(target.addr, HALF_HEADERS).await);
+        half.push(stalled(service.addr(), HALF_HEADERS).await);
     }
     // A pending task stays in the store for the next start.
-    let workflow = target
-        .fake
+    up.fake
         .add_standard_workflow(Uuid::new_v4(), PROJECT, HOLD, "blocked");
-    let _ = workflow;
 
     let started = Instant::now();
-    target.process.terminate();
-    let status = target.process.exited_within(Duration::from_secs(15)).await;
+    let status = service.stop().await;
     let took = started.elapsed();
 
-    assert_eq!(status.code(), Some(0), "{}", target.process.output());
+    assert_eq!(status.code(), Some(0), "{}", service.output());
     // Nothing was in flight: no need to wait out the grace period.
     assert!(took < Duration::from_secs(3), "exited after {took:?}");
     eprintln!("sigterm: exited 0 after {took:?} with 40 idle/half-open connections");
@@ -243,10 +192,10 @@ async fn sigterm_with_idle_keep_alive_and_half_open_connections_exits_0_promptly
 
 #[tokio::test]
 async fn a_burst_over_the_store_write_cap_is_refused_retryably_and_each_event_is_approved_once() {
-    let target = Target::start(&[("MAX_CONCURRENT_REQUESTS", "1")]).await;
-    let client = reqwest::Client::new();
+    let up = Upstreams::new().await;
+    let service = ServiceProcess::start(LABEL, &up.env().set("MAX_CONCURRENT_REQUESTS", "1")).await;
     let deliveries: Vec<Delivery> = (0..60)
-        .map(|_| Delivery::new_approve(&target.secret, workflow_on_hold(&target.fake)))
+        .map(|_| Delivery::new_approve(&up.secret, workflow_on_hold(&up.fake)))
         .collect();
 
     let mut refused = 0;
@@ -258,7 +207,7 @@ async fn a_burst_over_the_store_write_cap_is_refused_retryably_and_each_event_is
             "{} never accepted",
             pending.len()
         );
-        let answers = futures_send_all(&target, &client, &pending).await;
+        let answers = futures_send_all(&service, &pending).await;
         let mut again = Vec::new();
         for (delivery, (status, retry_after)) in pending.iter().zip(answers) {
             match status {
@@ -274,8 +223,8 @@ async fn a_burst_over_the_store_write_cap_is_refused_retryably_and_each_event_is
         pending = again;
     }
 
-    assert!(target.approved(60).await);
-    let calls = target.fake.calls_of("approve");
+    assert!(approved(&up, 60).await);
+    let calls = up.fake.calls_of("approve");
     let mut per_workflow = std::collections::HashMap::new();
     for call in calls.iter().filter(|c| c.status == 202) {
         *per_workflow.entry(call.path.clone()).or_insert(0) += 1;
@@ -286,23 +235,21 @@ async fn a_burst_over_the_store_write_cap_is_refused_retryably_and_each_event_is
 }
 
 async fn futures_send_all(
-    target: &Target,
-    client: &reqwest::Client,
+    service: &ServiceProcess,
     deliveries: &[Delivery],
 ) -> Vec<(u16, Option<String>)> {
-    let url = target.url("/webhooks/sym");
     let handles: Vec<_> = deliveries
         .iter()
         .map(|d| {
-            let request = d.post(client, &url);
+            let (endpoint, delivery) = (service.endpoint().clone(), d.clone());
             tokio::spawn(async move {
-                let response = request.send().await.unwrap();
-                let retry_after = response
-                    .headers()
+                let answer = endpoint.deliver(&delivery).await;
+                let retry_after = answer
+                    .headers
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
-                (response.status().as_u16(), retry_after)
+                (answer.status, retry_after)
             })
         })
         .collect();
@@ -315,13 +262,14 @@ async fn futures_send_all(
 
 #[tokio::test]
 async fn signed_deliveries_go_through_a_forged_flood_which_is_counted_but_barely_logged() {
-    let target = Target::start(&[]).await;
+    let up = Upstreams::new().await;
+    let service = ServiceProcess::start(LABEL, &up.env()).await;
     let stop = tokio_util::sync::CancellationToken::new();
     let (_, forger) = new_secret();
     let mut flooders = Vec::new();
     for _ in 0..8 {
         let client = reqwest::Client::new();
-        let url = target.url("/webhooks/sym");
+        let url = service.url("/webhooks/sym");
         let stop = stop.clone();
         let forger = forger.clone();
         flooders.push(tokio::spawn(async move {
@@ -336,16 +284,15 @@ async fn signed_deliveries_go_through_a_forged_flood_which_is_counted_but_barely
         }));
     }
 
-    let client = reqwest::Client::new();
     let started = Instant::now();
     for _ in 0..20 {
-        let workflow = workflow_on_hold(&target.fake);
-        let answer = target
-            .deliver(&client, &Delivery::new_approve(&target.secret, workflow))
+        let workflow = workflow_on_hold(&up.fake);
+        let answer = service
+            .endpoint()
+            .deliver(&Delivery::new_approve(&up.secret, workflow))
             .await;
         assert_eq!(
-            answer.status(),
-            202,
+            answer.status, 202,
             "signed deliveries are accepted during the flood"
         );
     }
@@ -356,13 +303,14 @@ async fn signed_deliveries_go_through_a_forged_flood_which_is_counted_but_barely
         forged += flooder.await.unwrap();
     }
 
-    assert!(target.approved(20).await);
-    let counted = target
-        .metric("sym_approver_deliveries_total{outcome=\"rejected_signature\"}")
-        .await;
+    assert!(approved(&up, 20).await);
+    let counted = metric(
+        &service,
+        "sym_approver_deliveries_total{outcome=\"rejected_signature\"}",
+    )
+    .await;
     assert_eq!(counted as u64, forged, "every forgery is counted");
-    let logged = target
-        .process
+    let logged = service
         .stdout
         .events()
         .iter()
@@ -381,7 +329,11 @@ async fn signed_deliveries_go_through_a_forged_flood_which_is_counted_but_barely
 async fn an_approve_whose_answer_is_lost_at_the_deadline_is_re_read_and_recorded_approved() {
     // The task's deadline passes while its approve call is in flight; CircleCI carries it out
     // but the answer never arrives in time.
-    let app = spawn_stepped_app(&["--approval-timeout=30s", "--circleci-timeout=300ms"]).await;
+    let app = TestApp::builder()
+        .stepped()
+        .flags(["--approval-timeout=30s", "--circleci-timeout=300ms"])
+        .spawn()
+        .await;
     let workflow = app.workflow("blocked");
     let delivery = app.approve(workflow).await;
     assert_eq!(app.step().await, 1, "blocked: polled");
@@ -402,8 +354,8 @@ async fn an_approve_whose_answer_is_lost_at_the_deadline_is_re_read_and_recorded
 
     let task = app.task_of(&delivery).await;
     assert_eq!(
-        (task.status.as_str(), task.outcome.map(|o| o.as_str())),
-        ("succeeded", Some("approved")),
+        (task.status, task.outcome),
+        (TaskStatus::Succeeded, Some(Outcome::Approved)),
         "{task:?}"
     );
     assert_eq!(app.fake.calls_of("approve").len(), 1);
@@ -411,24 +363,27 @@ async fn an_approve_whose_answer_is_lost_at_the_deadline_is_re_read_and_recorded
 
 #[tokio::test]
 async fn concurrent_deliveries_share_commits_and_every_one_answered_2xx_is_stored() {
-    let target = Target::start(&[]).await;
-    let client = reqwest::Client::new();
+    let up = Upstreams::new().await;
+    let service = ServiceProcess::start(LABEL, &up.env()).await;
     let deliveries: Vec<Delivery> = (0..100)
-        .map(|_| Delivery::new_approve(&target.secret, workflow_on_hold(&target.fake)))
+        .map(|_| Delivery::new_approve(&up.secret, workflow_on_hold(&up.fake)))
         .collect();
 
-    let answers = futures_send_all(&target, &client, &deliveries).await;
+    let answers = futures_send_all(&service, &deliveries).await;
 
     assert!(
         answers.iter().all(|(status, _)| *status == 202),
         "{answers:?}"
     );
-    assert!(target.approved(100).await);
-    if target._db.is_postgres() {
-        return; // PostgreSQL commits each delivery on its own connection (no intake batches)
+    assert!(approved(&up, 100).await);
+    if up
+        .db
+        .skip_on_postgres("group commit: PostgreSQL commits each delivery on its own connection")
+    {
+        return;
     }
-    let batches = target.metric("sym_approver_intake_batch_size_count").await;
-    let stored = target.metric("sym_approver_intake_batch_size_sum").await;
+    let batches = metric(&service, "sym_approver_intake_batch_size_count").await;
+    let stored = metric(&service, "sym_approver_intake_batch_size_sum").await;
     assert_eq!(stored, 100.0);
     assert!(
         batches < stored,

@@ -6,13 +6,13 @@ use approver_test_support::fake_circleci::Fault;
 use sym_circleci_approver::domain::upstream::Operation;
 use uuid::Uuid;
 
-use crate::helpers::*;
+use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(45);
 
 #[tokio::test]
 async fn a_hold_job_that_goes_on_hold_after_the_event_is_approved_once_it_is() {
-    let app = spawn_stepped_app(&[]).await;
+    let app = TestApp::builder().stepped().spawn().await;
     let workflow = app.workflow("blocked");
     let delivery = app.approve(workflow).await;
 
@@ -38,7 +38,7 @@ async fn a_hold_job_that_goes_on_hold_after_the_event_is_approved_once_it_is() {
 
 #[tokio::test]
 async fn server_errors_are_retried_with_backoff_until_circleci_recovers() {
-    let app = spawn_stepped_app(&[]).await;
+    let app = TestApp::builder().stepped().spawn().await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(Fault::status(503).on("list_jobs"));
     app.fake.push_fault(Fault::status(502).on("list_jobs"));
@@ -65,7 +65,7 @@ async fn server_errors_are_retried_with_backoff_until_circleci_recovers() {
 
 #[tokio::test]
 async fn a_429_with_retry_after_is_honoured() {
-    let app = spawn_stepped_app(&[]).await;
+    let app = TestApp::builder().stepped().spawn().await;
     let workflow = app.workflow("on_hold");
     app.fake
         .push_fault(Fault::status(429).on("list_jobs").retry_after(3));
@@ -84,7 +84,7 @@ async fn a_429_with_retry_after_is_honoured() {
 
 #[tokio::test]
 async fn an_approve_whose_response_is_lost_is_followed_by_a_reread_not_a_second_approve() {
-    let app = spawn_stepped_app(&[]).await;
+    let app = TestApp::builder().stepped().spawn().await;
     let workflow = app.workflow("on_hold");
     // CircleCI approves, but the answer is a 500: the outcome is unknown to the service.
     app.fake
@@ -112,7 +112,11 @@ async fn an_approve_whose_response_is_lost_is_followed_by_a_reread_not_a_second_
 
 #[tokio::test]
 async fn an_approve_that_times_out_is_followed_by_a_reread() {
-    let app = spawn_stepped_app(&["--circleci-timeout=300ms"]).await;
+    let app = TestApp::builder()
+        .stepped()
+        .flags(["--circleci-timeout=300ms"])
+        .spawn()
+        .await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(
         Fault::status(202)
@@ -135,7 +139,7 @@ async fn an_approve_that_times_out_is_followed_by_a_reread() {
 
 #[tokio::test]
 async fn an_already_approved_hold_job_is_done_without_an_approve_call() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("success");
 
     let delivery = app.approve(workflow).await;
@@ -150,7 +154,10 @@ async fn an_already_approved_hold_job_is_done_without_an_approve_call() {
 
 #[tokio::test]
 async fn allowed_projects_refuses_a_hold_job_of_a_foreign_project() {
-    let app = spawn_app_with(&["--allowed-projects=gh/acme/web, gh/acme/other"]).await;
+    let app = TestApp::builder()
+        .flags(["--allowed-projects=gh/acme/web, gh/acme/other"])
+        .spawn()
+        .await;
     let workflow = app.workflow("on_hold"); // project gh/acme/api
 
     let delivery = app.approve(workflow).await;
@@ -169,7 +176,10 @@ async fn allowed_projects_refuses_a_hold_job_of_a_foreign_project() {
 
 #[tokio::test]
 async fn allowed_projects_lets_a_listed_project_through() {
-    let app = spawn_app_with(&["--allowed-projects=gh/acme/web,gh/acme/api"]).await;
+    let app = TestApp::builder()
+        .flags(["--allowed-projects=gh/acme/web,gh/acme/api"])
+        .spawn()
+        .await;
     let workflow = app.workflow("on_hold");
 
     let delivery = app.approve(workflow).await;
@@ -180,7 +190,7 @@ async fn allowed_projects_lets_a_listed_project_through() {
 
 #[tokio::test]
 async fn a_canceled_hold_job_is_given_up_with_the_reason() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("canceled");
 
     let delivery = app.approve(workflow).await;
@@ -195,7 +205,7 @@ async fn a_canceled_hold_job_is_given_up_with_the_reason() {
 
 #[tokio::test]
 async fn a_refused_token_is_given_up_at_once_without_retrying() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(Fault::status(401).on("list_jobs"));
 
@@ -211,7 +221,7 @@ async fn a_refused_token_is_given_up_at_once_without_retrying() {
 
 #[tokio::test]
 async fn a_workflow_not_found_at_first_is_retried_and_approved_when_it_appears() {
-    let app = spawn_stepped_app(&[]).await;
+    let app = TestApp::builder().stepped().spawn().await;
     let workflow = Uuid::new_v4();
     let delivery = app.approve(workflow).await;
 
@@ -228,7 +238,11 @@ async fn a_workflow_not_found_at_first_is_retried_and_approved_when_it_appears()
 
 #[tokio::test]
 async fn a_hold_job_that_never_goes_on_hold_fails_after_the_approval_timeout() {
-    let app = spawn_stepped_app(&["--approval-timeout=30s"]).await;
+    let app = TestApp::builder()
+        .stepped()
+        .flags(["--approval-timeout=30s"])
+        .spawn()
+        .await;
     let workflow = app.workflow("blocked");
     let delivery = app.approve(workflow).await;
 
@@ -248,7 +262,10 @@ async fn a_hold_job_that_never_goes_on_hold_fails_after_the_approval_timeout() {
 
 #[tokio::test]
 async fn a_custom_hold_job_name_is_the_one_approved() {
-    let app = spawn_app_with(&["--hold-job-name=gate"]).await;
+    let app = TestApp::builder()
+        .flags(["--hold-job-name=gate"])
+        .spawn()
+        .await;
     let workflow = Uuid::new_v4();
     app.fake
         .add_standard_workflow(workflow, PROJECT, "gate", "on_hold");
@@ -265,14 +282,13 @@ async fn a_custom_hold_job_name_is_the_one_approved() {
 
 #[tokio::test]
 async fn a_stopped_service_resumes_its_pending_task_on_restart_and_approves_once() {
-    let app = spawn_stepped_app(&[]).await;
+    let app = TestApp::builder().stepped().spawn().await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(Fault::status(503).on("list_jobs"));
     let delivery = app.approve(workflow).await;
     assert_eq!(app.step().await, 1, "the 503");
 
-    let (fake, db, secret) = app.stop().await;
-    let app = spawn_stepped_app_on(fake, db, &secret, &[]).await;
+    let app = app.stop().await.restart().stepped().spawn().await;
     app.advance(Duration::from_secs(2));
     assert_eq!(app.step().await, 1);
 
@@ -283,9 +299,12 @@ async fn a_stopped_service_resumes_its_pending_task_on_restart_and_approves_once
 
 #[tokio::test]
 async fn a_second_process_on_the_same_sqlite_file_is_refused() {
-    let app = spawn_app().await;
-    if app.db.is_postgres() {
-        return; // several replicas share PostgreSQL by design
+    let app = TestApp::builder().spawn().await;
+    if app
+        .db
+        .skip_on_postgres("several replicas share PostgreSQL by design")
+    {
+        return;
     }
     let args = sym_circleci_approver::cli::ServeArgs::from_flags([
         format!("--sym-webhook-secret={}", app.secret_text),
@@ -306,7 +325,7 @@ async fn a_second_process_on_the_same_sqlite_file_is_refused() {
 
 #[tokio::test]
 async fn an_approve_in_flight_when_the_process_died_still_counts_as_ours() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("blocked");
     let delivery = app.approve(workflow).await;
     let task = app
@@ -348,7 +367,10 @@ fn approve_event_for_hold_job(workflow: Uuid, hold_job: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_event_naming_a_listed_hold_job_releases_that_one_and_leaves_the_other_gate() {
-    let app = spawn_app_with(&["--hold-job-names=wait_for_sym_approval,prod_gate"]).await;
+    let app = TestApp::builder()
+        .flags(["--hold-job-names=wait_for_sym_approval,prod_gate"])
+        .spawn()
+        .await;
     let workflow = Uuid::new_v4();
     app.fake.add_workflow(
         workflow,
@@ -366,9 +388,7 @@ async fn an_event_naming_a_listed_hold_job_releases_that_one_and_leaves_the_othe
         )
         .await;
     assert_eq!(answer.status, 202, "{}", answer.body);
-    let task = app
-        .finished_task(answer.body["delivery_id"].as_str().unwrap(), WAIT)
-        .await;
+    let task = app.finished_task(&answer.delivery_id(), WAIT).await;
 
     assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
     assert_eq!(
@@ -383,7 +403,7 @@ async fn an_event_naming_a_listed_hold_job_releases_that_one_and_leaves_the_othe
 
 #[tokio::test]
 async fn an_event_naming_an_unlisted_hold_job_is_refused_with_422_and_nothing_is_approved() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("on_hold");
 
     let answer = app
@@ -404,7 +424,10 @@ async fn an_event_naming_an_unlisted_hold_job_is_refused_with_422_and_nothing_is
 
 #[tokio::test]
 async fn hold_job_name_is_still_accepted_as_the_older_form_of_hold_job_names() {
-    let app = spawn_app_with(&["--hold-job-name=gate"]).await;
+    let app = TestApp::builder()
+        .flags(["--hold-job-name=gate"])
+        .spawn()
+        .await;
     let workflow = Uuid::new_v4();
     app.fake
         .add_standard_workflow(workflow, PROJECT, "gate", "on_hold");

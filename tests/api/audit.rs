@@ -6,49 +6,13 @@ use approver_test_support::fake_circleci::Fault;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::helpers::*;
+use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(45);
-pub const ADMIN: &str = "admin-token-for-tests-0123456789";
-
-pub async fn spawn_audited(flags: &[&str]) -> TestApp {
-    let token = format!("--admin-token={ADMIN}");
-    let mut all = vec![token.as_str()];
-    all.extend_from_slice(flags);
-    spawn_app_with(&all).await
-}
-
-impl TestApp {
-    pub async fn admin_get(&self, path: &str) -> Answer {
-        answer(
-            self.client
-                .get(self.url(path))
-                .bearer_auth(ADMIN)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await
-    }
-
-    pub async fn metrics(&self) -> String {
-        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        response.text().await.unwrap()
-    }
-}
-
-/// The value of one sample line of the Prometheus text, 0 when absent.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 #[tokio::test]
 async fn the_audit_api_answers_404_when_no_admin_token_is_configured() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
 
     let list = app.admin_get("/v1/approvals").await;
     let one = app
@@ -61,7 +25,7 @@ async fn the_audit_api_answers_404_when_no_admin_token_is_configured() {
 
 #[tokio::test]
 async fn a_missing_or_wrong_admin_token_gets_401() {
-    let app = spawn_audited(&[]).await;
+    let app = TestApp::builder().admin_token().spawn().await;
 
     let missing = answer(
         app.client
@@ -99,7 +63,7 @@ async fn a_missing_or_wrong_admin_token_gets_401() {
 
 #[tokio::test]
 async fn approvals_are_listed_newest_first_with_a_cursor_and_a_workflow_filter() {
-    let app = spawn_audited(&[]).await;
+    let app = TestApp::builder().admin_token().spawn().await;
     let workflows: Vec<Uuid> = (0..3).map(|_| app.workflow("on_hold")).collect();
     let mut deliveries = Vec::new();
     for workflow in &workflows {
@@ -138,7 +102,7 @@ async fn approvals_are_listed_newest_first_with_a_cursor_and_a_workflow_filter()
 
 #[tokio::test]
 async fn bad_query_parameters_get_400_with_a_clear_error() {
-    let app = spawn_audited(&[]).await;
+    let app = TestApp::builder().admin_token().spawn().await;
 
     for query in [
         "limit=0",
@@ -157,14 +121,14 @@ async fn bad_query_parameters_get_400_with_a_clear_error() {
 
 #[tokio::test]
 async fn one_approval_tells_its_whole_story_and_unknown_ids_get_404() {
-    let app = spawn_audited(&[]).await;
+    let app = TestApp::builder().admin_token().spawn().await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(Fault::status(503).on("list_jobs"));
     let event_id = Uuid::new_v4().to_string();
     let webhook_id = new_webhook_id();
     let body = approve_event(&event_id, &workflow.to_string());
     let accepted = app.post_signed(body.clone(), &webhook_id).await;
-    let delivery = accepted.body["delivery_id"].as_str().unwrap().to_owned();
+    let delivery = accepted.delivery_id();
     app.finished_task(&delivery, WAIT).await;
     app.post_signed(body, &webhook_id).await; // a duplicate
 
@@ -204,7 +168,11 @@ async fn one_approval_tells_its_whole_story_and_unknown_ids_get_404() {
 
 #[tokio::test]
 async fn a_deny_with_on_deny_cancel_cancels_the_workflow_once_despite_a_fault() {
-    let app = spawn_audited(&["--on-deny=cancel"]).await;
+    let app = TestApp::builder()
+        .admin_token()
+        .flags(["--on-deny=cancel"])
+        .spawn()
+        .await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(Fault::status(503).on("cancel"));
 
@@ -215,7 +183,7 @@ async fn a_deny_with_on_deny_cancel_cancels_the_workflow_once_despite_a_fault() 
         )
         .await;
     assert_eq!(answer.status, 202, "{}", answer.body);
-    let delivery = answer.body["delivery_id"].as_str().unwrap().to_owned();
+    let delivery = answer.delivery_id();
     let task = app.finished_task(&delivery, WAIT).await;
 
     assert_eq!(
@@ -239,8 +207,12 @@ async fn a_deny_with_on_deny_cancel_cancels_the_workflow_once_despite_a_fault() 
 
 #[tokio::test]
 async fn an_expire_with_on_deny_cancel_cancels_and_with_ignore_is_only_recorded() {
-    let cancel = spawn_audited(&["--on-deny=cancel"]).await;
-    let ignore = spawn_audited(&[]).await;
+    let cancel = TestApp::builder()
+        .admin_token()
+        .flags(["--on-deny=cancel"])
+        .spawn()
+        .await;
+    let ignore = TestApp::builder().admin_token().spawn().await;
 
     let mut outcomes = Vec::new();
     for app in [&cancel, &ignore] {
@@ -275,7 +247,7 @@ async fn an_expire_with_on_deny_cancel_cancels_and_with_ignore_is_only_recorded(
 
 #[tokio::test]
 async fn metrics_move_as_deliveries_and_faults_happen() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let before = app.metrics().await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(Fault::status(503).on("list_jobs"));
@@ -329,7 +301,7 @@ async fn metrics_move_as_deliveries_and_faults_happen() {
 
 #[tokio::test]
 async fn pruning_removes_old_finished_records_and_keeps_pending_tasks() {
-    let app = spawn_audited(&[]).await;
+    let app = TestApp::builder().admin_token().spawn().await;
     let done = app.workflow("on_hold");
     let waiting = app.workflow("blocked");
     let finished = app.approve(done).await;
@@ -357,7 +329,7 @@ async fn pruning_removes_old_finished_records_and_keeps_pending_tasks() {
 #[tokio::test]
 async fn the_service_prunes_at_startup_with_retention_days() {
     // A record from 100 days ago, stored through the same path the service uses.
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("success");
     let old_event = sym_circleci_approver::inbound::sym_event::parse(&event_of_type(
         "old-event",
@@ -370,19 +342,27 @@ async fn the_service_prunes_at_startup_with_retention_days() {
         .record_delivery("msg_old", &old_event, long_ago, None, None)
         .await
         .unwrap();
-    let (fake, db, secret) = app.stop().await;
+    let stopped = app.stop().await;
 
-    let flag = format!("--admin-token={ADMIN}");
-    let app = spawn_app_on(fake, db, &secret, &[&flag, "--retention-days=90"]).await;
+    let app = stopped
+        .restart()
+        .admin_token()
+        .flags(["--retention-days=90"])
+        .spawn()
+        .await;
 
-    let mut gone = false;
-    for _ in 0..100 {
-        let listed = app.admin_get("/v1/approvals").await;
-        if listed.body["items"].as_array().unwrap().is_empty() {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(gone, "the 100-day-old record is pruned");
+    // The pruner runs in the background from the start: the record goes soon after.
+    eventually(
+        "the 100-day-old record to be pruned",
+        Duration::from_secs(5),
+        || async {
+            let listed = app.admin_get("/v1/approvals").await;
+            listed.body["items"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
 }

@@ -9,43 +9,22 @@ use serde_json::Value;
 use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
 use uuid::Uuid;
 
-use crate::audit::ADMIN;
-use crate::helpers::*;
-
-impl TestApp {
-    /// Sends a signed approve event (a new Sym event) for `workflow_id`; returns the answer.
-    async fn approve_again(&self, workflow_id: Uuid) -> Answer {
-        self.post_signed(
-            approve_event(&Uuid::new_v4().to_string(), &workflow_id.to_string()),
-            &new_webhook_id(),
-        )
-        .await
-    }
-
-    async fn audit_of(&self, workflow: Uuid) -> Vec<Value> {
-        let response = self
-            .client
-            .get(self.url(&format!("/v1/approvals?workflow_id={workflow}")))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap();
-        let page = answer(response).await;
-        page.body["items"].as_array().unwrap().clone()
-    }
-}
+use crate::harness::*;
 
 #[tokio::test]
 async fn an_approve_cut_off_by_the_steps_own_time_limit_ends_approved_confirmed_by_rereading() {
     // CircleCI applies the approve and never answers; CIRCLECI_TIMEOUT is longer than the
     // step's share of the lease, so the step's own time limit cuts the call off, after the
     // task's deadline has passed. The clock is the test's: no waiting.
-    let app = spawn_stepped_app(&[
-        "--task-lease=30s",
-        "--approval-timeout=20s",
-        "--circleci-timeout=10m",
-    ])
-    .await;
+    let app = TestApp::builder()
+        .stepped()
+        .flags([
+            "--task-lease=30s",
+            "--approval-timeout=20s",
+            "--circleci-timeout=10m",
+        ])
+        .spawn()
+        .await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(
         Fault::status(500)
@@ -79,8 +58,12 @@ async fn an_approve_cut_off_by_the_steps_own_time_limit_ends_approved_confirmed_
 #[tokio::test]
 async fn a_second_approval_while_the_first_task_is_pending_extends_it_and_is_worked_after_it_fails()
 {
-    let app =
-        spawn_stepped_app(&["--approval-timeout=60s", &format!("--admin-token={ADMIN}")]).await;
+    let app = TestApp::builder()
+        .stepped()
+        .admin_token()
+        .flags(["--approval-timeout=60s"])
+        .spawn()
+        .await;
     // The hold job is not on hold yet: the first task polls until its deadline.
     let workflow = app.workflow("blocked");
     let first = app.approve(workflow).await;
@@ -89,7 +72,7 @@ async fn a_second_approval_while_the_first_task_is_pending_extends_it_and_is_wor
     // Half-way, a second Sym approval of the same hold job: attached to the pending task, which
     // gets its deadline extended; the sender is answered as before.
     app.advance(Duration::from_secs(30));
-    let second = app.approve_again(workflow).await;
+    let second = app.send_event("approve", workflow).await;
     assert_eq!(
         (second.status, second.body["status"].as_str()),
         (200, Some("duplicate"))
@@ -125,7 +108,10 @@ async fn a_second_approval_while_the_first_task_is_pending_extends_it_and_is_wor
 async fn shutdown_keeps_the_lease_of_a_task_whose_approve_is_in_flight() {
     // The approve reaches CircleCI, which applies it but answers only much later; the service
     // is stopped meanwhile.
-    let app = spawn_app_with(&["--task-lease=20s", "--circleci-timeout=60s"]).await;
+    let app = TestApp::builder()
+        .flags(["--task-lease=20s", "--circleci-timeout=60s"])
+        .spawn()
+        .await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(
         Fault::status(500)
@@ -142,11 +128,11 @@ async fn shutdown_keeps_the_lease_of_a_task_whose_approve_is_in_flight() {
             .await,
         "the worker never called approve"
     );
-    let (fake, db, secret) = app.stop().await;
+    let stopped = app.stop().await;
 
     // A new process on the same store (on SQLite it forgets the leases of a dead process,
     // but not this one's): it cannot take the task while the lease runs.
-    let next = spawn_stepped_app_on(fake, db, &secret, &[]).await;
+    let next = stopped.restart().stepped().spawn().await;
     assert_eq!(
         next.step().await,
         0,
@@ -162,7 +148,7 @@ async fn shutdown_keeps_the_lease_of_a_task_whose_approve_is_in_flight() {
 
 #[tokio::test]
 async fn a_ui_click_while_our_approve_went_unanswered_is_recorded_as_already_approved() {
-    let app = spawn_stepped_app(&[]).await;
+    let app = TestApp::builder().stepped().spawn().await;
     let workflow = app.workflow("on_hold");
     // Our approve gets a 500 (it may have landed; it did not) ...
     app.fake.push_fault(Fault::status(500).on("approve"));

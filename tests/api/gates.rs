@@ -5,75 +5,54 @@ use std::time::Duration;
 
 use approver_test_support::fake_sym::FakeSymApi;
 use serde_json::{json, Value};
+use sym_circleci_approver::domain::gate::{ApprovalPath, GateProblem, GateStatus};
 use uuid::Uuid;
 
-use crate::audit::ADMIN;
-use crate::helpers::*;
+use crate::harness::*;
 
-const GATE: &str = "gate-token-7d41c0a9e2";
-const SYM_TOKEN: &str = "sym-bot-token-5b2e";
-
-/// A stepped service with gates and a reconciler against its own fake Sym API.
-async fn spawn_gated(flags: &[&str]) -> (TestApp, FakeSymApi) {
-    let sym = FakeSymApi::start(SYM_TOKEN).await.unwrap();
-    let owned = [
-        format!("--gate-token={GATE}"),
-        format!("--admin-token={ADMIN}"),
-        format!("--sym-api-url={}", sym.base_url()),
-        format!("--sym-api-token={SYM_TOKEN}"),
-    ];
-    let mut all: Vec<&str> = owned.iter().map(String::as_str).collect();
-    all.extend_from_slice(flags);
-    (spawn_stepped_app(&all).await, sym)
+/// These tests' service: stepped, with gates, the audit API and a reconciler reading its own
+/// fake Sym API.
+fn gated() -> AppBuilder {
+    TestApp::builder()
+        .stepped()
+        .gate_token()
+        .admin_token()
+        .sym_api()
 }
 
 impl TestApp {
-    async fn register(&self, token: &str, body: Value) -> Answer {
-        let response = self
-            .client
-            .post(self.url("/v1/gates"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        answer(response).await
-    }
-
-    /// A gate for a new workflow (hold job on hold) and its Sym run, bound by the flow's signed
-    /// `request` event and registered as CircleCI's step does.
-    async fn gated_workflow(&self, sym: &FakeSymApi, run_status: &str) -> (Uuid, String) {
+    /// A gate for a new workflow (hold job on hold) and its Sym run (in `run_status` at the
+    /// fake Sym API), bound by the flow's signed `request` event and registered as CircleCI's
+    /// step does.
+    async fn gated_workflow(&self, run_status: &str) -> (Uuid, String) {
         let workflow = self.workflow("on_hold");
         let run = format!("run-{}", Uuid::new_v4().simple());
         self.bind_run(&run, workflow, None).await;
-        sym.set_run(&run, run_status);
+        self.sym().set_run(&run, run_status);
         let registered = self
-            .register(GATE, json!({"workflow_id": workflow, "sym_run_id": run}))
+            .register_gate(GATE, json!({"workflow_id": workflow, "sym_run_id": run}))
             .await;
         assert_eq!(registered.status, 201, "{}", registered.body);
         (workflow, run)
-    }
-
-    async fn gate(&self, workflow: Uuid) -> Value {
-        let gates = self.store.gates_of(&workflow.to_string()).await.unwrap();
-        serde_json::to_value(gates.first()).unwrap()
     }
 }
 
 #[tokio::test]
 async fn gate_registration_needs_its_token_and_refuses_bad_input_with_typed_errors() {
-    let (app, _sym) = spawn_gated(&[]).await;
-    let plain = spawn_app().await;
+    let app = gated().spawn().await;
+    let plain = TestApp::builder().spawn().await;
     let workflow = Uuid::new_v4();
     let good = json!({"workflow_id": workflow, "sym_run_id": "run-1"});
 
-    let disabled = plain.register(GATE, good.clone()).await;
-    let wrong = app.register("wrong-token-wrong-token", good.clone()).await;
-    let admin = app.register(ADMIN, good.clone()).await;
-    let created = app.register(GATE, good.clone()).await;
-    let again = app.register(GATE, good.clone()).await;
+    let disabled = plain.register_gate(GATE, good.clone()).await;
+    let wrong = app
+        .register_gate("wrong-token-wrong-token", good.clone())
+        .await;
+    let admin = app.register_gate(ADMIN, good.clone()).await;
+    let created = app.register_gate(GATE, good.clone()).await;
+    let again = app.register_gate(GATE, good.clone()).await;
     let other_run = app
-        .register(
+        .register_gate(
             GATE,
             json!({"workflow_id": workflow, "sym_run_id": "run-2"}),
         )
@@ -104,7 +83,7 @@ async fn gate_registration_needs_its_token_and_refuses_bad_input_with_typed_erro
         (409, Some("gate_conflict"))
     );
     assert_eq!(reads.status(), 401, "the gate token reads nothing");
-    assert_eq!(app.gate(workflow).await["sym_run_id"], "run-1");
+    assert_eq!(app.gate(workflow).await.sym_run_id, "run-1");
 
     for (body, status, error) in [
         (json!("not an object"), 400, "invalid_request"),
@@ -130,7 +109,7 @@ async fn gate_registration_needs_its_token_and_refuses_bad_input_with_typed_erro
             "hold_job_not_allowed",
         ),
     ] {
-        let refused = app.register(GATE, body.clone()).await;
+        let refused = app.register_gate(GATE, body.clone()).await;
         assert_eq!(refused.status, status, "{body}: {}", refused.body);
         assert_eq!(refused.body["error"], error, "{body}");
         assert!(refused.body["detail"].is_string());
@@ -139,8 +118,9 @@ async fn gate_registration_needs_its_token_and_refuses_bad_input_with_typed_erro
 
 #[tokio::test]
 async fn a_gate_whose_hook_never_arrives_is_approved_by_the_reconciler_exactly_once() {
-    let (app, sym) = spawn_gated(&[]).await;
-    let (workflow, run) = app.gated_workflow(&sym, "requested").await;
+    let app = gated().spawn().await;
+    let sym = app.sym();
+    let (workflow, run) = app.gated_workflow("requested").await;
 
     assert_eq!(app.reconcile().await, 1, "the first read: not decided yet");
     assert_eq!(app.step().await, 0, "nothing to approve yet");
@@ -156,8 +136,8 @@ async fn a_gate_whose_hook_never_arrives_is_approved_by_the_reconciler_exactly_o
     );
     let gate = app.gate(workflow).await;
     assert_eq!(
-        (gate["status"].as_str(), gate["released_by"].as_str()),
-        (Some("released"), Some("reconciler"))
+        (gate.status, gate.released_by),
+        (GateStatus::Released, Some(ApprovalPath::Reconciler))
     );
 
     // Nothing more to read, and a late hook delivery is a no-op.
@@ -178,10 +158,7 @@ async fn a_gate_whose_hook_never_arrives_is_approved_by_the_reconciler_exactly_o
     assert_eq!(app.fake.successful_approvals(), 1);
 
     // The audit record tells the path, the metrics count it.
-    let list = app
-        .admin_get(&format!("/v1/approvals?workflow_id={workflow}"))
-        .await;
-    let items = list.body["items"].as_array().unwrap();
+    let items = app.audit_of(workflow).await;
     // The late hook delivery is kept, attached to the reconciler's approval, which released
     // the hold job.
     let with =
@@ -190,8 +167,7 @@ async fn a_gate_whose_hook_never_arrives_is_approved_by_the_reconciler_exactly_o
     assert_eq!(
         (released.len(), attached.len(), bound.len()),
         (1, 1, 1),
-        "{}",
-        list.body
+        "{items:?}"
     );
     assert_eq!(bound[0]["event_type"], "request");
     assert_eq!(attached[0]["attached_to"], released[0]["id"]);
@@ -209,9 +185,9 @@ async fn a_gate_whose_hook_never_arrives_is_approved_by_the_reconciler_exactly_o
 
 #[tokio::test]
 async fn a_hook_and_the_reconciler_racing_on_one_gate_give_one_approve() {
-    let (app, sym) = spawn_gated(&[]).await;
+    let app = gated().spawn().await;
     for _ in 0..5 {
-        let (workflow, _run) = app.gated_workflow(&sym, "approved").await;
+        let (workflow, _run) = app.gated_workflow("approved").await;
         let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
         let webhook_id = new_webhook_id();
 
@@ -232,7 +208,7 @@ async fn a_hook_and_the_reconciler_racing_on_one_gate_give_one_approve() {
             .filter(|c| c.path.contains(&workflow.to_string()))
             .count();
         assert_eq!(approves, 1, "one approve for workflow {workflow}");
-        assert_eq!(app.gate(workflow).await["status"], "released");
+        assert_eq!(app.gate(workflow).await.status, GateStatus::Released);
     }
     let metrics = app.metrics().await;
     assert!(
@@ -245,15 +221,15 @@ async fn a_hook_and_the_reconciler_racing_on_one_gate_give_one_approve() {
 
 #[tokio::test]
 async fn denied_and_expired_runs_close_the_gate_without_approving_and_on_deny_cancel_cancels() {
-    let (app, sym) = spawn_gated(&["--on-deny=cancel"]).await;
-    let (denied, _) = app.gated_workflow(&sym, "denied").await;
-    let (expired, _) = app.gated_workflow(&sym, "expired").await;
+    let app = gated().flags(["--on-deny=cancel"]).spawn().await;
+    let (denied, _) = app.gated_workflow("denied").await;
+    let (expired, _) = app.gated_workflow("expired").await;
 
     assert_eq!(app.reconcile().await, 2);
     app.step().await;
 
-    assert_eq!(app.gate(denied).await["status"], "closed");
-    assert_eq!(app.gate(expired).await["status"], "closed");
+    assert_eq!(app.gate(denied).await.status, GateStatus::Closed);
+    assert_eq!(app.gate(expired).await.status, GateStatus::Closed);
     assert!(app.fake.calls_of("approve").is_empty());
     // As with the hook's deny and expire events, ON_DENY=cancel cancels both workflows.
     let cancels: Vec<_> = app.fake.calls_of("cancel");
@@ -267,8 +243,9 @@ async fn denied_and_expired_runs_close_the_gate_without_approving_and_on_deny_ca
 
 #[tokio::test]
 async fn a_sym_api_answering_500_then_429_with_retry_after_is_retried() {
-    let (app, sym) = spawn_gated(&[]).await;
-    let (workflow, _run) = app.gated_workflow(&sym, "approved").await;
+    let app = gated().spawn().await;
+    let sym = app.sym();
+    let (workflow, _run) = app.gated_workflow("approved").await;
     sym.push_fault(500, None);
     sym.push_fault(429, Some(30));
 
@@ -281,7 +258,7 @@ async fn a_sym_api_answering_500_then_429_with_retry_after_is_retried() {
     assert_eq!(app.reconcile().await, 1);
     app.step().await;
 
-    assert_eq!(app.gate(workflow).await["status"], "released");
+    assert_eq!(app.gate(workflow).await.status, GateStatus::Released);
     assert_eq!(app.fake.successful_approvals(), 1);
     let statuses: Vec<u16> = sym.calls().iter().map(|c| c.status).collect();
     assert_eq!(statuses, [500, 429, 200]);
@@ -289,17 +266,11 @@ async fn a_sym_api_answering_500_then_429_with_retry_after_is_retried() {
 
 #[tokio::test]
 async fn a_refused_sym_token_pauses_the_reconciler_which_checks_again_with_backoff() {
-    let sym = FakeSymApi::start("the-real-token").await.unwrap();
-    let owned = [
-        format!("--gate-token={GATE}"),
-        format!("--admin-token={ADMIN}"),
-        format!("--sym-api-url={}", sym.base_url()),
-        "--sym-api-token=a-wrong-token".to_owned(),
-    ];
-    let flags: Vec<&str> = owned.iter().map(String::as_str).collect();
-    let app = spawn_stepped_app(&flags).await;
-    let (first, _) = app.gated_workflow(&sym, "approved").await;
-    let (second, _) = app.gated_workflow(&sym, "approved").await;
+    // The fake Sym API takes SYM_TOKEN; the service sends another.
+    let app = gated().sym_api_token("a-wrong-token").spawn().await;
+    let sym = app.sym();
+    let (first, _) = app.gated_workflow("approved").await;
+    let (second, _) = app.gated_workflow("approved").await;
 
     assert_eq!(app.reconcile().await, 1, "pauses at the first refusal");
     assert_eq!(app.reconcile().await, 0, "paused");
@@ -314,8 +285,8 @@ async fn a_refused_sym_token_pauses_the_reconciler_which_checks_again_with_backo
     assert_eq!(app.reconcile().await, 0, "the second pause is a minute");
     assert_eq!(sym.calls().len(), 2);
     for gate in [app.gate(first).await, app.gate(second).await] {
-        assert_eq!(gate["status"], "open", "{gate}");
-        assert_eq!(gate["polling"], true, "{gate}");
+        assert_eq!(gate.status, GateStatus::Open, "{gate:?}");
+        assert!(gate.polling, "{gate:?}");
     }
 
     // The token works again (rotated at Sym): the next check resumes and releases both.
@@ -332,18 +303,22 @@ async fn a_refused_sym_token_pauses_the_reconciler_which_checks_again_with_backo
 
 #[tokio::test]
 async fn a_run_sym_forbids_marks_its_gate_and_polling_goes_on_for_the_others() {
-    let (app, sym) = spawn_gated(&[]).await;
-    let (first, _) = app.gated_workflow(&sym, "approved").await;
-    let (second, _) = app.gated_workflow(&sym, "approved").await;
+    let app = gated().spawn().await;
+    let sym = app.sym();
+    let (first, _) = app.gated_workflow("approved").await;
+    let (second, _) = app.gated_workflow("approved").await;
     sym.push_fault(403, None);
 
     assert_eq!(app.reconcile().await, 2, "the 403 stops nothing");
     app.step().await;
     let gates = [app.gate(first).await, app.gate(second).await];
-    let forbidden: Vec<&Value> = gates.iter().filter(|g| g["status"] == "open").collect();
+    let forbidden: Vec<&Gate> = gates
+        .iter()
+        .filter(|g| g.status == GateStatus::Open)
+        .collect();
     assert_eq!(forbidden.len(), 1, "{gates:?}");
-    assert_eq!(forbidden[0]["problem"], "sym_forbidden");
-    assert_eq!(forbidden[0]["polling"], true);
+    assert_eq!(forbidden[0].problem, Some(GateProblem::SymForbidden));
+    assert!(forbidden[0].polling);
     assert!(app
         .metrics()
         .await
@@ -356,19 +331,16 @@ async fn a_run_sym_forbids_marks_its_gate_and_polling_goes_on_for_the_others() {
     assert_eq!(app.fake.successful_approvals(), 2);
     for workflow in [first, second] {
         let gate = app.gate(workflow).await;
-        assert_eq!(
-            (gate["status"].as_str(), &gate["problem"]),
-            (Some("released"), &Value::Null)
-        );
+        assert_eq!((gate.status, gate.problem), (GateStatus::Released, None));
     }
 }
 
 #[tokio::test]
 async fn without_a_sym_token_gates_are_recorded_and_the_hook_releases_them() {
-    let app = spawn_app_with(&[&format!("--gate-token={GATE}")]).await;
+    let app = TestApp::builder().gate_token().spawn().await;
     let workflow = app.workflow("on_hold");
     let registered = app
-        .register(
+        .register_gate(
             GATE,
             json!({"workflow_id": workflow, "sym_run_id": "run-9"}),
         )
@@ -380,59 +352,40 @@ async fn without_a_sym_token_gates_are_recorded_and_the_hook_releases_them() {
 
     let gate = app.gate(workflow).await;
     assert_eq!(
-        (gate["status"].as_str(), gate["released_by"].as_str()),
-        (Some("released"), Some("hook"))
+        (gate.status, gate.released_by),
+        (GateStatus::Released, Some(ApprovalPath::Hook))
     );
 }
 
 /// The same recovery with the real binary, its reconciler running in the background.
 #[tokio::test]
 async fn the_binary_releases_a_gate_whose_hook_never_arrives_exactly_once() {
-    use crate::binary::{binary, serve_env, Running};
-
-    let fake = approver_test_support::fake_circleci::FakeCircleCi::start(TOKEN)
-        .await
-        .unwrap();
+    let up = Upstreams::new().await;
     let sym = FakeSymApi::start(SYM_TOKEN).await.unwrap();
-    let db = TestDatabase::new().await;
-    let (secret_text, _) = new_secret();
-    let env = serve_env(&fake, &db, &secret_text)
+    let env = up
+        .env()
         .set("GATE_TOKEN", GATE)
         .set("SYM_API_URL", sym.base_url())
         .set("SYM_API_TOKEN", SYM_TOKEN);
-    let mut process = Running::start(binary(&["serve"], &env), "the binary");
-    let addr = process.wait_listening(Duration::from_secs(30)).await;
+    let mut process = ServiceProcess::start("the binary", &env).await;
+    let fake = &up.fake;
 
-    let workflow = workflow_on_hold(&fake);
+    let workflow = workflow_on_hold(fake);
     let run = format!("run-{}", Uuid::new_v4().simple());
     sym.set_run(&run, "approved");
     // The flow's signed request event binds the run to the workflow.
-    let secret =
-        sym_circleci_approver::inbound::signature::WebhookSecret::parse(&secret_text).unwrap();
-    let body = run_event("request", &run, workflow, None);
-    let webhook_id = new_webhook_id();
-    let bound = reqwest::Client::new()
-        .post(format!("http://{addr}/webhooks/sym"))
-        .header("content-type", "application/json")
-        .header("webhook-id", &webhook_id)
-        .header("webhook-timestamp", now_secs().to_string())
-        .header(
-            "webhook-signature",
-            secret.sign(&webhook_id, now_secs(), &body),
+    let request = Delivery::signed(&up.secret, run_event("request", &run, workflow, None));
+    let bound = process.endpoint().deliver(&request).await;
+    assert_eq!(bound.status, 200, "{}", bound.body);
+    let registered = process
+        .endpoint()
+        .post_json(
+            "/v1/gates",
+            GATE,
+            &json!({"workflow_id": workflow, "sym_run_id": run}),
         )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bound.status(), 200);
-    let registered = reqwest::Client::new()
-        .post(format!("http://{addr}/v1/gates"))
-        .bearer_auth(GATE)
-        .json(&json!({"workflow_id": workflow, "sym_run_id": run}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), 201);
+        .await;
+    assert_eq!(registered.status, 201, "{}", registered.body);
 
     assert!(
         fake.wait_for_calls(Duration::from_secs(30), |calls| calls
@@ -444,9 +397,5 @@ async fn the_binary_releases_a_gate_whose_hook_never_arrives_exactly_once() {
     );
     assert_eq!(fake.successful_approvals(), 1);
     assert_eq!(fake.job_status(workflow, HOLD).as_deref(), Some("success"));
-    process.terminate();
-    assert_eq!(
-        process.exited_within(Duration::from_secs(15)).await.code(),
-        Some(0)
-    );
+    assert_eq!(process.stop().await.code(), Some(0));
 }

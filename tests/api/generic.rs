@@ -4,11 +4,7 @@
 
 use std::time::Duration;
 
-use uuid::Uuid;
-
-use crate::helpers::*;
-
-const VERDICT: &str = "verdict-token-3c9e1f2a7b";
+use crate::harness::*;
 
 /// Runs the shell example against `app`; returns (exit code, stdout + stderr).
 async fn send_approval(app: &TestApp, args: &[&str]) -> (Option<i32>, String) {
@@ -35,7 +31,7 @@ async fn send_approval(app: &TestApp, args: &[&str]) -> (Option<i32>, String) {
 #[tokio::test]
 async fn the_shell_example_approves_a_hold_job_end_to_end_once_and_the_verdict_names_the_approver()
 {
-    let app = spawn_app_with(&[&format!("--verdict-token={VERDICT}")]).await;
+    let app = TestApp::builder().verdict_token().spawn().await;
     let workflow = app.workflow("on_hold");
     let wf = workflow.to_string();
 
@@ -55,14 +51,7 @@ async fn the_shell_example_approves_a_hold_job_end_to_end_once_and_the_verdict_n
                 .any(|c| c.operation == "approve" && c.status == 202))
             .await
     );
-    let response = app
-        .client
-        .get(app.url(&format!("/v1/verdicts/{workflow}")))
-        .bearer_auth(VERDICT)
-        .send()
-        .await
-        .unwrap();
-    let verdict = answer(response).await;
+    let verdict = app.verdict(workflow).await;
     assert_eq!(verdict.body["verdict"], "approved", "{}", verdict.body);
     assert_eq!(verdict.body["approver"], "carol@example.com");
     assert_eq!(app.fake.successful_approvals(), 1);
@@ -70,14 +59,13 @@ async fn the_shell_example_approves_a_hold_job_end_to_end_once_and_the_verdict_n
 
 #[tokio::test]
 async fn a_generic_event_with_a_bad_signature_or_shape_is_refused_like_any_delivery() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("on_hold").to_string();
     let good = sym_circleci_approver::inbound::generic_event::sample_body(
         "r-1", "approve", &workflow, "a", None,
     );
 
-    let (other_text, other) = new_secret();
-    let _ = other_text;
+    let (_, other) = new_secret();
     let forged = app
         .post_signed_with(
             &other,
@@ -114,7 +102,7 @@ async fn a_generic_event_with_a_bad_signature_or_shape_is_refused_like_any_deliv
 
 #[tokio::test]
 async fn send_event_generic_denies_and_on_deny_cancel_cancels_the_workflow() {
-    let app = spawn_app_with(&["--on-deny=cancel"]).await;
+    let app = TestApp::builder().flags(["--on-deny=cancel"]).spawn().await;
     let workflow = app.workflow("on_hold");
 
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sym-circleci-approver"))
@@ -146,5 +134,4 @@ async fn send_event_generic_denies_and_on_deny_cancel_cancels_the_workflow() {
                 .any(|c| c.operation == "cancel" && c.status == 202))
             .await
     );
-    let _ = Uuid::nil();
 }

@@ -6,7 +6,7 @@ use sym_circleci_approver::domain::task::{DeliveryStatus, NewTask, TaskAction};
 use sym_circleci_approver::store::{NewDelivery, Recorded, Store, StoreOptions};
 use uuid::Uuid;
 
-use crate::helpers::*;
+use crate::harness::*;
 
 fn delivery(webhook_id: &str, event_id: &str, event_type: &str, workflow: Uuid) -> NewDelivery {
     let body = event_of_type(event_id, event_type, &workflow.to_string());

@@ -1,16 +1,17 @@
-//! Integration tests: the real service on a random port, a fake CircleCI over real HTTP.
-//! `APPROVER_TEST_POSTGRES_URL` (an admin URL) runs the same suite against PostgreSQL.
+//! Integration tests: the real service on a random port, a fake CircleCI over real HTTP, all
+//! through one harness (`harness`: the in-process app, the child process, the store).
+//! `APPROVER_TEST_POSTGRES_URL` (an admin URL) runs the same suite against PostgreSQL;
+//! `APPROVER_REQUIRE_POSTGRES=1` makes its absence a failure (CI's PostgreSQL run).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod adversarial;
 mod approval;
 mod audit;
-mod binary;
 mod demo;
 mod exactly_once;
 mod gates;
 mod generic;
-mod helpers;
+mod harness;
 mod intake;
 mod oidc_issuer;
 mod process;

@@ -103,7 +103,7 @@ impl FakeIssuer {
     /// The claims CircleCI puts in a job's token, for a job of `pipeline` (workflow and
     /// project made up), valid for an hour from now.
     pub fn claims(&self, pipeline: Uuid) -> Value {
-        let now = crate::helpers::now_secs();
+        let now = crate::harness::now_secs();
         let project = Uuid::new_v4();
         json!({
             "iss": self.issuer(),

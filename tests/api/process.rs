@@ -2,104 +2,23 @@
 //! what the logs hold, and the helper subcommands.
 //!
 //! The child process (a cleared environment, JSON log lines on stdout, the port from the
-//! `listening` line, signals) is `crate::binary`. The fake CircleCI runs inside the test
+//! `listening` line, signals) is `crate::harness::child`. The fake CircleCI runs inside the test
 //! process, so waits here are always async (never a blocking wait that would starve it).
 
 use std::net::SocketAddr;
-use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
-use approver_test_support::fake_circleci::{FakeCircleCi, Fault, RecordedCall};
-use secrecy::SecretString;
+use approver_test_support::fake_circleci::{Fault, RecordedCall};
+use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
 use sym_circleci_approver::inbound::signature::WebhookSecret;
-use sym_circleci_approver::store::{Store, StoreOptions};
 
-use serde_json::Value;
-use tokio::time::Instant;
-use uuid::Uuid;
+use crate::harness::app::task_of;
+use crate::harness::*;
 
-use crate::binary::{binary, serve_env, Delivery, Env, Running};
-use crate::helpers::{answer, new_secret, workflow_on_hold, Answer, TestDatabase, HOLD, TOKEN};
-use crate::helpers::{finished_task, task_of};
-
-/// How long the binary may take to start listening, or to refuse to start.
-const STARTUP: Duration = Duration::from_secs(20);
 /// How failure messages and the output dump on a failed test name the child.
 const LABEL: &str = "the binary";
-
-// ---------------------------------------------------------------------------------------------
-// The binary as a child process
-// ---------------------------------------------------------------------------------------------
-
-/// Runs a command that is expected to end by itself (a refusal, a subcommand).
-async fn run_to_end(command: Command) -> (ExitStatus, Running) {
-    let mut running = Running::start(command, LABEL);
-    let status = running.exited_within(STARTUP).await;
-    (status, running)
-}
-
-/// `serve` running and listening.
-struct Service {
-    process: Running,
-    addr: SocketAddr,
-    client: reqwest::Client,
-}
-
-impl Service {
-    /// Starts `serve` and waits for its `listening` log line to learn the port.
-    async fn start(env: &Env) -> Self {
-        let mut process = Running::start(binary(&["serve"], env), LABEL);
-        let addr = process.wait_listening(STARTUP).await;
-        Self {
-            process,
-            addr,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn get(&self, path: &str) -> Answer {
-        answer(
-            self.client
-                .get(self.url(path))
-                .send()
-                .await
-                .expect("service reachable"),
-        )
-        .await
-    }
-
-    /// Posts a delivery to `/webhooks/sym` exactly as it was signed.
-    async fn deliver(&self, delivery: &Delivery) -> Answer {
-        let response = delivery
-            .post(&self.client, &self.url("/webhooks/sym"))
-            .send()
-            .await
-            .expect("service reachable");
-        answer(response).await
-    }
-
-    /// Delivers an approve event for `workflow_id`; asserts 202 and returns the delivery id.
-    async fn approve(&self, secret: &WebhookSecret, workflow_id: Uuid) -> (Delivery, String) {
-        let delivery = Delivery::new_approve(secret, workflow_id);
-        let answer = self.deliver(&delivery).await;
-        assert_eq!(answer.status, 202, "{}", answer.body);
-        let delivery_id = answer.body["delivery_id"].as_str().unwrap().to_owned();
-        (delivery, delivery_id)
-    }
-
-    /// SIGTERM, then the exit status (the process must be gone within 15 s).
-    async fn stop(&mut self) -> ExitStatus {
-        self.process.terminate();
-        self.process.exited_within(Duration::from_secs(15)).await
-    }
-}
+/// How long a task may take to finish.
+const WAIT: Duration = Duration::from_secs(20);
 
 fn failed_list_calls(calls: &[RecordedCall]) -> usize {
     calls
@@ -108,17 +27,11 @@ fn failed_list_calls(calls: &[RecordedCall]) -> usize {
         .count()
 }
 
-// ---------------------------------------------------------------------------------------------
-// The store, read from the test
-// ---------------------------------------------------------------------------------------------
-
-async fn open_store(db: &TestDatabase) -> Store {
-    Store::connect(
-        &SecretString::from(db.url.clone()),
-        &StoreOptions::default(),
-    )
-    .await
-    .expect("the test can open the store")
+/// Any approve call CircleCI accepted.
+fn approved(calls: &[RecordedCall]) -> bool {
+    calls
+        .iter()
+        .any(|c| c.operation == "approve" && c.status == 202)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,17 +41,16 @@ async fn open_store(db: &TestDatabase) -> Store {
 #[tokio::test]
 async fn sigterm_stops_the_service_with_exit_code_0_and_keeps_pending_tasks() {
     // Arrange: CircleCI answers every job listing with 503, so the task cannot finish.
-    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
+    let up = Upstreams::new().await;
     for _ in 0..50 {
-        fake.push_fault(Fault::status(503).on("list_jobs"));
+        up.fake.push_fault(Fault::status(503).on("list_jobs"));
     }
-    let workflow = workflow_on_hold(&fake);
-    let db = TestDatabase::new().await;
-    let (secret_text, secret) = new_secret();
-    let mut service = Service::start(&serve_env(&fake, &db, &secret_text)).await;
-    let (_, delivery_id) = service.approve(&secret, workflow).await;
+    let workflow = workflow_on_hold(&up.fake);
+    let mut service = ServiceProcess::start(LABEL, &up.env()).await;
+    let (_, delivery_id) = service.approve(&up.secret, workflow).await;
     assert!(
-        fake.wait_for_calls(Duration::from_secs(10), |c| failed_list_calls(c) >= 1)
+        up.fake
+            .wait_for_calls(Duration::from_secs(10), |c| failed_list_calls(c) >= 1)
             .await,
         "the worker never tried CircleCI"
     );
@@ -147,30 +59,29 @@ async fn sigterm_stops_the_service_with_exit_code_0_and_keeps_pending_tasks() {
     let status = service.stop().await;
 
     // Assert
-    assert_eq!(status.code(), Some(0), "{}", service.process.output());
-    let store = open_store(&db).await;
+    assert_eq!(status.code(), Some(0), "{}", service.output());
+    let store = up.store().await;
     let task = task_of(&store, &delivery_id).await;
-    assert_eq!(task.status.as_str(), "pending", "{task:?}");
-    assert_eq!(fake.calls_of("approve").len(), 0);
+    assert_eq!(task.status, TaskStatus::Pending, "{task:?}");
+    assert_eq!(up.fake.calls_of("approve").len(), 0);
     store.close().await;
 }
 
 #[tokio::test]
 async fn a_task_interrupted_by_kill_9_resumes_after_restart_and_approves_exactly_once() {
     // Arrange: the first job listings fail; the rest succeed.
-    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
+    let up = Upstreams::new().await;
+    let fake = &up.fake;
     for _ in 0..3 {
         fake.push_fault(Fault::status(503).on("list_jobs"));
     }
-    let workflow = workflow_on_hold(&fake);
-    let db = TestDatabase::new().await;
-    let (secret_text, secret) = new_secret();
+    let workflow = workflow_on_hold(fake);
     // A short lease so that PostgreSQL (which keeps leases across restarts) resumes quickly
     // too; the first process waits long enough after its first failure to be killed before
     // its second try, the restarted one retries quickly.
-    let env = serve_env(&fake, &db, &secret_text).set("TASK_LEASE", "3s");
-    let mut first = Service::start(&env.clone().set("RETRY_INITIAL", "2s")).await;
-    let (delivery, delivery_id) = first.approve(&secret, workflow).await;
+    let env = up.env().set("TASK_LEASE", "3s");
+    let mut first = ServiceProcess::start(LABEL, &env.clone().set("RETRY_INITIAL", "2s")).await;
+    let (delivery, delivery_id) = first.approve(&up.secret, workflow).await;
     assert!(
         fake.wait_for_calls(Duration::from_secs(10), |c| failed_list_calls(c) >= 1)
             .await,
@@ -178,30 +89,29 @@ async fn a_task_interrupted_by_kill_9_resumes_after_restart_and_approves_exactly
     );
 
     // Act: kill -9 mid-task, then start again on the same store and CircleCI.
-    first.process.kill_9();
-    first.process.exited_within(Duration::from_secs(5)).await;
+    first.kill_9().await;
     assert_eq!(
         fake.calls_of("approve").len(),
         0,
         "approved before the kill"
     );
-    let second = Service::start(&env.set("RETRY_INITIAL", "100ms").set("RETRY_MAX", "500ms")).await;
+    let second = ServiceProcess::start(
+        LABEL,
+        &env.set("RETRY_INITIAL", "100ms").set("RETRY_MAX", "500ms"),
+    )
+    .await;
 
     // Assert: the restarted process finishes the task, with exactly one approve.
     assert!(
-        fake.wait_for_calls(Duration::from_secs(30), |c| c
-            .iter()
-            .any(|c| c.operation == "approve" && c.status == 202))
-            .await,
+        fake.wait_for_calls(Duration::from_secs(30), approved).await,
         "the restarted service never approved; calls: {:?}",
         fake.calls()
     );
-    let store = open_store(&db).await;
-    let task = finished_task(&store, &delivery_id, Duration::from_secs(10)).await;
-    assert_eq!(task.status.as_str(), "succeeded", "{task:?}");
+    let store = up.store().await;
+    let task = second.finished_task(&store, &delivery_id, WAIT).await;
     assert_eq!(
-        task.outcome.map(|o| o.as_str()),
-        Some("approved"),
+        (task.status, task.outcome),
+        (TaskStatus::Succeeded, Some(Outcome::Approved)),
         "{task:?}"
     );
     assert_eq!(fake.successful_approvals(), 1);
@@ -209,7 +119,7 @@ async fn a_task_interrupted_by_kill_9_resumes_after_restart_and_approves_exactly
     assert_eq!(fake.job_status(workflow, HOLD).as_deref(), Some("success"));
 
     // The same signed delivery again (the hook retrying) is recognised, not worked again.
-    let again = second.deliver(&delivery).await;
+    let again = second.endpoint().deliver(&delivery).await;
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(again.body["status"], "duplicate");
     assert_eq!(again.body["delivery_id"], delivery_id.as_str());
@@ -245,7 +155,7 @@ async fn startup_without_a_circleci_token_fails_naming_circleci_token() {
         .unset("CIRCLECI_TOKEN_FILE");
 
     // Act
-    let (status, process) = run_to_end(binary(&["serve"], &env)).await;
+    let (status, process) = ServiceProcess::run_to_end(&["serve"], &env).await;
 
     // Assert
     assert!(!status.success(), "started without a token: {status}");
@@ -261,7 +171,7 @@ async fn a_short_webhook_secret_is_refused_at_startup() {
     let env = standalone_env(&dir).set("SYM_WEBHOOK_SECRET", "whsec_c2hvcnQ=");
 
     // Act
-    let (status, process) = run_to_end(binary(&["serve"], &env)).await;
+    let (status, process) = ServiceProcess::run_to_end(&["serve"], &env).await;
 
     // Assert
     assert!(!status.success(), "started with a short secret: {status}");
@@ -281,7 +191,7 @@ async fn a_plain_http_circleci_url_on_a_remote_host_is_refused() {
     let env = standalone_env(&dir).set("CIRCLECI_API_URL", "http://circleci.example.com/api/v2");
 
     // Act
-    let (status, process) = run_to_end(binary(&["serve"], &env)).await;
+    let (status, process) = ServiceProcess::run_to_end(&["serve"], &env).await;
 
     // Assert
     assert!(
@@ -300,47 +210,43 @@ async fn a_plain_http_circleci_url_on_a_remote_host_is_refused() {
 #[tokio::test]
 async fn secrets_never_appear_in_logs() {
     // Arrange: debug logs from every crate; the token comes from a file (CIRCLECI_TOKEN_FILE).
-    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
-    let db = TestDatabase::new().await;
-    let (secret_text, secret) = new_secret();
+    let up = Upstreams::new().await;
+    let fake = &up.fake;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("circleci-token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let env = serve_env(&fake, &db, &secret_text)
+    let env = up
+        .env()
         .unset("CIRCLECI_TOKEN")
         .set("CIRCLECI_TOKEN_FILE", token_file.display().to_string())
         .set("RUST_LOG", "debug");
-    let mut service = Service::start(&env).await;
-    let store = open_store(&db).await;
+    let mut service = ServiceProcess::start(LABEL, &env).await;
+    let store = up.store().await;
 
     // Act 1: a valid approve, approved at CircleCI (so the token from the file works).
-    let approved_workflow = workflow_on_hold(&fake);
-    let (_, approved) = service.approve(&secret, approved_workflow).await;
-    let task = finished_task(&store, &approved, Duration::from_secs(20)).await;
-    assert_eq!(
-        task.outcome.map(|o| o.as_str()),
-        Some("approved"),
-        "{task:?}"
-    );
+    let approved_workflow = workflow_on_hold(fake);
+    let (_, approved) = service.approve(&up.secret, approved_workflow).await;
+    let task = service.finished_task(&store, &approved, WAIT).await;
+    assert_eq!(task.outcome, Some(Outcome::Approved), "{task:?}");
 
     // Act 2: a delivery signed with another secret.
     let (_, wrong_secret) = new_secret();
     let forged = service
+        .endpoint()
         .deliver(&Delivery::new_approve(
             &wrong_secret,
-            workflow_on_hold(&fake),
+            workflow_on_hold(fake),
         ))
         .await;
     assert_eq!(forged.status, 401, "{}", forged.body);
 
     // Act 3: CircleCI refuses the token for a second workflow.
     fake.push_fault(Fault::status(401).on("list_jobs"));
-    let (_, refused) = service.approve(&secret, workflow_on_hold(&fake)).await;
-    let task = finished_task(&store, &refused, Duration::from_secs(20)).await;
-    assert_eq!(task.status.as_str(), "failed", "{task:?}");
+    let (_, refused) = service.approve(&up.secret, workflow_on_hold(fake)).await;
+    let task = service.finished_task(&store, &refused, WAIT).await;
     assert_eq!(
-        task.outcome.map(|o| o.as_str()),
-        Some("circleci_unauthorized"),
+        (task.status, task.outcome),
+        (TaskStatus::Failed, Some(Outcome::CircleciUnauthorized)),
         "{task:?}"
     );
     store.close().await;
@@ -349,18 +255,18 @@ async fn secrets_never_appear_in_logs() {
     assert_eq!(status.code(), Some(0));
 
     // Assert: the logs tell the story, but hold no secret.
-    let logs = service.process.output();
-    let encoded_key = secret_text.strip_prefix("whsec_").unwrap();
+    let logs = service.output();
+    let encoded_key = up.secret_text.strip_prefix("whsec_").unwrap();
     assert!(!logs.contains(TOKEN), "the CircleCI token is in the logs");
     assert!(
-        !logs.contains(&secret_text),
+        !logs.contains(&up.secret_text),
         "the webhook secret is in the logs"
     );
     assert!(
         !logs.contains(encoded_key),
         "the webhook key is in the logs"
     );
-    let events = service.process.stdout.events();
+    let events = service.stdout.events();
     assert!(
         events
             .iter()
@@ -390,33 +296,27 @@ async fn secrets_never_appear_in_logs() {
 #[tokio::test]
 async fn readyz_and_healthz_answer_json_on_the_running_binary() {
     // Arrange
-    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
-    let db = TestDatabase::new().await;
-    let (secret_text, _) = new_secret();
-    let service = Service::start(&serve_env(&fake, &db, &secret_text)).await;
+    let up = Upstreams::new().await;
+    let service = ServiceProcess::start(LABEL, &up.env()).await;
     let closed_port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
 
     // Act
-    let healthz = service.get("/healthz").await;
-    let readyz = service.get("/readyz").await;
-    let check = |addr: SocketAddr| {
-        binary(
-            &["healthcheck"],
-            &Env::default().set("LISTEN_ADDR", addr.to_string()),
-        )
-    };
-    let (healthy, _) = run_to_end(check(service.addr)).await;
-    let (unhealthy, unhealthy_run) = run_to_end(check(closed_port)).await;
+    let healthz = service.endpoint().get("/healthz").await;
+    let readyz = service.endpoint().get("/readyz").await;
+    let check = |addr: SocketAddr| Env::default().set("LISTEN_ADDR", addr.to_string());
+    let (healthy, _) = ServiceProcess::run_to_end(&["healthcheck"], &check(service.addr())).await;
+    let (unhealthy, unhealthy_run) =
+        ServiceProcess::run_to_end(&["healthcheck"], &check(closed_port)).await;
 
     // Assert
     assert_eq!(healthz.status, 200);
     assert_eq!(healthz.body, serde_json::json!({ "status": "ok" }));
     assert_eq!(readyz.status, 200);
     assert_eq!(readyz.body["status"], "ready", "{}", readyz.body);
-    let backend = if db.is_postgres() {
+    let backend = if up.db.is_postgres() {
         "postgres"
     } else {
         "sqlite"
@@ -429,11 +329,9 @@ async fn readyz_and_healthz_answer_json_on_the_running_binary() {
 #[tokio::test]
 async fn send_event_subcommand_posts_a_signed_event_that_gets_approved() {
     // Arrange
-    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
-    let workflow = workflow_on_hold(&fake);
-    let db = TestDatabase::new().await;
-    let (secret_text, _) = new_secret();
-    let service = Service::start(&serve_env(&fake, &db, &secret_text)).await;
+    let up = Upstreams::new().await;
+    let workflow = workflow_on_hold(&up.fake);
+    let service = ServiceProcess::start(LABEL, &up.env()).await;
     let url = service.url("/webhooks/sym");
     let workflow_text = workflow.to_string();
     let args = [
@@ -447,70 +345,47 @@ async fn send_event_subcommand_posts_a_signed_event_that_gets_approved() {
     ];
 
     // Act
-    let (status, sent) = run_to_end(binary(
+    let (status, sent) = ServiceProcess::run_to_end(
         &args,
-        &Env::default().set("SYM_WEBHOOK_SECRET", secret_text.clone()),
-    ))
+        &Env::default().set("SYM_WEBHOOK_SECRET", up.secret_text.clone()),
+    )
     .await;
 
     // Assert
     assert_eq!(status.code(), Some(0), "{}", sent.output());
     assert!(sent.stdout.text().contains("202"), "{}", sent.output());
     assert!(
-        fake.wait_for_calls(Duration::from_secs(20), |c| c
-            .iter()
-            .any(|c| c.operation == "approve" && c.status == 202))
-            .await,
+        up.fake.wait_for_calls(WAIT, approved).await,
         "no approve at CircleCI; calls: {:?}",
-        fake.calls()
+        up.fake.calls()
     );
-    assert_eq!(fake.successful_approvals(), 1);
-    assert_eq!(fake.job_status(workflow, HOLD).as_deref(), Some("success"));
-}
-
-/// Waits until a log event with `message` appears on the service's stdout.
-async fn logged(service: &Service, message: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(event) = service.process.stdout.find(message) {
-            return event;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {message:?} log line:\n{}",
-            service.process.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(up.fake.successful_approvals(), 1);
+    assert_eq!(
+        up.fake.job_status(workflow, HOLD).as_deref(),
+        Some("success")
+    );
 }
 
 #[tokio::test]
 async fn a_token_circleci_refuses_at_startup_is_an_error_naming_circleci_token_and_a_gauge() {
     // A project token on API v2: GET /me answers 404 (401 for an unknown token).
-    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
-    fake.push_fault(Fault::status(404).on("me"));
-    let db = TestDatabase::new().await;
-    let (secret_text, _) = new_secret();
-    let service = Service::start(&serve_env(&fake, &db, &secret_text)).await;
+    let up = Upstreams::new().await;
+    up.fake.push_fault(Fault::status(404).on("me"));
+    let service = ServiceProcess::start(LABEL, &up.env()).await;
 
-    let event = logged(
-        &service,
-        "CircleCI refused CIRCLECI_TOKEN (GET /me answered HTTP 404): API v2 needs a personal \
-         API token (CircleCI → User Settings → Personal API Tokens); project tokens are not \
-         accepted. No hold job can be approved until it is replaced.",
-    )
-    .await;
+    let event = service
+        .wait_log(
+            "CircleCI refused CIRCLECI_TOKEN (GET /me answered HTTP 404): API v2 needs a \
+             personal API token (CircleCI → User Settings → Personal API Tokens); project \
+             tokens are not accepted. No hold job can be approved until it is replaced.",
+            WAIT,
+        )
+        .await;
     assert_eq!(event["level"], "ERROR");
 
     // Readiness does not wait on CircleCI; the gauge tells the token's state.
-    assert_eq!(service.get("/readyz").await.status, 200);
-    let metrics = service
-        .client
-        .get(service.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    let metrics = metrics.text().await.unwrap();
+    assert_eq!(service.endpoint().get("/readyz").await.status, 200);
+    let metrics = service.endpoint().metrics().await;
     assert!(
         metrics.contains("sym_approver_circleci_token{state=\"refused\"} 1"),
         "{metrics}"
@@ -520,20 +395,12 @@ async fn a_token_circleci_refuses_at_startup_is_an_error_naming_circleci_token_a
 
 #[tokio::test]
 async fn a_valid_token_is_checked_once_and_every_counter_exists_from_startup_at_zero() {
-    let fake = FakeCircleCi::start(TOKEN).await.unwrap();
-    let db = TestDatabase::new().await;
-    let (secret_text, _) = new_secret();
-    let service = Service::start(&serve_env(&fake, &db, &secret_text)).await;
+    let up = Upstreams::new().await;
+    let service = ServiceProcess::start(LABEL, &up.env()).await;
 
-    logged(&service, "CIRCLECI_TOKEN is valid").await;
-    assert_eq!(fake.token_checks().len(), 1);
-    let metrics = service
-        .client
-        .get(service.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    let metrics = metrics.text().await.unwrap();
+    service.wait_log("CIRCLECI_TOKEN is valid", WAIT).await;
+    assert_eq!(up.fake.token_checks().len(), 1);
+    let metrics = service.endpoint().metrics().await;
     assert!(
         metrics.contains("sym_approver_circleci_token{state=\"valid\"} 1"),
         "{metrics}"

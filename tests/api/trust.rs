@@ -5,63 +5,25 @@
 use std::time::Duration;
 
 use approver_test_support::fake_circleci::FakeJob;
-use approver_test_support::fake_sym::FakeSymApi;
 use serde_json::{json, Value};
+use sym_circleci_approver::domain::gate::{GateProblem, GateStatus};
 use uuid::Uuid;
 
-use crate::audit::ADMIN;
-use crate::helpers::*;
+use crate::harness::*;
 use crate::oidc_issuer::FakeIssuer;
 
-const GATE: &str = "gate-token-7d41c0a9e2";
-const VERDICT: &str = "verdict-token-3c9e1f2a7b";
-const SYM_TOKEN: &str = "sym-bot-token-5b2e";
 const STAGING: &str = "deploy_gate_staging";
 
-/// A stepped service with a reconciler against its own fake Sym API, static CI tokens.
-async fn spawn_gated(flags: &[&str]) -> (TestApp, FakeSymApi) {
-    let sym = FakeSymApi::start(SYM_TOKEN).await.unwrap();
-    let owned = [
-        format!("--gate-token={GATE}"),
-        format!("--verdict-token={VERDICT}"),
-        format!("--admin-token={ADMIN}"),
-        format!("--sym-api-url={}", sym.base_url()),
-        format!("--sym-api-token={SYM_TOKEN}"),
-        format!("--hold-job-names={HOLD},{STAGING}"),
-    ];
-    let mut all: Vec<&str> = owned.iter().map(String::as_str).collect();
-    all.extend_from_slice(flags);
-    (spawn_stepped_app(&all).await, sym)
-}
-
-impl TestApp {
-    async fn register_gate(&self, token: &str, body: Value) -> Answer {
-        let response = self
-            .client
-            .post(self.url("/v1/gates"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        answer(response).await
-    }
-
-    async fn verdict_with(&self, token: Option<&str>, workflow: Uuid) -> Answer {
-        let mut request = self
-            .client
-            .get(self.url(&format!("/v1/verdicts/{workflow}")));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        answer(request.send().await.unwrap()).await
-    }
-
-    async fn gate_of(&self, workflow: Uuid, hold: &str) -> Value {
-        let gates = self.store.gates_of(&workflow.to_string()).await.unwrap();
-        let gate = gates.into_iter().find(|g| g.hold_job_name == hold);
-        serde_json::to_value(gate).unwrap()
-    }
+/// These tests' service: stepped, a reconciler reading its own fake Sym API, static CI tokens,
+/// two hold jobs.
+fn gated() -> AppBuilder {
+    TestApp::builder()
+        .stepped()
+        .gate_token()
+        .verdict_token()
+        .admin_token()
+        .sym_api()
+        .flag(format!("--hold-job-names={HOLD},{STAGING}"))
 }
 
 fn run_id() -> String {
@@ -74,7 +36,8 @@ fn run_id() -> String {
 
 #[tokio::test]
 async fn a_gate_naming_a_run_requested_for_another_workflow_is_never_released_nor_canceled() {
-    let (app, sym) = spawn_gated(&["--on-deny=cancel"]).await;
+    let app = gated().flags(["--on-deny=cancel"]).spawn().await;
+    let sym = app.sym();
     let (a, b) = (app.workflow("on_hold"), app.workflow("on_hold"));
     let run = run_id();
     sym.set_run(&run, "requested");
@@ -90,11 +53,11 @@ async fn a_gate_naming_a_run_requested_for_another_workflow_is_never_released_no
 
     app.reconcile().await;
     app.step().await;
-    let refused = app.gate_of(b, HOLD).await;
+    let refused = app.gate(b).await;
     assert_eq!(
-        (refused["status"].as_str(), refused["problem"].as_str()),
-        (Some("closed"), Some("run_bound_elsewhere")),
-        "{refused}"
+        (refused.status, refused.problem),
+        (GateStatus::Closed, Some(GateProblem::RunBoundElsewhere)),
+        "{refused:?}"
     );
     assert!(app.fake.calls_of("approve").is_empty());
     // A's own gate can still be registered (the squatter let go of the run) and is released.
@@ -106,7 +69,7 @@ async fn a_gate_naming_a_run_requested_for_another_workflow_is_never_released_no
     app.step().await;
     assert_eq!(app.fake.job_status(a, HOLD).as_deref(), Some("success"));
     assert_eq!(app.fake.job_status(b, HOLD).as_deref(), Some("on_hold"));
-    let verdict = app.verdict_with(Some(VERDICT), b).await;
+    let verdict = app.verdict(b).await;
     assert_eq!(verdict.body["verdict"], "not_approved", "{}", verdict.body);
     assert!(app
         .metrics()
@@ -146,7 +109,8 @@ async fn a_gate_naming_a_run_requested_for_another_workflow_is_never_released_no
 
 #[tokio::test]
 async fn an_approved_run_that_nothing_binds_is_never_released_and_shows_as_unbound() {
-    let (app, sym) = spawn_gated(&[]).await;
+    let app = gated().spawn().await;
+    let sym = app.sym();
     let workflow = app.workflow("on_hold");
     let run = run_id();
     sym.set_run(&run, "approved");
@@ -161,15 +125,11 @@ async fn an_approved_run_that_nothing_binds_is_never_released_and_shows_as_unbou
         app.fake.calls_of("approve").is_empty(),
         "never released unbound"
     );
-    let gate = app.gate_of(workflow, HOLD).await;
+    let gate = app.gate(workflow).await;
     assert_eq!(
-        (
-            gate["status"].as_str(),
-            gate["problem"].as_str(),
-            &gate["bound"]
-        ),
-        (Some("open"), Some("unbound"), &json!(false)),
-        "{gate}"
+        (gate.status, gate.problem, gate.bound),
+        (GateStatus::Open, Some(GateProblem::Unbound), false),
+        "{gate:?}"
     );
     assert!(app
         .metrics()
@@ -181,16 +141,14 @@ async fn an_approved_run_that_nothing_binds_is_never_released_and_shows_as_unbou
     assert_eq!(app.reconcile().await, 1);
     app.step().await;
     assert_eq!(app.fake.successful_approvals(), 1);
-    let gate = app.gate_of(workflow, HOLD).await;
-    assert_eq!(
-        (gate["status"].as_str(), &gate["bound"]),
-        (Some("released"), &json!(true))
-    );
+    let gate = app.gate(workflow).await;
+    assert_eq!((gate.status, gate.bound), (GateStatus::Released, true));
 }
 
 #[tokio::test]
 async fn a_gate_bound_by_its_signed_request_event_is_released_when_the_approve_delivery_is_lost() {
-    let (app, sym) = spawn_gated(&[]).await;
+    let app = gated().spawn().await;
+    let sym = app.sym();
     let workflow = app.workflow("on_hold");
     let run = run_id();
     app.bind_run(&run, workflow, None).await;
@@ -204,13 +162,14 @@ async fn a_gate_bound_by_its_signed_request_event_is_released_when_the_approve_d
     app.step().await;
 
     assert_eq!(app.fake.successful_approvals(), 1);
-    let verdict = app.verdict_with(Some(VERDICT), workflow).await;
+    let verdict = app.verdict(workflow).await;
     assert_eq!(verdict.body["verdict"], "approved", "{}", verdict.body);
 }
 
 #[tokio::test]
 async fn sym_s_own_answer_carrying_the_request_fields_binds_the_run() {
-    let (app, sym) = spawn_gated(&[]).await;
+    let app = gated().spawn().await;
+    let sym = app.sym();
     let (workflow, other) = (app.workflow("on_hold"), app.workflow("on_hold"));
     let (run, foreign) = (run_id(), run_id());
     for (r, w) in [(&run, workflow), (&foreign, other)] {
@@ -233,14 +192,15 @@ async fn sym_s_own_answer_carrying_the_request_fields_binds_the_run() {
     );
     assert_eq!(app.fake.job_status(third, HOLD).as_deref(), Some("on_hold"));
     assert_eq!(
-        app.gate_of(third, HOLD).await["problem"],
-        "run_bound_elsewhere"
+        app.gate(third).await.problem,
+        Some(GateProblem::RunBoundElsewhere)
     );
 }
 
 #[tokio::test]
 async fn two_gates_in_one_workflow_both_work_and_a_409_names_no_run() {
-    let (app, sym) = spawn_gated(&[]).await;
+    let app = gated().spawn().await;
+    let sym = app.sym();
     let workflow = Uuid::new_v4();
     app.fake.add_workflow(
         workflow,
@@ -294,18 +254,7 @@ async fn two_gates_in_one_workflow_both_work_and_a_409_names_no_run() {
     );
     // Each hold job has its own verdict; the default is the service's default hold job.
     for hold in [None, Some(STAGING)] {
-        let path = match hold {
-            Some(h) => format!("/v1/verdicts/{workflow}?hold_job={h}"),
-            None => format!("/v1/verdicts/{workflow}"),
-        };
-        let response = app
-            .client
-            .get(app.url(&path))
-            .bearer_auth(VERDICT)
-            .send()
-            .await
-            .unwrap();
-        let verdict = answer(response).await;
+        let verdict = app.verdict_with(Some(VERDICT), workflow, hold).await;
         assert_eq!(verdict.body["verdict"], "approved", "{}", verdict.body);
         assert_eq!(verdict.body["hold_job"], hold.unwrap_or(HOLD));
     }
@@ -315,11 +264,11 @@ async fn two_gates_in_one_workflow_both_work_and_a_409_names_no_run() {
 async fn a_verdict_is_about_one_hold_job_the_default_unless_asked() {
     // Sym approved the staging gate; the production hold job was clicked in the UI. The
     // production deploy's verdict (the default hold job) must not pass on staging's approval.
-    let app = spawn_app_with(&[
-        &format!("--verdict-token={VERDICT}"),
-        &format!("--hold-job-names={HOLD},{STAGING}"),
-    ])
-    .await;
+    let app = TestApp::builder()
+        .verdict_token()
+        .flag(format!("--hold-job-names={HOLD},{STAGING}"))
+        .spawn()
+        .await;
     let workflow = Uuid::new_v4();
     app.fake.add_workflow(
         workflow,
@@ -332,11 +281,11 @@ async fn a_verdict_is_about_one_hold_job_the_default_unless_asked() {
     let staging = run_event("approve", &run_id(), workflow, Some(STAGING));
     let answer_ = app.post_signed(staging, &new_webhook_id()).await;
     assert_eq!(answer_.status, 202, "{}", answer_.body);
-    let delivery = answer_.body["delivery_id"].as_str().unwrap().to_owned();
+    let delivery = answer_.delivery_id();
     app.finished_task(&delivery, Duration::from_secs(30)).await;
     app.fake.approve_in_ui(workflow, HOLD, Uuid::new_v4());
 
-    let production = app.verdict_with(Some(VERDICT), workflow).await;
+    let production = app.verdict(workflow).await;
     assert_eq!(production.body["hold_job"], HOLD);
     assert_eq!(
         production.body["verdict"], "not_approved",
@@ -349,18 +298,10 @@ async fn a_verdict_is_about_one_hold_job_the_default_unless_asked() {
 // CI callers prove who they are with CircleCI's OIDC tokens
 // ---------------------------------------------------------------------------------------------
 
-/// A service that takes CI callers' OIDC tokens from `issuer` (no static tokens).
-async fn spawn_oidc(issuer: &FakeIssuer, flags: &[&str]) -> TestApp {
-    let owned = issuer.flags();
-    let mut all: Vec<&str> = owned.iter().map(String::as_str).collect();
-    all.extend_from_slice(flags);
-    spawn_app_with(&all).await
-}
-
 #[tokio::test]
 async fn registration_and_verdicts_refuse_every_bad_or_foreign_token_with_a_typed_401_or_403() {
     let issuer = FakeIssuer::start().await;
-    let app = spawn_oidc(&issuer, &[]).await;
+    let app = TestApp::builder().flags(issuer.flags()).spawn().await;
     let workflow = app.workflow("on_hold");
     let pipeline = app.fake.pipeline_of(workflow).unwrap();
     let good = issuer.claims(pipeline);
@@ -427,7 +368,7 @@ async fn registration_and_verdicts_refuse_every_bad_or_foreign_token_with_a_type
                 .await
             }
         };
-        let verdict = app.verdict_with(token.as_deref(), workflow).await;
+        let verdict = app.verdict_with(token.as_deref(), workflow, None).await;
         let error = if *status == 401 {
             "unauthorized"
         } else {
@@ -458,7 +399,7 @@ async fn registration_and_verdicts_refuse_every_bad_or_foreign_token_with_a_type
             json!({"workflow_id": workflow, "sym_run_id": "run-1"}),
         )
         .await;
-    let verdict = app.verdict_with(Some(&token), workflow).await;
+    let verdict = app.verdict_with(Some(&token), workflow, None).await;
     assert_eq!(registered.status, 201, "{}", registered.body);
     assert_eq!(verdict.status, 200, "{}", verdict.body);
     assert_eq!(verdict.body["verdict"], "not_approved");
@@ -472,7 +413,11 @@ async fn registration_and_verdicts_refuse_every_bad_or_foreign_token_with_a_type
 #[tokio::test]
 async fn a_workflow_of_a_project_that_is_not_allowed_is_refused_with_403() {
     let issuer = FakeIssuer::start().await;
-    let app = spawn_oidc(&issuer, &["--allowed-projects=gh/acme/web"]).await;
+    let app = TestApp::builder()
+        .flags(issuer.flags())
+        .flags(["--allowed-projects=gh/acme/web"])
+        .spawn()
+        .await;
     let workflow = app.workflow("on_hold");
     let token = issuer.token(app.fake.pipeline_of(workflow).unwrap());
 
@@ -498,25 +443,28 @@ async fn a_workflow_of_a_project_that_is_not_allowed_is_refused_with_403() {
 #[tokio::test]
 async fn a_rotation_of_the_issuers_keys_is_followed_and_forged_key_ids_do_not_hammer_it() {
     let issuer = FakeIssuer::start().await;
-    let app = spawn_oidc(&issuer, &[]).await;
+    let app = TestApp::builder().flags(issuer.flags()).spawn().await;
     let workflow = app.workflow("on_hold");
     let pipeline = app.fake.pipeline_of(workflow).unwrap();
     let first = app
-        .verdict_with(Some(&issuer.token(pipeline)), workflow)
+        .verdict_with(Some(&issuer.token(pipeline)), workflow, None)
         .await;
     assert_eq!(first.status, 200, "{}", first.body);
 
     // The issuer rotates: key2 only. A token signed with it makes the service fetch again.
     issuer.publish(&["key2"]);
     let rotated = issuer.sign("key2", &issuer.claims(pipeline));
-    let after = app.verdict_with(Some(&rotated), workflow).await;
+    let after = app.verdict_with(Some(&rotated), workflow, None).await;
     assert_eq!(after.status, 200, "{}", after.body);
     let fetches = issuer.key_set_fetches();
 
     // Tokens naming keys the issuer never published: refused, and no fetch per token.
     for _ in 0..20 {
         let forged = issuer.sign("key3", &issuer.claims(pipeline));
-        assert_eq!(app.verdict_with(Some(&forged), workflow).await.status, 401);
+        assert_eq!(
+            app.verdict_with(Some(&forged), workflow, None).await.status,
+            401
+        );
     }
     assert_eq!(issuer.key_set_fetches(), fetches);
 }
@@ -528,7 +476,7 @@ async fn a_rotation_of_the_issuers_keys_is_followed_and_forged_key_ids_do_not_ha
 #[tokio::test]
 async fn a_thousand_verdicts_for_a_hundred_unknown_workflows_cost_at_most_a_call_each_five_a_second(
 ) {
-    let app = spawn_app_with(&[&format!("--verdict-token={VERDICT}")]).await;
+    let app = TestApp::builder().verdict_token().spawn().await;
     let workflows: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
 
     // 250 at a time (one client's connections, under MAX_CONNECTIONS), a thousand in all.
@@ -537,7 +485,7 @@ async fn a_thousand_verdicts_for_a_hundred_unknown_workflows_cost_at_most_a_call
         let asks = (0..250).map(|i| {
             let app = &app;
             let workflow = workflows[(round * 37 + i) % workflows.len()];
-            async move { app.verdict_with(Some(VERDICT), workflow).await.status }
+            async move { app.verdict(workflow).await.status }
         });
         statuses.extend(futures_join_all(asks).await);
     }
@@ -564,7 +512,7 @@ async fn a_thousand_verdicts_for_a_hundred_unknown_workflows_cost_at_most_a_call
     // Asked again: answered from what was learnt, not from CircleCI.
     let before = app.fake.calls_of("get_workflow").len();
     for workflow in workflows.iter().take(5) {
-        app.verdict_with(Some(VERDICT), *workflow).await;
+        app.verdict(*workflow).await;
     }
     let learnt = app.fake.calls_of("get_workflow").len() - before;
     assert!(learnt <= 5);
@@ -604,7 +552,7 @@ async fn futures_join_all<F: std::future::Future<Output = u16>>(
 #[tokio::test]
 async fn the_verify_command_in_a_job_proves_itself_with_the_jobs_oidc_token() {
     let issuer = FakeIssuer::start().await;
-    let app = spawn_oidc(&issuer, &[]).await;
+    let app = TestApp::builder().flags(issuer.flags()).spawn().await;
     let workflow = app.workflow("on_hold");
     let delivery = app.approve(workflow).await;
     app.finished_task(&delivery, Duration::from_secs(30)).await;

@@ -7,32 +7,12 @@ use approver_test_support::fake_circleci::{Fault, TOKEN_USER_ID};
 use sym_circleci_approver::cli::verify::{check, Verdict, VerifyArgs};
 use uuid::Uuid;
 
-use crate::audit::ADMIN;
-use crate::helpers::*;
+use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(45);
-pub const VERDICT: &str = "verdict-token-3c9e1f2a7b";
-
-/// The service with both tokens configured.
-async fn spawn_with_verdicts(flags: &[&str]) -> TestApp {
-    let verdict = format!("--verdict-token={VERDICT}");
-    let admin = format!("--admin-token={ADMIN}");
-    let mut all = vec![verdict.as_str(), admin.as_str()];
-    all.extend_from_slice(flags);
-    spawn_app_with(&all).await
-}
-
-impl TestApp {
-    async fn verdict(&self, workflow: Uuid) -> Answer {
-        let response = self
-            .client
-            .get(self.url(&format!("/v1/verdicts/{workflow}")))
-            .bearer_auth(VERDICT)
-            .send()
-            .await
-            .unwrap();
-        answer(response).await
-    }
+/// These tests' service: the verdict API, and the audit API with its own token.
+fn with_verdicts() -> AppBuilder {
+    TestApp::builder().verdict_token().admin_token()
 }
 
 fn args(app_url: &str, workflow: Uuid, token: &str) -> VerifyArgs {
@@ -51,7 +31,7 @@ fn args(app_url: &str, workflow: Uuid, token: &str) -> VerifyArgs {
 
 #[tokio::test]
 async fn a_hold_job_released_for_a_sym_approval_is_approved_via_sym() {
-    let app = spawn_with_verdicts(&[]).await;
+    let app = with_verdicts().spawn().await;
     let workflow = app.workflow("on_hold");
     let delivery = app.approve(workflow).await;
     app.finished_task(&delivery, WAIT).await;
@@ -86,7 +66,7 @@ async fn a_hold_job_released_for_a_sym_approval_is_approved_via_sym() {
 
 #[tokio::test]
 async fn a_rerun_from_failed_of_an_approved_workflow_is_approved_via_rerun() {
-    let app = spawn_with_verdicts(&[]).await;
+    let app = with_verdicts().spawn().await;
     let workflow = app.workflow("on_hold");
     let delivery = app.approve(workflow).await;
     app.finished_task(&delivery, WAIT).await;
@@ -105,7 +85,7 @@ async fn a_rerun_from_failed_of_an_approved_workflow_is_approved_via_rerun() {
 
 #[tokio::test]
 async fn a_rerun_from_start_released_by_a_click_in_the_ui_is_not_approved() {
-    let app = spawn_with_verdicts(&[]).await;
+    let app = with_verdicts().spawn().await;
     let workflow = app.workflow("on_hold");
     let delivery = app.approve(workflow).await;
     app.finished_task(&delivery, WAIT).await;
@@ -130,7 +110,7 @@ async fn a_rerun_from_start_clicked_by_the_services_own_circleci_user_is_not_app
     // The CircleCI token's user (whoever holds the token, or its owner in the UI) approves the
     // rerun's new hold job: `approved_by` matches this service's user, but it is not the job
     // this service approved for Sym. That never counts.
-    let app = spawn_with_verdicts(&[]).await;
+    let app = with_verdicts().spawn().await;
     let workflow = app.workflow("on_hold");
     let delivery = app.approve(workflow).await;
     app.finished_task(&delivery, WAIT).await;
@@ -145,7 +125,7 @@ async fn a_rerun_from_start_clicked_by_the_services_own_circleci_user_is_not_app
 
 #[tokio::test]
 async fn a_hold_job_released_in_the_ui_before_sym_is_not_approved() {
-    let app = spawn_with_verdicts(&[]).await;
+    let app = with_verdicts().spawn().await;
     let workflow = app.workflow("success");
     let delivery = app.approve(workflow).await;
     app.finished_task(&delivery, WAIT).await;
@@ -163,7 +143,7 @@ async fn a_hold_job_released_in_the_ui_before_sym_is_not_approved() {
 
 #[tokio::test]
 async fn a_workflow_released_without_any_sym_approval_is_not_approved() {
-    let app = spawn_with_verdicts(&[]).await;
+    let app = with_verdicts().spawn().await;
     let workflow = app.workflow("on_hold");
     app.fake.approve_in_ui(workflow, HOLD, Uuid::new_v4());
 
@@ -180,7 +160,7 @@ async fn a_workflow_released_without_any_sym_approval_is_not_approved() {
 
 #[tokio::test]
 async fn a_pending_approval_is_pending_and_verify_waits_then_fails() {
-    let app = spawn_with_verdicts(&[]).await;
+    let app = with_verdicts().spawn().await;
     let workflow = app.workflow("blocked");
     app.approve(workflow).await;
 
@@ -206,7 +186,7 @@ async fn a_pending_approval_is_pending_and_verify_waits_then_fails() {
 
 #[tokio::test]
 async fn an_approve_whose_answer_was_lost_is_still_approved() {
-    let app = spawn_with_verdicts(&[]).await;
+    let app = with_verdicts().spawn().await;
     let workflow = app.workflow("on_hold");
     app.fake
         .push_fault(Fault::status(502).on("approve").after_effect());
@@ -218,8 +198,8 @@ async fn an_approve_whose_answer_was_lost_is_still_approved() {
 
 #[tokio::test]
 async fn the_verdict_token_reads_verdicts_only_and_the_route_needs_it() {
-    let app = spawn_with_verdicts(&[]).await;
-    let plain = spawn_app().await;
+    let app = with_verdicts().spawn().await;
+    let plain = TestApp::builder().spawn().await;
     let workflow = Uuid::new_v4();
     let get = |url: String, token: &'static str| {
         let client = app.client.clone();
@@ -259,8 +239,8 @@ async fn the_verdict_token_reads_verdicts_only_and_the_route_needs_it() {
 
 #[tokio::test]
 async fn verify_cannot_verify_with_a_wrong_token_an_unreachable_service_or_no_verdict_api() {
-    let app = spawn_with_verdicts(&[]).await;
-    let plain = spawn_app().await;
+    let app = with_verdicts().spawn().await;
+    let plain = TestApp::builder().spawn().await;
     let workflow = Uuid::new_v4();
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -304,7 +284,7 @@ async fn the_same_token_for_admin_and_verdicts_is_refused_at_startup() {
 
 #[tokio::test]
 async fn a_circleci_failure_during_a_rerun_lookup_is_a_retryable_502_not_a_verdict() {
-    let app = spawn_with_verdicts(&[]).await;
+    let app = with_verdicts().spawn().await;
     let workflow = app.workflow("on_hold");
     app.fake.push_fault(Fault::status(503).on("get_workflow"));
 

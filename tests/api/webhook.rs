@@ -7,14 +7,14 @@ use sym_circleci_approver::inbound::signature::WebhookSecret;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use crate::helpers::*;
+use crate::harness::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn signed_approve_event_is_queued_and_approves_the_hold_job_on_a_later_page() {
     // Arrange
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("on_hold");
     let event_id = Uuid::new_v4().to_string();
 
@@ -29,7 +29,7 @@ async fn signed_approve_event_is_queued_and_approves_the_hold_job_on_a_later_pag
     // Assert
     assert_eq!(answer.status, 202);
     assert_eq!(answer.body["status"], "queued");
-    let delivery_id = answer.body["delivery_id"].as_str().unwrap().to_owned();
+    let delivery_id = answer.delivery_id();
     let task = app.finished_task(&delivery_id, WAIT).await;
     assert_eq!(task.status.as_str(), "succeeded");
     assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
@@ -53,7 +53,7 @@ async fn signed_approve_event_is_queued_and_approves_the_hold_job_on_a_later_pag
 
 #[tokio::test]
 async fn the_approve_call_uses_the_approval_request_id_not_the_job_id() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = Uuid::new_v4();
     let hold = app
         .fake
@@ -75,7 +75,7 @@ async fn the_approve_call_uses_the_approval_request_id_not_the_job_id() {
 #[tokio::test]
 async fn the_job_id_is_used_when_the_hold_job_has_no_approval_request_id() {
     use approver_test_support::fake_circleci::FakeJob;
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = Uuid::new_v4();
     let mut hold = FakeJob::approval(HOLD, "on_hold");
     hold.approval_request_id = None;
@@ -94,7 +94,7 @@ async fn the_job_id_is_used_when_the_hold_job_has_no_approval_request_id() {
 
 #[tokio::test]
 async fn an_identical_redelivery_is_a_duplicate_and_approves_only_once() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("on_hold");
     let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
     let webhook_id = new_webhook_id();
@@ -111,8 +111,7 @@ async fn an_identical_redelivery_is_a_duplicate_and_approves_only_once() {
     assert_eq!(second.status, 200);
     assert_eq!(second.body["status"], "duplicate");
     assert_eq!(second.body["delivery_id"], first.body["delivery_id"]);
-    app.finished_task(first.body["delivery_id"].as_str().unwrap(), WAIT)
-        .await;
+    app.finished_task(&first.delivery_id(), WAIT).await;
     assert_eq!(app.fake.calls_of("approve").len(), 1);
     assert_eq!(
         app.store
@@ -135,7 +134,7 @@ async fn an_identical_redelivery_is_a_duplicate_and_approves_only_once() {
 
 #[tokio::test]
 async fn the_same_sym_event_resigned_under_a_new_webhook_id_is_a_duplicate() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("on_hold");
     let event_id = Uuid::new_v4().to_string();
 
@@ -157,14 +156,13 @@ async fn the_same_sym_event_resigned_under_a_new_webhook_id_is_a_duplicate() {
         (again.status, again.body["status"].as_str()),
         (200, Some("duplicate"))
     );
-    app.finished_task(first.body["delivery_id"].as_str().unwrap(), WAIT)
-        .await;
+    app.finished_task(&first.delivery_id(), WAIT).await;
     assert_eq!(app.fake.calls_of("approve").len(), 1);
 }
 
 #[tokio::test]
 async fn a_reused_webhook_id_with_another_event_is_a_duplicate() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("on_hold");
     let webhook_id = new_webhook_id();
 
@@ -184,7 +182,7 @@ async fn a_reused_webhook_id_with_another_event_is_a_duplicate() {
 
 #[tokio::test]
 async fn every_signature_problem_gets_the_same_401_and_nothing_is_stored() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("on_hold");
     let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
     let id = new_webhook_id();
@@ -309,7 +307,7 @@ async fn every_signature_problem_gets_the_same_401_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn a_timestamp_exactly_at_the_tolerance_edge_is_accepted() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("on_hold");
     let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
 
@@ -325,7 +323,10 @@ async fn a_timestamp_exactly_at_the_tolerance_edge_is_accepted() {
 async fn any_configured_secret_is_accepted_during_rotation() {
     let old = WebhookSecret::generate();
     let new = WebhookSecret::generate();
-    let app = spawn_app_with_secrets(&format!("{old} {new}"), &[]).await;
+    let app = TestApp::builder()
+        .secrets(&format!("{old} {new}"))
+        .spawn()
+        .await;
     let workflow = app.workflow("on_hold");
 
     for (i, secret) in [&old, &new].into_iter().enumerate() {
@@ -344,7 +345,7 @@ async fn any_configured_secret_is_accepted_during_rotation() {
 
 #[tokio::test]
 async fn a_body_over_the_limit_is_refused_with_413() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let mut body = approve_event("big", &Uuid::new_v4().to_string());
     body.extend(std::iter::repeat_n(b' ', 70 * 1024));
 
@@ -356,7 +357,7 @@ async fn a_body_over_the_limit_is_refused_with_413() {
 
 #[tokio::test]
 async fn signed_bodies_that_are_not_json_or_not_log_entries_get_400() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
 
     for body in [
         &b"{not json"[..],
@@ -380,7 +381,7 @@ async fn signed_bodies_that_are_not_json_or_not_log_entries_get_400() {
 
 #[tokio::test]
 async fn an_approve_event_without_a_uuid_workflow_id_gets_422_and_never_reaches_circleci() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
 
     for workflow_id in ["../../project/x", "not-a-uuid", ""] {
         let body = approve_event(&Uuid::new_v4().to_string(), workflow_id);
@@ -400,7 +401,7 @@ async fn an_approve_event_without_a_uuid_workflow_id_gets_422_and_never_reaches_
 
 #[tokio::test]
 async fn other_event_types_are_acknowledged_recorded_and_ignored() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("on_hold");
 
     let answer = app
@@ -440,7 +441,7 @@ async fn other_event_types_are_acknowledged_recorded_and_ignored() {
 
 #[tokio::test]
 async fn a_request_event_binds_its_run_and_is_answered_bound_once() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("on_hold");
     let body = run_event("request", "run-42", workflow, None);
     let webhook_id = new_webhook_id();
@@ -482,7 +483,7 @@ async fn a_request_event_binds_its_run_and_is_answered_bound_once() {
 
 #[tokio::test]
 async fn the_reference_sample_event_from_sym_is_accepted() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let sample = std::fs::read(dir.join("sym-approve-event.json")).unwrap();
     let workflow: Uuid = "7b2d6c1e-8f3a-4b5c-9d0e-1f2a3b4c5d6e".parse().unwrap();
@@ -492,15 +493,13 @@ async fn the_reference_sample_event_from_sym_is_accepted() {
     let answer = app.post_signed(sample, &new_webhook_id()).await;
 
     assert_eq!(answer.status, 202, "{}", answer.body);
-    let task = app
-        .finished_task(answer.body["delivery_id"].as_str().unwrap(), WAIT)
-        .await;
+    let task = app.finished_task(&answer.delivery_id(), WAIT).await;
     assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
 }
 
 #[tokio::test]
 async fn health_and_readiness_answer_json_and_unknown_routes_get_json_404() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
 
     let health = answer(app.client.get(app.url("/healthz")).send().await.unwrap()).await;
     let ready = answer(app.client.get(app.url("/readyz")).send().await.unwrap()).await;
@@ -532,7 +531,10 @@ async fn health_and_readiness_answer_json_and_unknown_routes_get_json_404() {
 
 #[tokio::test]
 async fn slow_unsigned_bodies_do_not_take_the_slots_signed_deliveries_need() {
-    let app = spawn_app_with(&["--max-concurrent-requests=1"]).await;
+    let app = TestApp::builder()
+        .flags(["--max-concurrent-requests=1"])
+        .spawn()
+        .await;
     // Twenty requests whose bodies never finish arriving.
     let mut slow = Vec::new();
     for _ in 0..20 {
@@ -557,9 +559,15 @@ async fn slow_unsigned_bodies_do_not_take_the_slots_signed_deliveries_need() {
 
 #[tokio::test]
 async fn signed_deliveries_over_the_store_write_cap_get_429_with_retry_after_then_go_through() {
-    let app = spawn_app_with(&["--max-concurrent-requests=1"]).await;
-    if app.db.is_postgres() {
-        return; // the slot is held here by SQLite's write lock
+    let app = TestApp::builder()
+        .flags(["--max-concurrent-requests=1"])
+        .spawn()
+        .await;
+    if app
+        .db
+        .skip_on_postgres("the slot is held here by SQLite's write lock")
+    {
+        return;
     }
     // Another process holds SQLite's write lock: the first signed delivery waits in the store,
     // holding the only store-write slot.
@@ -607,8 +615,7 @@ async fn signed_deliveries_over_the_store_write_cap_get_429_with_retry_after_the
     assert_eq!(first.await.unwrap().status, 202);
     let again = app.post_signed(second_body, &second_id).await;
     assert_eq!(again.status, 202, "{}", again.body);
-    app.finished_task(again.body["delivery_id"].as_str().unwrap(), WAIT)
-        .await;
+    app.finished_task(&again.delivery_id(), WAIT).await;
     assert!(
         app.fake
             .wait_for_calls(WAIT, |calls| calls
@@ -623,9 +630,15 @@ async fn signed_deliveries_over_the_store_write_cap_get_429_with_retry_after_the
 
 #[tokio::test]
 async fn a_store_that_cannot_take_the_event_gets_503_and_a_retry_then_succeeds() {
-    let app = spawn_app_with(&["--database-statement-timeout=1s"]).await;
-    if app.db.is_postgres() {
-        return; // covered by the PostgreSQL outage tests
+    let app = TestApp::builder()
+        .flags(["--database-statement-timeout=1s"])
+        .spawn()
+        .await;
+    if app
+        .db
+        .skip_on_postgres("about SQLite's lock (the PostgreSQL outage is a replica test)")
+    {
+        return;
     }
     let workflow = app.workflow("on_hold");
     let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
@@ -643,8 +656,7 @@ async fn a_store_that_cannot_take_the_event_gets_503_and_a_retry_then_succeeds()
     locker.release().await;
     let accepted = app.post_signed(body.clone(), &webhook_id).await;
     assert_eq!(accepted.status, 202, "{}", accepted.body);
-    app.finished_task(accepted.body["delivery_id"].as_str().unwrap(), WAIT)
-        .await;
+    app.finished_task(&accepted.delivery_id(), WAIT).await;
     assert_eq!(app.fake.successful_approvals(), 1);
 }
 
@@ -670,7 +682,7 @@ impl SqliteLock {
 
 #[tokio::test]
 async fn a_sender_that_hangs_up_right_after_sending_still_gets_its_delivery_counted_and_approved() {
-    let app = spawn_app().await;
+    let app = TestApp::builder().spawn().await;
     let workflow = app.workflow("on_hold");
     let body = approve_event(&Uuid::new_v4().to_string(), &workflow.to_string());
     let webhook_id = new_webhook_id();
