@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use approver_test_support::fake_circleci::Fault;
+use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
 use sym_circleci_approver::domain::upstream::Operation;
 use uuid::Uuid;
 
@@ -18,7 +19,7 @@ async fn a_hold_job_that_goes_on_hold_after_the_event_is_approved_once_it_is() {
 
     assert_eq!(app.step().await, 1);
     let polled = app.task_of(&delivery).await;
-    assert_eq!(polled.status.as_str(), "pending", "{polled:?}");
+    assert_eq!(polled.status, TaskStatus::Pending, "{polled:?}");
     assert!(
         app.fake.calls_of("approve").is_empty(),
         "no approve while blocked"
@@ -29,7 +30,7 @@ async fn a_hold_job_that_goes_on_hold_after_the_event_is_approved_once_it_is() {
     assert_eq!(app.step().await, 1);
 
     let task = app.task_of(&delivery).await;
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.outcome, Some(Outcome::Approved));
     assert_eq!(task.attempts, 2);
     let approves = app.fake.calls_of("approve");
     assert_eq!(approves.len(), 1);
@@ -56,7 +57,7 @@ async fn server_errors_are_retried_with_backoff_until_circleci_recovers() {
     assert_eq!(app.step().await, 1, "due by 2.4 s");
 
     let task = app.task_of(&delivery).await;
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.outcome, Some(Outcome::Approved));
     assert_eq!(task.attempts, 3);
     let lists = app.fake.calls_of("list_jobs");
     assert_eq!((lists[0].status, lists[1].status), (503, 502));
@@ -78,7 +79,7 @@ async fn a_429_with_retry_after_is_honoured() {
     assert_eq!(app.step().await, 1);
 
     let task = app.task_of(&delivery).await;
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.outcome, Some(Outcome::Approved));
     assert_eq!(app.fake.calls_of("list_jobs")[0].status, 429);
 }
 
@@ -96,8 +97,8 @@ async fn an_approve_whose_response_is_lost_is_followed_by_a_reread_not_a_second_
     assert_eq!(app.step().await, 1, "the re-read");
 
     let task = app.task_of(&delivery).await;
-    assert_eq!(task.status.as_str(), "succeeded");
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.status, TaskStatus::Succeeded);
+    assert_eq!(task.outcome, Some(Outcome::Approved));
     assert!(task.detail.unwrap().contains("confirmed by re-reading"));
     assert_eq!(
         app.fake.calls_of("approve").len(),
@@ -127,12 +128,12 @@ async fn an_approve_that_times_out_is_followed_by_a_reread() {
     let delivery = app.approve(workflow).await;
 
     assert_eq!(app.step().await, 1, "the approve times out");
-    assert_eq!(app.task_of(&delivery).await.status.as_str(), "pending");
+    assert_eq!(app.task_of(&delivery).await.status, TaskStatus::Pending);
     app.advance(Duration::from_secs(2));
     assert_eq!(app.step().await, 1, "the re-read");
 
     let task = app.task_of(&delivery).await;
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.outcome, Some(Outcome::Approved));
     assert!(task.detail.unwrap().contains("confirmed by re-reading"));
     assert_eq!(app.fake.calls_of("approve").len(), 1);
 }
@@ -146,8 +147,8 @@ async fn an_already_approved_hold_job_is_done_without_an_approve_call() {
     let task = app.finished_task(&delivery, WAIT).await;
 
     assert_eq!(
-        (task.status.as_str(), task.outcome.map(|o| o.as_str())),
-        ("succeeded", Some("already_approved"))
+        (task.status, task.outcome),
+        (TaskStatus::Succeeded, Some(Outcome::AlreadyApproved))
     );
     assert!(app.fake.calls_of("approve").is_empty());
 }
@@ -164,8 +165,8 @@ async fn allowed_projects_refuses_a_hold_job_of_a_foreign_project() {
     let task = app.finished_task(&delivery, WAIT).await;
 
     assert_eq!(
-        (task.status.as_str(), task.outcome.map(|o| o.as_str())),
-        ("failed", Some("project_not_allowed"))
+        (task.status, task.outcome),
+        (TaskStatus::Failed, Some(Outcome::ProjectNotAllowed))
     );
     assert!(app.fake.calls_of("approve").is_empty());
     assert_eq!(
@@ -185,7 +186,7 @@ async fn allowed_projects_lets_a_listed_project_through() {
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.outcome, Some(Outcome::Approved));
 }
 
 #[tokio::test]
@@ -197,8 +198,8 @@ async fn a_canceled_hold_job_is_given_up_with_the_reason() {
     let task = app.finished_task(&delivery, WAIT).await;
 
     assert_eq!(
-        (task.status.as_str(), task.outcome.map(|o| o.as_str())),
-        ("failed", Some("hold_job_canceled"))
+        (task.status, task.outcome),
+        (TaskStatus::Failed, Some(Outcome::HoldJobCanceled))
     );
     assert!(app.fake.calls_of("approve").is_empty());
 }
@@ -213,8 +214,8 @@ async fn a_refused_token_is_given_up_at_once_without_retrying() {
     let task = app.finished_task(&delivery, WAIT).await;
 
     assert_eq!(
-        (task.status.as_str(), task.outcome.map(|o| o.as_str())),
-        ("failed", Some("circleci_unauthorized"))
+        (task.status, task.outcome),
+        (TaskStatus::Failed, Some(Outcome::CircleciUnauthorized))
     );
     assert_eq!(app.fake.calls().len(), 1);
 }
@@ -233,7 +234,7 @@ async fn a_workflow_not_found_at_first_is_retried_and_approved_when_it_appears()
     assert_eq!(app.step().await, 1);
 
     let task = app.task_of(&delivery).await;
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.outcome, Some(Outcome::Approved));
 }
 
 #[tokio::test]
@@ -253,8 +254,8 @@ async fn a_hold_job_that_never_goes_on_hold_fails_after_the_approval_timeout() {
 
     let task = app.task_of(&delivery).await;
     assert_eq!(
-        (task.status.as_str(), task.outcome.map(|o| o.as_str())),
-        ("failed", Some("timed_out"))
+        (task.status, task.outcome),
+        (TaskStatus::Failed, Some(Outcome::TimedOut))
     );
     assert!(task.detail.unwrap().contains("blocked"));
     assert!(app.fake.calls_of("approve").is_empty());
@@ -273,7 +274,7 @@ async fn a_custom_hold_job_name_is_the_one_approved() {
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.outcome, Some(Outcome::Approved));
     assert_eq!(
         app.fake.job_status(workflow, "gate").as_deref(),
         Some("success")
@@ -293,7 +294,7 @@ async fn a_stopped_service_resumes_its_pending_task_on_restart_and_approves_once
     assert_eq!(app.step().await, 1);
 
     let task = app.task_of(&delivery).await;
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.outcome, Some(Outcome::Approved));
     assert_eq!(app.fake.successful_approvals(), 1);
 }
 
@@ -349,7 +350,7 @@ async fn an_approve_in_flight_when_the_process_died_still_counts_as_ours() {
 
     let outcome = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(outcome.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(outcome.outcome, Some(Outcome::Approved));
     assert!(outcome.detail.unwrap().contains("confirmed by re-reading"));
     assert!(app.fake.calls_of("approve").is_empty(), "no second approve");
 }
@@ -390,7 +391,7 @@ async fn an_event_naming_a_listed_hold_job_releases_that_one_and_leaves_the_othe
     assert_eq!(answer.status, 202, "{}", answer.body);
     let task = app.finished_task(&answer.delivery_id(), WAIT).await;
 
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.outcome, Some(Outcome::Approved));
     assert_eq!(
         app.fake.job_status(workflow, "prod_gate").as_deref(),
         Some("success")

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use approver_test_support::fake_circleci::Fault;
 use serde_json::Value;
+use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
 use uuid::Uuid;
 
 use crate::harness::*;
@@ -187,8 +188,8 @@ async fn a_deny_with_on_deny_cancel_cancels_the_workflow_once_despite_a_fault() 
     let task = app.finished_task(&delivery, WAIT).await;
 
     assert_eq!(
-        (task.status.as_str(), task.outcome.map(|o| o.as_str())),
-        ("succeeded", Some("canceled"))
+        (task.status, task.outcome),
+        (TaskStatus::Succeeded, Some(Outcome::Canceled))
     );
     let cancels = app.fake.calls_of("cancel");
     assert_eq!(

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sym_circleci_approver::domain::task::DeliveryStatus;
+use sym_circleci_approver::domain::task::{DeliveryStatus, Outcome, TaskStatus};
 use sym_circleci_approver::inbound::signature::WebhookSecret;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
@@ -31,8 +31,8 @@ async fn signed_approve_event_is_queued_and_approves_the_hold_job_on_a_later_pag
     assert_eq!(answer.body["status"], "queued");
     let delivery_id = answer.delivery_id();
     let task = app.finished_task(&delivery_id, WAIT).await;
-    assert_eq!(task.status.as_str(), "succeeded");
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.status, TaskStatus::Succeeded);
+    assert_eq!(task.outcome, Some(Outcome::Approved));
     let lists = app.fake.calls_of("list_jobs");
     assert!(
         lists
@@ -84,7 +84,7 @@ async fn the_job_id_is_used_when_the_hold_job_has_no_approval_request_id() {
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
 
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.outcome, Some(Outcome::Approved));
     let approves = app.fake.calls_of("approve");
     assert_eq!(
         approves[0].path,
@@ -494,7 +494,7 @@ async fn the_reference_sample_event_from_sym_is_accepted() {
 
     assert_eq!(answer.status, 202, "{}", answer.body);
     let task = app.finished_task(&answer.delivery_id(), WAIT).await;
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.outcome, Some(Outcome::Approved));
 }
 
 #[tokio::test]
@@ -553,7 +553,7 @@ async fn slow_unsigned_bodies_do_not_take_the_slots_signed_deliveries_need() {
     let delivery = app.approve(workflow).await;
 
     let task = app.finished_task(&delivery, WAIT).await;
-    assert_eq!(task.outcome.map(|o| o.as_str()), Some("approved"));
+    assert_eq!(task.outcome, Some(Outcome::Approved));
     drop(slow);
 }
 
