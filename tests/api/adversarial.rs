@@ -38,13 +38,7 @@ async fn metric_reaches(service: &ServiceProcess, series: &str, at_least: f64) -
 /// Waits for `n` accepted approve calls at the fake.
 async fn approved(up: &Upstreams, n: usize) -> bool {
     up.fake
-        .wait_for_calls(Duration::from_secs(60), |calls| {
-            calls
-                .iter()
-                .filter(|c| c.operation == "approve" && c.status == 202)
-                .count()
-                >= n
-        })
+        .wait_for_calls(Duration::from_secs(60), |c| accepted(c, "approve") >= n)
         .await
 }
 

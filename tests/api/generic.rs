@@ -46,9 +46,7 @@ async fn the_shell_example_approves_a_hold_job_end_to_end_once_and_the_verdict_n
     assert!(again.contains("\"status\":\"duplicate\""), "{again}");
     assert!(
         app.fake
-            .wait_for_calls(Duration::from_secs(30), |calls| calls
-                .iter()
-                .any(|c| c.operation == "approve" && c.status == 202))
+            .wait_for_calls(Duration::from_secs(30), |c| accepted(c, "approve") >= 1)
             .await
     );
     let verdict = app.verdict(workflow).await;
@@ -105,8 +103,8 @@ async fn send_event_generic_denies_and_on_deny_cancel_cancels_the_workflow() {
     let app = TestApp::builder().flags(["--on-deny=cancel"]).spawn().await;
     let workflow = app.workflow("on_hold");
 
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sym-circleci-approver"))
-        .args([
+    let (status, sent) = ServiceProcess::run_to_end(
+        &[
             "send-event",
             "--generic",
             "--type",
@@ -117,21 +115,17 @@ async fn send_event_generic_denies_and_on_deny_cancel_cancels_the_workflow() {
             &workflow.to_string(),
             "--url",
             &app.url("/webhooks/approval"),
-        ])
-        .env_clear()
-        .env("SYM_WEBHOOK_SECRET", &app.secret_text)
-        .output()
-        .await
-        .unwrap();
+        ],
+        &Env::default().set("SYM_WEBHOOK_SECRET", app.secret_text.clone()),
+    )
+    .await;
 
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let stdout = sent.stdout.text();
+    assert_eq!(status.code(), Some(0), "{}", sent.output());
     assert!(stdout.contains("HTTP 202"), "{stdout}");
     assert!(
         app.fake
-            .wait_for_calls(Duration::from_secs(30), |calls| calls
-                .iter()
-                .any(|c| c.operation == "cancel" && c.status == 202))
+            .wait_for_calls(Duration::from_secs(30), |c| accepted(c, "cancel") >= 1)
             .await
     );
 }

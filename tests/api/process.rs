@@ -27,13 +27,6 @@ fn failed_list_calls(calls: &[RecordedCall]) -> usize {
         .count()
 }
 
-/// Any approve call CircleCI accepted.
-fn approved(calls: &[RecordedCall]) -> bool {
-    calls
-        .iter()
-        .any(|c| c.operation == "approve" && c.status == 202)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Shutdown and restart
 // ---------------------------------------------------------------------------------------------
@@ -103,7 +96,8 @@ async fn a_task_interrupted_by_kill_9_resumes_after_restart_and_approves_exactly
 
     // Assert: the restarted process finishes the task, with exactly one approve.
     assert!(
-        fake.wait_for_calls(Duration::from_secs(30), approved).await,
+        fake.wait_for_calls(Duration::from_secs(30), |c| accepted(c, "approve") >= 1)
+            .await,
         "the restarted service never approved; calls: {:?}",
         fake.calls()
     );
@@ -298,10 +292,7 @@ async fn readyz_and_healthz_answer_json_on_the_running_binary() {
     // Arrange
     let up = Upstreams::new().await;
     let service = ServiceProcess::start(LABEL, &up.env()).await;
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let closed_port = closed_addr();
 
     // Act
     let healthz = service.endpoint().get("/healthz").await;
@@ -355,7 +346,9 @@ async fn send_event_subcommand_posts_a_signed_event_that_gets_approved() {
     assert_eq!(status.code(), Some(0), "{}", sent.output());
     assert!(sent.stdout.text().contains("202"), "{}", sent.output());
     assert!(
-        up.fake.wait_for_calls(WAIT, approved).await,
+        up.fake
+            .wait_for_calls(WAIT, |c| accepted(c, "approve") >= 1)
+            .await,
         "no approve at CircleCI; calls: {:?}",
         up.fake.calls()
     );

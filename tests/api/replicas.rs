@@ -189,10 +189,7 @@ async fn replicas_starting_at_once_on_a_fresh_database_migrate_it_once() {
 async fn startup_gives_up_on_an_unreachable_database_naming_database_url_without_the_password() {
     // Needs no server: nothing listens on the port. DATABASE_CONNECT_TIMEOUT=250ms bounds the
     // wait to 12 × 250 ms.
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed_port = closed_addr().port();
     let password = "Pg-Pa55word-never-logged";
     let fake = FakeCircleCi::start(TOKEN).await.unwrap();
     let (secret_text, _) = new_secret();

@@ -557,32 +557,21 @@ async fn the_verify_command_in_a_job_proves_itself_with_the_jobs_oidc_token() {
     let delivery = app.approve(workflow).await;
     app.finished_task(&delivery, Duration::from_secs(30)).await;
     let verify = |token: String| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_sym-circleci-approver"))
-            .arg("verify")
-            .env_clear()
-            .env("APPROVER_URL", app.url(""))
-            .env("CIRCLE_WORKFLOW_ID", workflow.to_string())
-            .env("CIRCLE_OIDC_TOKEN_V2", token)
-            .output()
+        let env = Env::default()
+            .set("APPROVER_URL", app.url(""))
+            .set("CIRCLE_WORKFLOW_ID", workflow.to_string())
+            .set("CIRCLE_OIDC_TOKEN_V2", token);
+        async move { ServiceProcess::run_to_end(&["verify"], &env).await }
     };
 
-    let own = verify(issuer.token(app.fake.pipeline_of(workflow).unwrap()))
-        .await
-        .unwrap();
-    let foreign = verify(issuer.token(Uuid::new_v4())).await.unwrap();
+    let (own, own_run) = verify(issuer.token(app.fake.pipeline_of(workflow).unwrap())).await;
+    let (foreign, foreign_run) = verify(issuer.token(Uuid::new_v4())).await;
 
-    let text = |o: &std::process::Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
-    assert_eq!(own.status.code(), Some(0), "{}", text(&own));
-    assert_eq!(foreign.status.code(), Some(3), "{}", text(&foreign));
+    assert_eq!(own.code(), Some(0), "{}", own_run.output());
+    assert_eq!(foreign.code(), Some(3), "{}", foreign_run.output());
     assert!(
-        text(&foreign).contains("refused this job"),
+        foreign_run.output().contains("refused this job"),
         "{}",
-        text(&foreign)
+        foreign_run.output()
     );
 }

@@ -44,20 +44,15 @@ async fn a_hold_job_released_for_a_sym_approval_is_approved_via_sym() {
     assert_eq!(answer.body["approver"], "alice@example.com");
 
     // The command, as a deploy job runs it.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_sym-circleci-approver"))
-        .args(["verify", "--workflow-id", &workflow.to_string()])
-        .env("APPROVER_URL", app.url(""))
-        .env("APPROVER_VERDICT_TOKEN", VERDICT)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{stdout} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (status, verify) = ServiceProcess::run_to_end(
+        &["verify", "--workflow-id", &workflow.to_string()],
+        &Env::default()
+            .set("APPROVER_URL", app.url(""))
+            .set("APPROVER_VERDICT_TOKEN", VERDICT),
+    )
+    .await;
+    let stdout = verify.stdout.text();
+    assert_eq!(status.code(), Some(0), "{}", verify.output());
     assert!(
         stdout.starts_with("verified:") && stdout.contains("alice@example.com"),
         "{stdout}"
@@ -242,10 +237,7 @@ async fn verify_cannot_verify_with_a_wrong_token_an_unreachable_service_or_no_ve
     let app = with_verdicts().spawn().await;
     let plain = TestApp::builder().spawn().await;
     let workflow = Uuid::new_v4();
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let closed = closed_addr();
 
     let wrong = check(&args(&app.url(""), workflow, "wrong-token-wrong-token")).await;
     let unreachable = check(&args(&format!("http://{closed}"), workflow, VERDICT)).await;

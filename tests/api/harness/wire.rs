@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use approver_test_support::fake_circleci::FakeCircleCi;
+use approver_test_support::fake_circleci::{FakeCircleCi, RecordedCall};
 use serde_json::Value;
 use sym_circleci_approver::domain::task::DEFAULT_HOLD_JOB_NAME;
 use sym_circleci_approver::inbound::signature::WebhookSecret;
@@ -76,6 +76,20 @@ pub fn workflow_on_hold(fake: &FakeCircleCi) -> Uuid {
     let id = Uuid::new_v4();
     fake.add_standard_workflow(id, PROJECT, HOLD, "on_hold");
     id
+}
+
+/// A loopback address nothing listens on (a port just freed).
+pub fn closed_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// How many of the fake CircleCI's `calls` were of `operation` and accepted (202).
+pub fn accepted(calls: &[RecordedCall], operation: &str) -> usize {
+    calls
+        .iter()
+        .filter(|c| c.operation == operation && c.status == 202)
+        .count()
 }
 
 /// An HTTP answer whose body is JSON (every answer of the service is).
