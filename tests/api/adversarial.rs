@@ -372,7 +372,7 @@ async fn concurrent_deliveries_share_commits_and_every_one_answered_2xx_is_store
     assert!(approved(&up, 100).await);
     if up
         .db
-        .skip_on_postgres("group commit: PostgreSQL commits each delivery on its own connection")
+        .skip_on_postgres("its group-commit half (PostgreSQL commits each delivery on its own)")
     {
         return;
     }

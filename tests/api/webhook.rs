@@ -580,16 +580,12 @@ async fn signed_deliveries_over_the_store_write_cap_get_429_with_retry_after_the
     let second_workflow = app.workflow("on_hold");
     let second_body = approve_event(&Uuid::new_v4().to_string(), &second_workflow.to_string());
     let second_id = new_webhook_id();
-    let mut shed = None;
-    for _ in 0..200 {
+    // Sent again until the first holds the slot (it is answered 429 from then on).
+    let shed = eventually("a 429 while the slot is held", WAIT, || async {
         let answer = app.post_signed(second_body.clone(), &second_id).await;
-        if answer.status == 429 {
-            shed = Some(answer);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let shed = shed.expect("a 429 while the slot is held");
+        (answer.status == 429).then_some(answer)
+    })
+    .await;
     assert_eq!(shed.body["error"], "overloaded");
     assert!(shed.headers.contains_key("retry-after"));
     // Health checks never wait for a slot.
