@@ -3,7 +3,8 @@
 #
 #   .ci/postgres.sh                 install PostgreSQL if missing (Debian packages), start a
 #                                   throwaway cluster on 127.0.0.1, run `cargo test --test api`
-#                                   against it (a database per test), then the replica tests
+#                                   against it (a database per test) and the query plans
+#                                   (`--test plans`), then the replica tests
 #                                   (two service processes on one database, PostgreSQL restarts),
 #                                   then the chaos suite's PostgreSQL seeds (three replicas)
 #   .ci/postgres.sh -- CMD ARGS…    the same throwaway cluster, but run CMD instead (with
@@ -143,6 +144,8 @@ export APPROVER_REQUIRE_POSTGRES=1
 # nothing in it can restart the server under the other tests).
 log "integration suite on PostgreSQL: cargo test --locked --test api"
 env -u APPROVER_TEST_PG_CTL cargo test --locked --test api -- --skip replicas::
+log "query plans on PostgreSQL: cargo test --locked --test plans"
+env -u APPROVER_TEST_PG_CTL cargo test --locked --test plans
 log "multi-replica tests (two processes, one database; PostgreSQL restarts)"
 cargo test --locked --test api replicas:: -- --test-threads=1
 # Three replicas under faults (pauses, kills, SIGTERMs, PostgreSQL restarts, network cuts
