@@ -50,6 +50,33 @@ pub(super) async fn insert_calls(
     Ok(())
 }
 
+/// Notes a call about to be made: no answer yet, so the audit trail shows it may have landed
+/// if the answer is never stored.
+async fn insert_planned<'e, E>(
+    executor: E,
+    task: TaskId,
+    at: i64,
+    call: &PlannedCall<'_>,
+) -> Result<AttemptId, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
+         status_code, duration_ms, error) \
+         VALUES ($1, $2, $3, $4, $5, NULL, 0, $6) RETURNING id",
+    )
+    .bind(task)
+    .bind(at)
+    .bind(call.operation.as_str())
+    .bind(call.method)
+    .bind(call.endpoint)
+    .bind("no answer recorded (the call was in flight)")
+    .fetch_one(executor)
+    .await?;
+    Ok(AttemptId(id))
+}
+
 pub(super) async fn complete_call(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     attempt: AttemptId,
@@ -99,21 +126,9 @@ impl Store {
             }
             // The reads first, so the audit trail stays in the order things happened.
             insert_calls(&mut tx, task, reads, self.backend.param_mark()).await?;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
-                 status_code, duration_ms, error) \
-                 VALUES ($1, $2, $3, $4, $5, NULL, 0, $6) RETURNING id",
-            )
-            .bind(task)
-            .bind(now)
-            .bind(call.operation.as_str())
-            .bind(call.method)
-            .bind(call.endpoint)
-            .bind("no answer recorded (the call was in flight)")
-            .fetch_one(&mut *tx)
-            .await?;
+            let id = insert_planned(&mut *tx, task, now, call).await?;
             tx.commit().await?;
-            Ok(Some(AttemptId(id)))
+            Ok(Some(id))
         })
         .await
     }
@@ -130,20 +145,12 @@ impl Store {
         let started_at = self.clock.now_ms();
         self.bounded(async {
             let _turn = self.write_turn().await;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
-                 status_code, duration_ms, error) \
-                 VALUES ($1, $2, $3, $4, $5, NULL, 0, $6) RETURNING id",
-            )
-            .bind(task)
-            .bind(started_at)
-            .bind(operation.as_str())
-            .bind(method)
-            .bind(endpoint)
-            .bind("no answer recorded (the call was in flight)")
-            .fetch_one(&self.pool)
-            .await?;
-            Ok(AttemptId(id))
+            let planned = PlannedCall {
+                operation,
+                method,
+                endpoint,
+            };
+            Ok(insert_planned(&self.pool, task, started_at, &planned).await?)
         })
         .await
     }
