@@ -139,14 +139,20 @@ impl ApprovalWorker {
                 let mut claimed_all_due = false;
                 while self.slots.available_permits() > 0 && !shutdown.is_cancelled() {
                     // Every free slot is filled by one claim (one commit), not one claim each.
-                    let mut free: Vec<OwnedSemaphorePermit> = Vec::new();
-                    while let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
-                        free.push(slot);
-                    }
-                    match self.claim(free.len()).await {
+                    // The slots are taken after the claim, not held during it: the intake may
+                    // hand a new task to one meanwhile, and should not find them all taken.
+                    let free = self.slots.available_permits();
+                    match self.claim(free).await {
                         Ok(batch) => {
-                            claimed_all_due = batch.len() < free.len();
-                            for ((task, lease), slot) in batch.into_iter().zip(free) {
+                            claimed_all_due = batch.len() < free;
+                            for (task, lease) in batch {
+                                let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+                                    // The intake filled the slot in between: give the task
+                                    // back, it is claimed again when a slot frees up.
+                                    let _ = self.store.release_lease(task.id, &lease.token).await;
+                                    claimed_all_due = false;
+                                    continue;
+                                };
                                 self.metrics.step_started("claim");
                                 self.start_step(&mut running, task, lease, slot);
                             }

@@ -440,3 +440,67 @@ async fn hold_job_name_is_still_accepted_as_the_older_form_of_hold_job_names() {
         .await;
     assert_eq!(answer.status, 202, "{}", answer.body);
 }
+
+/// The value of one sample in a Prometheus text exposition.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
+#[tokio::test]
+async fn a_new_task_goes_straight_to_an_idle_worker_and_a_busy_one_claims_the_rest() {
+    let app = TestApp::builder().spawn().await;
+
+    // Idle worker: the intake leases the task to it in the delivery's own transaction.
+    let workflow = app.workflow("on_hold");
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+    assert_eq!(task.outcome, Some(Outcome::Approved));
+    let metrics = app.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "sym_approver_worker_steps_started_total{via=\"handoff\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "sym_approver_worker_steps_started_total{via=\"claim\"}"
+        ),
+        0.0
+    );
+
+    // A task that needs a second step (blocked at first) is claimed for it: a retry is never
+    // handed over, and it is approved exactly once.
+    let blocked = app.workflow("on_hold");
+    app.fake
+        .hold_after(blocked, HOLD, Duration::from_millis(200));
+    let delivery = app.approve(blocked).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+    assert_eq!(task.outcome, Some(Outcome::Approved));
+    let metrics = app.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "sym_approver_worker_steps_started_total{via=\"handoff\"}"
+        ),
+        2.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "sym_approver_worker_steps_started_total{via=\"claim\"}"
+        ) >= 1.0
+    );
+    let approves: Vec<_> = app
+        .fake
+        .calls_of("approve")
+        .into_iter()
+        .filter(|c| c.path.contains(&blocked.to_string()))
+        .collect();
+    assert_eq!(approves.len(), 1, "{approves:?}");
+}
