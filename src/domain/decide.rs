@@ -1,5 +1,5 @@
 //! The worker's decisions, as pure functions: what CircleCI showed, the task and the time go
-//! in; the next step comes out. The worker (`crate::worker`) does the I/O around them.
+//! in; the next step comes out. The worker does the I/O around them.
 //!
 //! A step is: read the workflow's jobs → [`next_step`] → maybe one call (approve or cancel)
 //! → [`after_call`] → [`crate::domain::settle::settle`] (finish, or schedule the next step
