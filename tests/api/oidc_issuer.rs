@@ -11,7 +11,6 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const KEYS: &str = include_str!("../fixtures/oidc/keys.json");
@@ -62,19 +61,13 @@ impl FakeIssuer {
                 get(key_set),
             )
             .with_state(served);
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await;
-        });
+        let stop = approver_test_support::serve_until_dropped(listener, app);
         Self {
             org_id,
             addr,
             state,
             keys,
-            _stop: stop.drop_guard(),
+            _stop: stop,
         }
     }
 

@@ -27,7 +27,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::DropGuard;
 use uuid::Uuid;
 
 /// The status a run created through `POST /events/request` starts in. `requested` is the
@@ -112,13 +112,7 @@ impl Shared {
 pub struct FakeSymApi {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: CancellationToken,
-}
-
-impl Drop for FakeSymApi {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    _stop: DropGuard,
 }
 
 impl std::fmt::Debug for FakeSymApi {
@@ -152,14 +146,12 @@ impl FakeSymApi {
             .with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await;
-        });
-        Ok(Self { addr, shared, stop })
+        let _stop = crate::serve_until_dropped(listener, app);
+        Ok(Self {
+            addr,
+            shared,
+            _stop,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -16,6 +16,22 @@ pub mod postgres;
 /// The approval job the service releases by default (its `HOLD_JOB_NAMES` default).
 pub const DEFAULT_HOLD_JOB_NAME: &str = "wait_for_sym_approval";
 
+/// Serves a test double's `app` on `listener` in a task of its own, until the returned guard is
+/// dropped (the double then stops accepting and winds down its connections).
+pub fn serve_until_dropped(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+) -> tokio_util::sync::DropGuard {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped.cancelled_owned())
+            .await;
+    });
+    stop.drop_guard()
+}
+
 /// Unix milliseconds of a system time (0 before the epoch).
 pub(crate) fn unix_ms(at: std::time::SystemTime) -> i64 {
     at.duration_since(std::time::UNIX_EPOCH)

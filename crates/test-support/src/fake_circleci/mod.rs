@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 mod routes;
 use routes::{approve, cancel, list_jobs, me, workflow};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::DropGuard;
 use uuid::Uuid;
 
 /// A job in a fake workflow.
@@ -272,13 +272,7 @@ impl FakeOptions {
 pub struct FakeCircleCi {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: CancellationToken,
-}
-
-impl Drop for FakeCircleCi {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
+    _stop: DropGuard,
 }
 
 impl FakeCircleCi {
@@ -307,14 +301,12 @@ impl FakeCircleCi {
             .with_state(Arc::clone(&shared));
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped.cancelled_owned())
-                .await;
-        });
-        Ok(Self { addr, shared, stop })
+        let _stop = crate::serve_until_dropped(listener, app);
+        Ok(Self {
+            addr,
+            shared,
+            _stop,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
