@@ -162,24 +162,6 @@ impl Store {
         })
         .await
     }
-
-    /// The Sym event id and approver of a delivery, for log context.
-    pub async fn event_context(
-        &self,
-        delivery_id: DeliveryId,
-    ) -> Result<(String, Option<String>), StoreError> {
-        self.bounded(async {
-            let row = sqlx::query(
-                "SELECT sym_event_id, COALESCE(approver_username, approver_name) AS approver \
-                 FROM deliveries WHERE id = $1",
-            )
-            .bind(delivery_id)
-            .fetch_one(&self.pool)
-            .await?;
-            Ok((row.try_get("sym_event_id")?, row.try_get("approver")?))
-        })
-        .await
-    }
 }
 
 /// Most rows one multi-row statement carries (12 parameters a row: far inside both

@@ -47,6 +47,10 @@ pub struct ClaimedTask {
     /// When this step was due; past `deadline_at` it only confirms an unknown call
     /// (`domain::settle::is_confirming`).
     pub next_attempt_at: i64,
+    /// The Sym event id and approver of its delivery, read with the lease (not in a read of
+    /// their own on the way to the call): the step's log context.
+    pub sym_event_id: Option<String>,
+    pub approver: Option<String>,
 }
 
 /// What a step leaves behind: its CircleCI calls not stored yet, the answer of the call
@@ -323,7 +327,10 @@ async fn lease_in(
          WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < {m}3) \
          AND id IN ({}){free_workflow} \
          RETURNING id, delivery_id, action, workflow_id, hold_job_name, origin, attempts, \
-         errors, created_at, deadline_at, next_attempt_at",
+         errors, created_at, deadline_at, next_attempt_at, \
+         (SELECT d.sym_event_id FROM deliveries d WHERE d.id = tasks.delivery_id) AS sym_event_id, \
+         (SELECT COALESCE(d.approver_username, d.approver_name) FROM deliveries d \
+          WHERE d.id = tasks.delivery_id) AS approver",
         super::placeholders(m, 4, ids.len())
     );
     let mut claim = sqlx::query(&sql)
@@ -412,6 +419,8 @@ fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTask, StoreError> {
         created_at: row.try_get("created_at")?,
         deadline_at: row.try_get("deadline_at")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
+        sym_event_id: row.try_get("sym_event_id")?,
+        approver: row.try_get("approver")?,
     })
 }
 

@@ -9,7 +9,7 @@ use crate::domain::decide::{self, Facts, Next, StepEnd};
 use crate::domain::settle::{self, Progress, Settled, Settlement};
 use crate::domain::task::{NewTask, Outcome, TaskAction, TaskStatus};
 use crate::domain::upstream::{CallRecord, Operation, UpstreamError};
-use crate::domain::workflow::{HoldJobState, WorkflowView};
+use crate::domain::workflow::{HoldJobState, WorkflowInfo, WorkflowView};
 use crate::outbound::circleci::CircleCiClient;
 use crate::store::{AttemptId, ClaimedTask, JobInfo, PlannedCall, StepResult, StoreError};
 
@@ -75,22 +75,14 @@ impl ApprovalWorker {
     /// One step of one task, with its outcome stored.
     pub(super) async fn work(&self, task: &ClaimedTask, lease: &Lease) {
         let read_deadline = lease.claimed_ms.saturating_add(self.lease_share());
-        let (sym_event_id, approver) = match self
-            .clock
-            .timeout_at(read_deadline, self.store.event_context(task.delivery_id))
-            .await
-        {
-            Ok(Ok((id, approver))) => (id, approver.unwrap_or_default()),
-            _ => (String::new(), String::new()),
-        };
         // Every log line of the step (each CircleCI call included) carries these.
         let span = tracing::info_span!(
             "task",
             task_id = %task.id,
             delivery_id = %task.delivery_id,
-            sym_event_id = %sym_event_id,
+            sym_event_id = task.sym_event_id.as_deref().unwrap_or_default(),
             workflow_id = %task.workflow_id,
-            approver = %approver,
+            approver = task.approver.as_deref().unwrap_or_default(),
             action = task.action.as_str(),
             attempt = task.attempts + 1,
         );
@@ -305,7 +297,23 @@ impl ApprovalWorker {
         trail: &mut Trail,
         job: &mut JobInfo,
     ) -> Result<Prepared, Interrupted> {
-        let view = match self.read(task, trail, job).await {
+        // On an approval's first step (the usual case: the hold job is on hold and is approved
+        // now), the workflow's own record, which the approval notes, is read beside its jobs
+        // instead of after them: one round trip less before the call. Later steps (polls,
+        // re-reads) read it only when they do approve.
+        let (read, mut info) = if task.action == TaskAction::Approve && task.attempts == 0 {
+            let mut info_calls = Vec::new();
+            let (read, info) = tokio::join!(
+                self.read(task, trail, job),
+                self.circleci
+                    .workflow_info(task.workflow_id, &mut info_calls)
+            );
+            trail.calls.extend(info_calls);
+            (read, Some(info))
+        } else {
+            (self.read(task, trail, job).await, None)
+        };
+        let view = match read {
             Ok(view) => view,
             Err(end) => return Ok(Prepared::End(end)),
         };
@@ -329,7 +337,15 @@ impl ApprovalWorker {
                 )))
             }
             Next::Approve(_) => {
-                self.note_workflow(task, trail, job).await;
+                let info = match info.take() {
+                    Some(info) => info,
+                    None => {
+                        self.circleci
+                            .workflow_info(task.workflow_id, &mut trail.calls)
+                            .await
+                    }
+                };
+                note_workflow(info, job);
                 Operation::Approve
             }
             Next::Cancel => Operation::Cancel,
@@ -360,26 +376,6 @@ impl ApprovalWorker {
         task.hold_job_name
             .as_deref()
             .unwrap_or(&self.default_hold_job)
-    }
-
-    /// Records the workflow's pipeline and name (`GET /workflow/{id}`) before approving, so
-    /// a later "rerun from failed" of it can be recognised by the verdict. Best effort: the
-    /// approve does not wait on it, and without it a rerun is simply not recognised.
-    async fn note_workflow(&self, task: &ClaimedTask, trail: &mut Trail, job: &mut JobInfo) {
-        match self
-            .circleci
-            .workflow_info(task.workflow_id, &mut trail.calls)
-            .await
-        {
-            Ok(info) => {
-                job.pipeline_id = Some(info.pipeline_id);
-                job.workflow_name = Some(info.name);
-            }
-            Err(e) => tracing::warn!(
-                error = %e,
-                "could not read the workflow's pipeline; a rerun of it will not be recognised"
-            ),
-        }
     }
 
     /// Before a call that changes something at CircleCI, in one store transaction: renew the
@@ -586,5 +582,21 @@ fn log_finish(status: TaskStatus, outcome: Outcome, detail: &str, seconds: f64, 
         tracing::info!(outcome, detail = %detail, total_seconds = seconds, lease_kept = kept, "task succeeded");
     } else {
         tracing::error!(outcome, detail = %detail, total_seconds = seconds, lease_kept = kept, "task failed");
+    }
+}
+
+/// Records the workflow's pipeline and name (`GET /workflow/{id}`) before approving, so a
+/// later "rerun from failed" of it can be recognised by the verdict. Best effort: without it
+/// a rerun is simply not recognised.
+fn note_workflow(info: Result<WorkflowInfo, UpstreamError>, job: &mut JobInfo) {
+    match info {
+        Ok(info) => {
+            job.pipeline_id = Some(info.pipeline_id);
+            job.workflow_name = Some(info.name);
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not read the workflow's pipeline; a rerun of it will not be recognised"
+        ),
     }
 }

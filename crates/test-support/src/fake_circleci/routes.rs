@@ -104,6 +104,17 @@ fn fault_response(fault: &Fault) -> Response {
     response
 }
 
+/// With `--any-workflow`, a workflow is created the first time any route names it (its jobs
+/// and its own record may be read in either order, or at once).
+fn seen(shared: &Shared, inner: &mut Inner, workflow_id: Uuid) {
+    if let Some(project) = &shared.any_workflow {
+        inner
+            .workflows
+            .entry(workflow_id)
+            .or_insert_with(|| standard_workflow(project, DEFAULT_HOLD).1);
+    }
+}
+
 pub(super) async fn list_jobs(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -130,12 +141,7 @@ pub(super) async fn list_jobs(
             let Ok(workflow_id) = Uuid::try_parse(&id) else {
                 return message(StatusCode::NOT_FOUND, "Workflow not found");
             };
-            if let Some(project) = &shared.any_workflow {
-                inner
-                    .workflows
-                    .entry(workflow_id)
-                    .or_insert_with(|| standard_workflow(project, DEFAULT_HOLD).1);
-            }
+            seen(&shared, inner, workflow_id);
             let Some(workflow) = inner.workflows.get(&workflow_id) else {
                 return message(StatusCode::NOT_FOUND, "Workflow not found");
             };
@@ -202,6 +208,9 @@ pub(super) async fn workflow(
         None,
         None,
         |inner| {
+            if let Ok(workflow_id) = Uuid::try_parse(&id) {
+                seen(&shared, inner, workflow_id);
+            }
             let Some((workflow_id, workflow)) = Uuid::try_parse(&id)
                 .ok()
                 .and_then(|wid| inner.workflows.get(&wid).map(|w| (wid, w)))
