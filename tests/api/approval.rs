@@ -241,6 +241,39 @@ async fn a_workflow_not_found_at_first_is_retried_and_approved_when_it_appears()
 }
 
 #[tokio::test]
+async fn an_approvals_first_step_reads_the_workflow_beside_its_jobs_and_a_poll_only_the_jobs() {
+    let app = TestApp::builder().stepped().spawn().await;
+    let workflow = app.workflow("blocked");
+    let delivery = app.approve(workflow).await;
+    // (pages of the job list read, reads of the workflow's own record)
+    let reads = || {
+        (
+            app.fake.calls_of("list_jobs").len(),
+            app.fake.calls_of("get_workflow").len(),
+        )
+    };
+
+    // The first step reads both; the hold job is not on hold yet: no approve.
+    assert_eq!(app.step().await, 1);
+    let (first_pages, records) = reads();
+    assert!(first_pages > 0);
+    assert_eq!(records, 1);
+    // A poll reads only the jobs.
+    app.advance(Duration::from_secs(2));
+    assert_eq!(app.step().await, 1);
+    assert_eq!(reads(), (2 * first_pages, 1));
+    // The step that approves reads the workflow's record again (for a later rerun's verdict).
+    app.fake.set_job_status(workflow, HOLD, "on_hold");
+    app.advance(Duration::from_secs(5));
+    assert_eq!(app.step().await, 1);
+    assert_eq!(reads(), (3 * first_pages, 2));
+
+    let task = app.task_of(&delivery).await;
+    assert_eq!(task.outcome, Some(Outcome::Approved));
+    assert_eq!(app.fake.successful_approvals(), 1);
+}
+
+#[tokio::test]
 async fn a_hold_job_that_never_goes_on_hold_fails_after_the_approval_timeout() {
     let app = TestApp::builder()
         .stepped()

@@ -8,6 +8,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use uuid::Uuid;
+
 use approver_test_support::fake_circleci::{Fault, RecordedCall};
 use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
 use sym_circleci_approver::inbound::signature::WebhookSecret;
@@ -325,6 +327,7 @@ async fn send_event_subcommand_posts_a_signed_event_that_gets_approved() {
     let service = ServiceProcess::start(LABEL, &up.env()).await;
     let url = service.url("/webhooks/sym");
     let workflow_text = workflow.to_string();
+    let event_id = Uuid::new_v4().to_string();
     let args = [
         "send-event",
         "--url",
@@ -333,6 +336,10 @@ async fn send_event_subcommand_posts_a_signed_event_that_gets_approved() {
         "approve",
         "--workflow-id",
         &workflow_text,
+        "--event-id",
+        &event_id,
+        "--approver",
+        "alice@example.com",
     ];
 
     // Act
@@ -357,6 +364,10 @@ async fn send_event_subcommand_posts_a_signed_event_that_gets_approved() {
         up.fake.job_status(workflow, HOLD).as_deref(),
         Some("success")
     );
+    // The step's log lines name the Sym event and its approver (read with the task's lease).
+    let done = service.wait_log("task succeeded", WAIT).await;
+    assert_eq!(done["span"]["sym_event_id"], event_id.as_str(), "{done}");
+    assert_eq!(done["span"]["approver"], "alice@example.com", "{done}");
 }
 
 #[tokio::test]
