@@ -8,6 +8,7 @@
 //! a restarted process (or another replica, once the lease runs out) takes the next step.
 
 pub mod reconciler;
+mod settling;
 mod step;
 pub mod token_check;
 

@@ -1,52 +1,16 @@
 //! One step of one task: read the workflow, decide, maybe call CircleCI, store the result.
 
-use std::time::Duration;
-
 use tracing::Instrument as _;
 
+use super::settling::Trail;
 use super::{ApprovalWorker, Lease};
 use crate::domain::decide::{self, Facts, Next, StepEnd};
-use crate::domain::settle::{self, Progress, Settled, Settlement};
-use crate::domain::task::{NewTask, Outcome, TaskAction, TaskStatus};
-use crate::domain::upstream::{CallRecord, Operation, UpstreamError};
+use crate::domain::settle::{self, Progress, Settled};
+use crate::domain::task::{Outcome, TaskAction};
+use crate::domain::upstream::{Operation, UpstreamError};
 use crate::domain::workflow::{HoldJobState, WorkflowInfo, WorkflowView};
 use crate::outbound::circleci::CircleCiClient;
-use crate::store::{AttemptId, ClaimedTask, JobInfo, PlannedCall, StepResult, StoreError};
-
-/// How long a step's result is retried while the store is away.
-const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
-
-/// The CircleCI calls of one step: how many are already in the audit trail, and the call
-/// noted before it was made (its answer is stored with the step's result).
-#[derive(Default)]
-struct Trail {
-    calls: Vec<CallRecord>,
-    saved: usize,
-    noted: Option<(AttemptId, usize)>,
-}
-
-impl Trail {
-    /// Calls not in the audit trail yet (the noted one aside: it is completed instead).
-    fn unsaved(&self) -> Vec<CallRecord> {
-        self.calls
-            .iter()
-            .enumerate()
-            .skip(self.saved)
-            .filter(|(i, _)| self.noted.is_none_or(|(_, n)| n != *i))
-            .map(|(_, c)| c.clone())
-            .collect()
-    }
-
-    fn mark_all_saved(&mut self) {
-        self.saved = self.calls.len();
-    }
-
-    /// The noted call and its answer, when it was made.
-    fn completed(&self) -> Option<(AttemptId, &CallRecord)> {
-        let (id, index) = self.noted?;
-        Some((id, self.calls.get(index)?))
-    }
-}
+use crate::store::{AttemptId, ClaimedTask, JobInfo, PlannedCall, StoreError};
 
 /// Why a step stopped without a result to store.
 enum Interrupted {
@@ -372,7 +336,7 @@ impl ApprovalWorker {
     }
 
     /// The approval job this task releases.
-    fn hold_job<'a>(&'a self, task: &'a ClaimedTask) -> &'a str {
+    pub(super) fn hold_job<'a>(&'a self, task: &'a ClaimedTask) -> &'a str {
         task.hold_job_name
             .as_deref()
             .unwrap_or(&self.default_hold_job)
@@ -453,118 +417,9 @@ impl ApprovalWorker {
         StepEnd::from_error(e, doing)
     }
 
-    /// Stores the step's CircleCI calls and result. A store that is away (a restart, a
-    /// failover) is retried for up to [`PERSIST_PATIENCE`], so an approve that landed during
-    /// the outage is still recorded as this task's; after that the lease runs out and the step
-    /// is taken again: steps re-read first, so this can cost a call but never a second approve.
-    async fn persist(
-        &self,
-        task: &ClaimedTask,
-        lease: &Lease,
-        trail: &mut Trail,
-        settlement: &Settlement,
-        job: &JobInfo,
-    ) {
-        let give_up = self
-            .clock
-            .now_ms()
-            .saturating_add(crate::clock::duration_ms(PERSIST_PATIENCE));
-        let mut pause = Duration::from_millis(200);
-        loop {
-            let result = StepResult {
-                task: task.id,
-                delivery: task.delivery_id,
-                lease: lease.token.clone(),
-                calls: trail.unsaved(),
-                completed: trail.completed().map(|(id, call)| (id, call.clone())),
-                job: job.clone(),
-                settle: settlement.clone(),
-                successor: self.successor(task),
-            };
-            match self.results.settle(result).await {
-                Ok(kept) => {
-                    self.settled.notify_waiters();
-                    self.report(task, settlement, kept);
-                    if kept
-                        && matches!(
-                            settlement,
-                            Settlement::Finish {
-                                status: TaskStatus::Failed,
-                                ..
-                            }
-                        )
-                    {
-                        // An attached approval may have been given a task of its own.
-                        self.wake.notify_one();
-                    }
-                    return;
-                }
-                Err(e)
-                    if self
-                        .clock
-                        .now_ms()
-                        .saturating_add(crate::clock::duration_ms(pause))
-                        < give_up =>
-                {
-                    tracing::warn!(error = %e, "could not store the step result; retrying");
-                    self.clock.sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not store the step result; it will be retried");
-                    return;
-                }
-            }
-        }
-    }
-
     /// A phase's share of the lease, in ms.
     fn lease_share(&self) -> i64 {
         crate::clock::duration_ms(self.config.task_lease.mul_f64(LEASE_SHARE))
-    }
-
-    /// The task an approval attached to this one gets if this one fails: a fresh
-    /// APPROVAL_TIMEOUT from now, for the same hold job.
-    fn successor(&self, task: &ClaimedTask) -> Option<NewTask> {
-        (task.action == TaskAction::Approve).then(|| NewTask {
-            action: TaskAction::Approve,
-            workflow_id: task.workflow_id,
-            hold_job_name: self.hold_job(task).to_owned(),
-            deadline_at: self
-                .clock
-                .now_ms()
-                .saturating_add(crate::clock::duration_ms(self.config.approval_timeout)),
-        })
-    }
-
-    /// Metrics and the log line of a stored result.
-    fn report(&self, task: &ClaimedTask, settlement: &Settlement, kept: bool) {
-        match settlement {
-            Settlement::Reschedule { at, detail, .. } => {
-                tracing::info!(
-                    retry_in_ms = at - self.clock.now_ms(),
-                    reason = %detail,
-                    lease_kept = kept,
-                    "task will be retried"
-                );
-            }
-            Settlement::Finish {
-                status,
-                outcome,
-                detail,
-            } => {
-                let seconds = (self.clock.now_ms() - task.created_at) as f64 / 1000.0;
-                // Only a finish that took effect counts: a lost lease means another process
-                // settles (or settled) this task.
-                if kept {
-                    self.metrics.task_finished(task.action, *outcome, seconds);
-                    if *outcome == Outcome::Approved {
-                        self.metrics.approval_by_path(task.origin);
-                    }
-                }
-                log_finish(*status, *outcome, detail, seconds, kept);
-            }
-        }
     }
 }
 
@@ -573,15 +428,6 @@ fn operation_of(action: TaskAction) -> Operation {
     match action {
         TaskAction::Approve => Operation::Approve,
         TaskAction::Cancel => Operation::Cancel,
-    }
-}
-
-fn log_finish(status: TaskStatus, outcome: Outcome, detail: &str, seconds: f64, kept: bool) {
-    let outcome = outcome.as_str();
-    if status == TaskStatus::Succeeded {
-        tracing::info!(outcome, detail = %detail, total_seconds = seconds, lease_kept = kept, "task succeeded");
-    } else {
-        tracing::error!(outcome, detail = %detail, total_seconds = seconds, lease_kept = kept, "task failed");
     }
 }
 
