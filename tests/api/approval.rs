@@ -274,6 +274,21 @@ async fn an_approvals_first_step_reads_the_workflow_beside_its_jobs_and_a_poll_o
 }
 
 #[tokio::test]
+async fn a_failed_read_of_the_workflows_record_beside_its_jobs_does_not_hold_up_the_approve() {
+    let app = TestApp::builder().spawn().await;
+    let workflow = app.workflow("on_hold");
+    app.fake.push_fault(Fault::status(503).on("get_workflow"));
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    // Best effort: the record only helps recognise a later rerun.
+    assert_eq!(task.outcome, Some(Outcome::Approved));
+    assert_eq!(app.fake.calls_of("get_workflow")[0].status, 503);
+    assert_eq!(app.fake.successful_approvals(), 1);
+}
+
+#[tokio::test]
 async fn a_hold_job_that_never_goes_on_hold_fails_after_the_approval_timeout() {
     let app = TestApp::builder()
         .stepped()

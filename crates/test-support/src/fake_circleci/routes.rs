@@ -208,13 +208,11 @@ pub(super) async fn workflow(
         None,
         None,
         |inner| {
-            if let Ok(workflow_id) = Uuid::try_parse(&id) {
-                seen(&shared, inner, workflow_id);
-            }
-            let Some((workflow_id, workflow)) = Uuid::try_parse(&id)
-                .ok()
-                .and_then(|wid| inner.workflows.get(&wid).map(|w| (wid, w)))
-            else {
+            let Ok(workflow_id) = Uuid::try_parse(&id) else {
+                return message(StatusCode::NOT_FOUND, "Workflow not found");
+            };
+            seen(&shared, inner, workflow_id);
+            let Some(workflow) = inner.workflows.get(&workflow_id) else {
                 return message(StatusCode::NOT_FOUND, "Workflow not found");
             };
             let status = if workflow
