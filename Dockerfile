@@ -65,14 +65,17 @@ VOLUME ["/data"]
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 # +crt-static with an explicit --target links the binary statically while build scripts and
-# proc-macros (built for the host) stay dynamic, as they must.
-ENV RUSTFLAGS="-C target-feature=+crt-static" \
+# proc-macros (built for the host) stay dynamic, as they must. Packed relative relocations keep
+# 300 kB of relocation records out of the image's binary (.cargo/config.toml says why); this
+# RUSTFLAGS replaces that file's flags, so it repeats the one it needs.
+ENV RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
     CARGO_TERM_COLOR=never \
     CARGO_TARGET=x86_64-unknown-linux-gnu
 
 # 1) Dependencies only, against placeholder sources: this layer is reused until Cargo.toml or
 #    Cargo.lock change, so editing src/ does not recompile the dependency tree.
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 COPY crates ./crates
 RUN mkdir -p src/bin/approver-dev \
  && echo 'fn main() {}' > src/main.rs \

@@ -120,7 +120,7 @@ if [ -n "${APPROVER_BIN:-}" ]; then
 else
   # Fully static glibc binary: scratch has no loader and no libc. An explicit --target keeps
   # build scripts and proc-macros dynamic; the output lands in target/<triple>/release.
-  (cd "${REPO}" && RUSTFLAGS="-C target-feature=+crt-static" \
+  (cd "${REPO}" && RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
     cargo build --release --locked --target "${TARGET_TRIPLE}") ||
     abort "cargo build of the static binary failed"
   BIN="${CARGO_TARGET_DIR:-${REPO}/target}/${TARGET_TRIPLE}/release/sym-circleci-approver"
