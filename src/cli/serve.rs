@@ -148,9 +148,10 @@ pub struct ServeArgs {
     /// How long a claimed task stays reserved for this process before another may take it.
     #[arg(long, env = "TASK_LEASE", default_value = "30s")]
     pub task_lease: String,
-    /// Largest number of store connections (PostgreSQL: per replica).
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
-    pub database_max_connections: u32,
+    /// Largest number of store connections (PostgreSQL: per replica). Default: 10 on
+    /// PostgreSQL, 1 on SQLite (plus one for claims).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS")]
+    pub database_max_connections: Option<u32>,
     /// Time limit for getting a store connection (and for connecting).
     #[arg(long, env = "DATABASE_CONNECT_TIMEOUT", default_value = "5s")]
     pub database_connect_timeout: String,
@@ -323,11 +324,15 @@ impl ServeArgs {
             },
             database_url,
             store: StoreOptions {
-                max_connections: Some(args.database_max_connections)
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        config_error("DATABASE_MAX_CONNECTIONS", "must be at least 1")
-                    })?,
+                max_connections: match args.database_max_connections {
+                    Some(0) => {
+                        return Err(config_error(
+                            "DATABASE_MAX_CONNECTIONS",
+                            "must be at least 1",
+                        ))
+                    }
+                    size => size,
+                },
                 acquire_timeout: parse_duration(
                     "DATABASE_CONNECT_TIMEOUT",
                     &args.database_connect_timeout,

@@ -88,6 +88,26 @@ impl Backend {
         }
     }
 
+    /// The pool's size unless `DATABASE_MAX_CONNECTIONS` says otherwise.
+    ///
+    /// SQLite: one connection (claims have one more of their own). Writers take turns anyway
+    /// ([`Store::write_turn`]), and one connection keeps what it has read: in WAL mode a
+    /// connection drops its whole page cache whenever another connection has committed since
+    /// its last transaction, and the pool hands its connections out in turn, so with ten every
+    /// write and read began by reading its pages from the file again. Measured with
+    /// `scripts/bench` (docs/benchmark.md, round 6): CPU per approval −17 to −22 %, intake
+    /// and latency no worse. Reads then wait for a write in progress (a commit's sync, well
+    /// under a millisecond on a local disk).
+    ///
+    /// PostgreSQL: ten per replica, so concurrent steps' statements (each a network round
+    /// trip) overlap.
+    pub fn default_pool_size(self) -> u32 {
+        match self {
+            Self::Sqlite => 1,
+            Self::Postgres => 10,
+        }
+    }
+
     /// The backend a `DATABASE_URL` names, from its scheme (the one place that is checked).
     pub fn for_url(url: &str) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
@@ -202,7 +222,8 @@ impl std::fmt::Debug for Store {
 /// Pool settings.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    pub max_connections: u32,
+    /// The pool's size; `None`: the backend's own default ([`Backend::default_pool_size`]).
+    pub max_connections: Option<u32>,
     /// Time limit for getting a connection from the pool (and for connecting).
     pub acquire_timeout: Duration,
     /// Time limit for one statement: PostgreSQL `statement_timeout`, SQLite `busy_timeout`.
@@ -214,7 +235,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
-            max_connections: 10,
+            max_connections: None,
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(5),
             clock: Clock::system(),
@@ -332,7 +353,10 @@ impl Store {
             migrated?;
         }
 
-        let pool = open_pool(backend, url, options, options.max_connections, "FULL").await?;
+        let size = options
+            .max_connections
+            .unwrap_or_else(|| backend.default_pool_size());
+        let pool = open_pool(backend, url, options, size, "FULL").await?;
         // SQLite: claims commit through a connection of their own that does not sync: a lease
         // has to be visible at once (it is: the commit is atomic), not durable. One process
         // serves a SQLite file, and it forgets every lease when it starts
