@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use sqlx::Row as _;
+
 use super::{Store, StoreError};
 use crate::clock::duration_ms;
 use crate::domain::ids::{LeaseToken, TaskId};
@@ -50,6 +52,69 @@ pub(super) async fn insert_calls(
     Ok(())
 }
 
+/// What a noted call carries until its answer is stored: no answer yet, so the audit trail
+/// shows it may have landed if none is ever stored. No call made carries it.
+const IN_FLIGHT: &str = "no answer recorded (the call was in flight)";
+
+/// Records `reads` of `task` and notes `call` about to be made, in one statement; returns the
+/// note's id. The note is the one row with no answer and [`IN_FLIGHT`]'s text (a read that
+/// got no answer has its own error), so it is found whatever order the rows come back in.
+async fn insert_reads_and_planned(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    task: TaskId,
+    at: i64,
+    reads: &[CallRecord],
+    call: &PlannedCall<'_>,
+    mark: char,
+) -> Result<AttemptId, StoreError> {
+    // Far more reads than one step makes go in statements of their own first.
+    let (earlier, last) = reads.split_at(reads.len().saturating_sub(READS_WITH_NOTE));
+    if !earlier.is_empty() {
+        insert_calls(tx, task, earlier, mark).await?;
+    }
+    let sql = format!(
+        "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
+         status_code, duration_ms, error) VALUES {} \
+         RETURNING id, status_code, error",
+        super::value_rows(mark, 1, last.len() + 1, 8)
+    );
+    let mut insert = sqlx::query(&sql).persistent(last.len() <= 2);
+    for read in last {
+        insert = insert
+            .bind(task)
+            .bind(read.started_at)
+            .bind(read.operation.as_str())
+            .bind(read.method)
+            .bind(&read.endpoint)
+            .bind(read.status.map(i64::from))
+            .bind(duration_ms(read.duration))
+            .bind(read.error.as_deref());
+    }
+    let rows = insert
+        .bind(task)
+        .bind(at)
+        .bind(call.operation.as_str())
+        .bind(call.method)
+        .bind(call.endpoint)
+        .bind(None::<i64>)
+        .bind(0_i64)
+        .bind(IN_FLIGHT)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut noted = None;
+    for row in &rows {
+        let status: Option<i64> = row.try_get("status_code")?;
+        let error: Option<String> = row.try_get("error")?;
+        if status.is_none() && error.as_deref() == Some(IN_FLIGHT) {
+            noted = Some(AttemptId(row.try_get("id")?));
+        }
+    }
+    noted.ok_or_else(|| StoreError::Invalid("the noted call's row did not come back".into()))
+}
+
+/// Most reads that share the note's statement (8 parameters a row).
+const READS_WITH_NOTE: usize = 99;
+
 /// Notes a call about to be made: no answer yet, so the audit trail shows it may have landed
 /// if the answer is never stored.
 async fn insert_planned<'e, E>(
@@ -71,7 +136,7 @@ where
     .bind(call.operation.as_str())
     .bind(call.method)
     .bind(call.endpoint)
-    .bind("no answer recorded (the call was in flight)")
+    .bind(IN_FLIGHT)
     .fetch_one(executor)
     .await?;
     Ok(AttemptId(id))
@@ -124,9 +189,18 @@ impl Store {
                 tx.rollback().await?;
                 return Ok(None);
             }
-            // The reads first, so the audit trail stays in the order things happened.
-            insert_calls(&mut tx, task, reads, self.backend.param_mark()).await?;
-            let id = insert_planned(&mut *tx, task, now, call).await?;
+            // The reads and the note in one statement (each statement on SQLite is a round
+            // trip to the connection's thread), the reads first, so the audit trail stays in
+            // the order things happened.
+            let id = insert_reads_and_planned(
+                &mut tx,
+                task,
+                now,
+                reads,
+                call,
+                self.backend.param_mark(),
+            )
+            .await?;
             tx.commit().await?;
             Ok(Some(id))
         })

@@ -165,3 +165,107 @@ async fn one_claim_fills_the_free_slots_with_at_most_one_task_per_workflow() {
         .unwrap();
     assert!(again.is_empty(), "{again:?}");
 }
+
+#[tokio::test]
+async fn the_noted_call_is_the_row_its_answer_lands_on_even_beside_a_read_without_one() {
+    use std::time::Duration;
+    use sym_circleci_approver::domain::ids::LeaseToken;
+    use sym_circleci_approver::domain::settle::Settlement;
+    use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
+    use sym_circleci_approver::domain::upstream::{CallRecord, Operation};
+    use sym_circleci_approver::store::{PlannedCall, StepResult};
+
+    let (_db, store) = store().await;
+    let workflow = Uuid::new_v4();
+    let stored = store
+        .record_batch(&[delivery("msg_1", "ev-1", "approve", workflow)])
+        .await
+        .unwrap();
+    let Recorded::Queued {
+        delivery_id,
+        task_id,
+    } = stored[0]
+    else {
+        panic!("{stored:?}")
+    };
+    let lease = LeaseToken::new("test");
+    let claimed = store
+        .claim_due_tasks(&lease, Duration::from_secs(60), 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let read = |operation, status: Option<u16>, error: Option<&str>| CallRecord {
+        started_at: 1_000,
+        operation,
+        method: "GET",
+        endpoint: format!("/workflow/{workflow}"),
+        status,
+        duration: Duration::from_millis(3),
+        error: error.map(str::to_owned),
+    };
+    // The step's reads so far: one answered, one cut off with no answer at all.
+    let reads = [
+        read(Operation::ListJobs, Some(200), None),
+        read(Operation::GetWorkflow, None, Some("timed out after 10s")),
+    ];
+    let endpoint = format!("/workflow/{workflow}/approve/job-1");
+    let noted = store
+        .prepare_call(
+            task_id,
+            &lease,
+            Duration::from_secs(60),
+            &reads,
+            &PlannedCall {
+                operation: Operation::Approve,
+                method: "POST",
+                endpoint: &endpoint,
+            },
+        )
+        .await
+        .unwrap()
+        .expect("the lease is held");
+    let answer = CallRecord {
+        operation: Operation::Approve,
+        method: "POST",
+        endpoint: endpoint.clone(),
+        status: Some(202),
+        ..read(Operation::Approve, Some(202), None)
+    };
+    let kept = store
+        .settle_steps(&[StepResult {
+            task: task_id,
+            delivery: delivery_id,
+            lease: lease.clone(),
+            calls: Vec::new(),
+            completed: Some((noted, answer)),
+            job: Default::default(),
+            settle: Settlement::Finish {
+                status: TaskStatus::Succeeded,
+                outcome: Outcome::Approved,
+                detail: "approved".into(),
+            },
+            successor: None,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(kept, vec![true]);
+
+    let story = store
+        .audit_get(&delivery_id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    let trail: Vec<_> = story
+        .attempts
+        .iter()
+        .map(|a| (a.method.as_str(), a.status, a.error.as_deref()))
+        .collect();
+    assert_eq!(
+        trail,
+        vec![
+            ("GET", Some(200), None),
+            ("GET", None, Some("timed out after 10s")),
+            ("POST", Some(202), None),
+        ]
+    );
+}
