@@ -91,7 +91,7 @@ impl Backend {
     /// The pool's size unless `DATABASE_MAX_CONNECTIONS` says otherwise.
     ///
     /// SQLite: one connection (claims have one more of their own). Writers take turns anyway
-    /// ([`Store::write_turn`]), and one connection keeps what it has read: in WAL mode a
+    /// (the store's write turn), and one connection keeps what it has read: in WAL mode a
     /// connection drops its whole page cache whenever another connection has committed since
     /// its last transaction, and the pool hands its connections out in turn, so with ten every
     /// write and read began by reading its pages from the file again. Measured with

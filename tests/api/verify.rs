@@ -291,3 +291,34 @@ async fn a_circleci_failure_during_a_rerun_lookup_is_a_retryable_502_not_a_verdi
     assert_eq!(verdict, Verdict::Unknown, "{line}");
     assert_eq!(app.fake.calls_of("get_workflow").len(), 1);
 }
+
+#[test]
+fn the_store_pool_is_the_backends_own_unless_set_and_never_empty() {
+    let config_with = |extra: &[&str]| {
+        let mut flags = vec![
+            format!(
+                "--sym-webhook-secret={}",
+                sym_circleci_approver::inbound::signature::WebhookSecret::generate()
+            ),
+            "--circleci-token=t".to_owned(),
+        ];
+        flags.extend(extra.iter().map(|f| (*f).to_owned()));
+        sym_circleci_approver::cli::ServeArgs::from_flags(flags)
+            .unwrap()
+            .to_config()
+    };
+    use sym_circleci_approver::store::Backend;
+
+    // Unset: the backend decides (one SQLite connection, ten PostgreSQL ones).
+    assert_eq!(config_with(&[]).unwrap().store.max_connections, None);
+    assert_eq!(Backend::Sqlite.default_pool_size(), 1);
+    assert_eq!(Backend::Postgres.default_pool_size(), 10);
+    // Set: as given, on either backend.
+    let four = config_with(&["--database-max-connections=4"]).unwrap();
+    assert_eq!(four.store.max_connections, Some(4));
+    let error = config_with(&["--database-max-connections=0"])
+        .map(drop)
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("DATABASE_MAX_CONNECTIONS"), "{error}");
+}
