@@ -101,15 +101,21 @@ async fn insert_reads_and_planned(
         .bind(IN_FLIGHT)
         .fetch_all(&mut **tx)
         .await?;
-    let mut noted = None;
+    let mut noted = Vec::with_capacity(1);
     for row in &rows {
         let status: Option<i64> = row.try_get("status_code")?;
         let error: Option<String> = row.try_get("error")?;
         if status.is_none() && error.as_deref() == Some(IN_FLIGHT) {
-            noted = Some(AttemptId(row.try_get("id")?));
+            noted.push(AttemptId(row.try_get("id")?));
         }
     }
-    noted.ok_or_else(|| StoreError::Invalid("the noted call's row did not come back".into()))
+    match noted[..] {
+        [id] => Ok(id),
+        _ => Err(StoreError::Invalid(format!(
+            "{} rows came back as the noted call, not one",
+            noted.len()
+        ))),
+    }
 }
 
 /// Most reads that share the note's statement (8 parameters a row).

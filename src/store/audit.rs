@@ -374,7 +374,9 @@ impl Store {
         // all in one transaction so a failure never leaves a delivery without its task.
         let old = "SELECT d.id FROM deliveries d WHERE d.received_at < $1 AND NOT EXISTS \
                    (SELECT 1 FROM tasks p WHERE p.delivery_id = d.id AND p.status = 'pending')";
-        let mut tx = self.pool.begin().await?;
+        // On SQLite's unsynced connection: the one pooled connection stays free for deliveries
+        // and reads while a large prune (the first after an upgrade, say) runs.
+        let mut tx = self.unsynced().begin().await?;
         sqlx::query(&format!(
             "DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE delivery_id IN ({old}))"
         ))

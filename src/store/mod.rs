@@ -197,8 +197,9 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
-    /// SQLite: the connection claims commit through (see [`Self::open`]).
-    lease_pool: Option<AnyPool>,
+    /// SQLite: a connection whose commits do not sync, for what need not be durable at once:
+    /// claims, checkpoints and pruning (see [`Self::open`] and [`Self::unsynced`]).
+    unsynced: Option<AnyPool>,
     backend: Backend,
     /// SQLite: the database file (for the one-serving-process lock).
     sqlite_file: Option<std::path::PathBuf>,
@@ -362,8 +363,11 @@ impl Store {
         // serves a SQLite file, and it forgets every lease when it starts
         // (`release_stale_leases`), so a claim lost with the machine's power costs nothing;
         // the next synced commit makes it durable anyway (the WAL is synced in order). This
-        // takes a flush off the way from a delivery to its approve call.
-        let lease_pool = match backend {
+        // takes a flush off the way from a delivery to its approve call. The background work
+        // runs there too, off the one pooled connection that deliveries and reads share:
+        // checkpoints (SQLite still syncs around a checkpoint under NORMAL) and pruning (a
+        // prune lost with the power is done again by the next).
+        let unsynced = match backend {
             Backend::Sqlite => Some(open_pool(backend, url, options, 1, "NORMAL").await?),
             Backend::Postgres => None,
         };
@@ -377,7 +381,7 @@ impl Store {
         }
         Ok(Self {
             pool,
-            lease_pool,
+            unsynced,
             backend,
             sqlite_file,
             write_turn: (backend == Backend::Sqlite).then(Arc::default),
@@ -404,13 +408,20 @@ impl Store {
     /// their time asleep with the CPU idle. So the process's writers queue here instead, in
     /// order, and each one finds the file free the moment the previous one commits. Every
     /// write of this module takes its turn (inside [`Self::bounded`], so a stuck writer costs
-    /// the others a bounded wait); reads never do (WAL readers do not block). PostgreSQL:
-    /// no turn, its row locks do this.
+    /// the others a bounded wait); reads never do (WAL readers do not block the file; on the
+    /// default single connection they wait for the statement in progress). PostgreSQL: no
+    /// turn, its row locks do this.
     async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match &self.write_turn {
             Some(turn) => Some(turn.lock().await),
             None => None,
         }
+    }
+
+    /// SQLite: the connection that does not sync (claims, checkpoints, pruning);
+    /// PostgreSQL: the pool.
+    fn unsynced(&self) -> &AnyPool {
+        self.unsynced.as_ref().unwrap_or(&self.pool)
     }
 
     pub fn backend(&self) -> Backend {
@@ -451,16 +462,17 @@ impl Store {
     }
 
     /// SQLite: copies what the WAL holds into the database file (a passive checkpoint: it
-    /// never waits for or blocks a writer), so the WAL can start over. The serving process
-    /// calls this every [`CHECKPOINT_EVERY`] instead of letting a commit do it; PostgreSQL:
-    /// nothing to do.
+    /// never waits for or blocks a writer), so the WAL can start over, on the unsynced
+    /// connection, so that deliveries and reads never wait for it. The serving process calls
+    /// this every [`CHECKPOINT_EVERY`] instead of letting a commit do it; PostgreSQL: nothing
+    /// to do.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         if self.backend != Backend::Sqlite {
             return Ok(());
         }
         self.bounded(async {
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&self.pool)
+                .execute(self.unsynced())
                 .await?;
             Ok(())
         })
@@ -477,7 +489,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        if let Some(pool) = &self.lease_pool {
+        if let Some(pool) = &self.unsynced {
             pool.close().await;
         }
         self.pool.close().await;

@@ -125,12 +125,7 @@ impl Store {
     ) -> Result<Vec<ClaimedTask>, StoreError> {
         let _turn = self.write_turn().await;
         let now = self.clock.now_ms();
-        let mut tx = self
-            .lease_pool
-            .as_ref()
-            .unwrap_or(&self.pool)
-            .begin()
-            .await?;
+        let mut tx = self.unsynced().begin().await?;
         if self.backend == Backend::Postgres {
             // Under READ COMMITTED two replicas could each see "no other task of this
             // workflow is leased" and claim two at once; a transaction-level advisory lock
