@@ -21,6 +21,29 @@ pub struct PlannedCall<'a> {
     pub endpoint: &'a str,
 }
 
+/// The start of every insert into `attempts`; [`bind_call`] binds one row of it.
+const INSERT_ATTEMPTS: &str = "INSERT INTO attempts (task_id, started_at, operation, method, \
+                               endpoint, status_code, duration_ms, error) VALUES";
+
+type AttemptsInsert<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds the 8 values of one row of [`INSERT_ATTEMPTS`]: `call`, made for `task`.
+fn bind_call<'q>(
+    insert: AttemptsInsert<'q>,
+    task: TaskId,
+    call: &'q CallRecord,
+) -> AttemptsInsert<'q> {
+    insert
+        .bind(task)
+        .bind(call.started_at)
+        .bind(call.operation.as_str())
+        .bind(call.method)
+        .bind(&call.endpoint)
+        .bind(call.status.map(i64::from))
+        .bind(duration_ms(call.duration))
+        .bind(call.error.as_deref())
+}
+
 /// Records `calls` of `task`: one statement for all of them (each statement on SQLite is a
 /// round trip to the connection's thread).
 pub(super) async fn insert_calls(
@@ -31,21 +54,12 @@ pub(super) async fn insert_calls(
 ) -> Result<(), sqlx::Error> {
     for chunk in calls.chunks(100) {
         let sql = format!(
-            "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
-             status_code, duration_ms, error) VALUES {}",
+            "{INSERT_ATTEMPTS} {}",
             super::value_rows(mark, 1, chunk.len(), 8)
         );
         let mut insert = sqlx::query(&sql).persistent(chunk.len() <= 2);
         for call in chunk {
-            insert = insert
-                .bind(task)
-                .bind(call.started_at)
-                .bind(call.operation.as_str())
-                .bind(call.method)
-                .bind(&call.endpoint)
-                .bind(call.status.map(i64::from))
-                .bind(duration_ms(call.duration))
-                .bind(call.error.as_deref());
+            insert = bind_call(insert, task, call);
         }
         insert.execute(&mut **tx).await?;
     }
@@ -73,22 +87,12 @@ async fn insert_reads_and_planned(
         insert_calls(tx, task, earlier, mark).await?;
     }
     let sql = format!(
-        "INSERT INTO attempts (task_id, started_at, operation, method, endpoint, \
-         status_code, duration_ms, error) VALUES {} \
-         RETURNING id, status_code, error",
+        "{INSERT_ATTEMPTS} {} RETURNING id, status_code, error",
         super::value_rows(mark, 1, last.len() + 1, 8)
     );
     let mut insert = sqlx::query(&sql).persistent(last.len() <= 2);
     for read in last {
-        insert = insert
-            .bind(task)
-            .bind(read.started_at)
-            .bind(read.operation.as_str())
-            .bind(read.method)
-            .bind(&read.endpoint)
-            .bind(read.status.map(i64::from))
-            .bind(duration_ms(read.duration))
-            .bind(read.error.as_deref());
+        insert = bind_call(insert, task, read);
     }
     let rows = insert
         .bind(task)
