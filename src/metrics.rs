@@ -356,7 +356,8 @@ impl Metrics {
         let step_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         registry.register(
             "step_results_batch_size",
-            "Worker step results stored together in one transaction (group commit)",
+            "Worker writes (step results, notes of calls about to be made) stored together in one \
+             transaction (group commit)",
             step_batch_size.clone(),
         );
         let steps_started = Family::<ViaLabels, Counter>::default();

@@ -15,7 +15,7 @@ pub struct AttemptId(i64);
 
 /// A call that changes something at CircleCI, about to be made.
 #[derive(Debug, Clone, Copy)]
-pub struct PlannedCall<'a> {
+pub(super) struct PlannedCall<'a> {
     pub operation: Operation,
     pub method: &'a str,
     pub endpoint: &'a str,
@@ -167,52 +167,70 @@ pub(super) async fn complete_call(
     Ok(())
 }
 
+/// A call about to be made, with what must be stored before it ([`Store::prepare_call`]),
+/// owned so that it can wait for a shared commit ([`super::StepWrites`]).
+#[derive(Debug, Clone)]
+pub struct CallNote {
+    pub task: TaskId,
+    pub lease: LeaseToken,
+    /// How long the renewed lease runs.
+    pub lease_for: Duration,
+    /// The step's reads not stored yet.
+    pub reads: Vec<CallRecord>,
+    pub operation: Operation,
+    pub method: &'static str,
+    pub endpoint: String,
+}
+
+/// One note inside a transaction: renew the lease, append the reads, note the call. None when
+/// the lease was lost: then nothing is written (the renewal is the first statement and
+/// changed no row).
+pub(super) async fn note_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    note: &CallNote,
+    now: i64,
+    mark: char,
+) -> Result<Option<AttemptId>, StoreError> {
+    let renewed = sqlx::query(
+        "UPDATE tasks SET lease_expires_at = $3, call_in_flight = 1 \
+         WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
+         AND lease_expires_at > $4",
+    )
+    .bind(note.task)
+    .bind(note.lease.as_str())
+    .bind(now.saturating_add(duration_ms(note.lease_for)))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    if renewed.rows_affected() != 1 {
+        return Ok(None);
+    }
+    let call = PlannedCall {
+        operation: note.operation,
+        method: note.method,
+        endpoint: &note.endpoint,
+    };
+    // The reads and the note in one statement (each statement on SQLite is a round trip to
+    // the connection's thread), the reads first, so the audit trail stays in the order
+    // things happened.
+    let id = insert_reads_and_planned(tx, note.task, now, &note.reads, &call, mark).await?;
+    Ok(Some(id))
+}
+
 impl Store {
     /// Before a call that changes something at CircleCI, in ONE transaction (one commit):
     /// renew the lease, append the step's reads so far, and note the call (no answer yet), so
     /// that even if this process dies before the answer is stored, the audit trail shows the
     /// call may have landed. None when the lease was lost: nothing is written, no call made.
-    pub async fn prepare_call(
-        &self,
-        task: TaskId,
-        lease: &LeaseToken,
-        lease_for: Duration,
-        reads: &[CallRecord],
-        call: &PlannedCall<'_>,
-    ) -> Result<Option<AttemptId>, StoreError> {
+    /// The worker notes through [`super::StepWrites`], which shares commits on SQLite.
+    pub async fn prepare_call(&self, note: &CallNote) -> Result<Option<AttemptId>, StoreError> {
         let now = self.clock.now_ms();
         self.bounded(async {
             let _turn = self.write_turn().await;
             let mut tx = self.pool.begin().await?;
-            let renewed = sqlx::query(
-                "UPDATE tasks SET lease_expires_at = $3, call_in_flight = 1 \
-                 WHERE id = $1 AND lease_owner = $2 AND status = 'pending' \
-                 AND lease_expires_at > $4",
-            )
-            .bind(task)
-            .bind(lease.as_str())
-            .bind(now.saturating_add(duration_ms(lease_for)))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            if renewed.rows_affected() != 1 {
-                tx.rollback().await?;
-                return Ok(None);
-            }
-            // The reads and the note in one statement (each statement on SQLite is a round
-            // trip to the connection's thread), the reads first, so the audit trail stays in
-            // the order things happened.
-            let id = insert_reads_and_planned(
-                &mut tx,
-                task,
-                now,
-                reads,
-                call,
-                self.backend.param_mark(),
-            )
-            .await?;
+            let id = note_one(&mut tx, note, now, self.backend.param_mark()).await?;
             tx.commit().await?;
-            Ok(Some(id))
+            Ok(id)
         })
         .await
     }

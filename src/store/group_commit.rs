@@ -1,7 +1,7 @@
 //! Group commit: one writer task per kind of write takes everything that is waiting and
 //! writes it in ONE transaction, so concurrent writers share one commit (one fsync) instead of
 //! each paying its own. Used for deliveries ([`super::Intake`]) and for the worker's step
-//! results ([`super::StepResults`]).
+//! writes ([`super::StepWrites`]).
 //!
 //! A write waits in a queue while the previous batch commits; the writer then takes every
 //! write that has arrived (up to `max_batch`) and, when the last batch had company, waits up

@@ -33,7 +33,7 @@ mod group_commit;
 mod ids;
 mod intake;
 mod sqlite_lock;
-mod step_results;
+mod step_writes;
 mod tasks;
 mod urls;
 mod verdicts;
@@ -48,14 +48,14 @@ use sqlx::{AnyConnection, AnyPool, Connection as _, Executor};
 
 use crate::clock::{duration_ms, Clock};
 
-pub use attempts::{AttemptId, PlannedCall};
+pub use attempts::{AttemptId, CallNote};
 pub use deliveries::{NewDelivery, Recorded};
 pub use gate_views::GateView;
 pub use gates::{ClaimedGate, GateConflict, GateEnd, NewGate, Registered};
 pub use group_commit::{BatchObserver, BatchOptions};
 pub use intake::{Handed, Handoff, Intake};
 pub use sqlite_lock::ServingLock;
-pub use step_results::StepResults;
+pub use step_writes::StepWrites;
 pub use tasks::{ClaimedTask, JobInfo, StepResult};
 use urls::prepare_sqlite_url;
 pub use urls::redact_url;

@@ -191,7 +191,7 @@ impl Store {
     /// Stores the results of steps, in ONE transaction (one commit): for each, its calls
     /// and then its task's new state, guarded by its lease. One output per result, in order:
     /// false when the lease was lost (the calls are stored, the task is not touched). The
-    /// worker writes through [`super::StepResults`], which batches concurrent steps' results.
+    /// worker writes through [`super::StepWrites`], which batches concurrent steps' writes.
     pub async fn settle_steps(&self, results: &[StepResult]) -> Result<Vec<bool>, StoreError> {
         let now = self.clock.now_ms();
         self.bounded(async {
@@ -420,7 +420,7 @@ fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTask, StoreError> {
 }
 
 /// One step's result inside the batch's transaction.
-async fn settle_one(
+pub(super) async fn settle_one(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     result: &StepResult,
     now: i64,

@@ -26,7 +26,7 @@ use crate::config::WorkerConfig;
 use crate::domain::ids::{LeaseToken, TaskId};
 use crate::metrics::Metrics;
 use crate::outbound::circleci::CircleCiClient;
-use crate::store::{BatchOptions, ClaimedTask, Handed, Handoff, StepResults, Store, StoreError};
+use crate::store::{BatchOptions, ClaimedTask, Handed, Handoff, StepWrites, Store, StoreError};
 use token_check::TokenCheck;
 
 /// Longest idle wait between looks at the store (covers tasks made by other replicas).
@@ -59,8 +59,9 @@ pub struct ApprovalWorker {
     wake: Arc<Notify>,
     /// Steps in flight, so their leases can be given back if shutdown cuts them off.
     in_flight: std::sync::Mutex<HashMap<TaskId, LeaseToken>>,
-    /// Where step results are stored: concurrent steps share a commit.
-    results: StepResults,
+    /// Where notes of calls and step results are stored: on SQLite, concurrent steps share
+    /// a commit.
+    writes: StepWrites,
     /// Whose CircleCI token this is: an approve of ours shows its user as `approved_by`.
     token: TokenCheck,
     /// Told (all waiters) each time a step's result is stored: lets a caller await a task's
@@ -87,13 +88,13 @@ impl ApprovalWorker {
         token: TokenCheck,
     ) -> Self {
         let observer = metrics.clone();
-        let results = StepResults::start(
+        let writes = StepWrites::start(
             store.clone(),
             BatchOptions::default(),
             Arc::new(move |size, waited| observer.step_batch(size, waited)),
         );
         Self {
-            results,
+            writes,
             default_hold_job,
             clock: store.clock().clone(),
             store,

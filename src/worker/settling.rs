@@ -73,7 +73,7 @@ impl ApprovalWorker {
                 settle: settlement.clone(),
                 successor: self.successor(task),
             };
-            match self.results.settle(result).await {
+            match self.writes.settle(result).await {
                 Ok(kept) => {
                     self.settled.notify_waiters();
                     self.report(task, settlement, kept);

@@ -10,7 +10,7 @@ use crate::domain::task::{Outcome, TaskAction};
 use crate::domain::upstream::{Operation, UpstreamError};
 use crate::domain::workflow::{HoldJobState, WorkflowInfo, WorkflowView};
 use crate::outbound::circleci::CircleCiClient;
-use crate::store::{AttemptId, ClaimedTask, JobInfo, PlannedCall, StoreError};
+use crate::store::{AttemptId, CallNote, ClaimedTask, JobInfo, StoreError};
 
 /// Why a step stopped without a result to store.
 enum Interrupted {
@@ -359,22 +359,16 @@ impl ApprovalWorker {
                 "the store is unavailable before calling CircleCI: {e}"
             )))
         };
-        let planned = PlannedCall {
+        let note = CallNote {
+            task: task.id,
+            lease: lease.token.clone(),
+            lease_for: self.config.task_lease,
+            reads: trail.unsaved(),
             operation,
             method: "POST",
-            endpoint,
+            endpoint: endpoint.to_owned(),
         };
-        match self
-            .store
-            .prepare_call(
-                task.id,
-                &lease.token,
-                self.config.task_lease,
-                &trail.unsaved(),
-                &planned,
-            )
-            .await
-        {
+        match self.writes.prepare_call(note).await {
             Ok(Some(attempt)) => {
                 trail.mark_all_saved();
                 Ok(attempt)

@@ -173,7 +173,7 @@ async fn the_noted_call_is_the_row_its_answer_lands_on_even_beside_a_read_withou
     use sym_circleci_approver::domain::settle::Settlement;
     use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
     use sym_circleci_approver::domain::upstream::{CallRecord, Operation};
-    use sym_circleci_approver::store::{PlannedCall, StepResult};
+    use sym_circleci_approver::store::{CallNote, StepResult};
 
     let (_db, store) = store().await;
     let workflow = Uuid::new_v4();
@@ -210,17 +210,15 @@ async fn the_noted_call_is_the_row_its_answer_lands_on_even_beside_a_read_withou
     ];
     let endpoint = format!("/workflow/{workflow}/approve/job-1");
     let noted = store
-        .prepare_call(
-            task_id,
-            &lease,
-            Duration::from_secs(60),
-            &reads,
-            &PlannedCall {
-                operation: Operation::Approve,
-                method: "POST",
-                endpoint: &endpoint,
-            },
-        )
+        .prepare_call(&CallNote {
+            task: task_id,
+            lease: lease.clone(),
+            lease_for: Duration::from_secs(60),
+            reads: reads.to_vec(),
+            operation: Operation::Approve,
+            method: "POST",
+            endpoint: endpoint.clone(),
+        })
         .await
         .unwrap()
         .expect("the lease is held");
@@ -268,4 +266,149 @@ async fn the_noted_call_is_the_row_its_answer_lands_on_even_beside_a_read_withou
             ("POST", Some(202), None),
         ]
     );
+}
+
+/// The worker's notes and results of concurrent steps share one commit on SQLite (one writer
+/// each on PostgreSQL); each keeps its own lease guard: the step that lost its lease gets
+/// nothing written and is told so, beside a step whose note and result land.
+#[tokio::test]
+async fn steps_sharing_a_commit_keep_their_own_lease_guards() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use sym_circleci_approver::domain::ids::LeaseToken;
+    use sym_circleci_approver::domain::settle::Settlement;
+    use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
+    use sym_circleci_approver::domain::upstream::{CallRecord, Operation};
+    use sym_circleci_approver::store::{BatchOptions, CallNote, StepResult, StepWrites};
+
+    let (_db, store) = store().await;
+    let (w1, w2) = (Uuid::new_v4(), Uuid::new_v4());
+    let stored = store
+        .record_batch(&[
+            delivery("msg_1", "ev-1", "approve", w1),
+            delivery("msg_2", "ev-2", "approve", w2),
+        ])
+        .await
+        .unwrap();
+    let queued: Vec<_> = stored
+        .iter()
+        .map(|r| match r {
+            Recorded::Queued {
+                delivery_id,
+                task_id,
+            } => (*delivery_id, *task_id),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let lease = LeaseToken::new("test");
+    let claimed = store
+        .claim_due_tasks(&lease, Duration::from_secs(60), 2)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&batches);
+    let writes = StepWrites::start(
+        store.clone(),
+        BatchOptions::default(),
+        Arc::new(move |size, _| seen.lock().unwrap().push(size)),
+    );
+    let note = |task, lease: &LeaseToken, workflow: Uuid| CallNote {
+        task,
+        lease: lease.clone(),
+        lease_for: Duration::from_secs(60),
+        reads: vec![CallRecord {
+            started_at: 1_000,
+            operation: Operation::ListJobs,
+            method: "GET",
+            endpoint: format!("/workflow/{workflow}/job"),
+            status: Some(200),
+            duration: Duration::from_millis(3),
+            error: None,
+        }],
+        operation: Operation::Approve,
+        method: "POST",
+        endpoint: format!("/workflow/{workflow}/approve/job-1"),
+    };
+    // The second step's lease went elsewhere: its token no longer names the holder.
+    let stale = LeaseToken::new("lost");
+    let (held, lost) = tokio::join!(
+        writes.prepare_call(note(queued[0].1, &lease, w1)),
+        writes.prepare_call(note(queued[1].1, &stale, w2)),
+    );
+    let noted = held.unwrap().expect("the lease is held");
+    assert_eq!(lost.unwrap(), None, "a lost lease notes nothing");
+
+    let result = |task, delivery, lease: &LeaseToken, completed| StepResult {
+        task,
+        delivery,
+        lease: lease.clone(),
+        calls: Vec::new(),
+        completed,
+        job: Default::default(),
+        settle: Settlement::Finish {
+            status: TaskStatus::Succeeded,
+            outcome: Outcome::Approved,
+            detail: "approved".into(),
+        },
+        successor: None,
+    };
+    let answer = CallRecord {
+        started_at: 1_010,
+        operation: Operation::Approve,
+        method: "POST",
+        endpoint: format!("/workflow/{w1}/approve/job-1"),
+        status: Some(202),
+        duration: Duration::from_millis(4),
+        error: None,
+    };
+    let (kept, refused) = tokio::join!(
+        writes.settle(result(
+            queued[0].1,
+            queued[0].0,
+            &lease,
+            Some((noted, answer))
+        )),
+        writes.settle(result(queued[1].1, queued[1].0, &stale, None)),
+    );
+    assert!(kept.unwrap(), "the held lease takes its result");
+    assert!(!refused.unwrap(), "a lost lease changes no task");
+
+    let trail = |delivery: sym_circleci_approver::domain::ids::DeliveryId| {
+        let store = store.clone();
+        async move {
+            let story = store
+                .audit_get(&delivery.to_string())
+                .await
+                .unwrap()
+                .unwrap();
+            (
+                story.status,
+                story
+                    .attempts
+                    .iter()
+                    .map(|a| (a.method.clone(), a.status))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let (status, calls) = trail(queued[0].0).await;
+    assert_eq!(status, "succeeded");
+    assert_eq!(
+        calls,
+        vec![
+            ("GET".to_owned(), Some(200)),
+            ("POST".to_owned(), Some(202))
+        ]
+    );
+    let (status, calls) = trail(queued[1].0).await;
+    assert_eq!(status, "pending", "untouched");
+    assert!(
+        calls.is_empty(),
+        "nothing written for the lost lease: {calls:?}"
+    );
+    if store.backend() == sym_circleci_approver::store::Backend::Sqlite {
+        // One test thread: both writes of each pair were queued before the writer ran.
+        assert_eq!(*batches.lock().unwrap(), vec![2, 2]);
+    }
 }

@@ -1,0 +1,137 @@
+//! Group commit for the worker's writes on SQLite: the notes of calls about to be made
+//! ([`Store::prepare_call`]) and the results of steps ([`Store::settle_steps`]), of concurrent
+//! steps, share one transaction ([`super::group_commit`]), so one synced commit serves them
+//! all. On PostgreSQL each write commits on its own pooled connection: a write is several
+//! statements (one per CircleCI call), and one writer would serialise their network round
+//! trips (measured: the worker drained 250 approvals/s that way against 423/s without), while
+//! the server already shares WAL flushes among concurrent commits.
+//!
+//! Sharing changes nothing a step relies on: each write keeps its own lease guard, and a step
+//! hears back only after the commit, so a note is durable before its call is made.
+
+use super::attempts::{note_one, AttemptId, CallNote};
+use super::group_commit::{Batch, BatchObserver, BatchOptions, GroupCommit};
+use super::tasks::{settle_one, StepResult};
+use super::{Store, StoreError};
+
+/// One write of a step.
+// Each is moved once, into the writer's queue: boxing the larger would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum StepWrite {
+    Note(CallNote),
+    Settle(StepResult),
+}
+
+impl StepWrite {
+    fn task(&self) -> crate::domain::ids::TaskId {
+        match self {
+            Self::Note(note) => note.task,
+            Self::Settle(result) => result.task,
+        }
+    }
+}
+
+/// What came of it: the noted call (None: the lease was lost, nothing written), or whether
+/// the result was taken (false: the lease was lost).
+enum Written {
+    Noted(Option<AttemptId>),
+    Settled(bool),
+}
+
+struct Steps;
+
+impl Batch for Steps {
+    type Item = StepWrite;
+    type Output = Written;
+
+    async fn write(&self, store: &Store, items: &[StepWrite]) -> Result<Vec<Written>, StoreError> {
+        let now = store.clock.now_ms();
+        let mark = store.backend.param_mark();
+        store
+            .bounded(async {
+                let _turn = store.write_turn().await;
+                let mut tx = store.pool.begin().await?;
+                let mut written = Vec::with_capacity(items.len());
+                for item in items {
+                    written.push(match item {
+                        StepWrite::Note(note) => {
+                            Written::Noted(note_one(&mut tx, note, now, mark).await?)
+                        }
+                        StepWrite::Settle(result) => {
+                            Written::Settled(settle_one(&mut tx, result, now, mark).await?)
+                        }
+                    });
+                }
+                tx.commit().await?;
+                Ok(written)
+            })
+            .await
+    }
+
+    /// By task id: every writer updates task rows in the same order.
+    fn order(a: &StepWrite, b: &StepWrite) -> std::cmp::Ordering {
+        a.task().cmp(&b.task())
+    }
+}
+
+/// The handle the worker's notes and step results are stored through. Cheap to clone.
+#[derive(Clone)]
+pub struct StepWrites(Mode);
+
+#[derive(Clone)]
+enum Mode {
+    /// SQLite: one writer, many writes to a commit.
+    Batched(GroupCommit<Steps>),
+    /// PostgreSQL: each write in its own transaction.
+    Direct(Store),
+}
+
+impl std::fmt::Debug for StepWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepWrites")
+    }
+}
+
+fn mismatch() -> StoreError {
+    StoreError::Invalid("the store's writer answered another kind of write".into())
+}
+
+impl StepWrites {
+    /// Starts the writer task for `store`; it ends when every handle is dropped.
+    pub fn start(store: Store, options: BatchOptions, observe: BatchObserver) -> Self {
+        match store.backend() {
+            super::Backend::Sqlite => Self(Mode::Batched(GroupCommit::start(
+                store, Steps, options, observe,
+            ))),
+            super::Backend::Postgres => Self(Mode::Direct(store)),
+        }
+    }
+
+    /// Notes a call about to be made ([`Store::prepare_call`]); returns once it is committed.
+    /// None when the lease was lost: nothing was written, and the call must not be made.
+    pub async fn prepare_call(&self, note: CallNote) -> Result<Option<AttemptId>, StoreError> {
+        match &self.0 {
+            Mode::Batched(writer) => match writer.write(StepWrite::Note(note)).await? {
+                Written::Noted(id) => Ok(id),
+                Written::Settled(_) => Err(mismatch()),
+            },
+            Mode::Direct(store) => store.prepare_call(&note).await,
+        }
+    }
+
+    /// Stores one step's result; returns once its batch has committed: true when the lease
+    /// was still held (the task took the new state).
+    pub async fn settle(&self, result: StepResult) -> Result<bool, StoreError> {
+        match &self.0 {
+            Mode::Batched(writer) => match writer.write(StepWrite::Settle(result)).await? {
+                Written::Settled(kept) => Ok(kept),
+                Written::Noted(_) => Err(mismatch()),
+            },
+            Mode::Direct(store) => {
+                let mut kept = store.settle_steps(std::slice::from_ref(&result)).await?;
+                kept.pop()
+                    .ok_or_else(|| StoreError::Invalid("a batch of one gave no result".into()))
+            }
+        }
+    }
+}
