@@ -261,7 +261,7 @@ impl Application {
         tokio::spawn(token.run(client, metrics, shutdown.clone()));
         let worker = self
             .background_worker
-            .then(|| tokio::spawn(Arc::clone(&self.worker).run(shutdown.clone())));
+            .then(|| Arc::clone(&self.worker).spawn(shutdown.clone()));
         let reconciler = self
             .reconciler
             .clone()

@@ -114,7 +114,7 @@ impl ApprovalWorker {
         }
     }
 
-    /// Where the intake hands new tasks to this worker. Nothing is handed until [`Self::run`]
+    /// Where the intake hands new tasks to this worker. Nothing is handed until [`Self::spawn`]
     /// opens its slots, nor after it stops, so a worker driven step by step gets none.
     pub fn handoff(&self) -> Handoff {
         Handoff {
@@ -125,11 +125,17 @@ impl ApprovalWorker {
         }
     }
 
-    /// Runs until `shutdown`; pending tasks stay in the store for the next start.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Opens the worker's slots, then runs it on a task of its own until `shutdown`; pending
+    /// tasks stay in the store for the next start. The slots are open when this returns, so
+    /// a delivery that arrives before the task first runs is handed over, not left to a claim.
+    pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        self.slots.add_permits(self.config.concurrency);
+        tokio::spawn(self.run(shutdown))
+    }
+
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tracing::info!(owner = %self.owner, "approval worker started");
         let mut inbox = self.handed.1.lock().await;
-        self.slots.add_permits(self.config.concurrency);
         let mut running = JoinSet::new();
         // Whether to look at the store: not after a hand-off alone (those tasks came leased;
         // anything else stored with them was signalled by a wake).
