@@ -52,17 +52,8 @@ pub(super) async fn insert_calls(
     calls: &[CallRecord],
     mark: char,
 ) -> Result<(), sqlx::Error> {
-    for chunk in calls.chunks(100) {
-        let sql = format!(
-            "{INSERT_ATTEMPTS} {}",
-            super::value_rows(mark, 1, chunk.len(), 8)
-        );
-        let mut insert = sqlx::query(&sql).persistent(chunk.len() <= 2);
-        for call in chunk {
-            insert = bind_call(insert, task, call);
-        }
-        insert.execute(&mut **tx).await?;
-    }
+    let rows: Vec<(TaskId, &CallRecord)> = calls.iter().map(|c| (task, c)).collect();
+    insert_rows(tx, &rows, None, mark).await?;
     Ok(())
 }
 
@@ -215,6 +206,150 @@ pub(super) async fn note_one(
     // things happened.
     let id = insert_reads_and_planned(tx, note.task, now, &note.reads, &call, mark).await?;
     Ok(Some(id))
+}
+
+/// Stores the answers of noted calls, set-based (SQLite): one statement for all of them.
+pub(super) async fn complete_all(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    answers: &[(AttemptId, &CallRecord)],
+) -> Result<(), sqlx::Error> {
+    if answers.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "UPDATE attempts SET status_code = v.column2, duration_ms = v.column3, \
+         error = v.column4 FROM (VALUES {}) AS v WHERE attempts.id = v.column1",
+        super::value_rows('?', 1, answers.len(), 4)
+    );
+    let mut update = sqlx::query(&sql).persistent(answers.len() <= 2);
+    for (attempt, call) in answers {
+        update = update
+            .bind(attempt.0)
+            .bind(call.status.map(i64::from))
+            .bind(duration_ms(call.duration))
+            .bind(call.error.as_deref());
+    }
+    update.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Rows of one set-based insert into `attempts` at most (8 parameters a row).
+const ROWS_PER_INSERT: usize = 100;
+
+/// Inserts `rows` (each a call and its task) in statements of [`ROWS_PER_INSERT`] rows, in
+/// order (ids follow it, so the audit trail keeps the order things happened); with
+/// `returning`, what each statement gave back.
+pub(super) async fn insert_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[(TaskId, &CallRecord)],
+    returning: Option<&str>,
+    mark: char,
+) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+    let mut returned = Vec::new();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "{INSERT_ATTEMPTS} {}{}",
+            super::value_rows(mark, 1, chunk.len(), 8),
+            returning
+                .map(|r| format!(" RETURNING {r}"))
+                .unwrap_or_default()
+        );
+        let mut insert = sqlx::query(&sql).persistent(chunk.len() <= 2);
+        for (task, call) in chunk {
+            insert = bind_call(insert, *task, call);
+        }
+        if returning.is_some() {
+            returned.extend(insert.fetch_all(&mut **tx).await?);
+        } else {
+            insert.execute(&mut **tx).await?;
+        }
+    }
+    Ok(returned)
+}
+
+/// The notes of a SQLite batch, set-based: every lease renewed in ONE statement (each
+/// guarded as in [`note_one`]), then, for the renewed ones only, their reads and notes in
+/// one multi-row insert. One answer per note, in order: None when its lease was lost, and
+/// then nothing of it is written.
+pub(super) async fn note_all(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    notes: &[&CallNote],
+    now: i64,
+) -> Result<Vec<Option<AttemptId>>, StoreError> {
+    if notes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mark = '?';
+    let sql = format!(
+        "UPDATE tasks SET lease_expires_at = v.column3, call_in_flight = 1 \
+         FROM (VALUES {}) AS v \
+         WHERE tasks.id = v.column1 AND tasks.lease_owner = v.column2 \
+         AND tasks.status = 'pending' AND tasks.lease_expires_at > ?{} \
+         RETURNING tasks.id",
+        super::value_rows(mark, 1, notes.len(), 3),
+        notes.len() * 3 + 1
+    );
+    let mut renew = sqlx::query(&sql).persistent(notes.len() <= 2);
+    for note in notes {
+        renew = renew
+            .bind(note.task)
+            .bind(note.lease.as_str())
+            .bind(now.saturating_add(duration_ms(note.lease_for)));
+    }
+    let renewed: Vec<TaskId> = renew
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get("id"))
+        .collect::<Result<_, _>>()?;
+    let held: Vec<&CallNote> = notes
+        .iter()
+        .copied()
+        .filter(|n| renewed.contains(&n.task))
+        .collect();
+    let planned: Vec<CallRecord> = held
+        .iter()
+        .map(|n| CallRecord {
+            started_at: now,
+            operation: n.operation,
+            method: n.method,
+            endpoint: n.endpoint.clone(),
+            status: None,
+            duration: Duration::ZERO,
+            error: Some(IN_FLIGHT.to_owned()),
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for (note, call) in held.iter().zip(&planned) {
+        rows.extend(note.reads.iter().map(|r| (note.task, r)));
+        rows.push((note.task, call));
+    }
+    let returned = insert_rows(tx, &rows, Some("id, task_id, status_code, error"), mark).await?;
+    let mut ids: Vec<(TaskId, AttemptId)> = Vec::with_capacity(held.len());
+    for row in &returned {
+        let status: Option<i64> = row.try_get("status_code")?;
+        let error: Option<String> = row.try_get("error")?;
+        if status.is_none() && error.as_deref() == Some(IN_FLIGHT) {
+            ids.push((row.try_get("task_id")?, AttemptId(row.try_get("id")?)));
+        }
+    }
+    notes
+        .iter()
+        .map(|note| {
+            if !renewed.contains(&note.task) {
+                return Ok(None);
+            }
+            let mut mine = ids.iter().filter(|(task, _)| *task == note.task);
+            match (mine.next(), mine.count()) {
+                (Some((_, id)), 0) => Ok(Some(*id)),
+                (first, more) => Err(StoreError::Invalid(format!(
+                    "{} rows came back as the noted call of one task, not one",
+                    usize::from(first.is_some()) + more
+                ))),
+            }
+        })
+        .collect()
 }
 
 impl Store {

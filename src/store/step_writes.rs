@@ -9,9 +9,9 @@
 //! Sharing changes nothing a step relies on: each write keeps its own lease guard, and a step
 //! hears back only after the commit, so a note is durable before its call is made.
 
-use super::attempts::{note_one, AttemptId, CallNote};
+use super::attempts::{note_all, AttemptId, CallNote};
 use super::group_commit::{Batch, BatchObserver, BatchOptions, GroupCommit};
-use super::tasks::{settle_one, StepResult};
+use super::tasks::{settle_all, StepResult};
 use super::{Store, StoreError};
 
 /// One write of a step.
@@ -44,28 +44,46 @@ impl Batch for Steps {
     type Item = StepWrite;
     type Output = Written;
 
+    /// Set-based (this writer runs on SQLite only): every note's lease renewed in one
+    /// statement and their rows in one insert, then every result's answers, calls and task
+    /// in one statement each, so a batch costs about the round trips of one write.
     async fn write(&self, store: &Store, items: &[StepWrite]) -> Result<Vec<Written>, StoreError> {
         let now = store.clock.now_ms();
-        let mark = store.backend.param_mark();
-        store
+        let notes: Vec<&CallNote> = items
+            .iter()
+            .filter_map(|i| match i {
+                StepWrite::Note(note) => Some(note),
+                StepWrite::Settle(_) => None,
+            })
+            .collect();
+        let results: Vec<&StepResult> = items
+            .iter()
+            .filter_map(|i| match i {
+                StepWrite::Settle(result) => Some(result),
+                StepWrite::Note(_) => None,
+            })
+            .collect();
+        let (noted, settled) = store
             .bounded(async {
                 let _turn = store.write_turn().await;
                 let mut tx = store.pool.begin().await?;
-                let mut written = Vec::with_capacity(items.len());
-                for item in items {
-                    written.push(match item {
-                        StepWrite::Note(note) => {
-                            Written::Noted(note_one(&mut tx, note, now, mark).await?)
-                        }
-                        StepWrite::Settle(result) => {
-                            Written::Settled(settle_one(&mut tx, result, now, mark).await?)
-                        }
-                    });
-                }
+                let noted = note_all(&mut tx, &notes, now).await?;
+                let settled = settle_all(&mut tx, &results, now).await?;
                 tx.commit().await?;
-                Ok(written)
+                Ok((noted, settled))
             })
-            .await
+            .await?;
+        let (mut noted, mut settled) = (noted.into_iter(), settled.into_iter());
+        items
+            .iter()
+            .map(|item| {
+                match item {
+                    StepWrite::Note(_) => noted.next().map(Written::Noted),
+                    StepWrite::Settle(_) => settled.next().map(Written::Settled),
+                }
+                .ok_or_else(|| StoreError::Invalid("a batch gave fewer answers than writes".into()))
+            })
+            .collect()
     }
 
     /// By task id: every writer updates task rows in the same order.

@@ -282,11 +282,12 @@ async fn steps_sharing_a_commit_keep_their_own_lease_guards() {
     use sym_circleci_approver::store::{BatchOptions, CallNote, StepResult, StepWrites};
 
     let (_db, store) = store().await;
-    let (w1, w2) = (Uuid::new_v4(), Uuid::new_v4());
+    let (w1, w2, w3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let stored = store
         .record_batch(&[
             delivery("msg_1", "ev-1", "approve", w1),
             delivery("msg_2", "ev-2", "approve", w2),
+            delivery("msg_3", "ev-3", "approve", w3),
         ])
         .await
         .unwrap();
@@ -302,10 +303,10 @@ async fn steps_sharing_a_commit_keep_their_own_lease_guards() {
         .collect();
     let lease = LeaseToken::new("test");
     let claimed = store
-        .claim_due_tasks(&lease, Duration::from_secs(60), 2)
+        .claim_due_tasks(&lease, Duration::from_secs(60), 3)
         .await
         .unwrap();
-    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed.len(), 3);
     let batches = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&batches);
     let writes = StepWrites::start(
@@ -394,6 +395,11 @@ async fn steps_sharing_a_commit_keep_their_own_lease_guards() {
     };
     let (status, calls) = trail(queued[0].0).await;
     assert_eq!(status, "succeeded");
+    let state = store.task_state(queued[0].1).await.unwrap().unwrap();
+    assert_eq!(
+        (state.attempts, state.outcome),
+        (1, Some(Outcome::Approved))
+    );
     assert_eq!(
         calls,
         vec![
