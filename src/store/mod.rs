@@ -461,16 +461,19 @@ impl Store {
         self.sqlite_file.as_deref()
     }
 
-    /// SQLite: copies what the WAL holds into the database file (a passive checkpoint: it
-    /// never waits for or blocks a writer), so the WAL can start over, on the unsynced
-    /// connection, so that deliveries and reads never wait for it. The serving process calls
-    /// this every [`CHECKPOINT_EVERY`] instead of letting a commit do it; PostgreSQL: nothing
-    /// to do.
+    /// SQLite: copies what the WAL holds into the database file (a passive checkpoint), so
+    /// the WAL can start over, on the unsynced connection, so that reads never wait for it.
+    /// It takes the process's write turn: a checkpoint that runs beside a writer never
+    /// catches up with it, and under a steady load the WAL then never starts over and grows
+    /// for as long as the load lasts (measured: 90-220 MB over a quick bench run, against
+    /// 25 MB with the turn). The serving process calls this every [`CHECKPOINT_EVERY`]
+    /// instead of letting a commit do it; PostgreSQL: nothing to do.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         if self.backend != Backend::Sqlite {
             return Ok(());
         }
         self.bounded(async {
+            let _turn = self.write_turn().await;
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                 .execute(self.unsynced())
                 .await?;
