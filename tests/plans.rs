@@ -158,3 +158,68 @@ async fn postgres_can_serve_every_task_query_from_an_index() {
         .await
         .unwrap();
 }
+
+/// The worker's set-based batch (SQLite only, `store/attempts.rs` `note_all`, `complete_all`,
+/// `store/tasks.rs` `settle_all`): each `UPDATE … FROM (VALUES …)` walks its few rows of
+/// values and finds each task or attempt by its key; none scans the table.
+#[tokio::test]
+async fn sqlite_finds_each_row_of_the_workers_batch_by_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("plans.db").display()
+    );
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    sqlx::migrate!("migrations/sqlite")
+        .run(&pool)
+        .await
+        .unwrap();
+    let batch: &[(&str, &str)] = &[
+        (
+            "the notes' lease renewals",
+            "UPDATE tasks SET lease_expires_at = v.column3, call_in_flight = 1 \
+             FROM (VALUES ('a', 'l', 9), ('b', 'l', 9)) AS v \
+             WHERE tasks.id = v.column1 AND tasks.lease_owner = v.column2 \
+             AND tasks.status = 'pending' AND tasks.lease_expires_at > 5 RETURNING tasks.id",
+        ),
+        (
+            "the answers of noted calls",
+            "UPDATE attempts SET status_code = v.column2, duration_ms = v.column3, \
+             error = v.column4 FROM (VALUES (1, 202, 3, NULL), (2, 500, 3, 'x')) AS v \
+             WHERE attempts.id = v.column1",
+        ),
+        (
+            "the tasks' new states",
+            "UPDATE tasks SET status = v.column3, outcome = COALESCE(v.column4, outcome), \
+             lease_owner = NULL FROM (VALUES ('a', 'l', 'succeeded', 'approved'), \
+             ('b', 'l', 'pending', NULL)) AS v \
+             WHERE tasks.id = v.column1 AND tasks.lease_owner = v.column2 \
+             AND tasks.status = 'pending' RETURNING tasks.id",
+        ),
+    ];
+    for (what, sql) in batch {
+        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+        let text = plan.join("\n");
+        assert!(
+            !plan
+                .iter()
+                .any(|s| s.starts_with("SCAN tasks") || s.starts_with("SCAN attempts")),
+            "{what}: scans the table:\n{text}"
+        );
+        assert!(
+            plan.iter().any(
+                |s| s.starts_with("SEARCH tasks USING INDEX sqlite_autoindex_tasks")
+                    || s.starts_with("SEARCH attempts USING INTEGER PRIMARY KEY")
+            ),
+            "{what}: does not find its rows by key:\n{text}"
+        );
+    }
+}

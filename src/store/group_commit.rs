@@ -60,6 +60,12 @@ pub(super) trait Batch: Send + Sync + 'static {
     fn order(_a: &Self::Item, _b: &Self::Item) -> std::cmp::Ordering {
         std::cmp::Ordering::Equal
     }
+
+    /// Whether an item of a failed batch is written again on its own; if not, its writer is
+    /// told the batch's error.
+    fn retry_alone(_item: &Self::Item) -> bool {
+        true
+    }
 }
 
 struct Pending<B: Batch> {
@@ -176,15 +182,16 @@ async fn write_batches<B: Batch>(
                     let _ = reply.send(Ok(result));
                 }
             }
-            Err(e) if items.len() > 1 => {
+            Err(e) => {
                 tracing::debug!(error = %e, writes = items.len(), "batch failed; writing one by one");
                 for (item, reply) in items.iter().zip(replies) {
-                    let _ = reply.send(write_alone(&writer, &store, item).await);
-                }
-            }
-            Err(_) => {
-                let result = write_alone(&writer, &store, &items[0]).await;
-                if let Some(reply) = replies.into_iter().next() {
+                    let result = if B::retry_alone(item) {
+                        write_alone(&writer, &store, item).await
+                    } else {
+                        Err(StoreError::Invalid(format!(
+                            "the write's batch was not stored: {e}"
+                        )))
+                    };
                     let _ = reply.send(result);
                 }
             }

@@ -9,10 +9,11 @@
 //! Sharing changes nothing a step relies on: each write keeps its own lease guard, and a step
 //! hears back only after the commit, so a note is durable before its call is made.
 
-use super::attempts::{note_all, AttemptId, CallNote};
+use super::attempts::{note_all, note_one, AttemptId, CallNote};
 use super::group_commit::{Batch, BatchObserver, BatchOptions, GroupCommit};
-use super::tasks::{settle_all, StepResult};
+use super::tasks::{settle_all, settle_one, StepResult};
 use super::{Store, StoreError};
+use crate::domain::ids::TaskId;
 
 /// One write of a step.
 // Each is moved once, into the writer's queue: boxing the larger would only add an allocation.
@@ -23,7 +24,7 @@ enum StepWrite {
 }
 
 impl StepWrite {
-    fn task(&self) -> crate::domain::ids::TaskId {
+    fn task(&self) -> TaskId {
         match self {
             Self::Note(note) => note.task,
             Self::Settle(result) => result.task,
@@ -63,6 +64,34 @@ impl Batch for Steps {
                 StepWrite::Note(_) => None,
             })
             .collect();
+        // Two writes of one task (a step whose lease ran out, still storing its result,
+        // beside the step that took the task again) are told apart by their lease tokens,
+        // which a set-based statement does not give back: such a batch is written write by
+        // write, each under its own guard.
+        let mut tasks: Vec<TaskId> = items.iter().map(StepWrite::task).collect();
+        tasks.sort();
+        tasks.dedup();
+        if tasks.len() < items.len() {
+            return store
+                .bounded(async {
+                    let _turn = store.write_turn().await;
+                    let mut tx = store.pool.begin().await?;
+                    let mut written = Vec::with_capacity(items.len());
+                    for item in items {
+                        written.push(match item {
+                            StepWrite::Note(note) => {
+                                Written::Noted(note_one(&mut tx, note, now, '?').await?)
+                            }
+                            StepWrite::Settle(result) => {
+                                Written::Settled(settle_one(&mut tx, result, now, '?').await?)
+                            }
+                        });
+                    }
+                    tx.commit().await?;
+                    Ok(written)
+                })
+                .await;
+        }
         let (noted, settled) = store
             .bounded(async {
                 let _turn = store.write_turn().await;
@@ -89,6 +118,14 @@ impl Batch for Steps {
     /// By task id: every writer updates task rows in the same order.
     fn order(a: &StepWrite, b: &StepWrite) -> std::cmp::Ordering {
         a.task().cmp(&b.task())
+    }
+
+    /// Not a note: a batch that failed by timing out may still have committed, and a note
+    /// written again would leave the first one without an answer, as a call that may have
+    /// landed. The step is told the store failed and makes no call (it tries again later,
+    /// reading first). A result written again is refused by its own lease guard.
+    fn retry_alone(item: &StepWrite) -> bool {
+        matches!(item, StepWrite::Settle(_))
     }
 }
 

@@ -420,7 +420,7 @@ fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTask, StoreError> {
 }
 
 /// One step's result inside the batch's transaction.
-async fn settle_one(
+pub(super) async fn settle_one(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     result: &StepResult,
     now: i64,

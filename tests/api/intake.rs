@@ -418,3 +418,151 @@ async fn steps_sharing_a_commit_keep_their_own_lease_guards() {
         assert_eq!(*batches.lock().unwrap(), vec![2, 2]);
     }
 }
+
+/// A step whose lease ran out can still be storing its writes when the task was claimed
+/// again: in one shared batch, each write is taken or refused by its own lease, never by
+/// its task alone. A lease that ran out refuses a note even to its holder.
+#[tokio::test]
+async fn a_stale_steps_writes_beside_the_current_ones_for_the_same_task_are_refused() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use sym_circleci_approver::domain::ids::LeaseToken;
+    use sym_circleci_approver::domain::settle::Settlement;
+    use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
+    use sym_circleci_approver::domain::upstream::{CallRecord, Operation};
+    use sym_circleci_approver::store::{BatchOptions, CallNote, StepResult, StepWrites};
+
+    let (_db, store) = store().await;
+    let (w1, w2) = (Uuid::new_v4(), Uuid::new_v4());
+    let stored = store
+        .record_batch(&[
+            delivery("msg_1", "ev-1", "approve", w1),
+            delivery("msg_2", "ev-2", "approve", w2),
+        ])
+        .await
+        .unwrap();
+    let delivery_of = |task| {
+        stored
+            .iter()
+            .find_map(|r| match r {
+                Recorded::Queued {
+                    delivery_id,
+                    task_id,
+                } if *task_id == task => Some(*delivery_id),
+                _ => None,
+            })
+            .unwrap()
+    };
+    // Both leased by a step whose lease runs out at once.
+    let stale = LeaseToken::new("stale");
+    let first = store
+        .claim_due_tasks(&stale, Duration::ZERO, 2)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2);
+    // One of them is taken again, once the clock has moved past the lease.
+    let current = LeaseToken::new("current");
+    let mut retaken = Vec::new();
+    for _ in 0..200 {
+        retaken = store
+            .claim_due_tasks(&current, Duration::from_secs(60), 1)
+            .await
+            .unwrap();
+        if !retaken.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let taken = retaken
+        .first()
+        .expect("an expired lease is claimed again")
+        .id;
+    let expired = first.iter().map(|t| t.id).find(|id| *id != taken).unwrap();
+
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&batches);
+    let writes = StepWrites::start(
+        store.clone(),
+        BatchOptions::default(),
+        Arc::new(move |size, _| seen.lock().unwrap().push(size)),
+    );
+    let note = |task, lease: &LeaseToken| CallNote {
+        task,
+        lease: lease.clone(),
+        lease_for: Duration::from_secs(60),
+        reads: Vec::new(),
+        operation: Operation::Approve,
+        method: "POST",
+        endpoint: format!("/workflow/{task}/approve/job-1"),
+    };
+    let (old, new, ran_out) = tokio::join!(
+        writes.prepare_call(note(taken, &stale)),
+        writes.prepare_call(note(taken, &current)),
+        writes.prepare_call(note(expired, &stale)),
+    );
+    assert_eq!(old.unwrap(), None, "the stale step notes nothing");
+    let noted = new.unwrap().expect("the current lease notes its call");
+    assert_eq!(ran_out.unwrap(), None, "a lease that ran out notes nothing");
+
+    let result = |lease: &LeaseToken, completed| StepResult {
+        task: taken,
+        delivery: delivery_of(taken),
+        lease: lease.clone(),
+        calls: Vec::new(),
+        completed,
+        job: Default::default(),
+        settle: Settlement::Finish {
+            status: TaskStatus::Failed,
+            outcome: Outcome::HoldJobFailed,
+            detail: "the stale step's view".into(),
+        },
+        successor: None,
+    };
+    let mut current_result = result(
+        &current,
+        Some((
+            noted,
+            CallRecord {
+                started_at: 1_000,
+                operation: Operation::Approve,
+                method: "POST",
+                endpoint: format!("/workflow/{taken}/approve/job-1"),
+                status: Some(202),
+                duration: Duration::from_millis(4),
+                error: None,
+            },
+        )),
+    );
+    current_result.settle = Settlement::Finish {
+        status: TaskStatus::Succeeded,
+        outcome: Outcome::Approved,
+        detail: "approved".into(),
+    };
+    let (old, new) = tokio::join!(
+        writes.settle(result(&stale, None)),
+        writes.settle(current_result),
+    );
+    assert!(!old.unwrap(), "the stale step's result is refused");
+    assert!(new.unwrap(), "the current step's result is taken");
+
+    let state = store.task_state(taken).await.unwrap().unwrap();
+    assert_eq!(
+        (state.status, state.outcome, state.attempts),
+        (TaskStatus::Succeeded, Some(Outcome::Approved), 1)
+    );
+    let story = store
+        .audit_get(&delivery_of(taken).to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    let calls: Vec<_> = story.attempts.iter().map(|a| a.status).collect();
+    assert_eq!(calls, vec![Some(202)], "one note, with its answer");
+    let untouched = store.task_state(expired).await.unwrap().unwrap();
+    assert_eq!(
+        (untouched.status, untouched.attempts),
+        (TaskStatus::Pending, 0)
+    );
+    if store.backend() == sym_circleci_approver::store::Backend::Sqlite {
+        assert_eq!(*batches.lock().unwrap(), vec![3, 2]);
+    }
+}
