@@ -566,3 +566,25 @@ async fn a_stale_steps_writes_beside_the_current_ones_for_the_same_task_are_refu
         assert_eq!(*batches.lock().unwrap(), vec![3, 2]);
     }
 }
+
+#[tokio::test]
+async fn a_checkpoint_runs_only_when_something_was_written_since_the_last_one() {
+    use sym_circleci_approver::store::{Backend, Checkpoint};
+    let (_db, store) = store().await;
+    if store.backend() == Backend::Postgres {
+        assert_eq!(store.checkpoint().await.unwrap(), Checkpoint::NotNeeded);
+        return;
+    }
+    // The first one always runs: a WAL may be left from the process before.
+    assert_eq!(store.checkpoint().await.unwrap(), Checkpoint::Complete);
+    // An idle service: no statement at all.
+    assert_eq!(store.checkpoint().await.unwrap(), Checkpoint::Skipped);
+    assert_eq!(store.checkpoint().await.unwrap(), Checkpoint::Skipped);
+    // A write: the next checkpoint copies it into the database file, then rests again.
+    store
+        .record_batch(&[delivery("msg_c", "ev-c", "approve", Uuid::new_v4())])
+        .await
+        .unwrap();
+    assert_eq!(store.checkpoint().await.unwrap(), Checkpoint::Complete);
+    assert_eq!(store.checkpoint().await.unwrap(), Checkpoint::Skipped);
+}
