@@ -161,11 +161,12 @@ async fn postgres_can_serve_every_task_query_from_an_index() {
         .unwrap();
 }
 
-/// The claim's one-lease-per-workflow check on PostgreSQL, with a backlog the planner has no
-/// statistics about (a new database, or a burst before autovacuum analyses it): each
-/// candidate's workflow is looked up in `tasks_pending_by_workflow`, not every pending task
-/// scanned for each candidate (measured in a bench run before the index: 4.3 ms a claim with
-/// 1,374 tasks pending, migrations/postgres/20261204000009_pending_by_workflow.sql).
+/// The claim's one-lease-per-workflow check on PostgreSQL, planned with its values on a
+/// backlog the planner has no statistics about (a new database, or a burst before autovacuum
+/// analyses it): each candidate's workflow is looked up in `tasks_pending_by_workflow`, not
+/// every pending task scanned for each candidate (measured in a bench run before the index:
+/// 4.3 ms a claim with 1,374 tasks pending, migrations/postgres/20261204000009_pending_by_workflow.sql).
+/// A prepared statement's generic plan can still differ (docs/writes.md, "Indexes").
 #[tokio::test]
 async fn postgres_checks_a_claims_workflows_by_lookup_without_statistics() {
     let Some(admin) = approver_test_support::postgres::admin_url_or_skip() else {

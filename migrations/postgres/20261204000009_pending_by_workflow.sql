@@ -1,4 +1,4 @@
--- The claim's one-lease-per-workflow check, by workflow on PostgreSQL whatever the statistics.
+-- The claim's one-lease-per-workflow check, by workflow on PostgreSQL.
 --
 -- The check (`NOT EXISTS (… o.workflow_id = t.workflow_id AND o.status = 'pending' AND
 -- o.lease_expires_at >= now)`) can be read from tasks_by_workflow's prefix, but PostgreSQL's
@@ -8,9 +8,10 @@
 -- bench run (auto_explain): 4.3 ms and 960 buffers per claim with 1,374 tasks pending, half of
 -- PostgreSQL's time in the run (docs/benchmark.md, round 8).
 --
--- This index matches both the predicate and the join key, so the check is an index lookup per
--- candidate on any statistics. It holds pending tasks only and names no lease column, so a
--- lease renewal stays a heap-only (HOT) update as before; a new task adds one entry. SQLite's
--- planner already reads tasks_by_workflow for the check (tests/plans.rs), so SQLite has no
--- such index.
+-- This index matches both the predicate and the join key, so a plan made with the claim's
+-- values looks each candidate's workflow up (a prepared statement's generic plan, made with
+-- no statistics, may still not: docs/writes.md, "Indexes"). It holds pending tasks only and
+-- names no lease column, so a lease renewal stays a heap-only (HOT) update as before; a new
+-- task adds one entry. SQLite's planner already reads tasks_by_workflow for the check
+-- (tests/plans.rs), so SQLite has no such index.
 CREATE INDEX tasks_pending_by_workflow ON tasks (workflow_id) WHERE status = 'pending';
