@@ -106,6 +106,48 @@ async fn sqlite_searches_an_index_for_every_task_query() {
     }
 }
 
+/// A database of its own on the test server, with the PostgreSQL migrations applied.
+struct MigratedPostgres {
+    admin: sqlx::PgPool,
+    name: String,
+    pool: sqlx::PgPool,
+}
+
+impl MigratedPostgres {
+    async fn new(admin_url: &str) -> Self {
+        let admin = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(admin_url)
+            .await
+            .unwrap();
+        let name = format!("plans_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(admin_url).unwrap();
+        url.set_path(&name);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(url.as_str())
+            .await
+            .unwrap();
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .unwrap();
+        Self { admin, name, pool }
+    }
+
+    async fn drop(self) {
+        self.pool.close().await;
+        sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+            .execute(&self.admin)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn postgres_can_serve_every_task_query_from_an_index() {
     // Without a server: a SKIPPED line past the capture (a failure with
@@ -113,27 +155,8 @@ async fn postgres_can_serve_every_task_query_from_an_index() {
     let Some(admin) = approver_test_support::postgres::admin_url_or_skip() else {
         return;
     };
-    let admin_pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin)
-        .await
-        .unwrap();
-    let name = format!("plans_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&admin).unwrap();
-    url.set_path(&name);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(url.as_str())
-        .await
-        .unwrap();
-    sqlx::migrate!("migrations/postgres")
-        .run(&pool)
-        .await
-        .unwrap();
+    let db = MigratedPostgres::new(&admin).await;
+    let pool = db.pool.clone();
     sqlx::query("SET enable_seqscan = off")
         .execute(&pool)
         .await
@@ -154,11 +177,7 @@ async fn postgres_can_serve_every_task_query_from_an_index() {
             "{what}: uses none of the task indexes:\n{text}"
         );
     }
-    pool.close().await;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
+    db.drop().await;
 }
 
 /// The claim's one-lease-per-workflow check on PostgreSQL, planned with its values on a
@@ -172,27 +191,8 @@ async fn postgres_checks_a_claims_workflows_by_lookup_without_statistics() {
     let Some(admin) = approver_test_support::postgres::admin_url_or_skip() else {
         return;
     };
-    let admin_pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin)
-        .await
-        .unwrap();
-    let name = format!("plans_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&admin).unwrap();
-    url.set_path(&name);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(url.as_str())
-        .await
-        .unwrap();
-    sqlx::migrate!("migrations/postgres")
-        .run(&pool)
-        .await
-        .unwrap();
+    let db = MigratedPostgres::new(&admin).await;
+    let pool = db.pool.clone();
     // 3,000 pending tasks, the 64 due first leased (a busy worker); no ANALYZE.
     sqlx::query(
         "INSERT INTO deliveries (id, webhook_id, sym_event_id, event_type, workflow_id, \
@@ -230,15 +230,11 @@ async fn postgres_checks_a_claims_workflows_by_lookup_without_statistics() {
         )) && text.contains("Index Cond: (workflow_id = t.workflow_id)"),
         "the claim's check is not a lookup by workflow:\n{text}"
     );
-    pool.close().await;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&admin_pool)
-        .await
-        .unwrap();
+    db.drop().await;
 }
 
 /// The worker's set-based batch (SQLite only, `store/attempts.rs` `note_all`, `complete_all`,
-/// `store/tasks.rs` `settle_all`): each `UPDATE … FROM (VALUES …)` walks its few rows of
+/// `store/settle.rs` `settle_all`): each `UPDATE … FROM (VALUES …)` walks its few rows of
 /// values and finds each task or attempt by its key; none scans the table.
 #[tokio::test]
 async fn sqlite_finds_each_row_of_the_workers_batch_by_its_key() {

@@ -418,7 +418,7 @@ async fn duplicate_in(
 /// A delivery whose hold job already has a live approval (another Sym event, the reconciler):
 /// kept, attached to that approval's task. A pending task's deadline is extended to this
 /// approval's (a later approval buys the release more time); if that task then fails, the
-/// newest attached approval gets a task of its own (`tasks::promote_attached`). The sender is
+/// newest attached approval gets a task of its own (`settle::promote_attached`). The sender is
 /// told about the live task's delivery, as for a duplicate.
 async fn attach_in(
     tx: &mut Tx<'_>,

@@ -11,7 +11,8 @@
 
 use super::attempts::{note_all, note_one, AttemptId, CallNote};
 use super::group_commit::{Batch, BatchObserver, BatchOptions, GroupCommit};
-use super::tasks::{settle_all, settle_one, StepResult};
+use super::settle::{settle_all, settle_one};
+use super::tasks::StepResult;
 use super::{Store, StoreError};
 use crate::domain::ids::TaskId;
 

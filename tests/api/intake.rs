@@ -35,6 +35,25 @@ async fn store() -> (TestDatabase, Store) {
     (db, store)
 }
 
+/// The worker's step writes on `store`, and the size of each batch they commit.
+fn step_writes_recording_batches(
+    store: &Store,
+) -> (
+    sym_circleci_approver::store::StepWrites,
+    std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+) {
+    use std::sync::{Arc, Mutex};
+    use sym_circleci_approver::store::{BatchOptions, StepWrites};
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&batches);
+    let writes = StepWrites::start(
+        store.clone(),
+        BatchOptions::default(),
+        Arc::new(move |size, _| seen.lock().unwrap().push(size)),
+    );
+    (writes, batches)
+}
+
 #[tokio::test]
 async fn one_batch_stores_new_ones_attaches_other_approvals_and_counts_repeats_on_their_originals()
 {
@@ -273,13 +292,12 @@ async fn the_noted_call_is_the_row_its_answer_lands_on_even_beside_a_read_withou
 /// nothing written and is told so, beside a step whose note and result land.
 #[tokio::test]
 async fn steps_sharing_a_commit_keep_their_own_lease_guards() {
-    use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use sym_circleci_approver::domain::ids::LeaseToken;
     use sym_circleci_approver::domain::settle::Settlement;
     use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
     use sym_circleci_approver::domain::upstream::{CallRecord, Operation};
-    use sym_circleci_approver::store::{BatchOptions, CallNote, StepResult, StepWrites};
+    use sym_circleci_approver::store::{CallNote, StepResult};
 
     let (_db, store) = store().await;
     let (w1, w2, w3) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
@@ -307,13 +325,7 @@ async fn steps_sharing_a_commit_keep_their_own_lease_guards() {
         .await
         .unwrap();
     assert_eq!(claimed.len(), 3);
-    let batches = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&batches);
-    let writes = StepWrites::start(
-        store.clone(),
-        BatchOptions::default(),
-        Arc::new(move |size, _| seen.lock().unwrap().push(size)),
-    );
+    let (writes, batches) = step_writes_recording_batches(&store);
     let note = |task, lease: &LeaseToken, workflow: Uuid| CallNote {
         task,
         lease: lease.clone(),
@@ -424,13 +436,12 @@ async fn steps_sharing_a_commit_keep_their_own_lease_guards() {
 /// its task alone. A lease that ran out refuses a note even to its holder.
 #[tokio::test]
 async fn a_stale_steps_writes_beside_the_current_ones_for_the_same_task_are_refused() {
-    use std::sync::{Arc, Mutex};
     use std::time::Duration;
     use sym_circleci_approver::domain::ids::LeaseToken;
     use sym_circleci_approver::domain::settle::Settlement;
     use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
     use sym_circleci_approver::domain::upstream::{CallRecord, Operation};
-    use sym_circleci_approver::store::{BatchOptions, CallNote, StepResult, StepWrites};
+    use sym_circleci_approver::store::{CallNote, StepResult};
 
     let (_db, store) = store().await;
     let (w1, w2) = (Uuid::new_v4(), Uuid::new_v4());
@@ -479,13 +490,7 @@ async fn a_stale_steps_writes_beside_the_current_ones_for_the_same_task_are_refu
         .id;
     let expired = first.iter().map(|t| t.id).find(|id| *id != taken).unwrap();
 
-    let batches = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&batches);
-    let writes = StepWrites::start(
-        store.clone(),
-        BatchOptions::default(),
-        Arc::new(move |size, _| seen.lock().unwrap().push(size)),
-    );
+    let (writes, batches) = step_writes_recording_batches(&store);
     let note = |task, lease: &LeaseToken| CallNote {
         task,
         lease: lease.clone(),
