@@ -6,13 +6,34 @@ use sqlx::{Acquire as _, Row};
 
 use super::attempts::{complete_all, complete_call, insert_calls, insert_rows, AttemptId};
 use super::tasks::{insert_task, StepResult};
-use super::{is_unique_violation, StoreError};
+use super::{is_unique_violation, Store, StoreError};
 use crate::domain::gate::ApprovalPath;
 use crate::domain::ids::{DeliveryId, TaskId};
 use crate::domain::retry::RetryKind;
 use crate::domain::settle::Settlement;
 use crate::domain::task::{DeliveryStatus, NewTask, Outcome, TaskStatus};
 use crate::domain::upstream::CallRecord;
+
+impl Store {
+    /// Stores the results of steps, in ONE transaction (one commit): for each, its calls
+    /// and then its task's new state, guarded by its lease. One output per result, in order:
+    /// false when the lease was lost (the calls are stored, the task is not touched). The
+    /// worker writes through [`super::StepWrites`], which batches concurrent steps' writes.
+    pub async fn settle_steps(&self, results: &[StepResult]) -> Result<Vec<bool>, StoreError> {
+        let now = self.clock.now_ms();
+        self.bounded(async {
+            let _turn = self.write_turn().await;
+            let mut tx = self.pool.begin().await?;
+            let mut kept = Vec::with_capacity(results.len());
+            for result in results {
+                kept.push(settle_one(&mut tx, result, now, self.backend.param_mark()).await?);
+            }
+            tx.commit().await?;
+            Ok(kept)
+        })
+        .await
+    }
+}
 
 /// One step's result inside the batch's transaction.
 pub(super) async fn settle_one(

@@ -20,7 +20,6 @@ use crate::domain::task::{NewTask, Outcome, TaskAction, TaskState, TaskStatus};
 use crate::domain::upstream::CallRecord;
 
 use super::attempts::AttemptId;
-use super::settle::settle_one;
 
 /// Key of the PostgreSQL advisory lock that serialises task claims across replicas.
 const CLAIM_LOCK_KEY: i64 = 0x5379_6d43_6c61_696d; // "SymClaim"
@@ -183,25 +182,6 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
             Ok(due)
-        })
-        .await
-    }
-
-    /// Stores the results of steps, in ONE transaction (one commit): for each, its calls
-    /// and then its task's new state, guarded by its lease. One output per result, in order:
-    /// false when the lease was lost (the calls are stored, the task is not touched). The
-    /// worker writes through [`super::StepWrites`], which batches concurrent steps' writes.
-    pub async fn settle_steps(&self, results: &[StepResult]) -> Result<Vec<bool>, StoreError> {
-        let now = self.clock.now_ms();
-        self.bounded(async {
-            let _turn = self.write_turn().await;
-            let mut tx = self.pool.begin().await?;
-            let mut kept = Vec::with_capacity(results.len());
-            for result in results {
-                kept.push(settle_one(&mut tx, result, now, self.backend.param_mark()).await?);
-            }
-            tx.commit().await?;
-            Ok(kept)
         })
         .await
     }
