@@ -361,8 +361,8 @@ impl Store {
     pub async fn prepare_call(&self, note: &CallNote) -> Result<Option<AttemptId>, StoreError> {
         let now = self.clock.now_ms();
         self.bounded(async {
-            let _turn = self.write_turn().await;
-            let mut tx = self.pool.begin().await?;
+            let mut writer = self.writer().await?;
+            let mut tx = writer.begin().await?;
             let id = note_one(&mut tx, note, now, self.backend.param_mark()).await?;
             tx.commit().await?;
             Ok(id)
@@ -381,13 +381,13 @@ impl Store {
     ) -> Result<AttemptId, StoreError> {
         let started_at = self.clock.now_ms();
         self.bounded(async {
-            let _turn = self.write_turn().await;
+            let mut writer = self.writer().await?;
             let planned = PlannedCall {
                 operation,
                 method,
                 endpoint,
             };
-            Ok(insert_planned(&self.pool, task, started_at, &planned).await?)
+            Ok(insert_planned(&mut *writer, task, started_at, &planned).await?)
         })
         .await
     }
@@ -408,7 +408,7 @@ impl Store {
             )
             .bind(task)
             .bind(operation.as_str())
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.reader().await?)
             .await?;
             Ok(n > 0)
         })

@@ -222,7 +222,7 @@ impl Store {
                 .bind(cursor.map(|c| c.received_ms))
                 .bind(cursor.map(|c| c.id.clone()).unwrap_or_default())
                 .bind(i64::from(limit) + 1)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.reader().await?)
                 .await?;
             let mut items = rows
                 .iter()
@@ -258,7 +258,7 @@ impl Store {
              AND (d.id = $1 OR t.id = $1)"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.reader().await?)
         .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -281,7 +281,7 @@ impl Store {
              (SELECT COUNT(*) FROM deliveries WHERE outcome = 'duplicate' AND duplicate_of = $1)",
         )
         .bind(&delivery_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.reader().await?)
         .await?;
         let attempts = match &task_id {
             Some(task_id) => sqlx::query(
@@ -289,7 +289,7 @@ impl Store {
                  FROM attempts WHERE task_id = $1 ORDER BY started_at, id",
             )
             .bind(task_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await?
             .iter()
             .map(|a| {
@@ -369,14 +369,13 @@ impl Store {
     /// those whose task is still pending. Returns how many deliveries went.
     pub async fn prune(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
         self.bounded(async {
-        let _turn = self.write_turn().await;
+        let mut writer = self.unsynced_writer().await?;
         // Attempts and tasks first, explicitly (no reliance on ON DELETE CASCADE being enabled),
         // all in one transaction so a failure never leaves a delivery without its task.
         let old = "SELECT d.id FROM deliveries d WHERE d.received_at < $1 AND NOT EXISTS \
                    (SELECT 1 FROM tasks p WHERE p.delivery_id = d.id AND p.status = 'pending')";
-        // On SQLite's unsynced connection: the one pooled connection stays free for deliveries
-        // and reads while a large prune (the first after an upgrade, say) runs.
-        let mut tx = self.unsynced().begin().await?;
+        // On SQLite's unsynced writer: a prune lost with the power is done again by the next.
+        let mut tx = writer.begin().await?;
         sqlx::query(&format!(
             "DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE delivery_id IN ({old}))"
         ))

@@ -109,8 +109,8 @@ impl Store {
         hand_off: Option<(&LeaseToken, Duration, usize)>,
     ) -> Result<(Vec<Recorded>, Vec<ClaimedTask>, i64), StoreError> {
         self.bounded(async {
-            let _turn = self.write_turn().await;
-            let mut tx = self.pool.begin().await?;
+            let mut writer = self.writer().await?;
+            let mut tx = writer.begin().await?;
             let results = record_all(&mut tx, items, self.backend.param_mark()).await?;
             let now = self.clock.now_ms();
             let handed = match hand_off {
@@ -143,7 +143,7 @@ impl Store {
             Ok(
                 sqlx::query_scalar("SELECT redeliveries FROM deliveries WHERE id = $1")
                     .bind(delivery)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *self.reader().await?)
                     .await?,
             )
         })
@@ -156,7 +156,7 @@ impl Store {
             Ok(
                 sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE outcome = $1")
                     .bind(status.as_str())
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *self.reader().await?)
                     .await?,
             )
         })

@@ -40,7 +40,7 @@ impl Store {
             let row = sqlx::query(
                 "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM gates WHERE status = 'open'",
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.reader().await?)
             .await?;
             Ok((row.try_get("n")?, row.try_get("oldest")?))
         })
@@ -54,7 +54,7 @@ impl Store {
                 "SELECT problem, COUNT(*) AS n FROM gates \
                  WHERE status = 'open' AND problem IS NOT NULL GROUP BY problem",
             )
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await?;
             let mut counts: Vec<(GateProblem, i64)> =
                 GateProblem::ALL.iter().map(|p| (*p, 0)).collect();
@@ -83,7 +83,7 @@ impl Store {
              WHERE g.workflow_id = $1 ORDER BY g.created_at, g.hold_job_name"
         ))
         .bind(workflow)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.reader().await?)
         .await?;
         rows.iter().map(view_from_row).collect()
     }

@@ -83,8 +83,8 @@ impl Store {
         let now = self.clock.now_ms();
         let key = run_key(gate.sym_run_id);
         self.bounded(async {
-            let _turn = self.write_turn().await;
-            let mut tx = self.pool.begin().await?;
+            let mut writer = self.writer().await?;
+            let mut tx = writer.begin().await?;
             let bound: Option<AnyRow> =
                 sqlx::query("SELECT workflow_id, hold_job_name FROM sym_runs WHERE run_key = $1")
                     .bind(&key)
@@ -165,7 +165,7 @@ impl Store {
         };
         self.bounded(async {
             let claimed = {
-                let _turn = self.write_turn().await;
+                let mut writer = self.writer().await?;
                 sqlx::query(&format!(
                     "UPDATE gates SET lease_owner = $1, lease_expires_at = $2 \
                      WHERE (workflow_id, hold_job_name) = (SELECT g.workflow_id, g.hold_job_name \
@@ -179,7 +179,7 @@ impl Store {
                 .bind(lease.as_str())
                 .bind(now.saturating_add(duration_ms(lease_for)))
                 .bind(now)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *writer)
                 .await?
             };
             let Some(row) = claimed else {
@@ -197,7 +197,7 @@ impl Store {
     async fn binding_now(&self, key: &str) -> Result<Option<(WorkflowId, String)>, StoreError> {
         let row = sqlx::query("SELECT workflow_id, hold_job_name FROM sym_runs WHERE run_key = $1")
             .bind(key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
         row.map(|row| Ok((row.try_get("workflow_id")?, row.try_get("hold_job_name")?)))
             .transpose()
@@ -212,8 +212,8 @@ impl Store {
         let now = self.clock.now_ms();
         self.bounded(async {
             {
-                let _turn = self.write_turn().await;
-                let mut tx = self.pool.begin().await?;
+                let mut writer = self.writer().await?;
+                let mut tx = writer.begin().await?;
                 insert_bindings(&mut tx, &[(binding, None)], now, self.backend.param_mark())
                     .await?;
                 tx.commit().await?;
@@ -236,7 +236,7 @@ impl Store {
         problem: Option<GateProblem>,
     ) -> Result<bool, StoreError> {
         self.bounded(async {
-            let _turn = self.write_turn().await;
+            let mut writer = self.writer().await?;
             let done = sqlx::query(
                 "UPDATE gates SET polls = polls + 1, next_poll_at = COALESCE($4, next_poll_at), \
                  polling = $5, last_run_status = COALESCE($6, last_run_status), detail = $7, \
@@ -252,7 +252,7 @@ impl Store {
             .bind(last_run_status)
             .bind(detail)
             .bind(problem.map(GateProblem::as_str))
-            .execute(&self.pool)
+            .execute(&mut *writer)
             .await?;
             Ok(done.rows_affected() == 1)
         })
@@ -267,7 +267,7 @@ impl Store {
         lease: &LeaseToken,
     ) -> Result<(), StoreError> {
         self.bounded(async {
-            let _turn = self.write_turn().await;
+            let mut writer = self.writer().await?;
             sqlx::query(
                 "UPDATE gates SET lease_owner = NULL, lease_expires_at = NULL \
                  WHERE workflow_id = $1 AND hold_job_name = $2 AND lease_owner = $3",
@@ -275,7 +275,7 @@ impl Store {
             .bind(gate.workflow_id)
             .bind(&gate.hold_job_name)
             .bind(lease.as_str())
-            .execute(&self.pool)
+            .execute(&mut *writer)
             .await?;
             Ok(())
         })
@@ -299,8 +299,8 @@ impl Store {
     ) -> Result<GateEnd, StoreError> {
         let now = self.clock.now_ms();
         self.bounded(async {
-            let _turn = self.write_turn().await;
-            let mut tx = self.pool.begin().await?;
+            let mut writer = self.writer().await?;
+            let mut tx = writer.begin().await?;
             // The task first, then the gate: the same order as a hook delivery's transaction
             // (task, then gate), so the two paths racing wait for each other, never deadlock.
             let mut released_by = None;

@@ -21,7 +21,8 @@
 //!
 //! The database going away is an ordinary, bounded error: every operation has a client-side
 //! time limit (getting a connection + statement time), the pool drops dead connections and
-//! reconnects by itself, and [`Store::connect`] waits a bounded time for a database that is not
+//! reconnects by itself (SQLite's own connections are opened again after an error that may
+//! have broken them, [`write_turn`]), and [`Store::connect`] waits a bounded time for a database that is not
 //! up yet (a replica starting beside its PostgreSQL).
 
 mod attempts;
@@ -160,6 +161,18 @@ impl StoreError {
         }
     }
 
+    /// Could the connection the operation ran on be unusable now (its thread gone, an I/O
+    /// error, or the operation cut off by the time limit)?
+    fn may_break_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::TimedOut(_)
+                | Self::Database(
+                    sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_)
+                )
+        )
+    }
+
     /// Could waiting help? True for a database that is down, starting, restarting, out of
     /// connections or unreachable over the network; false for a wrong password, a missing
     /// database, a bad URL or a failed migration.
@@ -200,10 +213,12 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
 
 #[derive(Clone)]
 pub struct Store {
+    /// PostgreSQL: every connection. SQLite: reads, when `DATABASE_MAX_CONNECTIONS` is above 1
+    /// (otherwise unused and never connected); writes go through the write turn's own
+    /// connections ([`Self::writer`]).
     pool: AnyPool,
-    /// SQLite: a connection whose commits do not sync, for what need not be durable at once:
-    /// claims, checkpoints and pruning (see [`Self::open`] and [`Self::unsynced`]).
-    unsynced: Option<AnyPool>,
+    /// SQLite: reads use the pool rather than the synced connection ([`Self::reader`]).
+    sqlite_read_pool: bool,
     backend: Backend,
     /// SQLite: the database file (for the one-serving-process lock).
     sqlite_file: Option<std::path::PathBuf>,
@@ -212,7 +227,8 @@ pub struct Store {
     op_timeout: Duration,
     /// Where leases, attempts and finish times take "now" from.
     clock: Clock,
-    /// SQLite: whose turn it is to write (see [`Self::write_turn`]).
+    /// SQLite: whose turn it is to write, and the connections it writes on (see
+    /// [`Self::writer`]).
     write_turn: Option<Arc<WriteTurn>>,
 }
 
@@ -358,34 +374,42 @@ impl Store {
         let size = options
             .max_connections
             .unwrap_or_else(|| backend.default_pool_size());
-        let pool = open_pool(backend, url, options, size, "FULL").await?;
-        // SQLite: claims commit through a connection of their own that does not sync: a lease
-        // has to be visible at once (it is: the commit is atomic), not durable. One process
-        // serves a SQLite file, and it forgets every lease when it starts
-        // (`release_stale_leases`), so a claim lost with the machine's power costs nothing;
-        // the next synced commit makes it durable anyway (the WAL is synced in order). This
-        // takes a flush off the way from a delivery to its approve call. The background work
-        // runs there too, off the one pooled connection that deliveries and reads share:
-        // checkpoints (SQLite still syncs around a checkpoint under NORMAL) and pruning (a
-        // prune lost with the power is done again by the next).
-        let unsynced = match backend {
-            Backend::Sqlite => Some(open_pool(backend, url, options, 1, "NORMAL").await?),
+        // SQLite's reads share the synced connection unless more connections are asked for;
+        // then they get a pool of their own, opened at its first use.
+        let sqlite_read_pool = backend == Backend::Sqlite && size > 1;
+        let pool = open_pool(backend, url, options, size, backend == Backend::Sqlite).await?;
+        // SQLite's two connections: one whose commits are synced (deliveries, step results, and
+        // reads between writes) and one whose commits are not, for claims, checkpoints and
+        // pruning: a lease has to be visible at once (it is: the commit is atomic), not
+        // durable. One process serves a SQLite file, and it forgets every lease when it starts
+        // (`release_stale_leases`), so a claim lost with the machine's power costs nothing; the
+        // next synced commit makes it durable anyway (the WAL is synced in order). This takes a
+        // flush off the way from a delivery to its approve call. Checkpoints (SQLite still
+        // syncs around a checkpoint under NORMAL) and pruning (a prune lost with the power is
+        // done again by the next) run there too; it connects at its first use.
+        let statement_ms = duration_ms(options.statement_timeout);
+        let write_turn = match backend {
+            Backend::Sqlite => {
+                let mut synced = open_sqlite(url, "FULL", statement_ms).await?;
+                // One process owns a SQLite file: no lock needed.
+                if let Err(e) = SQLITE_MIGRATIONS.run_direct(&mut synced).await {
+                    let _ = synced.close().await;
+                    return Err(e.into());
+                }
+                Some(Arc::new(WriteTurn::new(
+                    url.to_owned(),
+                    statement_ms,
+                    synced,
+                )))
+            }
             Backend::Postgres => None,
         };
-
-        if backend == Backend::Sqlite {
-            // One process owns a SQLite file: no lock needed.
-            if let Err(e) = SQLITE_MIGRATIONS.run(&pool).await {
-                pool.close().await;
-                return Err(e.into());
-            }
-        }
         Ok(Self {
             pool,
-            unsynced,
             backend,
             sqlite_file,
-            write_turn: (backend == Backend::Sqlite).then(Arc::default),
+            write_turn,
+            sqlite_read_pool,
             clock: options.clock.clone(),
             op_timeout: options
                 .acquire_timeout
@@ -398,15 +422,15 @@ impl Store {
         &self,
         operation: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.op_timeout, operation)
+        let result = tokio::time::timeout(self.op_timeout, operation)
             .await
-            .map_err(|_| StoreError::TimedOut(self.op_timeout))?
-    }
-
-    /// SQLite: the connection that does not sync (claims, checkpoints, pruning);
-    /// PostgreSQL: the pool.
-    fn unsynced(&self) -> &AnyPool {
-        self.unsynced.as_ref().unwrap_or(&self.pool)
+            .unwrap_or(Err(StoreError::TimedOut(self.op_timeout)));
+        if let (Err(e), Some(turn)) = (&result, &self.write_turn) {
+            if e.may_break_connection() {
+                turn.suspect();
+            }
+        }
+        result
     }
 
     pub fn backend(&self) -> Backend {
@@ -425,7 +449,7 @@ impl Store {
             let db_ms: i64 = sqlx::query_scalar(
                 "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.reader().await?)
             .await?;
             let after = self.clock.local_ms();
             // The database read its clock somewhere in the round trip: assume the middle.
@@ -449,15 +473,17 @@ impl Store {
     /// Is the database answering?
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(async {
-            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            sqlx::query("SELECT 1")
+                .execute(&mut *self.reader().await?)
+                .await?;
             Ok(())
         })
         .await
     }
 
     pub async fn close(&self) {
-        if let Some(pool) = &self.unsynced {
-            pool.close().await;
+        if let Some(turn) = &self.write_turn {
+            turn.close().await;
         }
         self.pool.close().await;
     }
@@ -486,17 +512,17 @@ pub(super) fn value_rows(mark: char, first: usize, rows: usize, width: usize) ->
         .join(", ")
 }
 
-/// A pool whose SQLite connections commit with `synchronous` (`FULL`: each commit synced
-/// before it returns).
+/// The pool: PostgreSQL's connections, or SQLite's extra readers (`lazy`: connected at first
+/// use).
 async fn open_pool(
     backend: Backend,
     url: &str,
     options: &StoreOptions,
     max_connections: u32,
-    synchronous: &'static str,
+    lazy: bool,
 ) -> Result<AnyPool, StoreError> {
     let statement_ms = duration_ms(options.statement_timeout);
-    Ok(AnyPoolOptions::new()
+    let pool = AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(options.acquire_timeout)
         // A pooled SQLite connection is a file handle in this process: it cannot go stale
@@ -506,22 +532,7 @@ async fn open_pool(
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 match backend {
-                    // WAL lets readers run beside the writer; FULL makes each commit
-                    // durable before we answer 2xx; busy_timeout queues writers. No
-                    // checkpoint inside a commit (wal_autocheckpoint = 0): the committing
-                    // writer would copy the WAL into the file and sync it while every
-                    // other writer waits; `Store::checkpoint` does it in the background.
-                    Backend::Sqlite => {
-                        conn.execute(
-                            format!(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
-                                 PRAGMA wal_autocheckpoint = 0; \
-                                 PRAGMA busy_timeout = {statement_ms}; PRAGMA foreign_keys = ON;"
-                            )
-                            .as_str(),
-                        )
-                        .await?;
-                    }
+                    Backend::Sqlite => configure_sqlite(conn, "FULL", statement_ms).await?,
                     Backend::Postgres => {
                         conn.execute(format!("SET statement_timeout = {statement_ms}").as_str())
                             .await?;
@@ -529,9 +540,44 @@ async fn open_pool(
                 }
                 Ok(())
             })
-        })
-        .connect(url)
-        .await?)
+        });
+    Ok(if lazy {
+        pool.connect_lazy(url)?
+    } else {
+        pool.connect(url).await?
+    })
+}
+
+/// One of SQLite's own connections ([`write_turn`]).
+async fn open_sqlite(
+    url: &str,
+    synchronous: &'static str,
+    statement_ms: i64,
+) -> Result<AnyConnection, sqlx::Error> {
+    let mut conn = AnyConnection::connect(url).await?;
+    configure_sqlite(&mut conn, synchronous, statement_ms).await?;
+    Ok(conn)
+}
+/// A SQLite connection's settings. WAL lets readers run beside the writer; `FULL` makes each
+/// commit durable before we answer 2xx; `busy_timeout` bounds a wait for the file. No
+/// checkpoint inside a commit (`wal_autocheckpoint = 0`): the committing writer would copy the
+/// WAL into the file and sync it while every other writer waits; [`Store::checkpoint`] does it
+/// in the background.
+async fn configure_sqlite(
+    conn: &mut AnyConnection,
+    synchronous: &'static str,
+    statement_ms: i64,
+) -> Result<(), sqlx::Error> {
+    conn.execute(
+        format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; \
+             PRAGMA wal_autocheckpoint = 0; \
+             PRAGMA busy_timeout = {statement_ms}; PRAGMA foreign_keys = ON;"
+        )
+        .as_str(),
+    )
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ impl Store {
     pub async fn settle_steps(&self, results: &[StepResult]) -> Result<Vec<bool>, StoreError> {
         let now = self.clock.now_ms();
         self.bounded(async {
-            let _turn = self.write_turn().await;
-            let mut tx = self.pool.begin().await?;
+            let mut writer = self.writer().await?;
+            let mut tx = writer.begin().await?;
             let mut kept = Vec::with_capacity(results.len());
             for result in results {
                 kept.push(settle_one(&mut tx, result, now, self.backend.param_mark()).await?);

@@ -75,8 +75,8 @@ impl Batch for Steps {
         if tasks.len() < items.len() {
             return store
                 .bounded(async {
-                    let _turn = store.write_turn().await;
-                    let mut tx = store.pool.begin().await?;
+                    let mut writer = store.writer().await?;
+                    let mut tx = writer.begin().await?;
                     let mut written = Vec::with_capacity(items.len());
                     for item in items {
                         written.push(match item {
@@ -95,8 +95,8 @@ impl Batch for Steps {
         }
         let (noted, settled) = store
             .bounded(async {
-                let _turn = store.write_turn().await;
-                let mut tx = store.pool.begin().await?;
+                let mut writer = store.writer().await?;
+                let mut tx = writer.begin().await?;
                 let noted = note_all(&mut tx, &notes, now).await?;
                 let settled = settle_all(&mut tx, &results, now).await?;
                 tx.commit().await?;

@@ -87,13 +87,13 @@ impl Store {
     /// before anyone reads its hold job again.
     pub async fn release_stale_leases(&self) -> Result<u64, StoreError> {
         self.bounded(async {
-            let _turn = self.write_turn().await;
+            let mut writer = self.writer().await?;
             let done = sqlx::query(
                 "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
                  WHERE status = $1 AND lease_owner IS NOT NULL AND call_in_flight = 0",
             )
             .bind(PENDING)
-            .execute(&self.pool)
+            .execute(&mut *writer)
             .await?;
             Ok(done.rows_affected())
         })
@@ -121,9 +121,9 @@ impl Store {
         lease_for: Duration,
         max: usize,
     ) -> Result<Vec<ClaimedTask>, StoreError> {
-        let _turn = self.write_turn().await;
+        let mut writer = self.unsynced_writer().await?;
         let now = self.clock.now_ms();
-        let mut tx = self.unsynced().begin().await?;
+        let mut tx = writer.begin().await?;
         if self.backend == Backend::Postgres {
             // Under READ COMMITTED two replicas could each see "no other task of this
             // workflow is leased" and claim two at once; a transaction-level advisory lock
@@ -179,7 +179,7 @@ impl Store {
                  THEN lease_expires_at ELSE next_attempt_at END) \
                  FROM tasks WHERE status = 'pending'",
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.reader().await?)
             .await?;
             Ok(due)
         })
@@ -191,14 +191,14 @@ impl Store {
     /// hold job and calls again while that call may still land.
     pub async fn release_lease(&self, task: TaskId, lease: &LeaseToken) -> Result<(), StoreError> {
         self.bounded(async {
-            let _turn = self.write_turn().await;
+            let mut writer = self.writer().await?;
             sqlx::query(
                 "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL \
                  WHERE id = $1 AND lease_owner = $2 AND call_in_flight = 0",
             )
             .bind(task)
             .bind(lease.as_str())
-            .execute(&self.pool)
+            .execute(&mut *writer)
             .await?;
             Ok(())
         })
@@ -211,7 +211,7 @@ impl Store {
             let row =
                 sqlx::query("SELECT status, outcome, detail, attempts FROM tasks WHERE id = $1")
                     .bind(task)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.reader().await?)
                     .await?;
             row.map(|row| {
                 let status: String = row.try_get("status")?;
@@ -237,7 +237,7 @@ impl Store {
             Ok(
                 sqlx::query_scalar("SELECT id FROM tasks WHERE delivery_id = $1")
                     .bind(delivery)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *self.reader().await?)
                     .await?,
             )
         })
@@ -251,7 +251,7 @@ impl Store {
                 "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM tasks \
                  WHERE status = 'pending'",
             )
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.reader().await?)
             .await?;
             Ok((row.try_get("n")?, row.try_get("oldest")?))
         })

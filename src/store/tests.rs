@@ -56,3 +56,68 @@ fn the_backend_comes_from_the_url_scheme() {
     );
     assert!(Backend::for_url("mysql://db/a").is_err());
 }
+
+#[test]
+fn a_connection_is_opened_again_only_after_failures_that_may_have_broken_it() {
+    let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+    assert!(StoreError::from(io).may_break_connection());
+    assert!(StoreError::from(sqlx::Error::WorkerCrashed).may_break_connection());
+    assert!(StoreError::TimedOut(Duration::from_secs(1)).may_break_connection());
+    assert!(!StoreError::from(sqlx::Error::RowNotFound).may_break_connection());
+    assert!(!StoreError::Invalid("bad".into()).may_break_connection());
+}
+
+async fn sqlite_store(dir: &tempfile::TempDir, max_connections: Option<u32>) -> Store {
+    let url = format!("sqlite://{}", dir.path().join("approver.db").display());
+    let options = StoreOptions {
+        max_connections,
+        ..StoreOptions::default()
+    };
+    Store::connect(&SecretString::from(url), &options)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sqlite_writes_and_reads_go_on_after_their_connections_are_suspected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir, None).await;
+    assert!(
+        !store.sqlite_read_pool,
+        "one connection: reads share the synced one"
+    );
+    store.release_stale_leases().await.unwrap();
+    assert_eq!(store.checkpoint().await.unwrap(), Checkpoint::Complete);
+
+    // What `bounded` does after an I/O error or a time-out: both connections are dropped and
+    // opened again at their next use, with their settings.
+    store.write_turn.as_ref().unwrap().suspect();
+    assert_eq!(store.release_stale_leases().await.unwrap(), 0);
+    assert_eq!(store.next_due_at().await.unwrap(), None);
+    assert_eq!(store.checkpoint().await.unwrap(), Checkpoint::Complete);
+    let (synchronous, journal): (i64, String) = {
+        let mut conn = store.writer().await.unwrap();
+        let synchronous = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let journal = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        (synchronous, journal)
+    };
+    assert_eq!((synchronous, journal.as_str()), (2, "wal"), "FULL, WAL");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_reads_get_a_pool_of_their_own_when_more_connections_are_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir, Some(3)).await;
+    assert!(store.sqlite_read_pool);
+    store.release_stale_leases().await.unwrap();
+    assert_eq!(store.next_due_at().await.unwrap(), None);
+    assert_eq!(store.pending_summary().await.unwrap(), (0, None));
+    store.close().await;
+}

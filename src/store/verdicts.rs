@@ -36,7 +36,7 @@ impl Store {
             .bind(hold_job)
             .bind(default_hold_job)
             .bind(TaskAction::Approve.as_str())
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reader().await?)
             .await?;
             rows.iter().map(record_from_row).collect()
         })
@@ -64,7 +64,7 @@ impl Store {
             .bind(workflow_name)
             .bind(TaskStatus::Succeeded.as_str())
             .bind(Outcome::Approved.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.reader().await?)
             .await?;
             row.as_ref().map(record_from_row).transpose()
         })
