@@ -95,7 +95,9 @@ impl Backend {
 
     /// The pool's size unless `DATABASE_MAX_CONNECTIONS` says otherwise.
     ///
-    /// SQLite: one connection (claims have one more of their own). Writers take turns anyway
+    /// SQLite: one connection, and no pool: the store's synced connection serves reads and
+    /// synced writes (claims have one more of their own; above 1, reads get a pool of that
+    /// many, `Store::reader`). Writers take turns anyway
     /// (the store's write turn), and one connection keeps what it has read: in WAL mode a
     /// connection drops its whole page cache whenever another connection has committed since
     /// its last transaction, and the pool hands its connections out in turn, so with ten every
@@ -162,14 +164,15 @@ impl StoreError {
     }
 
     /// Could the connection the operation ran on be unusable now (its thread gone, an I/O
-    /// error, or the operation cut off by the time limit)?
+    /// error)? Not after the time limit cut an operation off: a SQLite connection's thread
+    /// runs what is queued in order, so the rollback the dropped transaction queued runs
+    /// before the next user's statements, and the connection is fine.
     fn may_break_connection(&self) -> bool {
         matches!(
             self,
-            Self::TimedOut(_)
-                | Self::Database(
-                    sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_)
-                )
+            Self::Database(
+                sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_)
+            )
         )
     }
 

@@ -62,7 +62,7 @@ fn a_connection_is_opened_again_only_after_failures_that_may_have_broken_it() {
     let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
     assert!(StoreError::from(io).may_break_connection());
     assert!(StoreError::from(sqlx::Error::WorkerCrashed).may_break_connection());
-    assert!(StoreError::TimedOut(Duration::from_secs(1)).may_break_connection());
+    assert!(!StoreError::TimedOut(Duration::from_secs(1)).may_break_connection());
     assert!(!StoreError::from(sqlx::Error::RowNotFound).may_break_connection());
     assert!(!StoreError::Invalid("bad".into()).may_break_connection());
 }
@@ -89,8 +89,8 @@ async fn sqlite_writes_and_reads_go_on_after_their_connections_are_suspected() {
     store.release_stale_leases().await.unwrap();
     assert_eq!(store.checkpoint().await.unwrap(), Checkpoint::Complete);
 
-    // What `bounded` does after an I/O error or a time-out: both connections are dropped and
-    // opened again at their next use, with their settings.
+    // What `bounded` does after an I/O error: both connections are closed and opened again at
+    // their next use, with their settings.
     store.write_turn.as_ref().unwrap().suspect();
     assert_eq!(store.release_stale_leases().await.unwrap(), 0);
     assert_eq!(store.next_due_at().await.unwrap(), None);
@@ -108,7 +108,11 @@ async fn sqlite_writes_and_reads_go_on_after_their_connections_are_suspected() {
         (synchronous, journal)
     };
     assert_eq!((synchronous, journal.as_str()), (2, "wal"), "FULL, WAL");
+
+    // Closed is closed: no connection is opened again behind it.
     store.close().await;
+    assert!(store.release_stale_leases().await.is_err());
+    assert!(store.next_due_at().await.is_err());
 }
 
 #[tokio::test]

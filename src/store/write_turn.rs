@@ -32,6 +32,8 @@ pub(super) struct WriteTurn {
     url: String,
     /// SQLite's `busy_timeout`, in ms.
     statement_ms: i64,
+    /// Set by [`WriteTurn::close`]: no connection is opened after it.
+    closed: AtomicBool,
     /// Turns taken by writes so far.
     taken: AtomicU64,
     /// `taken` when a checkpoint last emptied the WAL; `u64::MAX` at start, so the first
@@ -44,8 +46,9 @@ struct Slot {
     conn: tokio::sync::Mutex<Option<AnyConnection>>,
     synchronous: &'static str,
     /// An operation failed in a way that may have left this connection unusable (its thread
-    /// gone, an I/O error, or cut off by the time limit): it is opened again at its next use.
-    /// A pool would have found out with its ping.
+    /// gone, an I/O error): it is closed and opened again at its next use. A pool would have
+    /// found out with its ping. (Whoever takes it before the flag is set gets the same error
+    /// and sets it too.)
     suspect: AtomicBool,
 }
 
@@ -63,10 +66,19 @@ impl Slot {
         &self,
         url: &str,
         statement_ms: i64,
+        closed: &AtomicBool,
     ) -> Result<MappedMutexGuard<'_, AnyConnection>, StoreError> {
         let mut conn = self.conn.lock().await;
+        if closed.load(Relaxed) {
+            return Err(StoreError::Invalid("the store is closed".into()));
+        }
         if self.suspect.swap(false, Relaxed) {
-            *conn = None;
+            if let Some(old) = conn.take() {
+                // Closed, not just dropped: its thread finishes what is queued first (a
+                // rollback), so no statement of it still holds the file when the new one
+                // writes.
+                let _ = old.close().await;
+            }
         }
         if conn.is_none() {
             *conn = Some(super::open_sqlite(url, self.synchronous, statement_ms).await?);
@@ -99,6 +111,7 @@ impl WriteTurn {
             unsynced: Slot::new(None, "NORMAL"),
             url,
             statement_ms,
+            closed: AtomicBool::new(false),
             taken: 0.into(),
             checkpointed: u64::MAX.into(),
         }
@@ -110,17 +123,16 @@ impl WriteTurn {
         self.unsynced.suspect.store(true, Relaxed);
     }
 
-    fn slot(&self, synced: bool) -> &Slot {
-        if synced {
-            &self.synced
-        } else {
-            &self.unsynced
-        }
+    /// One of the two connections, opened if need be.
+    async fn take(&self, synced: bool) -> Result<MappedMutexGuard<'_, AnyConnection>, StoreError> {
+        let slot = if synced { &self.synced } else { &self.unsynced };
+        slot.take(&self.url, self.statement_ms, &self.closed).await
     }
 
     /// Closes both connections (the store is closing).
     pub(super) async fn close(&self) {
         let _turn = self.turn.lock().await;
+        self.closed.store(true, Relaxed);
         self.synced.close().await;
         self.unsynced.close().await;
     }
@@ -204,7 +216,7 @@ impl Store {
             return Ok(Conn::Pooled(self.pool.acquire().await?));
         };
         let guard = turn.turn.lock().await;
-        let conn = turn.slot(synced).take(&turn.url, turn.statement_ms).await?;
+        let conn = turn.take(synced).await?;
         turn.taken.fetch_add(1, Relaxed);
         Ok(Conn::Own {
             conn,
@@ -218,7 +230,7 @@ impl Store {
     pub(super) async fn reader(&self) -> Result<Conn<'_>, StoreError> {
         match &self.write_turn {
             Some(turn) if !self.sqlite_read_pool => Ok(Conn::Own {
-                conn: turn.synced.take(&turn.url, turn.statement_ms).await?,
+                conn: turn.take(true).await?,
                 _turn: None,
             }),
             _ => Ok(Conn::Pooled(self.pool.acquire().await?)),
@@ -241,12 +253,12 @@ impl Store {
         self.bounded(async {
             // Not `writer`: a checkpoint is not a write the next checkpoint must see.
             let _turn = turn.turn.lock().await;
-            let mut conn = turn.unsynced.take(&turn.url, turn.statement_ms).await?;
             // Every write counts itself while it holds the turn, so this is exact.
             let taken = turn.taken.load(Relaxed);
             if taken == turn.checkpointed.load(Relaxed) {
                 return Ok(Checkpoint::Skipped);
             }
+            let mut conn = turn.take(false).await?;
             // (busy, frames in the WAL, frames copied into the database file)
             let (busy, log, copied): (i64, i64, i64) =
                 sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
