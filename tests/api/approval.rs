@@ -5,6 +5,7 @@ use std::time::Duration;
 use approver_test_support::fake_circleci::Fault;
 use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
 use sym_circleci_approver::domain::upstream::Operation;
+use sym_circleci_approver::store::Backend;
 use uuid::Uuid;
 
 use crate::harness::*;
@@ -503,27 +504,26 @@ fn sample(metrics: &str, series: &str) -> f64 {
 #[tokio::test]
 async fn a_new_task_goes_straight_to_an_idle_worker_and_a_busy_one_claims_the_rest() {
     let app = TestApp::builder().spawn().await;
+    // On SQLite the hand-off waits for a claim in progress (both take the write turn); on
+    // PostgreSQL the intake does not wait for the claims' lock and leaves the task to them, so
+    // a task that arrives during one of the worker's claims (its first, at startup, say) is
+    // claimed, not handed over: there only the number of steps is exact.
+    let strict = app.store.backend() == Backend::Sqlite;
 
     // Idle worker: the intake leases the task to it in the delivery's own transaction.
     let workflow = app.workflow("on_hold");
     let delivery = app.approve(workflow).await;
     let task = app.finished_task(&delivery, WAIT).await;
     assert_eq!(task.outcome, Some(Outcome::Approved));
-    let metrics = app.metrics().await;
+    let (handed, claimed) = steps_started(&app).await;
     assert_eq!(
-        sample(
-            &metrics,
-            "sym_approver_worker_steps_started_total{via=\"handoff\"}"
-        ),
-        1.0
+        handed + claimed,
+        1.0,
+        "{handed} hand-offs, {claimed} claims"
     );
-    assert_eq!(
-        sample(
-            &metrics,
-            "sym_approver_worker_steps_started_total{via=\"claim\"}"
-        ),
-        0.0
-    );
+    if strict {
+        assert_eq!((handed, claimed), (1.0, 0.0));
+    }
 
     // A task that needs a second step (blocked at first) is claimed for it: a retry is never
     // handed over, and it is approved exactly once.
@@ -533,20 +533,13 @@ async fn a_new_task_goes_straight_to_an_idle_worker_and_a_busy_one_claims_the_re
     let delivery = app.approve(blocked).await;
     let task = app.finished_task(&delivery, WAIT).await;
     assert_eq!(task.outcome, Some(Outcome::Approved));
-    let metrics = app.metrics().await;
-    assert_eq!(
-        sample(
-            &metrics,
-            "sym_approver_worker_steps_started_total{via=\"handoff\"}"
-        ),
-        2.0
-    );
-    assert!(
-        sample(
-            &metrics,
-            "sym_approver_worker_steps_started_total{via=\"claim\"}"
-        ) >= 1.0
-    );
+    let (handed_now, claimed_now) = steps_started(&app).await;
+    assert!(handed_now - handed <= 1.0, "a retry was handed over");
+    assert!(claimed_now - claimed >= 1.0, "the retry was not claimed");
+    assert!(handed_now + claimed_now - handed - claimed >= 2.0);
+    if strict {
+        assert_eq!(handed_now, 2.0);
+    }
     let approves: Vec<_> = app
         .fake
         .calls_of("approve")
@@ -554,4 +547,16 @@ async fn a_new_task_goes_straight_to_an_idle_worker_and_a_busy_one_claims_the_re
         .filter(|c| c.path.contains(&blocked.to_string()))
         .collect();
     assert_eq!(approves.len(), 1, "{approves:?}");
+}
+
+/// Steps the worker started so far: (handed over by the intake, claimed from the store).
+async fn steps_started(app: &TestApp) -> (f64, f64) {
+    let metrics = app.metrics().await;
+    let via = |how: &str| {
+        sample(
+            &metrics,
+            &format!("sym_approver_worker_steps_started_total{{via=\"{how}\"}}"),
+        )
+    };
+    (via("handoff"), via("claim"))
 }
