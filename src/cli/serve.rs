@@ -149,7 +149,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TASK_LEASE", default_value = "30s")]
     pub task_lease: String,
     /// Largest number of store connections (PostgreSQL: per replica). Default: 10 on
-    /// PostgreSQL, 1 on SQLite (plus one for claims).
+    /// PostgreSQL, 1 on SQLite (the store's own, plus one for claims; above 1, reads get a
+    /// pool of that many).
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS")]
     pub database_max_connections: Option<u32>,
     /// Time limit for getting a store connection (and for connecting).
