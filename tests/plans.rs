@@ -54,9 +54,8 @@ const TASK_INDEXES: &[&str] = &["tasks_by_workflow", "tasks_pending_due", "tasks
 /// PostgreSQL only: the claim's check by workflow, whatever the planner's statistics.
 const PG_PENDING_BY_WORKFLOW: &str = "tasks_pending_by_workflow";
 
-#[tokio::test]
-async fn sqlite_searches_an_index_for_every_task_query() {
-    let dir = tempfile::tempdir().unwrap();
+/// A new SQLite file in `dir`, migrated.
+async fn migrated_sqlite(dir: &tempfile::TempDir) -> sqlx::SqlitePool {
     let url = format!(
         "sqlite://{}?mode=rwc",
         dir.path().join("plans.db").display()
@@ -70,6 +69,22 @@ async fn sqlite_searches_an_index_for_every_task_query() {
         .run(&pool)
         .await
         .unwrap();
+    pool
+}
+
+/// SQLite's query plan for `sql`: each step's `detail`.
+async fn sqlite_plan(pool: &sqlx::SqlitePool, sql: &str) -> Vec<String> {
+    let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get::<String, _>("detail")).collect()
+}
+
+#[tokio::test]
+async fn sqlite_searches_an_index_for_every_task_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = migrated_sqlite(&dir).await;
 
     let mut indexes: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks' \
@@ -84,11 +99,7 @@ async fn sqlite_searches_an_index_for_every_task_query() {
     assert_eq!(indexes, expected, "the tasks table's secondary indexes");
 
     for (what, sql) in QUERIES {
-        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+        let plan = sqlite_plan(&pool, sql).await;
         let text = plan.join("\n");
         for step in &plan {
             let on_tasks = step.contains(" t ") || step.contains(" o ") || step.contains("tasks");
@@ -139,6 +150,16 @@ impl MigratedPostgres {
         Self { admin, name, pool }
     }
 
+    /// PostgreSQL's plan for `sql`, one line per plan node.
+    async fn explain(&self, sql: &str) -> String {
+        let rows = sqlx::query(&format!("EXPLAIN {sql}"))
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+        let lines: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
+        lines.join("\n")
+    }
+
     async fn drop(self) {
         self.pool.close().await;
         sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
@@ -162,12 +183,7 @@ async fn postgres_can_serve_every_task_query_from_an_index() {
         .await
         .unwrap();
     for (what, sql) in QUERIES {
-        let rows = sqlx::query(&format!("EXPLAIN {sql}"))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        let text: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-        let text = text.join("\n");
+        let text = db.explain(sql).await;
         assert!(
             !text.contains("Seq Scan on tasks"),
             "{what}: no index serves it:\n{text}"
@@ -218,12 +234,7 @@ async fn postgres_checks_a_claims_workflows_by_lookup_without_statistics() {
         .map(|(_, sql)| sql.replace("<= 5", "<= 5000").replace("< 5)", "< 5000)"))
         .unwrap()
         .replace(">= 5)", ">= 5000)");
-    let rows = sqlx::query(&format!("EXPLAIN {claim} FOR UPDATE SKIP LOCKED"))
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    let text: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
-    let text = text.join("\n");
+    let text = db.explain(&format!("{claim} FOR UPDATE SKIP LOCKED")).await;
     assert!(
         text.contains(&format!(
             "Index Scan using {PG_PENDING_BY_WORKFLOW} on tasks o"
@@ -239,19 +250,7 @@ async fn postgres_checks_a_claims_workflows_by_lookup_without_statistics() {
 #[tokio::test]
 async fn sqlite_finds_each_row_of_the_workers_batch_by_its_key() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("plans.db").display()
-    );
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect(&url)
-        .await
-        .unwrap();
-    sqlx::migrate!("migrations/sqlite")
-        .run(&pool)
-        .await
-        .unwrap();
+    let pool = migrated_sqlite(&dir).await;
     let batch: &[(&str, &str)] = &[
         (
             "the notes' lease renewals",
@@ -276,11 +275,7 @@ async fn sqlite_finds_each_row_of_the_workers_batch_by_its_key() {
         ),
     ];
     for (what, sql) in batch {
-        let rows = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-        let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+        let plan = sqlite_plan(&pool, sql).await;
         let text = plan.join("\n");
         assert!(
             !plan

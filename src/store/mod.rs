@@ -380,7 +380,7 @@ impl Store {
         // SQLite's reads share the synced connection unless more connections are asked for;
         // then they get a pool of their own, opened at its first use.
         let sqlite_read_pool = backend == Backend::Sqlite && size > 1;
-        let pool = open_pool(backend, url, options, size, backend == Backend::Sqlite).await?;
+        let pool = open_pool(backend, url, options, size).await?;
         // SQLite's two connections: one whose commits are synced (deliveries, step results, and
         // reads between writes) and one whose commits are not, for claims, checkpoints and
         // pruning: a lease has to be visible at once (it is: the commit is atomic), not
@@ -515,14 +515,13 @@ pub(super) fn value_rows(mark: char, first: usize, rows: usize, width: usize) ->
         .join(", ")
 }
 
-/// The pool: PostgreSQL's connections, or SQLite's extra readers (`lazy`: connected at first
-/// use).
+/// The pool: PostgreSQL's connections, or SQLite's extra readers (connected at first use:
+/// with the default of one connection on SQLite, never).
 async fn open_pool(
     backend: Backend,
     url: &str,
     options: &StoreOptions,
     max_connections: u32,
-    lazy: bool,
 ) -> Result<AnyPool, StoreError> {
     let statement_ms = duration_ms(options.statement_timeout);
     let pool = AnyPoolOptions::new()
@@ -544,10 +543,9 @@ async fn open_pool(
                 Ok(())
             })
         });
-    Ok(if lazy {
-        pool.connect_lazy(url)?
-    } else {
-        pool.connect(url).await?
+    Ok(match backend {
+        Backend::Sqlite => pool.connect_lazy(url)?,
+        Backend::Postgres => pool.connect(url).await?,
     })
 }
 

@@ -48,10 +48,7 @@ pub(super) async fn settle_one(
     insert_calls(tx, result.task, &result.calls, mark).await?;
     // One statement for both kinds of result: what a kind leaves alone is bound as NULL and
     // kept by COALESCE.
-    let (status, outcome, detail, next_attempt_at, finished_at, error_step) =
-        task_update(&result.settle, now);
-    let job = &result.job;
-    let done = sqlx::query(
+    let update = sqlx::query(
         "UPDATE tasks SET status = $3, outcome = COALESCE($4, outcome), detail = $5, \
          attempts = attempts + 1, errors = errors + $6, \
          next_attempt_at = COALESCE($7, next_attempt_at), \
@@ -62,29 +59,41 @@ pub(super) async fn settle_one(
          workflow_name = COALESCE($13, workflow_name), \
          lease_owner = NULL, lease_expires_at = NULL, call_in_flight = 0 \
          WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
-    )
-    .bind(result.task)
-    .bind(result.lease.as_str())
-    .bind(status.as_str())
-    .bind(outcome.map(Outcome::as_str))
-    .bind(detail)
-    .bind(i64::from(error_step))
-    .bind(next_attempt_at)
-    .bind(finished_at)
-    .bind(job.job_id.as_deref())
-    .bind(job.job_number)
-    .bind(job.project_slug.as_deref())
-    .bind(job.pipeline_id.as_deref())
-    .bind(job.workflow_name.as_deref())
-    .execute(&mut **tx)
-    .await?;
+    );
+    let done = bind_task_update(update, result, now)
+        .execute(&mut **tx)
+        .await?;
     let kept = done.rows_affected() == 1;
-    if kept && status == TaskStatus::Failed {
+    if kept && task_update(&result.settle, now).0 == TaskStatus::Failed {
         if let Some(successor) = &result.successor {
             promote_attached(tx, result.delivery, successor, now).await?;
         }
     }
     Ok(kept)
+}
+
+type TaskUpdate<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds a step result's 13 values to a task update, in the order both updates number them
+/// (`$1`…`$13` in [`settle_one`], `column1`…`column13` of each row in [`settle_all`]).
+fn bind_task_update<'q>(query: TaskUpdate<'q>, result: &'q StepResult, now: i64) -> TaskUpdate<'q> {
+    let (status, outcome, detail, next_attempt_at, finished_at, error_step) =
+        task_update(&result.settle, now);
+    let job = &result.job;
+    query
+        .bind(result.task)
+        .bind(result.lease.as_str())
+        .bind(status.as_str())
+        .bind(outcome.map(Outcome::as_str))
+        .bind(detail)
+        .bind(i64::from(error_step))
+        .bind(next_attempt_at)
+        .bind(finished_at)
+        .bind(job.job_id.as_deref())
+        .bind(job.job_number)
+        .bind(job.project_slug.as_deref())
+        .bind(job.pipeline_id.as_deref())
+        .bind(job.workflow_name.as_deref())
 }
 
 /// What one result sets on its task: (status, outcome, detail, next attempt, finished at,
@@ -161,23 +170,7 @@ pub(super) async fn settle_all(
     );
     let mut update = sqlx::query(&sql).persistent(results.len() <= 2);
     for result in results {
-        let (status, outcome, detail, next_attempt_at, finished_at, error_step) =
-            task_update(&result.settle, now);
-        let job = &result.job;
-        update = update
-            .bind(result.task)
-            .bind(result.lease.as_str())
-            .bind(status.as_str())
-            .bind(outcome.map(Outcome::as_str))
-            .bind(detail)
-            .bind(i64::from(error_step))
-            .bind(next_attempt_at)
-            .bind(finished_at)
-            .bind(job.job_id.as_deref())
-            .bind(job.job_number)
-            .bind(job.project_slug.as_deref())
-            .bind(job.pipeline_id.as_deref())
-            .bind(job.workflow_name.as_deref());
+        update = bind_task_update(update, result, now);
     }
     let updated: Vec<TaskId> = update
         .fetch_all(&mut **tx)
