@@ -284,10 +284,10 @@ pub(super) async fn note_all(
         "UPDATE tasks SET lease_expires_at = v.column3, call_in_flight = 1 \
          FROM (VALUES {}) AS v \
          WHERE tasks.id = v.column1 AND tasks.lease_owner = v.column2 \
-         AND tasks.status = 'pending' AND tasks.lease_expires_at > ?{} \
+         AND tasks.status = 'pending' AND tasks.lease_expires_at > {} \
          RETURNING tasks.id",
         super::value_rows(mark, 1, notes.len(), 3),
-        notes.len() * 3 + 1
+        super::param(mark, notes.len() * 3 + 1)
     );
     let mut renew = sqlx::query(&sql).persistent(notes.len() <= 2);
     for note in notes {

@@ -450,7 +450,8 @@ pub(super) async fn insert_bindings(
         }
         insert.execute(&mut **tx).await?;
         let sql = format!(
-            "UPDATE gates SET next_poll_at = {mark}1 WHERE status = 'open' AND run_key IN ({})",
+            "UPDATE gates SET next_poll_at = {} WHERE status = 'open' AND run_key IN ({})",
+            super::param(mark, 1),
             super::placeholders(mark, 2, chunk.len())
         );
         let mut nudge = sqlx::query(&sql).persistent(chunk.len() == 1).bind(now);
@@ -472,9 +473,12 @@ pub(super) async fn release_gates_by_hook(
 ) -> Result<(), sqlx::Error> {
     for chunk in tasks.chunks(200) {
         let sql = format!(
-            "UPDATE gates SET status = {mark}1, released_by = {mark}2, closed_at = {mark}3, \
+            "UPDATE gates SET status = {}, released_by = {}, closed_at = {}, \
              detail = 'released by the Sym hook delivery', problem = NULL \
              WHERE status = 'open' AND (workflow_id, hold_job_name) IN (VALUES {})",
+            super::param(mark, 1),
+            super::param(mark, 2),
+            super::param(mark, 3),
             super::value_rows(mark, 4, chunk.len(), 2)
         );
         let mut update = sqlx::query(&sql)

@@ -82,10 +82,15 @@ impl Backend {
         }
     }
 
-    /// The mark of numbered parameters in SQL built at run time (multi-row statements):
-    /// PostgreSQL's `$n`; SQLite's own `?n`. SQLite reads `$n` as a *named* parameter and
-    /// looks each name up among the ones before it, which costs quadratic time in a statement
-    /// with thousands of them.
+    /// The mark of parameters in SQL built at run time (multi-row statements, [`param`]):
+    /// PostgreSQL's `$n`; on SQLite a bare `?`, which SQLite numbers by its place in the
+    /// statement. Any name costs quadratic time in a statement with thousands of parameters:
+    /// SQLite keeps a statement's parameter names in a list it searches from the start, once
+    /// when it parses `$n` (looked up among the names before it) and, for `?n` too, once per
+    /// parameter when sqlx binds it (sqlx asks each parameter's name,
+    /// `sqlite3_bind_parameter_name`, to find its value). A bare `?` has no name. So a
+    /// statement built with this mark uses [`param`] for every parameter, in the order the
+    /// values are bound, each value once (sqlx numbers bare `?` apart from named ones).
     pub fn param_mark(self) -> char {
         match self {
             Self::Sqlite => '?',
@@ -498,11 +503,20 @@ pub(super) fn is_unique_violation(e: &sqlx::Error) -> bool {
         .is_some_and(|db| db.is_unique_violation())
 }
 
-/// `$first, $first+1, …` for `n` values, in SQL built at run time (`mark`:
-/// [`Backend::param_mark`]).
+/// Parameter `n` (from 1) in SQL built at run time (`mark`: [`Backend::param_mark`]):
+/// `$n`, or SQLite's bare `?`, which is the `n`th only when every parameter before it is
+/// bound before it.
+fn param(mark: char, n: usize) -> String {
+    match mark {
+        '?' => "?".to_owned(),
+        _ => format!("{mark}{n}"),
+    }
+}
+
+/// `$first, $first+1, …` for `n` values, in SQL built at run time ([`param`]).
 fn placeholders(mark: char, first: usize, n: usize) -> String {
     (first..first + n)
-        .map(|k| format!("{mark}{k}"))
+        .map(|k| param(mark, k))
         .collect::<Vec<_>>()
         .join(", ")
 }

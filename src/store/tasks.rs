@@ -288,23 +288,29 @@ async fn lease_in(
     m: char,
     only_free_workflows: bool,
 ) -> Result<Vec<ClaimedTask>, StoreError> {
+    use super::param;
+    // `now` again after the ids (each parameter once, in order: see `Backend::param_mark`).
     let free_workflow = if only_free_workflows {
         format!(
             " AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.workflow_id = tasks.workflow_id \
-             AND o.id <> tasks.id AND o.status = 'pending' AND o.lease_expires_at >= {m}3)"
+             AND o.id <> tasks.id AND o.status = 'pending' AND o.lease_expires_at >= {})",
+            param(m, 4 + ids.len())
         )
     } else {
         String::new()
     };
     let sql = format!(
-        "UPDATE tasks SET lease_owner = {m}1, lease_expires_at = {m}2 \
-         WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < {m}3) \
+        "UPDATE tasks SET lease_owner = {}, lease_expires_at = {} \
+         WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < {}) \
          AND id IN ({}){free_workflow} \
          RETURNING id, delivery_id, action, workflow_id, hold_job_name, origin, attempts, \
          errors, created_at, deadline_at, next_attempt_at, \
          (SELECT d.sym_event_id FROM deliveries d WHERE d.id = tasks.delivery_id) AS sym_event_id, \
          (SELECT COALESCE(d.approver_username, d.approver_name) FROM deliveries d \
           WHERE d.id = tasks.delivery_id) AS approver",
+        param(m, 1),
+        param(m, 2),
+        param(m, 3),
         super::placeholders(m, 4, ids.len())
     );
     let mut claim = sqlx::query(&sql)
@@ -314,6 +320,9 @@ async fn lease_in(
         .bind(now);
     for id in ids {
         claim = claim.bind(id);
+    }
+    if only_free_workflows {
+        claim = claim.bind(now);
     }
     let rows = claim.fetch_all(&mut **tx).await?;
     let mut claimed = rows

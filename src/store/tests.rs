@@ -4,8 +4,8 @@ use super::*;
 #[test]
 fn run_time_sql_numbers_its_parameters_in_order() {
     assert_eq!(placeholders('$', 4, 3), "$4, $5, $6");
-    assert_eq!(placeholders('?', 1, 1), "?1");
-    assert_eq!(value_rows('?', 4, 2, 2), "(?4, ?5), (?6, ?7)");
+    assert_eq!(placeholders('?', 1, 1), "?");
+    assert_eq!(value_rows('?', 4, 2, 2), "(?, ?), (?, ?)");
     assert_eq!(value_rows('$', 1, 1, 3), "($1, $2, $3)");
 }
 

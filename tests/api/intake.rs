@@ -593,3 +593,67 @@ async fn a_checkpoint_runs_only_when_something_was_written_since_the_last_one() 
     assert_eq!(store.checkpoint().await.unwrap(), Checkpoint::Complete);
     assert_eq!(store.checkpoint().await.unwrap(), Checkpoint::Skipped);
 }
+
+/// A batch larger than one multi-row statement (200 rows) is written in several, each value
+/// bound to its own row: each delivery's task names its workflow and its delivery, and each
+/// repeat finds its own original (by Sym id and by webhook-id).
+#[tokio::test]
+async fn a_batch_of_several_statements_binds_every_value_to_its_own_row() {
+    use std::collections::HashMap;
+    use sym_circleci_approver::domain::ids::LeaseToken;
+    let (_db, store) = store().await;
+    let workflows: Vec<Uuid> = (0..450).map(|_| Uuid::new_v4()).collect();
+    let batch: Vec<NewDelivery> = workflows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| delivery(&format!("msg_{i}"), &format!("ev-{i}"), "approve", *w))
+        .collect();
+    let stored = store.record_batch(&batch).await.unwrap();
+    let mut delivery_of: HashMap<Uuid, _> = HashMap::new();
+    for (result, workflow) in stored.iter().zip(&workflows) {
+        let Recorded::Queued { delivery_id, .. } = result else {
+            panic!("{result:?}")
+        };
+        delivery_of.insert(*workflow, *delivery_id);
+    }
+
+    let claimed = store
+        .claim_due_tasks(
+            &LeaseToken::new("test"),
+            std::time::Duration::from_secs(60),
+            500,
+        )
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 450);
+    for task in &claimed {
+        assert_eq!(
+            delivery_of.get(&task.workflow_id.0),
+            Some(&task.delivery_id),
+            "{task:?}"
+        );
+    }
+
+    // The same events again, half under their webhook-ids and half under new ones.
+    let again: Vec<NewDelivery> = workflows
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let webhook_id = if i % 2 == 0 {
+                format!("msg_{i}")
+            } else {
+                format!("msg_again_{i}")
+            };
+            delivery(&webhook_id, &format!("ev-{i}"), "approve", *w)
+        })
+        .collect();
+    let repeats = store.record_batch(&again).await.unwrap();
+    for (result, workflow) in repeats.iter().zip(&workflows) {
+        assert_eq!(
+            *result,
+            Recorded::Duplicate {
+                original_id: delivery_of[workflow]
+            }
+        );
+    }
+}
