@@ -3,6 +3,12 @@
 //! (docs/writes.md, "No pool on SQLite"). sqlx pings a pooled connection each time it goes
 //! back to the pool: a round trip to the connection's thread that the next user waits for.
 //!
+//! And what the round trips themselves cost: the same five inserts sent as ONE command (one
+//! multi-statement string, its values written into it: constants of this program), so SQLite's
+//! thread runs the whole transaction without waiting for the runtime between statements, as a
+//! driver that runs a transaction in one call would. Timed back to back (busy threads) and one
+//! transaction every 2 ms (both sides asleep between, as on an idle service's latency path).
+//!
 //! `cargo bench --bench sqlite_conn`; see benches/README.md. A plain program, not criterion:
 //! the point is transactions back to back, as a busy writer runs them, timed as a run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -29,6 +35,44 @@ async fn five_inserts(conn: &mut AnyConnection) {
             .unwrap();
     }
     tx.commit().await.unwrap();
+}
+
+/// The same transaction in one command: one round trip to SQLite's thread.
+async fn five_inserts_one_call(conn: &mut AnyConnection) {
+    sqlx::raw_sql(
+        "BEGIN; INSERT INTO t (v) VALUES ('a'); INSERT INTO t (v) VALUES ('b'); \
+         INSERT INTO t (v) VALUES ('c'); INSERT INTO t (v) VALUES ('d'); \
+         INSERT INTO t (v) VALUES ('e'); COMMIT",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+}
+
+/// One pass of `TRANSACTIONS` transactions on `conn` (as seven commands, or as one), `gap`
+/// asleep before each: the median µs of one transaction.
+fn pass(
+    runtime: &tokio::runtime::Runtime,
+    gap: Option<std::time::Duration>,
+    conn: &mut AnyConnection,
+    one_call: bool,
+) -> f64 {
+    median(runtime.block_on(async {
+        let mut each = Vec::new();
+        for _ in 0..TRANSACTIONS {
+            if let Some(gap) = gap {
+                tokio::time::sleep(gap).await;
+            }
+            let started = Instant::now();
+            if one_call {
+                five_inserts_one_call(conn).await;
+            } else {
+                five_inserts(conn).await;
+            }
+            each.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        each
+    }))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -88,5 +132,22 @@ fn main() {
          pool of one connection: {:.0} µs\n  held connection:        {:.0} µs",
         median(pooled),
         median(own)
+    );
+    // The four alternate within each round, so a change in the machine's state over the run
+    // (where the scheduler puts the two threads) falls on all four alike.
+    let gap = Some(std::time::Duration::from_millis(2));
+    let mut passes: [Vec<f64>; 4] = Default::default();
+    for _ in 0..ROUNDS {
+        passes[0].push(pass(&runtime, None, &mut held, false));
+        passes[1].push(pass(&runtime, None, &mut held, true));
+        passes[2].push(pass(&runtime, gap, &mut held, false));
+        passes[3].push(pass(&runtime, gap, &mut held, true));
+    }
+    let [busy_seven, busy_one, idle_seven, idle_one] = passes.map(median);
+    println!(
+        "on the held connection, seven statements as seven commands or as one \
+         (median transaction, median of {ROUNDS} alternating passes of {TRANSACTIONS}):\n  \
+         back to back:   {busy_seven:.0} µs as seven, {busy_one:.0} µs as one\n  \
+         one every 2 ms: {idle_seven:.0} µs as seven, {idle_one:.0} µs as one"
     );
 }
