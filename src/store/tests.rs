@@ -125,3 +125,31 @@ async fn sqlite_reads_get_a_pool_of_their_own_when_more_connections_are_asked_fo
     assert_eq!(store.pending_summary().await.unwrap(), (0, None));
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_sqlite_connection_that_cannot_be_opened_again_is_an_error_until_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir, None).await;
+    store.release_stale_leases().await.unwrap();
+
+    // After an I/O error both connections are opened again at their next use; meanwhile the
+    // file's name has become a folder, so that fails (an error, no panic, nothing written)…
+    store.write_turn.as_ref().unwrap().suspect();
+    let file = dir.path().join("approver.db");
+    let moved = dir.path().join("moved.db");
+    std::fs::rename(&file, &moved).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    assert!(matches!(
+        store.release_stale_leases().await,
+        Err(StoreError::Database(_))
+    ));
+    assert!(store.next_due_at().await.is_err());
+
+    // …and once the file is back, the next use opens it and goes on.
+    std::fs::remove_dir(&file).unwrap();
+    std::fs::rename(&moved, &file).unwrap();
+    assert_eq!(store.release_stale_leases().await.unwrap(), 0);
+    assert_eq!(store.next_due_at().await.unwrap(), None);
+    assert_eq!(store.checkpoint().await.unwrap(), Checkpoint::Complete);
+    store.close().await;
+}
