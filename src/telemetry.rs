@@ -18,12 +18,35 @@ pub enum LogTarget {
     File(std::fs::File),
 }
 
+/// Lines the service's log writer holds before a logging call waits for it: about 0.5 MB of
+/// JSON lines, and 40 kB of channel set up at start.
+const LOG_BUFFER_LINES: usize = 1024;
+
+/// Keeps the service's log writer running; dropping it writes out what is still queued
+/// (waiting at most a second), so hold it until the process is about to exit.
+#[must_use = "dropping it stops the log writer"]
+pub struct LogGuard {
+    _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+impl std::fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogGuard")
+    }
+}
+
 /// Installs the global subscriber (once; later calls are no-ops).
+///
+/// The service's stdout is written by a thread of its own: a request's or an approval's log
+/// lines are queued, not written, on its path, and the writer sends whatever has queued in one
+/// write (docs/benchmark.md, "Round 11"). It never drops a line: when the queue is full, the
+/// logging call waits, as a direct write to a slow stdout would. Helper commands and files
+/// are written directly.
 ///
 /// `RUST_LOG` takes a level and `target=level` pairs (`info`, `warn,sym_circleci_approver=debug`),
 /// tracing's `Targets` syntax: what operators set in practice. (Span and field filters would
 /// need a regex engine in the binary for a feature nobody here uses.)
-pub fn init(format: LogFormat, default_filter: &str, target: LogTarget) {
+pub fn init(format: LogFormat, default_filter: &str, target: LogTarget) -> LogGuard {
     let fallback = || {
         Targets::from_str(default_filter)
             .unwrap_or_else(|_| Targets::new().with_default(tracing::Level::INFO))
@@ -36,14 +59,25 @@ pub fn init(format: LogFormat, default_filter: &str, target: LogTarget) {
         _ => fallback(),
     };
     let to_file = matches!(target, LogTarget::File(_));
+    let mut guard = None;
+    let writer = match target {
+        LogTarget::Stdout => {
+            let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+                .lossy(false)
+                .buffered_lines_limit(LOG_BUFFER_LINES)
+                .thread_name("log-writer")
+                // Buffered: the lines queued since the last write go out in one write.
+                .finish(std::io::BufWriter::new(std::io::stdout()));
+            guard = Some(worker);
+            BoxMakeWriter::new(writer)
+        }
+        LogTarget::Stderr => BoxMakeWriter::new(std::io::stderr),
+        LogTarget::File(file) => BoxMakeWriter::new(std::sync::Mutex::new(file)),
+    };
     let layer = tracing_subscriber::fmt::layer()
         // Colour codes belong on a terminal, not in a file.
         .with_ansi(!to_file && std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(match target {
-            LogTarget::Stdout => BoxMakeWriter::new(std::io::stdout),
-            LogTarget::Stderr => BoxMakeWriter::new(std::io::stderr),
-            LogTarget::File(file) => BoxMakeWriter::new(std::sync::Mutex::new(file)),
-        });
+        .with_writer(writer);
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match format {
         LogFormat::Json => registry
@@ -57,6 +91,7 @@ pub fn init(format: LogFormat, default_filter: &str, target: LogTarget) {
             .try_init(),
         LogFormat::Text => registry.with(layer).try_init(),
     };
+    LogGuard { _writer: guard }
 }
 
 /// At most `per_second` log lines a second for one kind of event (a flood of forged requests

@@ -536,7 +536,8 @@ pub async fn run(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    telemetry::init(config.log_format, "info", LogTarget::Stdout);
+    // Held to the end of `run`: dropping it writes out the last queued lines.
+    let _logs = telemetry::init(config.log_format, "info", LogTarget::Stdout);
     // Signals are handled from the start: a SIGTERM while still connecting to the store is
     // a clean stop too.
     let shutdown = CancellationToken::new();

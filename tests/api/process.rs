@@ -55,6 +55,14 @@ async fn sigterm_stops_the_service_with_exit_code_0_and_keeps_pending_tasks() {
 
     // Assert
     assert_eq!(status.code(), Some(0), "{}", service.output());
+    // Log lines are written by a thread of their own: what was queued at the end is written
+    // out before the process exits, down to its last line.
+    assert_eq!(
+        service.stdout.events().last().map(|e| e["message"].clone()),
+        Some(serde_json::json!("stopped")),
+        "{}",
+        service.output()
+    );
     let store = up.store().await;
     let task = task_of(&store, &delivery_id).await;
     assert_eq!(task.status, TaskStatus::Pending, "{task:?}");

@@ -31,10 +31,10 @@ const GATE_TOKEN: &str = "demo-gate-token-0123456789";
 pub async fn run() -> ExitCode {
     // The service's own log lines go to a file: the narrative on stdout stays readable.
     let log = std::env::temp_dir().join(format!("sym-approver-demo-{}.log", Uuid::new_v4()));
-    match std::fs::File::create(&log) {
+    let _logs = match std::fs::File::create(&log) {
         Ok(file) => telemetry::init(LogFormat::Text, "info", LogTarget::File(file)),
         Err(_) => telemetry::init(LogFormat::Text, "error", LogTarget::Stderr),
-    }
+    };
     let result = demo().await;
     if log.exists() {
         println!("the service's log of this run: {}", log.display());

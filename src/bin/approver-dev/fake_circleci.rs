@@ -35,7 +35,7 @@ pub struct FakeCircleciArgs {
 }
 
 pub async fn run(args: FakeCircleciArgs) -> ExitCode {
-    telemetry::init(LogFormat::Text, "warn", LogTarget::Stderr);
+    let _logs = telemetry::init(LogFormat::Text, "warn", LogTarget::Stderr);
     let options = approver_test_support::fake_circleci::FakeOptions {
         listen: args.listen,
         calls_file: args.calls_file,
