@@ -19,7 +19,7 @@ pub enum LogTarget {
 }
 
 /// Lines the service's log writer holds before a logging call waits for it: about 0.5 MB of
-/// JSON lines, and 40 kB of channel set up at start.
+/// JSON lines at most, and a 32 kB channel set up at start.
 const LOG_BUFFER_LINES: usize = 1024;
 
 /// Keeps the service's log writer running; dropping it writes out what is still queued
