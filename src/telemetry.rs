@@ -24,15 +24,10 @@ const LOG_BUFFER_LINES: usize = 1024;
 
 /// Keeps the service's log writer running; dropping it writes out what is still queued
 /// (waiting at most a second), so hold it until the process is about to exit.
+#[derive(Debug)]
 #[must_use = "dropping it stops the log writer"]
 pub struct LogGuard {
     _writer: Option<tracing_appender::non_blocking::WorkerGuard>,
-}
-
-impl std::fmt::Debug for LogGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LogGuard")
-    }
 }
 
 /// Installs the global subscriber (once; later calls are no-ops).
@@ -59,20 +54,18 @@ pub fn init(format: LogFormat, default_filter: &str, target: LogTarget) -> LogGu
         _ => fallback(),
     };
     let to_file = matches!(target, LogTarget::File(_));
-    let mut guard = None;
-    let writer = match target {
+    let (writer, guard) = match target {
         LogTarget::Stdout => {
-            let (writer, worker) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
                 .lossy(false)
                 .buffered_lines_limit(LOG_BUFFER_LINES)
                 .thread_name("log-writer")
                 // Buffered: the lines queued since the last write go out in one write.
                 .finish(std::io::BufWriter::new(std::io::stdout()));
-            guard = Some(worker);
-            BoxMakeWriter::new(writer)
+            (BoxMakeWriter::new(writer), Some(guard))
         }
-        LogTarget::Stderr => BoxMakeWriter::new(std::io::stderr),
-        LogTarget::File(file) => BoxMakeWriter::new(std::sync::Mutex::new(file)),
+        LogTarget::Stderr => (BoxMakeWriter::new(std::io::stderr), None),
+        LogTarget::File(file) => (BoxMakeWriter::new(std::sync::Mutex::new(file)), None),
     };
     let layer = tracing_subscriber::fmt::layer()
         // Colour codes belong on a terminal, not in a file.

@@ -71,6 +71,37 @@ async fn sigterm_stops_the_service_with_exit_code_0_and_keeps_pending_tasks() {
 }
 
 #[tokio::test]
+async fn a_stdout_nobody_reads_any_more_neither_stops_the_service_nor_its_shutdown() {
+    // Arrange: the service runs; then its log collector goes away.
+    let up = Upstreams::new().await;
+    let mut service = ServiceProcess::start(LABEL, &up.env()).await;
+    service.close_stdout().await;
+
+    // Act: more log lines than the log writer queues (each approval logs several), while
+    // every write to stdout fails.
+    let workflows: Vec<Uuid> = (0..300).map(|_| workflow_on_hold(&up.fake)).collect();
+    for workflow in &workflows {
+        service.approve(&up.secret, *workflow).await;
+    }
+
+    // Assert: every one approved once, and SIGTERM still ends the process.
+    assert!(
+        up.fake
+            .wait_for_calls(WAIT, |c| c
+                .iter()
+                .filter(|c| c.operation == "approve" && c.status == 202)
+                .count()
+                >= workflows.len())
+            .await,
+        "{}",
+        service.output()
+    );
+    assert_eq!(up.fake.calls_of("approve").len(), workflows.len());
+    let status = service.stop().await;
+    assert_eq!(status.code(), Some(0), "{}", service.output());
+}
+
+#[tokio::test]
 async fn a_task_interrupted_by_kill_9_resumes_after_restart_and_approves_exactly_once() {
     // Arrange: the first job listings fail; the rest succeed.
     let up = Upstreams::new().await;

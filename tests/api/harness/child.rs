@@ -241,6 +241,15 @@ impl ServiceProcess {
         }
     }
 
+    /// Closes the test's end of the child's stdout, as a log collector that went away: the
+    /// child's writes there fail from now on (EPIPE), and nothing more is collected.
+    pub async fn close_stdout(&mut self) {
+        // `spawn` starts stdout's reader first.
+        let reader = self.readers.remove(0);
+        reader.abort();
+        let _ = reader.await;
+    }
+
     /// `serve` with `env`, listening.
     pub async fn start(label: impl Into<String>, env: &Env) -> Self {
         let mut service = Self::spawn(label, &["serve"], env);
