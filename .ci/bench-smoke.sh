@@ -82,4 +82,6 @@ if problems:
 print(f"bench-smoke: {len(expected)} rows measured")
 EOF
 grep -q '<svg' "$OUT/benchmark.svg"
+# The idle-gap probe docs/benchmark.md quotes: it runs and prints its three figures.
+python3 scripts/cold-path --samples 10 --dir "$OUT" | grep -c '×)' | grep -qx 3
 echo "== bench-smoke passed ($((SECONDS - started)) s)"

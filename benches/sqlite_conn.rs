@@ -6,8 +6,9 @@
 //! And what the round trips themselves cost: the same five inserts sent as ONE command (one
 //! multi-statement string, its values written into it: constants of this program), so SQLite's
 //! thread runs the whole transaction without waiting for the runtime between statements, as a
-//! driver that runs a transaction in one call would. Timed back to back (busy threads) and one
-//! transaction every 2 ms (both sides asleep between, as on an idle service's latency path).
+//! driver that runs a transaction in one call would. Timed back to back (busy threads), one
+//! transaction every 2 ms (both sides asleep between) and one every 33 ms (the latency row's
+//! pace, scripts/bench: long enough for the CPUs to halt, as on an idle service).
 //!
 //! `cargo bench --bench sqlite_conn`; see benches/README.md. A plain program, not criterion:
 //! the point is transactions back to back, as a busy writer runs them, timed as a run.
@@ -23,6 +24,8 @@ const SETUP: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF; \
                      CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)";
 const TRANSACTIONS: u32 = 300;
 const ROUNDS: usize = 7;
+/// Fewer at the latency row's pace, so a pass stays under two seconds.
+const PACED_TRANSACTIONS: u32 = 50;
 
 /// Five inserts in a transaction: seven round trips with `BEGIN` and `COMMIT`.
 async fn five_inserts(conn: &mut AnyConnection) {
@@ -56,10 +59,11 @@ fn pass(
     gap: Option<std::time::Duration>,
     conn: &mut AnyConnection,
     one_call: bool,
+    transactions: u32,
 ) -> f64 {
     median(runtime.block_on(async {
         let mut each = Vec::new();
-        for _ in 0..TRANSACTIONS {
+        for _ in 0..transactions {
             if let Some(gap) = gap {
                 tokio::time::sleep(gap).await;
             }
@@ -136,18 +140,24 @@ fn main() {
     // The four alternate within each round, so a change in the machine's state over the run
     // (where the scheduler puts the two threads) falls on all four alike.
     let gap = Some(std::time::Duration::from_millis(2));
-    let mut passes: [Vec<f64>; 4] = Default::default();
+    // The latency row's pace (30 deliveries a second): long enough for both CPUs to sleep.
+    let paced = Some(std::time::Duration::from_millis(33));
+    let mut passes: [Vec<f64>; 6] = Default::default();
     for _ in 0..ROUNDS {
-        passes[0].push(pass(&runtime, None, &mut held, false));
-        passes[1].push(pass(&runtime, None, &mut held, true));
-        passes[2].push(pass(&runtime, gap, &mut held, false));
-        passes[3].push(pass(&runtime, gap, &mut held, true));
+        passes[0].push(pass(&runtime, None, &mut held, false, TRANSACTIONS));
+        passes[1].push(pass(&runtime, None, &mut held, true, TRANSACTIONS));
+        passes[2].push(pass(&runtime, gap, &mut held, false, TRANSACTIONS));
+        passes[3].push(pass(&runtime, gap, &mut held, true, TRANSACTIONS));
+        passes[4].push(pass(&runtime, paced, &mut held, false, PACED_TRANSACTIONS));
+        passes[5].push(pass(&runtime, paced, &mut held, true, PACED_TRANSACTIONS));
     }
-    let [busy_seven, busy_one, idle_seven, idle_one] = passes.map(median);
+    let [busy_seven, busy_one, idle_seven, idle_one, paced_seven, paced_one] = passes.map(median);
     println!(
         "on the held connection, seven statements as seven commands or as one \
          (median transaction, median of {ROUNDS} alternating passes of {TRANSACTIONS}):\n  \
          back to back:   {busy_seven:.0} µs as seven, {busy_one:.0} µs as one\n  \
-         one every 2 ms: {idle_seven:.0} µs as seven, {idle_one:.0} µs as one"
+         one every 2 ms: {idle_seven:.0} µs as seven, {idle_one:.0} µs as one\n  \
+         one every 33 ms: {paced_seven:.0} µs as seven, {paced_one:.0} µs as one \
+         ({PACED_TRANSACTIONS} a pass)"
     );
 }
