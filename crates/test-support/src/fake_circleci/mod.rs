@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
@@ -196,7 +197,9 @@ struct Shared {
     changed: Notify,
     token: String,
     page_size: usize,
-    calls_file: Option<PathBuf>,
+    /// The calls file, opened once (appending): each call is one `write` of one whole line,
+    /// so a reader tailing it never sees half a line, and a call costs no open and close.
+    calls_file: Option<Mutex<std::fs::File>>,
     /// Serve any workflow id: an unknown one is created on first sight as the standard
     /// workflow of this project, hold job on hold (load runs, where every event is new).
     any_workflow: Option<String>,
@@ -211,15 +214,11 @@ impl Shared {
     }
 
     fn record(&self, call: RecordedCall) {
-        if let Some(path) = &self.calls_file {
-            if let Ok(line) = serde_json::to_string(&call) {
-                if let Ok(mut f) = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                {
-                    let _ = writeln!(f, "{line}");
-                }
+        if let Some(file) = &self.calls_file {
+            if let Ok(mut line) = serde_json::to_vec(&call) {
+                line.push(b'\n');
+                let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = file.write_all(&line);
             }
         }
         if self.keep_calls {
@@ -288,7 +287,16 @@ impl FakeCircleCi {
             changed: Notify::new(),
             token: options.token,
             page_size: options.page_size.max(1),
-            calls_file: options.calls_file,
+            calls_file: match &options.calls_file {
+                Some(path) => Some(Mutex::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .with_context(|| format!("calls file {}", path.display()))?,
+                )),
+                None => None,
+            },
             any_workflow: options.any_workflow,
             keep_calls: options.keep_calls,
         });
