@@ -58,3 +58,24 @@ fn the_service_binary_carries_no_test_double_and_no_demo() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_fake_circleci_refuses_a_calls_file_it_cannot_open_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("no-such-folder").join("calls.jsonl");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_approver-dev"))
+        .args(["fake-circleci", "--listen", "127.0.0.1:0", "--calls-file"])
+        .arg(&calls)
+        .env("CIRCLECI_TOKEN", "test-token")
+        .output()
+        .await
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&calls.display().to_string()) && stderr.contains("No such file"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).trim().is_empty());
+}

@@ -48,7 +48,8 @@ pub async fn run(args: FakeCircleciArgs) -> ExitCode {
     let fake = match approver_test_support::fake_circleci::FakeCircleCi::start_with(options).await {
         Ok(fake) => fake,
         Err(e) => {
-            eprintln!("cannot start the fake CircleCI: {e}");
+            // `{e:#}`: the context and its cause ("calls file …: No such file or directory").
+            eprintln!("cannot start the fake CircleCI: {e:#}");
             return ExitCode::FAILURE;
         }
     };
