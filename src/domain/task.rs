@@ -10,6 +10,7 @@ use crate::clock::duration_ms;
 use crate::domain::binding::{run_key, BindingSource, RunBinding};
 use crate::domain::event::{Event, EventKind};
 use crate::domain::ids::WorkflowId;
+use crate::domain::upstream::Operation;
 
 /// The approval job this service releases unless told another (`HOLD_JOB_NAMES`' default).
 pub const DEFAULT_HOLD_JOB_NAME: &str = "wait_for_sym_approval";
@@ -23,6 +24,16 @@ pub enum TaskAction {
     Cancel,
 }
 text_enum!(TaskAction { Approve => "approve", Cancel => "cancel" });
+
+impl TaskAction {
+    /// The CircleCI call that carries the task out.
+    pub fn operation(self) -> Operation {
+        match self {
+            Self::Approve => Operation::Approve,
+            Self::Cancel => Operation::Cancel,
+        }
+    }
+}
 
 /// Where a task is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

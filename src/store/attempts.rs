@@ -143,18 +143,101 @@ where
     Ok(AttemptId(id))
 }
 
+/// Stores a noted call's answer, with when it started and its endpoint: a note made by the
+/// intake ([`note_handed`]) was written before the step's reads, so before either was known.
 pub(super) async fn complete_call(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     attempt: AttemptId,
     call: &CallRecord,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE attempts SET status_code = $2, duration_ms = $3, error = $4 WHERE id = $1")
-        .bind(attempt.0)
-        .bind(call.status.map(i64::from))
-        .bind(duration_ms(call.duration))
-        .bind(call.error.as_deref())
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE attempts SET status_code = $2, duration_ms = $3, error = $4, started_at = $5, \
+         endpoint = $6 WHERE id = $1",
+    )
+    .bind(attempt.0)
+    .bind(call.status.map(i64::from))
+    .bind(duration_ms(call.duration))
+    .bind(call.error.as_deref())
+    .bind(call.started_at)
+    .bind(&call.endpoint)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A call the intake noted for a task it handed to the local worker ([`note_handed`]).
+#[derive(Debug, Clone)]
+pub(super) struct HandedNote {
+    pub task: TaskId,
+    pub operation: Operation,
+    /// The call's path as far as the intake knows it (an approve's hold job is not read yet).
+    pub endpoint: String,
+}
+
+/// Notes, in the intake's transaction, the call each handed task's first step may make, so
+/// that step makes it without a commit of its own first (docs/writes.md, "The intake's
+/// note"). One statement for all of them; returns each note's id, in the order of `notes`.
+pub(super) async fn note_handed(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    notes: &[HandedNote],
+    now: i64,
+    mark: char,
+) -> Result<Vec<AttemptId>, StoreError> {
+    if notes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "{INSERT_ATTEMPTS} {} RETURNING id, task_id",
+        super::value_rows(mark, 1, notes.len(), 8)
+    );
+    let mut insert = sqlx::query(&sql).persistent(notes.len() <= 2);
+    for note in notes {
+        insert = insert
+            .bind(note.task)
+            .bind(now)
+            .bind(note.operation.as_str())
+            .bind("POST")
+            .bind(&note.endpoint)
+            .bind(None::<i64>)
+            .bind(0_i64)
+            .bind(IN_FLIGHT);
+    }
+    let rows = insert.fetch_all(&mut **tx).await?;
+    let mut ids = Vec::with_capacity(notes.len());
+    for note in notes {
+        let mut found = None;
+        for row in &rows {
+            if row.try_get::<TaskId, _>("task_id")? == note.task {
+                found = Some(AttemptId(row.try_get("id")?));
+            }
+        }
+        ids.push(found.ok_or_else(|| {
+            StoreError::Invalid(format!("no note came back for task {}", note.task))
+        })?);
+    }
+    Ok(ids)
+}
+
+/// Takes back notes of calls that were never made (an intake's note whose step decided on
+/// no call, or noted its call afresh), in the step's result's transaction. Only rows still
+/// without an answer: an answered call is never removed from the audit trail.
+pub(super) async fn withdraw_notes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    notes: &[AttemptId],
+    mark: char,
+) -> Result<(), sqlx::Error> {
+    if notes.is_empty() {
+        return Ok(());
+    }
+    let sql = format!(
+        "DELETE FROM attempts WHERE status_code IS NULL AND id IN ({})",
+        super::placeholders(mark, 1, notes.len())
+    );
+    let mut delete = sqlx::query(&sql).persistent(notes.len() == 1);
+    for note in notes {
+        delete = delete.bind(note.0);
+    }
+    delete.execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -218,8 +301,9 @@ pub(super) async fn complete_all(
     }
     let sql = format!(
         "UPDATE attempts SET status_code = v.column2, duration_ms = v.column3, \
-         error = v.column4 FROM (VALUES {}) AS v WHERE attempts.id = v.column1",
-        super::value_rows('?', 1, answers.len(), 4)
+         error = v.column4, started_at = v.column5, endpoint = v.column6 \
+         FROM (VALUES {}) AS v WHERE attempts.id = v.column1",
+        super::value_rows('?', 1, answers.len(), 6)
     );
     let mut update = sqlx::query(&sql).persistent(answers.len() <= 2);
     for (attempt, call) in answers {
@@ -227,7 +311,9 @@ pub(super) async fn complete_all(
             .bind(attempt.0)
             .bind(call.status.map(i64::from))
             .bind(duration_ms(call.duration))
-            .bind(call.error.as_deref());
+            .bind(call.error.as_deref())
+            .bind(call.started_at)
+            .bind(&call.endpoint);
     }
     update.execute(&mut **tx).await?;
     Ok(())
@@ -396,18 +482,24 @@ impl Store {
     /// effect? Yes for a 2xx whose result was not stored in time, for no answer (in flight when
     /// the process died, timed out, connection dropped) and for a 5xx (CircleCI may have acted
     /// before failing to answer). A definite 4xx means it did not.
+    ///
+    /// `besides`: a note the asking step holds and has made no call under (the intake's note
+    /// of a handed task, [`note_handed`]); it is not an earlier call.
     pub async fn call_may_have_landed(
         &self,
         task: TaskId,
         operation: Operation,
+        besides: Option<AttemptId>,
     ) -> Result<bool, StoreError> {
         self.bounded(async {
             let n: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM attempts WHERE task_id = $1 AND operation = $2 \
-                 AND (status_code IS NULL OR status_code < 400 OR status_code >= 500)",
+                 AND (status_code IS NULL OR status_code < 400 OR status_code >= 500) \
+                 AND id <> $3",
             )
             .bind(task)
             .bind(operation.as_str())
+            .bind(besides.map_or(-1, |note| note.0))
             .fetch_one(&mut *self.reader().await?)
             .await?;
             Ok(n > 0)

@@ -5,15 +5,13 @@ use std::collections::HashMap;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use std::time::Duration;
-
-use super::tasks::ClaimedTask;
+use super::attempts::AttemptId;
+use super::tasks::{ClaimedTask, HandOffTerms};
 use super::{value_rows, Store, StoreError};
-use crate::clock::duration_ms;
 use crate::domain::binding::RunBinding;
 use crate::domain::event::{Event, EventKind};
 use crate::domain::gate::ApprovalPath;
-use crate::domain::ids::{DeliveryId, LeaseToken, TaskId, WorkflowId};
+use crate::domain::ids::{DeliveryId, TaskId, WorkflowId};
 use crate::domain::task::{DeliveryStatus, NewTask, TaskAction, TaskStatus};
 
 /// What recording a delivery did.
@@ -100,21 +98,21 @@ impl Store {
         Ok(self.record_batch_handing_off(items, None).await?.0)
     }
 
-    /// [`Self::record_batch`], and with `hand_off` (a lease token, how long, how many at most)
-    /// the same transaction leases up to that many of the new tasks for the local worker
-    /// (`tasks::hand_off_in`); returns them and when they were leased.
+    /// [`Self::record_batch`], and with `hand_off` the same transaction leases up to that many
+    /// of the new tasks for the local worker and notes their calls (`tasks::hand_off_in`);
+    /// returns them, each with its note, and when they were leased.
     pub(super) async fn record_batch_handing_off(
         &self,
         items: &[NewDelivery],
-        hand_off: Option<(&LeaseToken, Duration, usize)>,
-    ) -> Result<(Vec<Recorded>, Vec<ClaimedTask>, i64), StoreError> {
+        hand_off: Option<HandOffTerms<'_>>,
+    ) -> Result<(Vec<Recorded>, Vec<(ClaimedTask, AttemptId)>, i64), StoreError> {
         self.bounded(async {
             let mut writer = self.writer().await?;
             let mut tx = writer.begin().await?;
             let results = record_all(&mut tx, items, self.backend.param_mark()).await?;
             let now = self.clock.now_ms();
             let handed = match hand_off {
-                Some((lease, lease_for, max)) => {
+                Some(terms) => {
                     let new: Vec<(TaskId, WorkflowId)> = results
                         .iter()
                         .zip(items)
@@ -125,9 +123,7 @@ impl Store {
                             _ => None,
                         })
                         .collect();
-                    let until = now.saturating_add(duration_ms(lease_for));
-                    super::tasks::hand_off_in(&mut tx, self.backend, &new, max, lease, until, now)
-                        .await?
+                    super::tasks::hand_off_in(&mut tx, self.backend, &new, &terms, now).await?
                 }
                 None => Vec::new(),
             };

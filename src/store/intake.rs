@@ -15,17 +15,23 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::attempts::AttemptId;
 use super::deliveries::NewDelivery;
 use super::group_commit::{Batch, BatchObserver, BatchOptions, GroupCommit};
 use super::tasks::ClaimedTask;
+use super::tasks::HandOffTerms;
 use super::{Recorded, Store, StoreError};
-use crate::domain::ids::LeaseToken;
+use crate::domain::ids::{LeaseToken, WorkflowId};
+use crate::domain::task::TaskAction;
 
 /// A task leased to the local worker by the intake, with the worker slot it was given.
 #[derive(Debug)]
 pub struct Handed {
     pub task: ClaimedTask,
     pub lease: LeaseToken,
+    /// The call the intake noted for the task's first step (docs/writes.md, "The intake's
+    /// note"): the step makes it under this note, or takes the note back.
+    pub note: AttemptId,
     /// When the lease was taken, on the store's clock (unix ms).
     pub claimed_ms: i64,
     /// The worker slot this task holds until its step ends.
@@ -42,6 +48,9 @@ pub struct Handoff {
     /// Names this process's leases.
     pub owner: String,
     pub lease_for: Duration,
+    /// A handed task's call as far as it is known before its step reads the workflow (the
+    /// intake notes it).
+    pub endpoint: fn(TaskAction, WorkflowId) -> String,
 }
 
 /// Deliveries as a kind of batched write.
@@ -75,15 +84,18 @@ impl Batch for Deliveries {
             .handoff
             .as_ref()
             .filter(|_| !slots.is_empty())
-            .map(|h| (LeaseToken::new(&h.owner), h.lease_for));
-        let (results, handed, claimed_ms) = store
-            .record_batch_handing_off(
-                items,
-                lease
-                    .as_ref()
-                    .map(|(token, lease_for)| (token, *lease_for, slots.len())),
-            )
-            .await?;
+            .map(|h| LeaseToken::new(&h.owner));
+        let terms = self
+            .handoff
+            .as_ref()
+            .zip(lease.as_ref())
+            .map(|(h, token)| HandOffTerms {
+                lease: token,
+                lease_for: h.lease_for,
+                max: slots.len(),
+                endpoint: h.endpoint,
+            });
+        let (results, handed, claimed_ms) = store.record_batch_handing_off(items, terms).await?;
         let queued = results
             .iter()
             .filter(|r| matches!(r, Recorded::Queued { .. }))
@@ -91,18 +103,19 @@ impl Batch for Deliveries {
         if queued > handed.len() {
             self.wake.notify_one();
         }
-        if let (Some(handoff), Some((token, _))) = (&self.handoff, lease) {
-            for (task, slot) in handed.into_iter().zip(slots) {
+        if let (Some(handoff), Some(token)) = (&self.handoff, lease) {
+            for ((task, note), slot) in handed.into_iter().zip(slots) {
                 let handed = Handed {
                     task,
                     lease: token.clone(),
+                    note,
                     claimed_ms,
                     slot,
                 };
                 if let Err(mpsc::error::SendError(lost)) = handoff.inbox.send(handed) {
                     // The worker stopped between the slot and the send: give the lease back
                     // so the task is claimed at once (here after a restart, or elsewhere).
-                    let _ = store.release_lease(lost.task.id, &lost.lease).await;
+                    let _ = store.release_handed(&lost).await;
                 }
             }
         }

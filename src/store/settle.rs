@@ -4,7 +4,9 @@
 
 use sqlx::{Acquire as _, Row};
 
-use super::attempts::{complete_all, complete_call, insert_calls, insert_rows, AttemptId};
+use super::attempts::{
+    complete_all, complete_call, insert_calls, insert_rows, withdraw_notes, AttemptId,
+};
 use super::tasks::{insert_task, StepResult};
 use super::{is_unique_violation, Store, StoreError};
 use crate::domain::gate::ApprovalPath;
@@ -64,6 +66,11 @@ pub(super) async fn settle_one(
         .execute(&mut **tx)
         .await?;
     let kept = done.rows_affected() == 1;
+    if kept {
+        if let Some(note) = result.withdrawn {
+            withdraw_notes(tx, &[note], mark).await?;
+        }
+    }
     if kept && task_update(&result.settle, now).0 == TaskStatus::Failed {
         if let Some(successor) = &result.successor {
             promote_attached(tx, result.delivery, successor, now).await?;
@@ -178,6 +185,12 @@ pub(super) async fn settle_all(
         .iter()
         .map(|row| row.try_get("id"))
         .collect::<Result<_, _>>()?;
+    let withdrawn: Vec<AttemptId> = results
+        .iter()
+        .filter(|r| updated.contains(&r.task))
+        .filter_map(|r| r.withdrawn)
+        .collect();
+    withdraw_notes(tx, &withdrawn, '?').await?;
     let mut kept = Vec::with_capacity(results.len());
     for result in results {
         let took = updated.contains(&result.task);

@@ -19,7 +19,7 @@ use crate::domain::settle::Settlement;
 use crate::domain::task::{NewTask, Outcome, TaskAction, TaskState, TaskStatus};
 use crate::domain::upstream::CallRecord;
 
-use super::attempts::AttemptId;
+use super::attempts::{note_handed, withdraw_notes, AttemptId, HandedNote};
 
 /// Key of the PostgreSQL advisory lock that serialises task claims across replicas.
 const CLAIM_LOCK_KEY: i64 = 0x5379_6d43_6c61_696d; // "SymClaim"
@@ -61,6 +61,9 @@ pub struct StepResult {
     pub lease: LeaseToken,
     pub calls: Vec<CallRecord>,
     pub completed: Option<(AttemptId, CallRecord)>,
+    /// A note of a call this step never made (the intake's, [`super::Handed::note`]): taken
+    /// back with the result.
+    pub withdrawn: Option<AttemptId>,
     pub job: JobInfo,
     pub settle: Settlement,
     /// For an approve task that fails: the task the newest approval attached to it gets
@@ -163,7 +166,7 @@ impl Store {
             now.saturating_add(duration_ms(lease_for)),
             now,
             self.backend.param_mark(),
-            false,
+            LeaseKind::Claim,
         )
         .await?;
         tx.commit().await?;
@@ -200,6 +203,30 @@ impl Store {
             .bind(lease.as_str())
             .execute(&mut *writer)
             .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Gives back the lease of a task the intake handed over whose step never started (the
+    /// worker stopped first), and takes back the call the intake noted for it: no call was
+    /// made under it, so unlike [`Self::release_lease`] the call mark is cleared too.
+    pub async fn release_handed(&self, handed: &super::Handed) -> Result<(), StoreError> {
+        self.bounded(async {
+            let mut writer = self.writer().await?;
+            let mut tx = writer.begin().await?;
+            let released = sqlx::query(
+                "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, \
+                 call_in_flight = 0 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
+            )
+            .bind(handed.task.id)
+            .bind(handed.lease.as_str())
+            .execute(&mut *tx)
+            .await?;
+            if released.rows_affected() == 1 {
+                withdraw_notes(&mut tx, &[handed.note], self.backend.param_mark()).await?;
+            }
+            tx.commit().await?;
             Ok(())
         })
         .await
@@ -276,9 +303,19 @@ fn pick_one_per_workflow(candidates: &[AnyRow], max: usize) -> Result<Vec<String
     Ok(picked)
 }
 
+/// Who takes a lease, and so what it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaseKind {
+    /// The worker's claim of due tasks (it picked one per workflow itself).
+    Claim,
+    /// The intake's hand-off of tasks it just stored: only tasks of a workflow no other task
+    /// is leased for, and marked with a call in flight (the intake notes each one's call).
+    HandOff,
+}
+
 /// Leases the tasks `ids` (most overdue first, as given) under `lease` until `until`, those
-/// still pending and unleased (or whose lease ran out); with `only_free_workflows`, only those
-/// of a workflow no other task is leased for. The rows are returned in the order of `ids`.
+/// still pending and unleased (or whose lease ran out), as `kind` says. The rows are returned
+/// in the order of `ids`.
 async fn lease_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     ids: &[String],
@@ -286,9 +323,15 @@ async fn lease_in(
     until: i64,
     now: i64,
     m: char,
-    only_free_workflows: bool,
+    kind: LeaseKind,
 ) -> Result<Vec<ClaimedTask>, StoreError> {
     use super::param;
+    let only_free_workflows = kind == LeaseKind::HandOff;
+    let in_flight = if kind == LeaseKind::HandOff {
+        ", call_in_flight = 1"
+    } else {
+        ""
+    };
     // `now` again after the ids (each parameter once, in order: see `Backend::param_mark`).
     let free_workflow = if only_free_workflows {
         format!(
@@ -300,7 +343,7 @@ async fn lease_in(
         String::new()
     };
     let sql = format!(
-        "UPDATE tasks SET lease_owner = {}, lease_expires_at = {} \
+        "UPDATE tasks SET lease_owner = {}, lease_expires_at = {}{in_flight} \
          WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < {}) \
          AND id IN ({}){free_workflow} \
          RETURNING id, delivery_id, action, workflow_id, hold_job_name, origin, attempts, \
@@ -337,21 +380,36 @@ async fn lease_in(
     Ok(claimed)
 }
 
+/// What the intake's hand-off needs ([`Store::record_batch_handing_off`], [`hand_off_in`]).
+pub(super) struct HandOffTerms<'a> {
+    pub lease: &'a LeaseToken,
+    pub lease_for: Duration,
+    /// How many tasks at most (the worker's free slots).
+    pub max: usize,
+    /// A handed task's call as far as it is known before its step reads the workflow.
+    pub endpoint: fn(TaskAction, WorkflowId) -> String,
+}
+
 /// The hand-off: leases up to `max` of the tasks this transaction just stored (`new`, with
 /// their workflows), for the local worker, in the intake's own transaction, so they need no
 /// claim of their own. The same rules as a claim: at most one per workflow, none of a workflow
 /// another task is leased for. On PostgreSQL only when the claim lock is free at once
 /// (`pg_try_advisory_xact_lock`): a replica claiming now is never waited for, and the tasks
 /// are then claimed as usual.
+///
+/// Each handed task's call is noted here too, with its task marked as having a call in
+/// flight ([`note_handed`]): its first step then makes the call without a commit of its own
+/// before it (docs/writes.md, "The intake's note"). `terms.endpoint` gives a note's path as
+/// far as it is known before the step reads the workflow.
 pub(super) async fn hand_off_in(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     backend: super::Backend,
     new: &[(TaskId, WorkflowId)],
-    max: usize,
-    lease: &LeaseToken,
-    until: i64,
+    terms: &HandOffTerms<'_>,
     now: i64,
-) -> Result<Vec<ClaimedTask>, StoreError> {
+) -> Result<Vec<(ClaimedTask, AttemptId)>, StoreError> {
+    let (max, lease) = (terms.max, terms.lease);
+    let until = now.saturating_add(duration_ms(terms.lease_for));
     if new.is_empty() || max == 0 {
         return Ok(Vec::new());
     }
@@ -371,7 +429,18 @@ pub(super) async fn hand_off_in(
         .take(max)
         .map(|(id, _)| id.to_string())
         .collect();
-    lease_in(tx, &picked, lease, until, now, backend.param_mark(), true).await
+    let mark = backend.param_mark();
+    let handed = lease_in(tx, &picked, lease, until, now, mark, LeaseKind::HandOff).await?;
+    let notes: Vec<HandedNote> = handed
+        .iter()
+        .map(|task| HandedNote {
+            task: task.id,
+            operation: task.action.operation(),
+            endpoint: (terms.endpoint)(task.action, task.workflow_id),
+        })
+        .collect();
+    let noted = note_handed(tx, &notes, now, mark).await?;
+    Ok(handed.into_iter().zip(noted).collect())
 }
 
 pub(super) fn parse_status(text: &str) -> Result<TaskStatus, StoreError> {

@@ -26,7 +26,9 @@ use crate::config::WorkerConfig;
 use crate::domain::ids::{LeaseToken, TaskId};
 use crate::metrics::Metrics;
 use crate::outbound::circleci::CircleCiClient;
-use crate::store::{BatchOptions, ClaimedTask, Handed, Handoff, StepWrites, Store, StoreError};
+use crate::store::{
+    AttemptId, BatchOptions, ClaimedTask, Handed, Handoff, StepWrites, Store, StoreError,
+};
 use token_check::TokenCheck;
 
 /// Longest idle wait between looks at the store (covers tasks made by other replicas).
@@ -43,6 +45,10 @@ struct Lease {
     token: LeaseToken,
     /// When it was taken, on the service's clock (unix ms).
     claimed_ms: i64,
+    /// The call the intake noted when it handed the task over (None for a claim): the
+    /// step's call may be made under it with no commit first (docs/writes.md, "The intake's
+    /// note").
+    note: Option<AttemptId>,
 }
 
 pub struct ApprovalWorker {
@@ -122,6 +128,7 @@ impl ApprovalWorker {
             inbox: self.handed.0.clone(),
             owner: self.owner.clone(),
             lease_for: self.config.task_lease,
+            endpoint: CircleCiClient::noted_path,
         }
     }
 
@@ -193,8 +200,8 @@ impl ApprovalWorker {
                     // Handed over by the intake: already leased, no claim needed. Whatever
                     // else arrived with it starts too.
                     let mut handed = Some(handed);
-                    while let Some(Handed { task, lease, claimed_ms, slot }) = handed {
-                        let lease = Lease { token: lease, claimed_ms };
+                    while let Some(Handed { task, lease, note, claimed_ms, slot }) = handed {
+                        let lease = Lease { token: lease, claimed_ms, note: Some(note) };
                         self.metrics.step_started("handoff");
                         self.start_step(&mut running, task, lease, slot);
                         handed = inbox.try_recv().ok();
@@ -210,10 +217,7 @@ impl ApprovalWorker {
         self.slots.close();
         inbox.close();
         while let Ok(handed) = inbox.try_recv() {
-            let _ = self
-                .store
-                .release_lease(handed.task.id, &handed.lease)
-                .await;
+            let _ = self.store.release_handed(&handed).await;
         }
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while running.join_next().await.is_some() {}
@@ -282,6 +286,7 @@ impl ApprovalWorker {
                 let lease = Lease {
                     token: token.clone(),
                     claimed_ms,
+                    note: None,
                 };
                 (task, lease)
             })

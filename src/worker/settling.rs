@@ -37,6 +37,12 @@ impl Trail {
         self.saved = self.calls.len();
     }
 
+    /// The intake's note of the step's task (`intake_note`), when the step made no call under
+    /// it: it is no earlier call, and the step's result takes it back.
+    pub(super) fn unused_note(&self, intake_note: Option<AttemptId>) -> Option<AttemptId> {
+        intake_note.filter(|note| self.noted.map(|(id, _)| id) != Some(*note))
+    }
+
     /// The noted call and its answer, when it was made.
     pub(super) fn completed(&self) -> Option<(AttemptId, &CallRecord)> {
         let (id, index) = self.noted?;
@@ -69,6 +75,7 @@ impl ApprovalWorker {
                 lease: lease.token.clone(),
                 calls: trail.unsaved(),
                 completed: trail.completed().map(|(id, call)| (id, call.clone())),
+                withdrawn: trail.unused_note(lease.note),
                 job: job.clone(),
                 settle: settlement.clone(),
                 successor: self.successor(task),

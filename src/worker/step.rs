@@ -70,13 +70,15 @@ impl ApprovalWorker {
                 polls: task.attempts - task.errors,
                 created_at: task.created_at,
                 deadline_at: task.deadline_at,
-                call_may_have_landed: self.call_may_have_landed(task, &end, now).await,
+                call_may_have_landed: self
+                    .call_may_have_landed(task, &end, now, trail.unused_note(lease.note))
+                    .await,
             };
             let jitter = rand::random_range(0.8..=1.2);
             let settlement = match settle::settle(end, &progress, now, &self.config.retry, jitter) {
                 Settled::Now(settlement) => settlement,
                 Settled::LastLook { detail } => {
-                    let look = self.last_look(task, &mut trail, &mut job).await;
+                    let look = self.last_look(task, lease, &mut trail, &mut job).await;
                     settle::after_last_look(
                         look,
                         &progress,
@@ -102,14 +104,21 @@ impl ApprovalWorker {
     }
 
     /// Whether a call of this task may have landed, as settling a step past its deadline needs
-    /// to know (a store read, only then).
-    async fn call_may_have_landed(&self, task: &ClaimedTask, end: &StepEnd, now: i64) -> bool {
+    /// to know (a store read, only then). `unused`: the intake's note, when this step made no
+    /// call under it.
+    async fn call_may_have_landed(
+        &self,
+        task: &ClaimedTask,
+        end: &StepEnd,
+        now: i64,
+        unused: Option<AttemptId>,
+    ) -> bool {
         match end {
             StepEnd::Retry { call_unknown, .. } if now >= task.deadline_at => {
                 *call_unknown
                     || self
                         .store
-                        .call_may_have_landed(task.id, operation_of(task.action))
+                        .call_may_have_landed(task.id, task.action.operation(), unused)
                         .await
                         // The store cannot tell: assume it may have, so the task is re-read
                         // rather than failed.
@@ -145,6 +154,7 @@ impl ApprovalWorker {
     async fn decide(
         &self,
         task: &ClaimedTask,
+        besides: Option<AttemptId>,
         view: &WorkflowView,
         trail: &mut Trail,
     ) -> Result<Next, StepEnd> {
@@ -155,7 +165,7 @@ impl ApprovalWorker {
         };
         let our_call_may_have_landed = if shows_our_effect {
             self.store
-                .call_may_have_landed(task.id, operation_of(task.action))
+                .call_may_have_landed(task.id, task.action.operation(), besides)
                 .await
                 .map_err(|e| {
                     StepEnd::retry_error(format!("cannot read this task's attempts: {e}"))
@@ -242,11 +252,11 @@ impl ApprovalWorker {
             return Ok(StepEnd::call_unanswered(format!(
                 "no answer to the {} call within the step's share of TASK_LEASE; it may have \
                  taken effect, so the job will be re-read",
-                operation_of(task.action).as_str()
+                task.action.operation().as_str()
             )));
         };
         if let Err(e) = &result {
-            let _ = self.failed_call(e, operation_of(task.action).as_str());
+            let _ = self.failed_call(e, task.action.operation().as_str());
         }
         Ok(decide::after_call(&next, self.hold_job(task), &result))
     }
@@ -281,7 +291,8 @@ impl ApprovalWorker {
             Ok(view) => view,
             Err(end) => return Ok(Prepared::End(end)),
         };
-        let next = match self.decide(task, &view, trail).await {
+        // The intake's note is this step's own, and no call has been made under it yet.
+        let next = match self.decide(task, lease.note, &view, trail).await {
             Ok(next) => next,
             Err(end) => return Ok(Prepared::End(end)),
         };
@@ -318,6 +329,16 @@ impl ApprovalWorker {
             Next::Approve(id) => CircleCiClient::approve_path(task.workflow_id, *id),
             _ => CircleCiClient::cancel_path(task.workflow_id),
         };
+        if let Some(note) = self.intake_note_usable(task, lease, operation) {
+            // Noted durably by the intake, under the lease it took then: the call needs no
+            // commit before it, and runs in what is left of that lease's share. Its reads are
+            // stored with the step's result.
+            return Ok(Prepared::Call {
+                next,
+                attempt: note,
+                deadline_ms: lease.claimed_ms.saturating_add(self.lease_share()),
+            });
+        }
         // The call's time is measured from before the renewal (the lease runs from a moment
         // after this, so the call ends inside it).
         let renewing = self.clock.now_ms();
@@ -333,6 +354,23 @@ impl ApprovalWorker {
             Err(Ok(end)) => Ok(Prepared::End(end)),
             Err(Err(interrupted)) => Err(interrupted),
         }
+    }
+
+    /// The intake's note, when this step's call can be made under it: the same operation,
+    /// and at least half of the lease's share left for the call (else the lease is renewed
+    /// and the call noted afresh, and the intake's note is taken back with the result).
+    fn intake_note_usable(
+        &self,
+        task: &ClaimedTask,
+        lease: &Lease,
+        operation: Operation,
+    ) -> Option<AttemptId> {
+        let note = lease.note?;
+        let left = lease
+            .claimed_ms
+            .saturating_add(self.lease_share())
+            .saturating_sub(self.clock.now_ms());
+        (operation == task.action.operation() && left >= self.lease_share() / 2).then_some(note)
     }
 
     /// The approval job this task releases.
@@ -380,12 +418,21 @@ impl ApprovalWorker {
 
     /// The deadline passed while a call's outcome was unknown: one more read, and the decision
     /// on it, without calling anything.
-    async fn last_look(&self, task: &ClaimedTask, trail: &mut Trail, job: &mut JobInfo) -> StepEnd {
+    async fn last_look(
+        &self,
+        task: &ClaimedTask,
+        lease: &Lease,
+        trail: &mut Trail,
+        job: &mut JobInfo,
+    ) -> StepEnd {
         let view = match self.read(task, trail, job).await {
             Ok(view) => view,
             Err(end) => return end,
         };
-        match self.decide(task, &view, trail).await {
+        match self
+            .decide(task, trail.unused_note(lease.note), &view, trail)
+            .await
+        {
             Ok(Next::End(end)) => end,
             Ok(_) => StepEnd::failed(
                 Outcome::TimedOut,
@@ -414,14 +461,6 @@ impl ApprovalWorker {
     /// A phase's share of the lease, in ms.
     fn lease_share(&self) -> i64 {
         crate::clock::duration_ms(self.config.task_lease.mul_f64(LEASE_SHARE))
-    }
-}
-
-/// The CircleCI operation a task's call is.
-fn operation_of(action: TaskAction) -> Operation {
-    match action {
-        TaskAction::Approve => Operation::Approve,
-        TaskAction::Cancel => Operation::Cancel,
     }
 }
 

@@ -1,15 +1,22 @@
 //! Exactly once under the faults that used to slip through: an approve cut off by the step's
 //! own time limit, a second approval while the first task is pending, a shutdown with an
-//! approve in flight, and a click in the UI while our approve went unanswered.
+//! approve in flight, and a click in the UI while our approve went unanswered. And the
+//! intake's note (docs/writes.md): a task handed to the worker is noted with its call in the
+//! delivery's own transaction, so its first step calls without a commit first; a note it
+//! made no call under never counts as a call.
 
 use std::time::Duration;
 
-use approver_test_support::fake_circleci::Fault;
+use approver_test_support::fake_circleci::{Fault, TOKEN_USER_ID};
 use serde_json::Value;
 use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
+use sym_circleci_approver::store::Backend;
 use uuid::Uuid;
 
 use crate::harness::*;
+
+/// How long a task may take to finish.
+const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn an_approve_cut_off_by_the_steps_own_time_limit_ends_approved_confirmed_by_rereading() {
@@ -168,4 +175,119 @@ async fn a_ui_click_while_our_approve_went_unanswered_is_recorded_as_already_app
         task.detail.unwrap_or_default().contains("another user"),
         "the detail names the click"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The intake's note
+// ---------------------------------------------------------------------------------------------
+
+/// Steps the worker started that the intake handed over (rather than claimed).
+async fn handed_steps(app: &TestApp) -> f64 {
+    sample(
+        &app.metrics().await,
+        "sym_approver_worker_steps_started_total{via=\"handoff\"}",
+    )
+}
+
+/// The audit trail's calls of one approval.
+async fn attempts_of(app: &TestApp, delivery: &str) -> Vec<Value> {
+    let story = app.admin_get(&format!("/v1/approvals/{delivery}")).await;
+    assert_eq!(story.status, 200, "{}", story.body);
+    story.body["attempts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_handed_approval_of_a_hold_job_the_tokens_own_user_approved_first_is_not_ours() {
+    // The intake notes the approve before the step reads the hold job. The hold job turns out
+    // approved already, by the very user whose token the service holds (someone clicked in
+    // the UI with that account): the step's own note is no earlier call of ours, so this is
+    // `already_approved`, never `approved`.
+    let app = TestApp::builder().admin_token().spawn().await;
+    let workflow = app.workflow("on_hold");
+    app.fake.approve_in_ui(workflow, HOLD, TOKEN_USER_ID);
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(
+        (task.status, task.outcome),
+        (TaskStatus::Succeeded, Some(Outcome::AlreadyApproved)),
+        "{task:?}"
+    );
+    assert!(app.fake.calls_of("approve").is_empty());
+    if app.store.backend() == Backend::Sqlite {
+        assert_eq!(handed_steps(&app).await, 1.0, "the task was handed over");
+    }
+    // The note of a call never made is taken back: the trail holds only the reads.
+    let attempts = attempts_of(&app, &delivery).await;
+    assert!(!attempts.is_empty());
+    assert!(
+        attempts.iter().all(|a| a["method"] == "GET"),
+        "{attempts:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_handed_approval_stores_its_call_with_the_real_path_after_its_reads() {
+    let app = TestApp::builder().admin_token().spawn().await;
+    let workflow = app.workflow("on_hold");
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(task.outcome, Some(Outcome::Approved), "{task:?}");
+    assert_eq!(app.fake.calls_of("approve").len(), 1);
+    if app.store.backend() == Backend::Sqlite {
+        assert_eq!(handed_steps(&app).await, 1.0, "the task was handed over");
+    }
+    let attempts = attempts_of(&app, &delivery).await;
+    let methods: Vec<&str> = attempts
+        .iter()
+        .map(|a| a["method"].as_str().unwrap_or_default())
+        .collect();
+    // The reads (the jobs, page by page, and the workflow's record), then the approve: in
+    // the order they happened, though the approve was noted before any of them.
+    assert!(methods.len() >= 3, "{attempts:#?}");
+    let (last, reads) = methods.split_last().unwrap_or((&"", &[]));
+    assert!(reads.iter().all(|m| *m == "GET"), "{attempts:#?}");
+    assert_eq!(*last, "POST", "{attempts:#?}");
+    let approve = &attempts[methods.len() - 1];
+    assert_eq!(approve["status"], 202, "{approve:#}");
+    assert!(approve["error"].is_null(), "{approve:#}");
+    let called = app.fake.calls_of("approve")[0].path.clone();
+    assert_eq!(
+        approve["endpoint"].as_str().map(|e| format!("/api/v2{e}")),
+        Some(called),
+        "the path the call took, not the one noted before the reads"
+    );
+    assert!(
+        !approve["endpoint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains('{'),
+        "{approve:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_handed_task_whose_hold_job_is_not_on_hold_yet_takes_its_note_back() {
+    let app = TestApp::builder().admin_token().spawn().await;
+    let workflow = app.workflow("on_hold");
+    app.fake
+        .hold_after(workflow, HOLD, Duration::from_millis(300));
+
+    let delivery = app.approve(workflow).await;
+    let task = app.finished_task(&delivery, WAIT).await;
+
+    assert_eq!(task.outcome, Some(Outcome::Approved), "{task:?}");
+    assert_eq!(app.fake.calls_of("approve").len(), 1);
+    // One approve in the trail (the second step's), answered: the first step's note, under
+    // which no call was made, is gone.
+    let attempts = attempts_of(&app, &delivery).await;
+    let posts: Vec<&Value> = attempts.iter().filter(|a| a["method"] == "POST").collect();
+    assert_eq!(posts.len(), 1, "{attempts:#?}");
+    assert_eq!(posts[0]["status"], 202, "{attempts:#?}");
 }

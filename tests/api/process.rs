@@ -162,6 +162,64 @@ async fn a_task_interrupted_by_kill_9_resumes_after_restart_and_approves_exactly
     store.close().await;
 }
 
+#[tokio::test]
+async fn kill_9_while_a_handed_approve_is_unanswered_keeps_the_task_until_its_lease_ends() {
+    // The intake hands the task to the worker with its approve noted in the delivery's own
+    // transaction; CircleCI applies the approve and answers only much later; the process is
+    // killed meanwhile, its result never stored.
+    let up = Upstreams::new().await;
+    let fake = &up.fake;
+    fake.push_fault(
+        Fault::status(500)
+            .on("approve")
+            .after_effect()
+            .delayed(Duration::from_secs(60)),
+    );
+    let workflow = workflow_on_hold(fake);
+    let env = up
+        .env()
+        .set("TASK_LEASE", "3s")
+        .set("CIRCLECI_TIMEOUT", "60s");
+    let mut first = ServiceProcess::start(LABEL, &env).await;
+    // The lease is taken after this, so it runs out 3 s after it at the earliest.
+    let sent = std::time::Instant::now();
+    let (_, delivery_id) = first.approve(&up.secret, workflow).await;
+    assert!(
+        fake.wait_for_calls(Duration::from_secs(10), |c| c
+            .iter()
+            .any(|c| c.operation == "approve"))
+            .await,
+        "the worker never called approve"
+    );
+    first.kill_9().await;
+    let before_restart = fake.calls().len();
+
+    // The restarted process keeps off the task until the lease runs out (the call may land),
+    // then reads the hold job approved by its own token's user: the intake's note says that
+    // was this task's call, so the approval is recorded as this service's, with one call.
+    let second = ServiceProcess::start(LABEL, &env).await;
+    let store = up.store().await;
+    let task = second.finished_task(&store, &delivery_id, WAIT).await;
+    assert_eq!(
+        (task.status, task.outcome),
+        (TaskStatus::Succeeded, Some(Outcome::Approved)),
+        "{task:?}"
+    );
+    assert_eq!(fake.calls_of("approve").len(), 1, "{:?}", fake.calls());
+    let first_read_after = fake.calls()[before_restart..]
+        .iter()
+        .filter(|c| c.operation == "list_jobs")
+        .filter_map(|c| c.at)
+        .min()
+        .expect("the restarted process read the hold job");
+    assert!(
+        first_read_after >= sent + Duration::from_secs(3),
+        "the task was read again {:?} after the delivery, inside its lease",
+        first_read_after - sent
+    );
+    store.close().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Refusals at startup
 // ---------------------------------------------------------------------------------------------

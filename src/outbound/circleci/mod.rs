@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::http_client::{ClientSettings, UpstreamClient};
 use crate::clock::Clock;
 use crate::domain::ids::{ApprovalRequestId, WorkflowId};
+use crate::domain::task::TaskAction;
 use crate::domain::upstream::{CallRecord, Failure, Operation, Upstream, UpstreamError};
 use crate::domain::workflow::{WorkflowInfo, WorkflowView};
 
@@ -154,6 +155,18 @@ impl CircleCiClient {
     /// The path of the cancel call.
     pub fn cancel_path(workflow_id: WorkflowId) -> String {
         format!("/workflow/{workflow_id}/cancel")
+    }
+
+    /// The path of a task's call before its workflow is read (the intake notes it): an
+    /// approve's `approval_request_id` is not known yet, so the path shows where it goes.
+    /// Replaced by the real path when the call's answer is stored.
+    pub fn noted_path(action: TaskAction, workflow_id: WorkflowId) -> String {
+        match action {
+            TaskAction::Approve => {
+                format!("/workflow/{workflow_id}/approve/{{approval_request_id}}")
+            }
+            TaskAction::Cancel => Self::cancel_path(workflow_id),
+        }
     }
 
     /// `POST /workflow/{id}/approve/{approval_request_id}`; Ok on 2xx (CircleCI answers 202).
