@@ -143,25 +143,18 @@ where
     Ok(AttemptId(id))
 }
 
-/// Stores a noted call's answer, with when it started and its endpoint: a note made by the
-/// intake ([`note_handed`]) was written before the step's reads, so before either was known.
 pub(super) async fn complete_call(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     attempt: AttemptId,
     call: &CallRecord,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE attempts SET status_code = $2, duration_ms = $3, error = $4, started_at = $5, \
-         endpoint = $6 WHERE id = $1",
-    )
-    .bind(attempt.0)
-    .bind(call.status.map(i64::from))
-    .bind(duration_ms(call.duration))
-    .bind(call.error.as_deref())
-    .bind(call.started_at)
-    .bind(&call.endpoint)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("UPDATE attempts SET status_code = $2, duration_ms = $3, error = $4 WHERE id = $1")
+        .bind(attempt.0)
+        .bind(call.status.map(i64::from))
+        .bind(duration_ms(call.duration))
+        .bind(call.error.as_deref())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -218,9 +211,11 @@ pub(super) async fn note_handed(
     Ok(ids)
 }
 
-/// Takes back notes of calls that were never made (an intake's note whose step decided on
-/// no call, or noted its call afresh), in the step's result's transaction. Only rows still
-/// without an answer: an answered call is never removed from the audit trail.
+/// Takes back notes of calls: an intake's note, which the step's result replaces with the
+/// record of the call made under it (inserted with the step's other calls, in the order
+/// they happened) or which no call was made under; a fresh note whose call was never sent.
+/// Only rows still without an answer: an answered call is never removed from the audit
+/// trail. No lease guard: no other process makes a call under these notes.
 pub(super) async fn withdraw_notes(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     notes: &[AttemptId],
@@ -301,9 +296,8 @@ pub(super) async fn complete_all(
     }
     let sql = format!(
         "UPDATE attempts SET status_code = v.column2, duration_ms = v.column3, \
-         error = v.column4, started_at = v.column5, endpoint = v.column6 \
-         FROM (VALUES {}) AS v WHERE attempts.id = v.column1",
-        super::value_rows('?', 1, answers.len(), 6)
+         error = v.column4 FROM (VALUES {}) AS v WHERE attempts.id = v.column1",
+        super::value_rows('?', 1, answers.len(), 4)
     );
     let mut update = sqlx::query(&sql).persistent(answers.len() <= 2);
     for (attempt, call) in answers {
@@ -311,9 +305,7 @@ pub(super) async fn complete_all(
             .bind(attempt.0)
             .bind(call.status.map(i64::from))
             .bind(duration_ms(call.duration))
-            .bind(call.error.as_deref())
-            .bind(call.started_at)
-            .bind(&call.endpoint);
+            .bind(call.error.as_deref());
     }
     update.execute(&mut **tx).await?;
     Ok(())
@@ -474,6 +466,22 @@ impl Store {
                 endpoint,
             };
             Ok(insert_planned(&mut *writer, task, started_at, &planned).await?)
+        })
+        .await
+    }
+
+    /// Takes back notes a step made no call under, outside a step's result (a step that lost
+    /// its lease stores no result). See [`withdraw_notes`].
+    pub async fn withdraw_unused_notes(&self, notes: &[AttemptId]) -> Result<(), StoreError> {
+        if notes.is_empty() {
+            return Ok(());
+        }
+        self.bounded(async {
+            let mut writer = self.writer().await?;
+            let mut tx = writer.begin().await?;
+            withdraw_notes(&mut tx, notes, self.backend.param_mark()).await?;
+            tx.commit().await?;
+            Ok(())
         })
         .await
     }

@@ -48,6 +48,8 @@ pub(super) async fn settle_one(
         complete_call(tx, *attempt, call).await?;
     }
     insert_calls(tx, result.task, &result.calls, mark).await?;
+    // Whether or not the lease is still held: these notes are this step's own.
+    withdraw_notes(tx, &result.withdrawn, mark).await?;
     // One statement for both kinds of result: what a kind leaves alone is bound as NULL and
     // kept by COALESCE.
     let update = sqlx::query(
@@ -66,11 +68,6 @@ pub(super) async fn settle_one(
         .execute(&mut **tx)
         .await?;
     let kept = done.rows_affected() == 1;
-    if kept {
-        if let Some(note) = result.withdrawn {
-            withdraw_notes(tx, &[note], mark).await?;
-        }
-    }
     if kept && task_update(&result.settle, now).0 == TaskStatus::Failed {
         if let Some(successor) = &result.successor {
             promote_attached(tx, result.delivery, successor, now).await?;
@@ -159,6 +156,12 @@ pub(super) async fn settle_all(
         .flat_map(|r| r.calls.iter().map(|c| (r.task, c)))
         .collect();
     insert_rows(tx, &calls, None, '?').await?;
+    // Whether or not the leases are still held: these notes are the steps' own.
+    let withdrawn: Vec<AttemptId> = results
+        .iter()
+        .flat_map(|r| r.withdrawn.iter().copied())
+        .collect();
+    withdraw_notes(tx, &withdrawn, '?').await?;
     const WIDTH: usize = 13;
     let sql = format!(
         "UPDATE tasks SET status = v.column3, outcome = COALESCE(v.column4, outcome), \
@@ -185,12 +188,6 @@ pub(super) async fn settle_all(
         .iter()
         .map(|row| row.try_get("id"))
         .collect::<Result<_, _>>()?;
-    let withdrawn: Vec<AttemptId> = results
-        .iter()
-        .filter(|r| updated.contains(&r.task))
-        .filter_map(|r| r.withdrawn)
-        .collect();
-    withdraw_notes(tx, &withdrawn, '?').await?;
     let mut kept = Vec::with_capacity(results.len());
     for result in results {
         let took = updated.contains(&result.task);

@@ -61,9 +61,10 @@ pub struct StepResult {
     pub lease: LeaseToken,
     pub calls: Vec<CallRecord>,
     pub completed: Option<(AttemptId, CallRecord)>,
-    /// A note of a call this step never made (the intake's, [`super::Handed::note`]): taken
-    /// back with the result.
-    pub withdrawn: Option<AttemptId>,
+    /// Notes taken back with the result ([`super::attempts::withdraw_notes`]): the intake's
+    /// note ([`super::Handed::note`]; the call made under it, if any, is in `calls`), and a
+    /// fresh note whose call was never sent.
+    pub withdrawn: Vec<AttemptId>,
     pub job: JobInfo,
     pub settle: Settlement,
     /// For an approve task that fails: the task the newest approval attached to it gets
@@ -208,10 +209,16 @@ impl Store {
         .await
     }
 
-    /// Gives back the lease of a task the intake handed over whose step never started (the
-    /// worker stopped first), and takes back the call the intake noted for it: no call was
-    /// made under it, so unlike [`Self::release_lease`] the call mark is cleared too.
-    pub async fn release_handed(&self, handed: &super::Handed) -> Result<(), StoreError> {
+    /// Gives back the lease of a task the intake handed over, when no call was made under the
+    /// call it noted (the worker stopped before the step started, or cut the step off before
+    /// its call), and takes that note back: unlike [`Self::release_lease`], the call mark is
+    /// cleared too, since this process knows no call of its is in flight.
+    pub async fn release_unstarted(
+        &self,
+        task: TaskId,
+        lease: &LeaseToken,
+        note: AttemptId,
+    ) -> Result<(), StoreError> {
         self.bounded(async {
             let mut writer = self.writer().await?;
             let mut tx = writer.begin().await?;
@@ -219,12 +226,12 @@ impl Store {
                 "UPDATE tasks SET lease_owner = NULL, lease_expires_at = NULL, \
                  call_in_flight = 0 WHERE id = $1 AND lease_owner = $2 AND status = 'pending'",
             )
-            .bind(handed.task.id)
-            .bind(handed.lease.as_str())
+            .bind(task)
+            .bind(lease.as_str())
             .execute(&mut *tx)
             .await?;
             if released.rows_affected() == 1 {
-                withdraw_notes(&mut tx, &[handed.note], self.backend.param_mark()).await?;
+                withdraw_notes(&mut tx, &[note], self.backend.param_mark()).await?;
             }
             tx.commit().await?;
             Ok(())

@@ -39,6 +39,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Most steps [`ApprovalWorker::run_due`] takes in one call (a guard, not a limit in use).
 const MAX_STEPS_PER_RUN: usize = 10_000;
 
+/// A step in flight, as shutdown needs to know it.
+struct InFlight {
+    lease: LeaseToken,
+    /// The intake's note of a handed task.
+    intake_note: Option<AttemptId>,
+    /// Whether the step has started its call (under any note).
+    calling: bool,
+}
+
 /// One claim of a task: its lease token (every write of the step is guarded by it) and when
 /// it was taken (the step must end well before the lease runs out).
 struct Lease {
@@ -64,7 +73,7 @@ pub struct ApprovalWorker {
     /// Signalled when a new task is stored, so it is picked up at once.
     wake: Arc<Notify>,
     /// Steps in flight, so their leases can be given back if shutdown cuts them off.
-    in_flight: std::sync::Mutex<HashMap<TaskId, LeaseToken>>,
+    in_flight: std::sync::Mutex<HashMap<TaskId, InFlight>>,
     /// Where notes of calls and step results are stored: on SQLite, concurrent steps share
     /// a commit.
     writes: StepWrites,
@@ -217,7 +226,10 @@ impl ApprovalWorker {
         self.slots.close();
         inbox.close();
         while let Ok(handed) = inbox.try_recv() {
-            let _ = self.store.release_handed(&handed).await;
+            let _ = self
+                .store
+                .release_unstarted(handed.task.id, &handed.lease, handed.note)
+                .await;
         }
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while running.join_next().await.is_some() {}
@@ -225,12 +237,19 @@ impl ApprovalWorker {
         .await;
         if drained.is_err() {
             running.abort_all();
-            let cut_off = self.in_flight_leases();
-            for (task, lease) in &cut_off {
+            let cut_off = self.cut_off_steps();
+            for (task, step) in &cut_off {
                 // Best effort: another replica (or the next start) may take it at once. The
                 // store keeps the lease of a task whose call is in flight: that call may still
                 // land, and no one may read the hold job and call again until the lease ends.
-                let _ = self.store.release_lease(*task, lease).await;
+                // A handed task whose step never started its call is not such a task, though
+                // the intake marked it so: its lease is given back and its note taken back.
+                let _ = match (step.intake_note, step.calling) {
+                    (Some(note), false) => {
+                        self.store.release_unstarted(*task, &step.lease, note).await
+                    }
+                    _ => self.store.release_lease(*task, &step.lease).await,
+                };
             }
             tracing::warn!(
                 tasks = cut_off.len(),
@@ -248,7 +267,7 @@ impl ApprovalWorker {
         lease: Lease,
         slot: OwnedSemaphorePermit,
     ) {
-        self.track(task.id, Some(&lease.token));
+        self.track(task.id, Some(&lease));
         let worker = Arc::clone(self);
         running.spawn(async move {
             worker.work(&task, &lease).await;
@@ -298,17 +317,32 @@ impl ApprovalWorker {
         Arc::clone(&self.settled)
     }
 
-    fn track(&self, task: TaskId, lease: Option<&LeaseToken>) {
+    fn track(&self, task: TaskId, lease: Option<&Lease>) {
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         match lease {
-            Some(token) => map.insert(task, token.clone()),
+            Some(lease) => map.insert(
+                task,
+                InFlight {
+                    lease: lease.token.clone(),
+                    intake_note: lease.note,
+                    calling: false,
+                },
+            ),
             None => map.remove(&task),
         };
     }
 
-    fn in_flight_leases(&self) -> Vec<(TaskId, LeaseToken)> {
-        let map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        map.iter().map(|(t, l)| (*t, l.clone())).collect()
+    /// The step of `task` is about to send its call.
+    fn calling(&self, task: TaskId) {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(step) = map.get_mut(&task) {
+            step.calling = true;
+        }
+    }
+
+    fn cut_off_steps(&self) -> Vec<(TaskId, InFlight)> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.drain().collect()
     }
 
     /// Until the next task is due, at most [`IDLE_POLL`].

@@ -12,12 +12,22 @@ use crate::store::{AttemptId, ClaimedTask, JobInfo, StepResult};
 /// How long a step's result is retried while the store is away.
 const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
 
-/// The CircleCI calls of one step: how many are already in the audit trail, and the call
-/// noted before it was made (its answer is stored with the step's result).
+/// The CircleCI calls of one step: how many are already in the audit trail, and the notes
+/// the step holds (docs/writes.md): the intake's, for a task handed over, and a fresh one
+/// written before its call; which of them a call was made under; and the call noted afresh,
+/// whose answer is stored with the step's result.
 #[derive(Default)]
 pub(super) struct Trail {
     pub(super) calls: Vec<CallRecord>,
     pub(super) saved: usize,
+    /// The intake's note of a handed task.
+    pub(super) intake: Option<AttemptId>,
+    /// The note this step wrote before its call ((3) in docs/writes.md).
+    pub(super) fresh: Option<AttemptId>,
+    /// The note a call was sent under (or may have been: it was started).
+    pub(super) called: Option<AttemptId>,
+    /// The fresh note's call and the index of its record in `calls`, once that record exists:
+    /// the answer completes the note instead of being a row of its own.
     pub(super) noted: Option<(AttemptId, usize)>,
 }
 
@@ -37,10 +47,17 @@ impl Trail {
         self.saved = self.calls.len();
     }
 
-    /// The intake's note of the step's task (`intake_note`), when the step made no call under
-    /// it: it is no earlier call, and the step's result takes it back.
-    pub(super) fn unused_note(&self, intake_note: Option<AttemptId>) -> Option<AttemptId> {
-        intake_note.filter(|note| self.noted.map(|(id, _)| id) != Some(*note))
+    /// The intake's note when no call was made under it: it is no earlier call.
+    pub(super) fn unused_intake(&self) -> Option<AttemptId> {
+        self.intake.filter(|note| self.called != Some(*note))
+    }
+
+    /// Notes the step's result takes back: the intake's always (the record of a call made
+    /// under it is stored as one of the step's calls, after its reads), and a fresh note
+    /// whose call was never sent.
+    pub(super) fn withdrawn(&self) -> Vec<AttemptId> {
+        let fresh_unused = self.fresh.filter(|note| self.called != Some(*note));
+        self.intake.into_iter().chain(fresh_unused).collect()
     }
 
     /// The noted call and its answer, when it was made.
@@ -75,7 +92,7 @@ impl ApprovalWorker {
                 lease: lease.token.clone(),
                 calls: trail.unsaved(),
                 completed: trail.completed().map(|(id, call)| (id, call.clone())),
-                withdrawn: trail.unused_note(lease.note),
+                withdrawn: trail.withdrawn(),
                 job: job.clone(),
                 settle: settlement.clone(),
                 successor: self.successor(task),

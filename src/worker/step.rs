@@ -7,7 +7,7 @@ use super::{ApprovalWorker, Lease};
 use crate::domain::decide::{self, Facts, Next, StepEnd};
 use crate::domain::settle::{self, Progress, Settled};
 use crate::domain::task::{Outcome, TaskAction};
-use crate::domain::upstream::{Operation, UpstreamError};
+use crate::domain::upstream::{CallRecord, Operation, UpstreamError};
 use crate::domain::workflow::{HoldJobState, WorkflowInfo, WorkflowView};
 use crate::outbound::circleci::CircleCiClient;
 use crate::store::{AttemptId, CallNote, ClaimedTask, JobInfo, StoreError};
@@ -22,12 +22,15 @@ enum Interrupted {
 enum Prepared {
     /// Nothing to call: the step ends with this.
     End(StepEnd),
-    /// Make this call, noted as `attempt`, before `deadline_ms` (measured from the lease
-    /// renewal that noted it, on the service's clock).
+    /// Make this call (`operation` at `endpoint`), noted as `attempt`, before `deadline_ms`
+    /// (measured from the lease renewal that noted it, or the hand-off, on the service's
+    /// clock).
     Call {
         next: Next,
         attempt: AttemptId,
         deadline_ms: i64,
+        operation: Operation,
+        endpoint: String,
     },
 }
 
@@ -51,7 +54,10 @@ impl ApprovalWorker {
             attempt = task.attempts + 1,
         );
         async {
-            let mut trail = Trail::default();
+            let mut trail = Trail {
+                intake: lease.note,
+                ..Trail::default()
+            };
             let mut job = JobInfo::default();
             let end = match self
                 .step(task, lease, read_deadline, &mut trail, &mut job)
@@ -60,6 +66,9 @@ impl ApprovalWorker {
                 Ok(end) => end,
                 Err(Interrupted::LeaseLost) => {
                     self.count_calls(&trail);
+                    // No call was made: the intake's note must not read as one to the task's
+                    // next holder. Best effort: left behind, it only makes that step careful.
+                    let _ = self.store.withdraw_unused_notes(&trail.withdrawn()).await;
                     tracing::warn!("the task's lease ran out mid-step; its next step is another's");
                     return;
                 }
@@ -71,14 +80,14 @@ impl ApprovalWorker {
                 created_at: task.created_at,
                 deadline_at: task.deadline_at,
                 call_may_have_landed: self
-                    .call_may_have_landed(task, &end, now, trail.unused_note(lease.note))
+                    .call_may_have_landed(task, &end, now, trail.unused_intake())
                     .await,
             };
             let jitter = rand::random_range(0.8..=1.2);
             let settlement = match settle::settle(end, &progress, now, &self.config.retry, jitter) {
                 Settled::Now(settlement) => settlement,
                 Settled::LastLook { detail } => {
-                    let look = self.last_look(task, lease, &mut trail, &mut job).await;
+                    let look = self.last_look(task, &mut trail, &mut job).await;
                     settle::after_last_look(
                         look,
                         &progress,
@@ -215,25 +224,29 @@ impl ApprovalWorker {
                      re-read before any call",
                 )),
             };
-        let (next, attempt, deadline) = match prepared {
+        let (next, attempt, deadline, operation, endpoint) = match prepared {
             Prepared::End(end) => return Ok(end),
             Prepared::Call {
                 next,
                 attempt,
                 deadline_ms,
-            } => (next, attempt, deadline_ms),
+                operation,
+                endpoint,
+            } => (next, attempt, deadline_ms, operation, endpoint),
         };
-        // The call's record is the next one in the trail; its answer is stored with the
-        // step's result, in the same transaction.
-        trail.noted = Some((attempt, trail.calls.len()));
         // A process that was paused past its lease (SIGSTOP, a frozen VM) must not send a call
-        // that the task's next holder may be making already.
+        // that the task's next holder may be making already. Nothing was sent: the note is
+        // taken back with the result.
         if self.clock.now_ms() >= deadline {
-            return Ok(StepEnd::call_unanswered(
-                "the step ran out of its share of TASK_LEASE before the call could be sent; the \
-                 job will be re-read before any other call",
+            return Ok(StepEnd::retry_error(
+                "the step ran out of its share of TASK_LEASE before the call could be sent; \
+                 nothing was sent, and the job will be re-read before any call",
             ));
         }
+        trail.called = Some(attempt);
+        self.calling(task.id);
+        let index = trail.calls.len();
+        let started_at = self.clock.now_ms();
         let call = async {
             match &next {
                 Next::Approve(id) => {
@@ -248,7 +261,31 @@ impl ApprovalWorker {
                 }
             }
         };
-        let Ok(result) = self.clock.timeout_at(deadline, call).await else {
+        let answered = self.clock.timeout_at(deadline, call).await;
+        if answered.is_err() {
+            // Cut off before the client recorded it: the audit trail still gets the call, with
+            // no answer, so it reads as one that may have landed.
+            trail.calls.push(CallRecord {
+                started_at,
+                operation,
+                method: "POST",
+                endpoint,
+                status: None,
+                duration: std::time::Duration::from_millis(
+                    u64::try_from(self.clock.now_ms().saturating_sub(started_at)).unwrap_or(0),
+                ),
+                error: Some("no answer within the step's share of TASK_LEASE".to_owned()),
+            });
+        }
+        match trail.calls.get(index) {
+            // A fresh note is completed with its call's record; a call under the intake's note
+            // is stored as a record of its own, after the reads, and the note taken back.
+            Some(_) if trail.fresh == Some(attempt) => trail.noted = Some((attempt, index)),
+            Some(_) => {}
+            // Refused before anything was sent (its URL could not be built).
+            None => trail.called = None,
+        }
+        let Ok(result) = answered else {
             return Ok(StepEnd::call_unanswered(format!(
                 "no answer to the {} call within the step's share of TASK_LEASE; it may have \
                  taken effect, so the job will be re-read",
@@ -292,7 +329,7 @@ impl ApprovalWorker {
             Err(end) => return Ok(Prepared::End(end)),
         };
         // The intake's note is this step's own, and no call has been made under it yet.
-        let next = match self.decide(task, lease.note, &view, trail).await {
+        let next = match self.decide(task, trail.unused_intake(), &view, trail).await {
             Ok(next) => next,
             Err(end) => return Ok(Prepared::End(end)),
         };
@@ -337,6 +374,8 @@ impl ApprovalWorker {
                 next,
                 attempt: note,
                 deadline_ms: lease.claimed_ms.saturating_add(self.lease_share()),
+                operation,
+                endpoint,
             });
         }
         // The call's time is measured from before the renewal (the lease runs from a moment
@@ -350,6 +389,8 @@ impl ApprovalWorker {
                 next,
                 attempt,
                 deadline_ms: renewing.saturating_add(self.lease_share()),
+                operation,
+                endpoint,
             }),
             Err(Ok(end)) => Ok(Prepared::End(end)),
             Err(Err(interrupted)) => Err(interrupted),
@@ -409,6 +450,7 @@ impl ApprovalWorker {
         match self.writes.prepare_call(note).await {
             Ok(Some(attempt)) => {
                 trail.mark_all_saved();
+                trail.fresh = Some(attempt);
                 Ok(attempt)
             }
             Ok(None) => Err(Err(Interrupted::LeaseLost)),
@@ -418,21 +460,12 @@ impl ApprovalWorker {
 
     /// The deadline passed while a call's outcome was unknown: one more read, and the decision
     /// on it, without calling anything.
-    async fn last_look(
-        &self,
-        task: &ClaimedTask,
-        lease: &Lease,
-        trail: &mut Trail,
-        job: &mut JobInfo,
-    ) -> StepEnd {
+    async fn last_look(&self, task: &ClaimedTask, trail: &mut Trail, job: &mut JobInfo) -> StepEnd {
         let view = match self.read(task, trail, job).await {
             Ok(view) => view,
             Err(end) => return end,
         };
-        match self
-            .decide(task, trail.unused_note(lease.note), &view, trail)
-            .await
-        {
+        match self.decide(task, trail.unused_intake(), &view, trail).await {
             Ok(Next::End(end)) => end,
             Ok(_) => StepEnd::failed(
                 Outcome::TimedOut,

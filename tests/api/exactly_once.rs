@@ -25,6 +25,7 @@ async fn an_approve_cut_off_by_the_steps_own_time_limit_ends_approved_confirmed_
     // task's deadline has passed. The clock is the test's: no waiting.
     let app = TestApp::builder()
         .stepped()
+        .admin_token()
         .flags([
             "--task-lease=30s",
             "--approval-timeout=20s",
@@ -60,6 +61,29 @@ async fn an_approve_cut_off_by_the_steps_own_time_limit_ends_approved_confirmed_
     let detail = task.detail.unwrap_or_default();
     assert!(detail.contains("confirmed by re-reading"), "{detail}");
     assert_eq!(app.fake.calls_of("approve").len(), 1, "one approve call");
+    // The audit trail keeps the cut-off approve as a call with no answer, and the last
+    // look's read as a read of its own (it once took the approve's row).
+    let attempts = attempts_of(&app, &delivery).await;
+    let posts: Vec<&Value> = attempts.iter().filter(|a| a["method"] == "POST").collect();
+    assert_eq!(posts.len(), 1, "{attempts:#?}");
+    assert!(posts[0]["status"].is_null(), "{attempts:#?}");
+    assert!(
+        posts[0]["endpoint"]
+            .as_str()
+            .is_some_and(|e| e.contains("/approve/")),
+        "{attempts:#?}"
+    );
+    assert!(
+        posts[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no answer")),
+        "{attempts:#?}"
+    );
+    let reads = attempts.iter().filter(|a| a["method"] == "GET").count();
+    assert!(
+        reads >= 2,
+        "the first reads and the last look: {attempts:#?}"
+    );
 }
 
 #[tokio::test]
@@ -289,5 +313,43 @@ async fn a_handed_task_whose_hold_job_is_not_on_hold_yet_takes_its_note_back() {
     let attempts = attempts_of(&app, &delivery).await;
     let posts: Vec<&Value> = attempts.iter().filter(|a| a["method"] == "POST").collect();
     assert_eq!(posts.len(), 1, "{attempts:#?}");
+    assert_eq!(posts[0]["status"], 202, "{attempts:#?}");
+}
+
+#[tokio::test]
+async fn shutdown_gives_back_a_handed_task_whose_step_never_reached_its_call() {
+    // The intake marks a handed task's call as in flight before the step reads anything. The
+    // step hangs on its first read; shutdown cuts it off. It never called, so its lease is
+    // given back and the intake's note taken back: the next process takes it at once.
+    let app = TestApp::builder()
+        .admin_token()
+        .flags(["--task-lease=60s", "--circleci-timeout=60s"])
+        .spawn()
+        .await;
+    let workflow = app.workflow("on_hold");
+    app.fake.push_fault(
+        Fault::status(503)
+            .on("list_jobs")
+            .delayed(Duration::from_secs(60)),
+    );
+    let delivery = app.approve(workflow).await;
+    assert!(
+        app.fake
+            .wait_for_calls(Duration::from_secs(10), |calls| calls
+                .iter()
+                .any(|c| c.operation == "list_jobs"))
+            .await,
+        "the worker never read the workflow"
+    );
+    let stopped = app.stop().await;
+
+    let next = stopped.restart().stepped().admin_token().spawn().await;
+    assert_eq!(next.step().await, 1, "the task was not given back");
+    let task = next.task_of(&delivery).await;
+    assert_eq!(task.outcome, Some(Outcome::Approved), "{task:?}");
+    assert_eq!(next.fake.calls_of("approve").len(), 1);
+    let attempts = attempts_of(&next, &delivery).await;
+    let posts: Vec<&Value> = attempts.iter().filter(|a| a["method"] == "POST").collect();
+    assert_eq!(posts.len(), 1, "the intake's note is gone: {attempts:#?}");
     assert_eq!(posts[0]["status"], 202, "{attempts:#?}");
 }

@@ -255,7 +255,7 @@ async fn the_noted_call_is_the_row_its_answer_lands_on_even_beside_a_read_withou
             lease: lease.clone(),
             calls: Vec::new(),
             completed: Some((noted, answer)),
-            withdrawn: None,
+            withdrawn: Vec::new(),
             job: Default::default(),
             settle: Settlement::Finish {
                 status: TaskStatus::Succeeded,
@@ -359,7 +359,7 @@ async fn steps_sharing_a_commit_keep_their_own_lease_guards() {
         lease: lease.clone(),
         calls: Vec::new(),
         completed,
-        withdrawn: None,
+        withdrawn: Vec::new(),
         job: Default::default(),
         settle: Settlement::Finish {
             status: TaskStatus::Succeeded,
@@ -517,7 +517,7 @@ async fn a_stale_steps_writes_beside_the_current_ones_for_the_same_task_are_refu
         lease: lease.clone(),
         calls: Vec::new(),
         completed,
-        withdrawn: None,
+        withdrawn: Vec::new(),
         job: Default::default(),
         settle: Settlement::Finish {
             status: TaskStatus::Failed,
