@@ -211,28 +211,52 @@ pub(super) async fn note_handed(
     Ok(ids)
 }
 
-/// Takes back notes of calls: an intake's note, which the step's result replaces with the
-/// record of the call made under it (inserted with the step's other calls, in the order
-/// they happened) or which no call was made under; a fresh note whose call was never sent.
-/// Only rows still without an answer: an answered call is never removed from the audit
-/// trail. No lease guard: no other process makes a call under these notes.
+/// Takes back notes no call was made under (an intake's note whose step made no call, a
+/// fresh note whose call was never sent), or that a call's record replaces; returns the ids
+/// it removed. Only rows still without an answer: an answered call is never removed from the
+/// audit trail. No lease guard: no other process makes a call under these notes.
 pub(super) async fn withdraw_notes(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     notes: &[AttemptId],
     mark: char,
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<AttemptId>, sqlx::Error> {
     if notes.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let sql = format!(
-        "DELETE FROM attempts WHERE status_code IS NULL AND id IN ({})",
+        "DELETE FROM attempts WHERE status_code IS NULL AND id IN ({}) RETURNING id",
         super::placeholders(mark, 1, notes.len())
     );
     let mut delete = sqlx::query(&sql).persistent(notes.len() == 1);
     for note in notes {
         delete = delete.bind(note.0);
     }
-    delete.execute(&mut **tx).await?;
+    delete
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|row| row.try_get("id").map(AttemptId))
+        .collect()
+}
+
+/// The records of calls made under intake notes, each in its note's place: stored only where
+/// the note was still there to take back, so a result written twice stores a call once.
+pub(super) async fn replace_notes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    replacing: &[(TaskId, AttemptId, &CallRecord)],
+    mark: char,
+) -> Result<(), sqlx::Error> {
+    if replacing.is_empty() {
+        return Ok(());
+    }
+    let notes: Vec<AttemptId> = replacing.iter().map(|(_, note, _)| *note).collect();
+    let removed = withdraw_notes(tx, &notes, mark).await?;
+    let rows: Vec<(TaskId, &CallRecord)> = replacing
+        .iter()
+        .filter(|(_, note, _)| removed.contains(note))
+        .map(|(task, _, call)| (*task, *call))
+        .collect();
+    insert_rows(tx, &rows, None, mark).await?;
     Ok(())
 }
 
@@ -491,25 +515,39 @@ impl Store {
     /// the process died, timed out, connection dropped) and for a 5xx (CircleCI may have acted
     /// before failing to answer). A definite 4xx means it did not.
     ///
-    /// `besides`: a note the asking step holds and has made no call under (the intake's note
-    /// of a handed task, [`note_handed`]); it is not an earlier call.
+    /// `besides`: notes the asking step holds and has made no call under (the intake's note
+    /// of a handed task, [`note_handed`], or its own fresh note); they are no earlier call.
     pub async fn call_may_have_landed(
         &self,
         task: TaskId,
         operation: Operation,
-        besides: Option<AttemptId>,
+        besides: &[AttemptId],
     ) -> Result<bool, StoreError> {
-        self.bounded(async {
-            let n: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM attempts WHERE task_id = $1 AND operation = $2 \
-                 AND (status_code IS NULL OR status_code < 400 OR status_code >= 500) \
-                 AND id <> $3",
+        let mark = self.backend.param_mark();
+        // The ids after the task and the operation (each parameter once, in order).
+        let not_these = if besides.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " AND id NOT IN ({})",
+                super::placeholders(mark, 3, besides.len())
             )
-            .bind(task)
-            .bind(operation.as_str())
-            .bind(besides.map_or(-1, |note| note.0))
-            .fetch_one(&mut *self.reader().await?)
-            .await?;
+        };
+        let sql = format!(
+            "SELECT COUNT(*) FROM attempts WHERE task_id = {} AND operation = {} \
+             AND (status_code IS NULL OR status_code < 400 OR status_code >= 500){not_these}",
+            super::param(mark, 1),
+            super::param(mark, 2),
+        );
+        self.bounded(async {
+            let mut count = sqlx::query_scalar(&sql)
+                .persistent(besides.len() <= 1)
+                .bind(task)
+                .bind(operation.as_str());
+            for note in besides {
+                count = count.bind(note.0);
+            }
+            let n: i64 = count.fetch_one(&mut *self.reader().await?).await?;
             Ok(n > 0)
         })
         .await

@@ -5,7 +5,8 @@
 use sqlx::{Acquire as _, Row};
 
 use super::attempts::{
-    complete_all, complete_call, insert_calls, insert_rows, withdraw_notes, AttemptId,
+    complete_all, complete_call, insert_calls, insert_rows, replace_notes, withdraw_notes,
+    AttemptId,
 };
 use super::tasks::{insert_task, StepResult};
 use super::{is_unique_violation, Store, StoreError};
@@ -49,6 +50,9 @@ pub(super) async fn settle_one(
     }
     insert_calls(tx, result.task, &result.calls, mark).await?;
     // Whether or not the lease is still held: these notes are this step's own.
+    if let Some((note, call)) = &result.replaces {
+        replace_notes(tx, &[(result.task, *note, call)], mark).await?;
+    }
     withdraw_notes(tx, &result.withdrawn, mark).await?;
     // One statement for both kinds of result: what a kind leaves alone is bound as NULL and
     // kept by COALESCE.
@@ -157,6 +161,15 @@ pub(super) async fn settle_all(
         .collect();
     insert_rows(tx, &calls, None, '?').await?;
     // Whether or not the leases are still held: these notes are the steps' own.
+    let replacing: Vec<(TaskId, AttemptId, &CallRecord)> = results
+        .iter()
+        .filter_map(|r| {
+            r.replaces
+                .as_ref()
+                .map(|(note, call)| (r.task, *note, call))
+        })
+        .collect();
+    replace_notes(tx, &replacing, '?').await?;
     let withdrawn: Vec<AttemptId> = results
         .iter()
         .flat_map(|r| r.withdrawn.iter().copied())

@@ -61,9 +61,12 @@ pub struct StepResult {
     pub lease: LeaseToken,
     pub calls: Vec<CallRecord>,
     pub completed: Option<(AttemptId, CallRecord)>,
-    /// Notes taken back with the result ([`super::attempts::withdraw_notes`]): the intake's
-    /// note ([`super::Handed::note`]; the call made under it, if any, is in `calls`), and a
-    /// fresh note whose call was never sent.
+    /// The call made under the intake's note ([`super::Handed::note`]): its record takes the
+    /// note's place, after `calls`, if the note is still there (a result written twice stores
+    /// it once).
+    pub replaces: Option<(AttemptId, CallRecord)>,
+    /// Notes no call was made under, taken back with the result
+    /// ([`super::attempts::withdraw_notes`]).
     pub withdrawn: Vec<AttemptId>,
     pub job: JobInfo,
     pub settle: Settlement,

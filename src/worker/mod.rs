@@ -46,6 +46,8 @@ struct InFlight {
     intake_note: Option<AttemptId>,
     /// Whether the step has started its call (under any note).
     calling: bool,
+    /// Shutdown cut the step off: it must not start its call.
+    cut_off: bool,
 }
 
 /// One claim of a task: its lease token (every write of the step is guarded by it) and when
@@ -238,17 +240,15 @@ impl ApprovalWorker {
         if drained.is_err() {
             running.abort_all();
             let cut_off = self.cut_off_steps();
-            for (task, step) in &cut_off {
+            for (task, lease, intake_note, calling) in &cut_off {
                 // Best effort: another replica (or the next start) may take it at once. The
                 // store keeps the lease of a task whose call is in flight: that call may still
                 // land, and no one may read the hold job and call again until the lease ends.
                 // A handed task whose step never started its call is not such a task, though
                 // the intake marked it so: its lease is given back and its note taken back.
-                let _ = match (step.intake_note, step.calling) {
-                    (Some(note), false) => {
-                        self.store.release_unstarted(*task, &step.lease, note).await
-                    }
-                    _ => self.store.release_lease(*task, &step.lease).await,
+                let _ = match (intake_note, calling) {
+                    (Some(note), false) => self.store.release_unstarted(*task, lease, *note).await,
+                    _ => self.store.release_lease(*task, lease).await,
                 };
             }
             tracing::warn!(
@@ -326,23 +326,38 @@ impl ApprovalWorker {
                     lease: lease.token.clone(),
                     intake_note: lease.note,
                     calling: false,
+                    cut_off: false,
                 },
             ),
             None => map.remove(&task),
         };
     }
 
-    /// The step of `task` is about to send its call.
-    fn calling(&self, task: TaskId) {
+    /// The step of `task` is about to send its call: false when shutdown has cut it off (its
+    /// lease may be given back), and then it must not. A step not tracked (driven step by
+    /// step) may always call.
+    fn calling(&self, task: TaskId) -> bool {
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(step) = map.get_mut(&task) {
-            step.calling = true;
+        match map.get_mut(&task) {
+            Some(step) if step.cut_off => false,
+            Some(step) => {
+                step.calling = true;
+                true
+            }
+            None => true,
         }
     }
 
-    fn cut_off_steps(&self) -> Vec<(TaskId, InFlight)> {
+    /// The steps still in flight, each marked cut off: from now on none of them starts its
+    /// call, so one that has not started it can be given back.
+    fn cut_off_steps(&self) -> Vec<(TaskId, LeaseToken, Option<AttemptId>, bool)> {
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        map.drain().collect()
+        map.iter_mut()
+            .map(|(task, step)| {
+                step.cut_off = true;
+                (*task, step.lease.clone(), step.intake_note, step.calling)
+            })
+            .collect()
     }
 
     /// Until the next task is due, at most [`IDLE_POLL`].

@@ -14,8 +14,7 @@ const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The CircleCI calls of one step: how many are already in the audit trail, and the notes
 /// the step holds (docs/writes.md): the intake's, for a task handed over, and a fresh one
-/// written before its call; which of them a call was made under; and the call noted afresh,
-/// whose answer is stored with the step's result.
+/// written before its call; which of them a call was started under; and that call's record.
 #[derive(Default)]
 pub(super) struct Trail {
     pub(super) calls: Vec<CallRecord>,
@@ -24,15 +23,15 @@ pub(super) struct Trail {
     pub(super) intake: Option<AttemptId>,
     /// The note this step wrote before its call ((3) in docs/writes.md).
     pub(super) fresh: Option<AttemptId>,
-    /// The note a call was sent under (or may have been: it was started).
+    /// The note a call was started under (it may have been sent).
     pub(super) called: Option<AttemptId>,
-    /// The fresh note's call and the index of its record in `calls`, once that record exists:
-    /// the answer completes the note instead of being a row of its own.
+    /// That call's note and the index of its record in `calls`, once that record exists: the
+    /// result stores the record in the note's place, not as a row of its own.
     pub(super) noted: Option<(AttemptId, usize)>,
 }
 
 impl Trail {
-    /// Calls not in the audit trail yet (the noted one aside: it is completed instead).
+    /// Calls not in the audit trail yet (the noted one aside: it takes its note's place).
     pub(super) fn unsaved(&self) -> Vec<CallRecord> {
         self.calls
             .iter()
@@ -47,23 +46,30 @@ impl Trail {
         self.saved = self.calls.len();
     }
 
-    /// The intake's note when no call was made under it: it is no earlier call.
-    pub(super) fn unused_intake(&self) -> Option<AttemptId> {
-        self.intake.filter(|note| self.called != Some(*note))
+    /// The notes this step holds that no call was started under: none of them is an earlier
+    /// call, and the step's result takes them back.
+    pub(super) fn unused_notes(&self) -> Vec<AttemptId> {
+        self.intake
+            .into_iter()
+            .chain(self.fresh)
+            .filter(|note| self.called != Some(*note))
+            .collect()
     }
 
-    /// Notes the step's result takes back: the intake's always (the record of a call made
-    /// under it is stored as one of the step's calls, after its reads), and a fresh note
-    /// whose call was never sent.
-    pub(super) fn withdrawn(&self) -> Vec<AttemptId> {
-        let fresh_unused = self.fresh.filter(|note| self.called != Some(*note));
-        self.intake.into_iter().chain(fresh_unused).collect()
-    }
-
-    /// The noted call and its answer, when it was made.
-    pub(super) fn completed(&self) -> Option<(AttemptId, &CallRecord)> {
+    /// The noted call and its record, when it was made.
+    fn noted_call(&self) -> Option<(AttemptId, &CallRecord)> {
         let (id, index) = self.noted?;
         Some((id, self.calls.get(index)?))
+    }
+
+    /// A fresh note's call: its answer completes the note.
+    pub(super) fn completed(&self) -> Option<(AttemptId, &CallRecord)> {
+        self.noted_call().filter(|(id, _)| self.fresh == Some(*id))
+    }
+
+    /// A call under the intake's note: its record replaces the note, after the step's reads.
+    pub(super) fn replacing(&self) -> Option<(AttemptId, &CallRecord)> {
+        self.noted_call().filter(|(id, _)| self.intake == Some(*id))
     }
 }
 
@@ -92,7 +98,8 @@ impl ApprovalWorker {
                 lease: lease.token.clone(),
                 calls: trail.unsaved(),
                 completed: trail.completed().map(|(id, call)| (id, call.clone())),
-                withdrawn: trail.withdrawn(),
+                replaces: trail.replacing().map(|(id, call)| (id, call.clone())),
+                withdrawn: trail.unused_notes(),
                 job: job.clone(),
                 settle: settlement.clone(),
                 successor: self.successor(task),

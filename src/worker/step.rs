@@ -68,7 +68,10 @@ impl ApprovalWorker {
                     self.count_calls(&trail);
                     // No call was made: the intake's note must not read as one to the task's
                     // next holder. Best effort: left behind, it only makes that step careful.
-                    let _ = self.store.withdraw_unused_notes(&trail.withdrawn()).await;
+                    let _ = self
+                        .store
+                        .withdraw_unused_notes(&trail.unused_notes())
+                        .await;
                     tracing::warn!("the task's lease ran out mid-step; its next step is another's");
                     return;
                 }
@@ -80,7 +83,7 @@ impl ApprovalWorker {
                 created_at: task.created_at,
                 deadline_at: task.deadline_at,
                 call_may_have_landed: self
-                    .call_may_have_landed(task, &end, now, trail.unused_intake())
+                    .call_may_have_landed(task, &end, now, &trail.unused_notes())
                     .await,
             };
             let jitter = rand::random_range(0.8..=1.2);
@@ -113,14 +116,13 @@ impl ApprovalWorker {
     }
 
     /// Whether a call of this task may have landed, as settling a step past its deadline needs
-    /// to know (a store read, only then). `unused`: the intake's note, when this step made no
-    /// call under it.
+    /// to know (a store read, only then). `unused`: the notes this step made no call under.
     async fn call_may_have_landed(
         &self,
         task: &ClaimedTask,
         end: &StepEnd,
         now: i64,
-        unused: Option<AttemptId>,
+        unused: &[AttemptId],
     ) -> bool {
         match end {
             StepEnd::Retry { call_unknown, .. } if now >= task.deadline_at => {
@@ -163,7 +165,7 @@ impl ApprovalWorker {
     async fn decide(
         &self,
         task: &ClaimedTask,
-        besides: Option<AttemptId>,
+        besides: &[AttemptId],
         view: &WorkflowView,
         trail: &mut Trail,
     ) -> Result<Next, StepEnd> {
@@ -243,8 +245,14 @@ impl ApprovalWorker {
                  nothing was sent, and the job will be re-read before any call",
             ));
         }
+        // Shutdown may cut this step off now: one or the other, under one lock, so a step that
+        // was given back (its lease, its note) never sends.
+        if !self.calling(task.id) {
+            return Ok(StepEnd::retry_error(
+                "shutdown cut the step off before its call; nothing was sent",
+            ));
+        }
         trail.called = Some(attempt);
-        self.calling(task.id);
         let index = trail.calls.len();
         let started_at = self.clock.now_ms();
         let call = async {
@@ -274,14 +282,14 @@ impl ApprovalWorker {
                 duration: std::time::Duration::from_millis(
                     u64::try_from(self.clock.now_ms().saturating_sub(started_at)).unwrap_or(0),
                 ),
-                error: Some("no answer within the step's share of TASK_LEASE".to_owned()),
+                error: Some(
+                    "timed out: no answer within the step's share of TASK_LEASE".to_owned(),
+                ),
             });
         }
         match trail.calls.get(index) {
-            // A fresh note is completed with its call's record; a call under the intake's note
-            // is stored as a record of its own, after the reads, and the note taken back.
-            Some(_) if trail.fresh == Some(attempt) => trail.noted = Some((attempt, index)),
-            Some(_) => {}
+            // Stored in its note's place with the step's result.
+            Some(_) => trail.noted = Some((attempt, index)),
             // Refused before anything was sent (its URL could not be built).
             None => trail.called = None,
         }
@@ -329,7 +337,7 @@ impl ApprovalWorker {
             Err(end) => return Ok(Prepared::End(end)),
         };
         // The intake's note is this step's own, and no call has been made under it yet.
-        let next = match self.decide(task, trail.unused_intake(), &view, trail).await {
+        let next = match self.decide(task, &trail.unused_notes(), &view, trail).await {
             Ok(next) => next,
             Err(end) => return Ok(Prepared::End(end)),
         };
@@ -465,7 +473,7 @@ impl ApprovalWorker {
             Ok(view) => view,
             Err(end) => return end,
         };
-        match self.decide(task, trail.unused_intake(), &view, trail).await {
+        match self.decide(task, &trail.unused_notes(), &view, trail).await {
             Ok(Next::End(end)) => end,
             Ok(_) => StepEnd::failed(
                 Outcome::TimedOut,

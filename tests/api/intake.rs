@@ -255,6 +255,7 @@ async fn the_noted_call_is_the_row_its_answer_lands_on_even_beside_a_read_withou
             lease: lease.clone(),
             calls: Vec::new(),
             completed: Some((noted, answer)),
+            replaces: None,
             withdrawn: Vec::new(),
             job: Default::default(),
             settle: Settlement::Finish {
@@ -285,6 +286,119 @@ async fn the_noted_call_is_the_row_its_answer_lands_on_even_beside_a_read_withou
             ("GET", None, Some("timed out after 10s")),
             ("POST", Some(202), None),
         ]
+    );
+}
+
+/// A call made under a note noted before the step's reads (the intake's, docs/writes.md) is
+/// stored in the note's place, after the reads; a result written twice (its first commit
+/// landed though its writer was told otherwise) stores the call once, and its reads again
+/// only as they always were.
+#[tokio::test]
+async fn a_call_that_replaces_its_note_is_stored_once_even_when_its_result_is_written_twice() {
+    use std::time::Duration;
+    use sym_circleci_approver::domain::ids::LeaseToken;
+    use sym_circleci_approver::domain::settle::Settlement;
+    use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
+    use sym_circleci_approver::domain::upstream::{CallRecord, Operation};
+    use sym_circleci_approver::store::{CallNote, StepResult};
+
+    let (_db, store) = store().await;
+    let workflow = Uuid::new_v4();
+    let stored = store
+        .record_batch(&[delivery("msg_1", "ev-1", "approve", workflow)])
+        .await
+        .unwrap();
+    let Recorded::Queued {
+        delivery_id,
+        task_id,
+    } = stored[0]
+    else {
+        panic!("{stored:?}")
+    };
+    let lease = LeaseToken::new("test");
+    let claimed = store
+        .claim_due_tasks(&lease, Duration::from_secs(60), 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // The note, before any read.
+    let note = store
+        .prepare_call(&CallNote {
+            task: task_id,
+            lease: lease.clone(),
+            lease_for: Duration::from_secs(60),
+            reads: Vec::new(),
+            operation: Operation::Approve,
+            method: "POST",
+            endpoint: format!("/workflow/{workflow}/approve/{{approval_request_id}}"),
+        })
+        .await
+        .unwrap()
+        .expect("the lease is held");
+    let read = CallRecord {
+        started_at: 1_000,
+        operation: Operation::ListJobs,
+        method: "GET",
+        endpoint: format!("/workflow/{workflow}/job"),
+        status: Some(200),
+        duration: Duration::from_millis(3),
+        error: None,
+    };
+    let approve = CallRecord {
+        started_at: 1_005,
+        operation: Operation::Approve,
+        method: "POST",
+        endpoint: format!("/workflow/{workflow}/approve/job-1"),
+        status: Some(202),
+        ..read.clone()
+    };
+    let result = StepResult {
+        task: task_id,
+        delivery: delivery_id,
+        lease: lease.clone(),
+        calls: vec![read],
+        completed: None,
+        replaces: Some((note, approve)),
+        withdrawn: Vec::new(),
+        job: Default::default(),
+        settle: Settlement::Finish {
+            status: TaskStatus::Succeeded,
+            outcome: Outcome::Approved,
+            detail: "approved".into(),
+        },
+        successor: None,
+    };
+    assert_eq!(
+        store.settle_steps(std::slice::from_ref(&result)).await.unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        store.settle_steps(std::slice::from_ref(&result)).await.unwrap(),
+        vec![false],
+        "the second write finds the lease gone"
+    );
+
+    let story = store
+        .audit_get(&delivery_id.to_string())
+        .await
+        .unwrap()
+        .unwrap();
+    let posts: Vec<_> = story
+        .attempts
+        .iter()
+        .filter(|a| a.method == "POST")
+        .map(|a| (a.endpoint.clone(), a.status))
+        .collect();
+    assert_eq!(
+        posts,
+        vec![(format!("/workflow/{workflow}/approve/job-1"), Some(202))],
+        "{:?}",
+        story.attempts
+    );
+    assert_eq!(
+        story.attempts.last().map(|a| a.method.as_str()),
+        Some("POST"),
+        "the call after its read"
     );
 }
 
@@ -359,6 +473,7 @@ async fn steps_sharing_a_commit_keep_their_own_lease_guards() {
         lease: lease.clone(),
         calls: Vec::new(),
         completed,
+        replaces: None,
         withdrawn: Vec::new(),
         job: Default::default(),
         settle: Settlement::Finish {
@@ -517,6 +632,7 @@ async fn a_stale_steps_writes_beside_the_current_ones_for_the_same_task_are_refu
         lease: lease.clone(),
         calls: Vec::new(),
         completed,
+        replaces: None,
         withdrawn: Vec::new(),
         job: Default::default(),
         settle: Settlement::Finish {

@@ -159,7 +159,7 @@ impl CircleCiClient {
 
     /// The path of a task's call before its workflow is read (the intake notes it): an
     /// approve's `approval_request_id` is not known yet, so the path shows where it goes.
-    /// Replaced by the real path when the call's answer is stored.
+    /// The step's result replaces the note with the record of the call made under it.
     pub fn noted_path(action: TaskAction, workflow_id: WorkflowId) -> String {
         match action {
             TaskAction::Approve => {
