@@ -239,6 +239,21 @@ pub(super) async fn withdraw_notes(
         .collect()
 }
 
+/// Takes back every note of `task` still without an answer: for a handed task whose step
+/// never started its call ([`super::Store::release_unstarted`]), whose notes are all its
+/// own (the intake's, and a fresh one after slow reads).
+pub(super) async fn withdraw_task_notes(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    task: TaskId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM attempts WHERE task_id = $1 AND status_code IS NULL AND error = $2")
+        .bind(task)
+        .bind(IN_FLIGHT)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// The records of calls made under intake notes, each in its note's place: stored only where
 /// the note was still there to take back, so a result written twice stores a call once.
 pub(super) async fn replace_notes(

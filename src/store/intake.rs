@@ -115,9 +115,7 @@ impl Batch for Deliveries {
                 if let Err(mpsc::error::SendError(lost)) = handoff.inbox.send(handed) {
                     // The worker stopped between the slot and the send: give the lease back
                     // so the task is claimed at once (here after a restart, or elsewhere).
-                    let _ = store
-                        .release_unstarted(lost.task.id, &lost.lease, lost.note)
-                        .await;
+                    let _ = store.release_unstarted(lost.task.id, &lost.lease).await;
                 }
             }
         }

@@ -19,7 +19,7 @@ use crate::domain::settle::Settlement;
 use crate::domain::task::{NewTask, Outcome, TaskAction, TaskState, TaskStatus};
 use crate::domain::upstream::CallRecord;
 
-use super::attempts::{note_handed, withdraw_notes, AttemptId, HandedNote};
+use super::attempts::{note_handed, withdraw_task_notes, AttemptId, HandedNote};
 
 /// Key of the PostgreSQL advisory lock that serialises task claims across replicas.
 const CLAIM_LOCK_KEY: i64 = 0x5379_6d43_6c61_696d; // "SymClaim"
@@ -214,13 +214,12 @@ impl Store {
 
     /// Gives back the lease of a task the intake handed over, when no call was made under the
     /// call it noted (the worker stopped before the step started, or cut the step off before
-    /// its call), and takes that note back: unlike [`Self::release_lease`], the call mark is
+    /// its call), and takes its notes back: unlike [`Self::release_lease`], the call mark is
     /// cleared too, since this process knows no call of its is in flight.
     pub async fn release_unstarted(
         &self,
         task: TaskId,
         lease: &LeaseToken,
-        note: AttemptId,
     ) -> Result<(), StoreError> {
         self.bounded(async {
             let mut writer = self.writer().await?;
@@ -234,7 +233,9 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if released.rows_affected() == 1 {
-                withdraw_notes(&mut tx, &[note], self.backend.param_mark()).await?;
+                // The intake's note, and a fresh one if the step noted its call again after
+                // slow reads: a task handed over has had no other holder.
+                withdraw_task_notes(&mut tx, task).await?;
             }
             tx.commit().await?;
             Ok(())

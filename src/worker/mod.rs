@@ -230,7 +230,7 @@ impl ApprovalWorker {
         while let Ok(handed) = inbox.try_recv() {
             let _ = self
                 .store
-                .release_unstarted(handed.task.id, &handed.lease, handed.note)
+                .release_unstarted(handed.task.id, &handed.lease)
                 .await;
         }
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -247,7 +247,7 @@ impl ApprovalWorker {
                 // A handed task whose step never started its call is not such a task, though
                 // the intake marked it so: its lease is given back and its note taken back.
                 let _ = match (intake_note, calling) {
-                    (Some(note), false) => self.store.release_unstarted(*task, lease, *note).await,
+                    (Some(_), false) => self.store.release_unstarted(*task, lease).await,
                     _ => self.store.release_lease(*task, lease).await,
                 };
             }
