@@ -369,11 +369,17 @@ async fn a_call_that_replaces_its_note_is_stored_once_even_when_its_result_is_wr
         successor: None,
     };
     assert_eq!(
-        store.settle_steps(std::slice::from_ref(&result)).await.unwrap(),
+        store
+            .settle_steps(std::slice::from_ref(&result))
+            .await
+            .unwrap(),
         vec![true]
     );
     assert_eq!(
-        store.settle_steps(std::slice::from_ref(&result)).await.unwrap(),
+        store
+            .settle_steps(std::slice::from_ref(&result))
+            .await
+            .unwrap(),
         vec![false],
         "the second write finds the lease gone"
     );
