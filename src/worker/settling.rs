@@ -14,7 +14,7 @@ const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The CircleCI calls of one step: how many are already in the audit trail, and the notes
 /// the step holds (docs/writes.md): the intake's, for a task handed over, and a fresh one
-/// written before its call; which of them a call was started under; and that call's record.
+/// written before its call; and the call made under one of them, with its record.
 #[derive(Default)]
 pub(super) struct Trail {
     pub(super) calls: Vec<CallRecord>,
@@ -23,10 +23,9 @@ pub(super) struct Trail {
     pub(super) intake: Option<AttemptId>,
     /// The note this step wrote before its call ((3) in docs/writes.md).
     pub(super) fresh: Option<AttemptId>,
-    /// The note a call was started under (it may have been sent).
-    pub(super) called: Option<AttemptId>,
-    /// That call's note and the index of its record in `calls`, once that record exists: the
-    /// result stores the record in the note's place, not as a row of its own.
+    /// The note a call was made under (it may have been sent) and the index of its record in
+    /// `calls`: the result stores the record in the note's place, not as a row of its own.
+    /// A call refused before anything was sent leaves no record, and no mark here.
     pub(super) noted: Option<(AttemptId, usize)>,
 }
 
@@ -46,13 +45,14 @@ impl Trail {
         self.saved = self.calls.len();
     }
 
-    /// The notes this step holds that no call was started under: none of them is an earlier
+    /// The notes this step holds that no call was made under: none of them is an earlier
     /// call, and the step's result takes them back.
     pub(super) fn unused_notes(&self) -> Vec<AttemptId> {
+        let called = self.noted.map(|(id, _)| id);
         self.intake
             .into_iter()
             .chain(self.fresh)
-            .filter(|note| self.called != Some(*note))
+            .filter(|note| called != Some(*note))
             .collect()
     }
 

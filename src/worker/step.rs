@@ -252,7 +252,6 @@ impl ApprovalWorker {
                 "shutdown cut the step off before its call; nothing was sent",
             ));
         }
-        trail.called = Some(attempt);
         let index = trail.calls.len();
         let started_at = self.clock.now_ms();
         let call = async {
@@ -287,11 +286,10 @@ impl ApprovalWorker {
                 ),
             });
         }
-        match trail.calls.get(index) {
-            // Stored in its note's place with the step's result.
-            Some(_) => trail.noted = Some((attempt, index)),
-            // Refused before anything was sent (its URL could not be built).
-            None => trail.called = None,
+        // Stored in its note's place with the step's result; no record means it was refused
+        // before anything was sent (its URL could not be built), and the note is unused.
+        if trail.calls.len() > index {
+            trail.noted = Some((attempt, index));
         }
         let Ok(result) = answered else {
             return Ok(StepEnd::call_unanswered(format!(

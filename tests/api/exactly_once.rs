@@ -64,7 +64,7 @@ async fn an_approve_cut_off_by_the_steps_own_time_limit_ends_approved_confirmed_
     // The audit trail keeps the cut-off approve as a call with no answer, and the last
     // look's read as a read of its own (it once took the approve's row).
     let attempts = attempts_of(&app, &delivery).await;
-    let posts: Vec<&Value> = attempts.iter().filter(|a| a["method"] == "POST").collect();
+    let posts = posts_of(&attempts);
     assert_eq!(posts.len(), 1, "{attempts:#?}");
     assert!(posts[0]["status"].is_null(), "{attempts:#?}");
     assert!(
@@ -213,6 +213,11 @@ async fn handed_steps(app: &TestApp) -> f64 {
     )
 }
 
+/// The calls among `attempts` that change something at CircleCI (approve, cancel).
+fn posts_of(attempts: &[Value]) -> Vec<&Value> {
+    attempts.iter().filter(|a| a["method"] == "POST").collect()
+}
+
 /// The audit trail's calls of one approval.
 async fn attempts_of(app: &TestApp, delivery: &str) -> Vec<Value> {
     let story = app.admin_get(&format!("/v1/approvals/{delivery}")).await;
@@ -311,7 +316,7 @@ async fn a_handed_task_whose_hold_job_is_not_on_hold_yet_takes_its_note_back() {
     // One approve in the trail (the second step's), answered: the first step's note, under
     // which no call was made, is gone.
     let attempts = attempts_of(&app, &delivery).await;
-    let posts: Vec<&Value> = attempts.iter().filter(|a| a["method"] == "POST").collect();
+    let posts = posts_of(&attempts);
     assert_eq!(posts.len(), 1, "{attempts:#?}");
     assert_eq!(posts[0]["status"], 202, "{attempts:#?}");
 }
@@ -349,7 +354,7 @@ async fn shutdown_gives_back_a_handed_task_whose_step_never_reached_its_call() {
     assert_eq!(task.outcome, Some(Outcome::Approved), "{task:?}");
     assert_eq!(next.fake.calls_of("approve").len(), 1);
     let attempts = attempts_of(&next, &delivery).await;
-    let posts: Vec<&Value> = attempts.iter().filter(|a| a["method"] == "POST").collect();
+    let posts = posts_of(&attempts);
     assert_eq!(posts.len(), 1, "the intake's note is gone: {attempts:#?}");
     assert_eq!(posts[0]["status"], 202, "{attempts:#?}");
 }

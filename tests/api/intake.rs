@@ -1,7 +1,7 @@
 //! The store's batched writes on their own, on the backend under test: an intake batch with
 //! every kind of row it can meet, and a claim that fills several worker slots at once.
 
-use sym_circleci_approver::domain::ids::WorkflowId;
+use sym_circleci_approver::domain::ids::{DeliveryId, LeaseToken, TaskId, WorkflowId};
 use sym_circleci_approver::domain::task::{DeliveryStatus, NewTask, TaskAction};
 use sym_circleci_approver::store::{NewDelivery, Recorded, Store, StoreOptions};
 use uuid::Uuid;
@@ -27,6 +27,28 @@ fn delivery(webhook_id: &str, event_id: &str, event_type: &str, workflow: Uuid) 
 }
 
 /// A store of its own on the backend under test (the database lives as long as the first).
+/// One approve delivery for `workflow` stored, and its task claimed under a lease of 60 s.
+async fn one_claimed_approval(store: &Store, workflow: Uuid) -> (DeliveryId, TaskId, LeaseToken) {
+    let stored = store
+        .record_batch(&[delivery("msg_1", "ev-1", "approve", workflow)])
+        .await
+        .unwrap();
+    let Recorded::Queued {
+        delivery_id,
+        task_id,
+    } = stored[0]
+    else {
+        panic!("{stored:?}")
+    };
+    let lease = LeaseToken::new("test");
+    let claimed = store
+        .claim_due_tasks(&lease, std::time::Duration::from_secs(60), 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    (delivery_id, task_id, lease)
+}
+
 async fn store() -> (TestDatabase, Store) {
     let db = TestDatabase::new().await;
     let store = Store::connect(&db.url.clone().into(), &StoreOptions::default())
@@ -188,7 +210,6 @@ async fn one_claim_fills_the_free_slots_with_at_most_one_task_per_workflow() {
 #[tokio::test]
 async fn the_noted_call_is_the_row_its_answer_lands_on_even_beside_a_read_without_one() {
     use std::time::Duration;
-    use sym_circleci_approver::domain::ids::LeaseToken;
     use sym_circleci_approver::domain::settle::Settlement;
     use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
     use sym_circleci_approver::domain::upstream::{CallRecord, Operation};
@@ -196,23 +217,7 @@ async fn the_noted_call_is_the_row_its_answer_lands_on_even_beside_a_read_withou
 
     let (_db, store) = store().await;
     let workflow = Uuid::new_v4();
-    let stored = store
-        .record_batch(&[delivery("msg_1", "ev-1", "approve", workflow)])
-        .await
-        .unwrap();
-    let Recorded::Queued {
-        delivery_id,
-        task_id,
-    } = stored[0]
-    else {
-        panic!("{stored:?}")
-    };
-    let lease = LeaseToken::new("test");
-    let claimed = store
-        .claim_due_tasks(&lease, Duration::from_secs(60), 1)
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 1);
+    let (delivery_id, task_id, lease) = one_claimed_approval(&store, workflow).await;
     let read = |operation, status: Option<u16>, error: Option<&str>| CallRecord {
         started_at: 1_000,
         operation,
@@ -296,7 +301,6 @@ async fn the_noted_call_is_the_row_its_answer_lands_on_even_beside_a_read_withou
 #[tokio::test]
 async fn a_call_that_replaces_its_note_is_stored_once_even_when_its_result_is_written_twice() {
     use std::time::Duration;
-    use sym_circleci_approver::domain::ids::LeaseToken;
     use sym_circleci_approver::domain::settle::Settlement;
     use sym_circleci_approver::domain::task::{Outcome, TaskStatus};
     use sym_circleci_approver::domain::upstream::{CallRecord, Operation};
@@ -304,23 +308,7 @@ async fn a_call_that_replaces_its_note_is_stored_once_even_when_its_result_is_wr
 
     let (_db, store) = store().await;
     let workflow = Uuid::new_v4();
-    let stored = store
-        .record_batch(&[delivery("msg_1", "ev-1", "approve", workflow)])
-        .await
-        .unwrap();
-    let Recorded::Queued {
-        delivery_id,
-        task_id,
-    } = stored[0]
-    else {
-        panic!("{stored:?}")
-    };
-    let lease = LeaseToken::new("test");
-    let claimed = store
-        .claim_due_tasks(&lease, Duration::from_secs(60), 1)
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 1);
+    let (delivery_id, task_id, lease) = one_claimed_approval(&store, workflow).await;
     // The note, before any read.
     let note = store
         .prepare_call(&CallNote {
